@@ -1,0 +1,213 @@
+"""One paged KV pool shared by every resident model; block tables per (model, sequence).
+
+Every model sees the same pool of pages. A page holds BS tokens of K and V for *all* layers
+of one model: `pool[b, :L*2*BS*Hkv*D]` viewed as [L, 2, BS, Hkv, D]. Pages are sized for the
+largest model, so a smaller model leaves the tail of its page unused; the win is a single
+budget, one allocator and one eviction order for SLM, PRM and LLM alike.
+
+Sequence lifecycle: `new_sequence` (prefix-cache match) -> `reserve` slots -> forward writes
+K/V -> `commit` (full blocks get published by content hash) ... `fork` / `truncate` / `free`.
+A block that is shared (ref > 1) or published (hashed) is immutable: writing into it copies
+it first (copy-on-write), so forks and cached prefixes are never corrupted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import count
+
+import torch
+
+from engine.kv.block_pool import BlockPool, KVPoolExhausted
+
+__all__ = ["KVCache", "ModelSpec", "Sequence", "KVPoolExhausted"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+    def elems_per_block(self, block_size: int) -> int:
+        return self.num_layers * 2 * block_size * self.num_kv_heads * self.head_dim
+
+
+@dataclass
+class Sequence:
+    """Token ids of one sequence of one model; the first `num_computed` have K/V in the pool."""
+    seq_id: int
+    model: str
+    token_ids: list[int]
+    num_computed: int = 0
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)  # chained hash of each full computed block
+    cached_tokens: int = 0  # tokens served from the prefix cache at creation
+    freed: bool = False
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_pending(self) -> int:
+        return len(self.token_ids) - self.num_computed
+
+
+class KVCache:
+    def __init__(self, specs: list[ModelSpec], *, block_size: int = 16, num_blocks: int | None = None,
+                 memory_bytes: int | None = None, dtype: torch.dtype = torch.bfloat16,
+                 device: str | torch.device = "cpu"):
+        if not specs:
+            raise ValueError("KVCache needs at least one model spec")
+        if not 1 <= block_size <= 256:
+            raise ValueError(f"block_size must be in [1, 256], got {block_size}")
+        self.block_size = block_size
+        self.specs = {s.name: s for s in specs}
+        self.model_index = {s.name: i for i, s in enumerate(specs)}
+        self.page_elems = max(s.elems_per_block(block_size) for s in specs)
+        page_bytes = self.page_elems * torch.empty((), dtype=dtype).element_size()
+        if num_blocks is None:
+            if memory_bytes is None:
+                raise ValueError("give num_blocks or memory_bytes")
+            num_blocks = memory_bytes // page_bytes
+            if num_blocks < 1:
+                raise ValueError(f"KV memory budget {memory_bytes} B is below one page ({page_bytes} B)")
+        self.page_bytes = page_bytes
+        self.pool = torch.zeros(num_blocks, self.page_elems, dtype=dtype, device=device)
+        self.blocks = BlockPool(num_blocks)
+        self._ids = count()
+        self.live: dict[int, Sequence] = {}
+
+    # -- views for the attention layers ----------------------------------------
+    def view(self, model: str) -> torch.Tensor:
+        """[num_blocks, L, 2, BS, Hkv, D] view of the pool for one model."""
+        s = self.specs[model]
+        n = s.elems_per_block(self.block_size)
+        return self.pool[:, :n].view(-1, s.num_layers, 2, self.block_size, s.num_kv_heads, s.head_dim)
+
+    # -- sequence lifecycle -----------------------------------------------------
+    def new_sequence(self, model: str, token_ids: list[int]) -> Sequence:
+        """A sequence whose longest cached full-block prefix is reused (never its last token,
+        which must be computed to produce logits)."""
+        if model not in self.specs:
+            raise KeyError(f"unknown model {model!r}; resident: {sorted(self.specs)}")
+        seq = Sequence(next(self._ids), model, list(token_ids))
+        bs, parent = self.block_size, self._root_hash(model)
+        for i in range((len(token_ids) - 1) // bs if token_ids else 0):
+            key = (parent, tuple(token_ids[i * bs:(i + 1) * bs]))
+            h = hash(key)
+            b = self.blocks.lookup(h, key)
+            if b is None:
+                break
+            self.blocks.incref(b)
+            seq.block_table.append(b)
+            seq.block_hashes.append(h)
+            parent = h
+        seq.num_computed = seq.cached_tokens = len(seq.block_table) * bs
+        self.live[seq.seq_id] = seq
+        return seq
+
+    def blocks_needed(self, seq: Sequence, n_new: int) -> int:
+        """Fresh blocks that `reserve(seq, n_new)` would take (including a copy-on-write)."""
+        bs, start = self.block_size, seq.num_computed
+        need = max(-(-(start + n_new) // bs) - len(seq.block_table), 0)
+        first = start // bs
+        if n_new and first < len(seq.block_table) and self._immutable(seq.block_table[first]):
+            need += 1  # the block we write into first is shared or published: copy it
+        return need
+
+    def can_reserve(self, seqs_and_counts: list[tuple[Sequence, int]]) -> bool:
+        return self.blocks.can_allocate(sum(self.blocks_needed(s, n) for s, n in seqs_and_counts))
+
+    def reserve(self, seq: Sequence, n_new: int) -> list[int]:
+        """Slots for tokens num_computed .. num_computed+n_new; raises KVPoolExhausted untouched."""
+        self._check_live(seq)
+        if not self.blocks.can_allocate(self.blocks_needed(seq, n_new)):
+            raise KVPoolExhausted(
+                f"KV pool exhausted: sequence {seq.seq_id} needs {self.blocks_needed(seq, n_new)} blocks, "
+                f"{self.blocks.num_free()} free of {self.blocks.num_blocks}")
+        bs, start = self.block_size, seq.num_computed
+        first = start // bs
+        if n_new and first < len(seq.block_table) and self._immutable(seq.block_table[first]):
+            self._copy_on_write(seq, first)
+        while len(seq.block_table) * bs < start + n_new:
+            seq.block_table.append(self.blocks.allocate())
+        return [seq.block_table[p // bs] * bs + p % bs for p in range(start, start + n_new)]
+
+    def commit(self, seq: Sequence, n: int) -> None:
+        """After the forward wrote n tokens: advance and publish blocks that became full."""
+        seq.num_computed += n
+        bs = self.block_size
+        full = seq.num_computed // bs
+        parent = seq.block_hashes[-1] if seq.block_hashes else self._root_hash(seq.model)
+        for i in range(len(seq.block_hashes), full):
+            key = (parent, tuple(seq.token_ids[i * bs:(i + 1) * bs]))
+            h = hash(key)
+            self.blocks.register(seq.block_table[i], h, key)
+            seq.block_hashes.append(h)
+            parent = h
+
+    def fork(self, seq: Sequence) -> Sequence:
+        """A child sharing every block; the partly filled last block is copied on the first write."""
+        self._check_live(seq)
+        keep = -(-seq.num_computed // self.block_size)  # reserved-but-unwritten blocks stay with the parent
+        child = Sequence(next(self._ids), seq.model, list(seq.token_ids), seq.num_computed,
+                         list(seq.block_table[:keep]), list(seq.block_hashes))
+        for b in child.block_table:
+            self.blocks.incref(b)
+        self.live[child.seq_id] = child
+        return child
+
+    def truncate(self, seq: Sequence, n: int) -> None:
+        """Keep the first n tokens; blocks past them go back to the pool."""
+        self._check_live(seq)
+        if not 0 <= n <= len(seq.token_ids):
+            raise ValueError(f"cannot truncate a {len(seq.token_ids)}-token sequence to {n}")
+        del seq.token_ids[n:]
+        seq.num_computed = min(seq.num_computed, n)
+        keep = -(-seq.num_computed // self.block_size)
+        for b in seq.block_table[keep:]:
+            self.blocks.decref(b)
+        del seq.block_table[keep:]
+        del seq.block_hashes[seq.num_computed // self.block_size:]
+
+    def free(self, seq: Sequence) -> None:
+        if seq.freed:
+            return
+        for b in seq.block_table:
+            self.blocks.decref(b)
+        seq.block_table.clear()
+        seq.block_hashes.clear()
+        seq.freed = True
+        self.live.pop(seq.seq_id, None)
+
+    # -- checks -----------------------------------------------------------------
+    def check_refcounts(self) -> None:
+        """Invariant: every block's reference count equals the number of tables holding it."""
+        held = [0] * self.blocks.num_blocks
+        for s in self.live.values():
+            for b in s.block_table:
+                held[b] += 1
+        if held != self.blocks.ref:
+            bad = [b for b in range(len(held)) if held[b] != self.blocks.ref[b]]
+            raise AssertionError(f"refcount mismatch on blocks {bad[:10]}")
+        n_free = sum(1 for r in self.blocks.ref if r == 0)
+        if n_free != self.blocks.num_free():
+            raise AssertionError(f"{n_free} blocks have ref 0 but {self.blocks.num_free()} are free")
+
+    # -- internals --------------------------------------------------------------
+    def _immutable(self, b: int) -> bool:
+        return self.blocks.ref[b] > 1 or self.blocks.is_hashed(b)
+
+    def _copy_on_write(self, seq: Sequence, i: int) -> None:
+        old, new = seq.block_table[i], self.blocks.allocate()
+        self.pool[new].copy_(self.pool[old])
+        self.blocks.decref(old)
+        seq.block_table[i] = new
+
+    def _root_hash(self, model: str) -> int:
+        return hash(("gboost-kv", self.model_index[model]))
+
+    def _check_live(self, seq: Sequence) -> None:
+        if seq.freed:
+            raise RuntimeError(f"sequence {seq.seq_id} was already freed")

@@ -1,0 +1,96 @@
+"""Qwen2 and Llama decoders (they differ only in attention bias and tokenizer details).
+
+Parameter names follow Hugging Face, so a checkpoint's state dict loads as it is.
+`forward(input_ids, positions)` returns hidden rows; `compute_logits` is applied only to
+the rows the caller needs (last token per sequence, or every drafted token).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.models.config import ModelConfig
+from engine.models.layers import MLP, Attention, RMSNorm, Rotary
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, rotary: Rotary):
+        super().__init__()
+        self.self_attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+                                   cfg.head_dim, cfg.attention_bias, rotary)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        h = h + self.self_attn(positions, self.input_layernorm(h))
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        max_pos = min(cfg.max_position_embeddings, 32768)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, max_pos)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, self.rotary) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    """Qwen2ForCausalLM / LlamaForCausalLM on the paged KV cache."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def max_positions(self) -> int:
+        return self.model.rotary.cos.shape[0]
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        h = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            h = layer(positions, h)
+        return self.model.norm(h)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
+
+    def bind_kv(self, kv_view: torch.Tensor) -> None:
+        """Point every attention layer at its slice of the shared pool ([NB, L, 2, BS, H, D])."""
+        for i, layer in enumerate(self.model.layers):
+            layer.self_attn.k_cache = kv_view[:, i, 0]
+            layer.self_attn.v_cache = kv_view[:, i, 1]
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        sd = dict(state_dict)
+        if self.config.tie_word_embeddings:
+            sd.pop("lm_head.weight", None)
+        missing, unexpected = self.load_state_dict(sd, strict=False)
+        missing = [m for m in missing if not (m == "lm_head.weight" and self.config.tie_word_embeddings)]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not fit the {self.config.architecture} model: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor] | None, dtype: torch.dtype,
+                device: str | torch.device = "cpu") -> CausalLM:
+    if cfg.architecture not in ("qwen2", "llama"):
+        raise ValueError(f"unsupported architecture {cfg.architecture!r}; supported: qwen2, llama")
+    with torch.device("meta"):
+        model = CausalLM(cfg)
+    model = model.to_empty(device=device).to(dtype)
+    # Rotary tables are computed, not loaded: rebuild them (meta init left them empty) in fp32.
+    model.model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, min(cfg.max_position_embeddings, 32768)).to(device)
+    for layer in model.model.layers:
+        layer.self_attn.rotary = model.model.rotary
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    if state_dict is not None:
+        model.load_weights(state_dict)
+    return model.eval().requires_grad_(False)

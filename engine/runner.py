@@ -1,0 +1,100 @@
+"""Runs one model over a batch of sequences on the shared paged KV cache.
+
+prefill, extend and decode are one operation here: each sequence computes its pending
+tokens (`token_ids[num_computed:]`): a whole prompt, k drafted tokens over a cached prefix,
+or the one token just sampled. `prepare` builds the batch metadata; `run` executes it.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from engine.context import Context, use_context
+from engine.kv.cache import KVCache, KVPoolExhausted, Sequence
+
+Want = Literal["last", "all", "none"]
+
+
+class PromptTooLong(ValueError):
+    pass
+
+
+class ModelRunner:
+    def __init__(self, name: str, model: torch.nn.Module, cache: KVCache):
+        self.name, self.model, self.cache = name, model, cache
+        self.device = cache.pool.device
+        model.bind_kv(cache.view(name))
+        self.tokens_computed = 0  # counts every token this runner pushed through the model
+
+    # -- metadata -----------------------------------------------------------------
+    def check_fits(self, seq: Sequence) -> None:
+        if len(seq.token_ids) > self.model.max_positions:
+            raise PromptTooLong(f"sequence of {len(seq.token_ids)} tokens exceeds the model's "
+                                f"{self.model.max_positions} positions")
+
+    def prepare(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, Context, list[int]]:
+        if len({s.seq_id for s in seqs}) != len(seqs):
+            raise ValueError("a sequence appears twice in one batch")
+        for s in seqs:
+            if s.model != self.name:
+                raise ValueError(f"sequence of model {s.model!r} given to runner {self.name!r}")
+            if not s.token_ids:
+                raise ValueError("cannot run an empty sequence")
+            self.check_fits(s)
+            if s.num_pending == 0:
+                self._rewind_one(s)  # logits are wanted but all K/V is cached: recompute the last token
+        if not self.cache.can_reserve([(s, s.num_pending) for s in seqs]):
+            raise KVPoolExhausted(f"KV pool exhausted: batch of {len(seqs)} sequences for {self.name!r} "
+                                  f"does not fit in {self.cache.blocks.num_free()} free blocks")
+        ids, pos, slots, lens, cu = [], [], [], [], [0]
+        for s in seqs:
+            n = s.num_pending
+            slots += self.cache.reserve(s, n)
+            ids += s.token_ids[s.num_computed:]
+            pos += range(s.num_computed, len(s.token_ids))
+            lens.append(len(s.token_ids))
+            cu.append(cu[-1] + n)
+        width = max(len(s.block_table) for s in seqs)
+        tables = torch.zeros(len(seqs), width, dtype=torch.int32)
+        for i, s in enumerate(seqs):
+            tables[i, :len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.int32)
+        dev = self.device
+        ctx = Context(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            block_tables=tables.to(dev),
+            seq_lens=torch.tensor(lens, dtype=torch.int32, device=dev),
+            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=dev),
+            max_q_len=max(cu[i + 1] - cu[i] for i in range(len(seqs))),
+            max_seq_len=max(lens),
+        )
+        return (torch.tensor(ids, dtype=torch.int64, device=dev),
+                torch.tensor(pos, dtype=torch.int64, device=dev), ctx, cu)
+
+    # -- execution ----------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence], want: Want | list[Want] = "last") -> list[torch.Tensor | None]:
+        """Compute every pending token; return per sequence the logits of its last row
+        ([V]), of all its new rows ([n, V]), or None."""
+        wants = [want] * len(seqs) if isinstance(want, str) else list(want)
+        input_ids, positions, ctx, cu = self.prepare(seqs)
+        with use_context(ctx):
+            hidden = self.model(input_ids, positions)
+        rows, spans = [], []
+        for i, w in enumerate(wants):
+            a, b = cu[i], cu[i + 1]
+            sel = [b - 1] if w == "last" else list(range(a, b)) if w == "all" else []
+            spans.append((len(rows), len(rows) + len(sel), w))
+            rows += sel
+        logits = self.model.compute_logits(hidden[rows]) if rows else None
+        for i, s in enumerate(seqs):
+            self.cache.commit(s, cu[i + 1] - cu[i])
+        self.tokens_computed += cu[-1]
+        out: list[torch.Tensor | None] = []
+        for a, b, w in spans:
+            out.append(None if w == "none" else logits[a] if w == "last" else logits[a:b])
+        return out
+
+    def _rewind_one(self, s: Sequence) -> None:
+        s.num_computed -= 1
+        del s.block_hashes[s.num_computed // self.cache.block_size:]

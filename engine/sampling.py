@@ -1,0 +1,57 @@
+"""Sampling parameters and the batched call into kernels/fused_sampling.
+
+Each request owns a seeded torch.Generator and draws the noise for its own rows, so a
+request samples the same tokens whatever else shares its batch (same seed -> same answer).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from kernels.fused_sampling import make_noise, sample
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0       # 0 = greedy
+    top_k: int = 0                 # 0 = off
+    top_p: float = 1.0             # 1 = off
+    max_tokens: int = 64
+    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
+
+    def generator(self, device: str | torch.device = "cpu") -> torch.Generator:
+        g = torch.Generator(device=device)
+        g.manual_seed(self.seed if self.seed is not None else torch.seed())
+        return g
+
+
+def row_params(params: list[SamplingParams], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    t = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device)
+    k = torch.tensor([p.top_k for p in params], dtype=torch.int32, device=device)
+    pp = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device)
+    return t, k, pp
+
+
+def draw_noise(gens: list[torch.Generator], vocab: int, device) -> torch.Tensor:
+    """One noise row per request, drawn from that request's own generator."""
+    return torch.cat([make_noise(1, vocab, g, device) for g in gens])
+
+
+def sample_rows(logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator]) -> list[int]:
+    """Sample one token per row of logits [B, V] (one row per request)."""
+    t, k, p = row_params(params, logits.device)
+    noise = draw_noise(gens, logits.shape[-1], logits.device)
+    return sample(logits.float(), t, k, p, noise).tolist()

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels.fused_sampling import make_noise, sample
 
 
 @dataclass
@@ -47,11 +46,13 @@ def row_params(params: list[SamplingParams], device) -> tuple[torch.Tensor, torc
 
 def draw_noise(gens: list[torch.Generator], vocab: int, device) -> torch.Tensor:
     """One noise row per request, drawn from that request's own generator."""
+    from kernels.fused_sampling import make_noise
     return torch.cat([make_noise(1, vocab, g, device) for g in gens])
 
 
 def sample_rows(logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator]) -> list[int]:
     """Sample one token per row of logits [B, V] (one row per request)."""
+    from kernels.fused_sampling import sample
     t, k, p = row_params(params, logits.device)
     noise = draw_noise(gens, logits.shape[-1], logits.device)
     return sample(logits.float(), t, k, p, noise).tolist()

@@ -1,0 +1,140 @@
+"""The resident models (SLM, LLM, PRM) on one shared paged KV cache, and plain generation.
+
+Roles map to models: when two roles name the same checkpoint (the 1.5B demo model is both the
+general LLM and the judge PRM) they share one set of weights, one runner and one KV namespace,
+so prefix blocks are shared between them too.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.kv.cache import KVCache, ModelSpec, Sequence
+from engine.models.qwen2 import CausalLM, build_model
+from engine.runner import ModelRunner
+from engine.sampling import SamplingParams, sample_rows
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@dataclass
+class ResidentModel:
+    key: str
+    config: object
+    model: CausalLM
+    tokenizer: object
+    chat_template: str | None
+    eos_token_ids: list[int]
+    runner: ModelRunner | None = None
+
+
+@dataclass
+class GenerationOutput:
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
+    text: str = ""
+
+
+class Engine:
+    def __init__(self, models: list[ResidentModel], roles: dict[str, str], *, block_size: int = 16,
+                 kv_memory_bytes: int = 2 << 30, num_blocks: int | None = None,
+                 dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
+        self.models = {m.key: m for m in models}
+        for role, key in roles.items():
+            if key not in self.models:
+                raise ValueError(f"role {role!r} names unknown model {key!r}")
+        self.roles = dict(roles)
+        specs = [ModelSpec(m.key, m.config.num_hidden_layers, m.config.num_key_value_heads, m.config.head_dim)
+                 for m in models]
+        self.cache = KVCache(specs, block_size=block_size, num_blocks=num_blocks,
+                             memory_bytes=None if num_blocks else kv_memory_bytes, dtype=dtype, device=device)
+        for m in models:
+            m.runner = ModelRunner(m.key, m.model, self.cache)
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, slm: str, llm: str | None = None, prm: str | None = None, *,
+                        dtype: str | torch.dtype = "bfloat16", device: str = "cpu", block_size: int = 16,
+                        kv_memory_bytes: int = 2 << 30, num_blocks: int | None = None,
+                        cache_dir: str | None = None) -> "Engine":
+        from engine.models.loader import load_checkpoint
+        from engine.models.tokenizer import Tokenizer
+        dt = parse_dtype(dtype)
+        roles = {r: src for r, src in (("slm", slm), ("llm", llm), ("prm", prm)) if src}
+        models = []
+        for src in dict.fromkeys(roles.values()):  # one copy of each checkpoint, in role order
+            ck = load_checkpoint(src, dtype=dt, cache_dir=cache_dir)
+            tok = Tokenizer(ck.tokenizer, chat_template=ck.chat_template, eos_token_ids=ck.eos_token_ids)
+            models.append(ResidentModel(src, ck.config, build_model(ck.config, ck.state_dict, dt, device),
+                                        tok, ck.chat_template, list(ck.eos_token_ids)))
+        eng = cls(models, roles, block_size=block_size, kv_memory_bytes=kv_memory_bytes,
+                  num_blocks=num_blocks, dtype=dt, device=device)
+        eng.check_vocabularies()
+        return eng
+
+    def check_vocabularies(self) -> None:
+        """Fusion needs one tokenizer: refuse an SLM/LLM pair whose vocabularies differ."""
+        if "slm" in self.roles and "llm" in self.roles:
+            a, b = self.role("slm"), self.role("llm")
+            if a is not b and not a.tokenizer.same_vocab(b.tokenizer):
+                raise ValueError(f"SLM {a.key!r} and LLM {b.key!r} use different vocabularies; "
+                                 "token-level fusion needs one tokenizer")
+
+    def role(self, role: str) -> ResidentModel:
+        if role not in self.roles:
+            raise KeyError(f"no model for role {role!r}; configured roles: {sorted(self.roles)}")
+        return self.models[self.roles[role]]
+
+    # -- plain generation ----------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                 role: str = "slm") -> list[GenerationOutput]:
+        """Batched sampling of several prompts; every KV block is released when it returns."""
+        m = self.role(role)
+        params = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        if len(params) != len(prompts):
+            raise ValueError("one SamplingParams per prompt")
+        outs = [GenerationOutput(list(p)) for p in prompts]
+        seqs: list[Sequence] = []
+        try:
+            for p in prompts:
+                s = self.cache.new_sequence(m.key, p)
+                seqs.append(s)
+                m.runner.check_fits(s)
+            gens = [p.generator(self.cache.pool.device) for p in params]
+            active = [i for i in range(len(prompts)) if params[i].max_tokens > 0]
+            while active:
+                logits = m.runner.run([seqs[i] for i in active], "last")
+                toks = sample_rows(torch.stack(logits), [params[i] for i in active], [gens[i] for i in active])
+                still = []
+                for i, t in zip(active, toks):
+                    o, p = outs[i], params[i]
+                    o.token_ids.append(t)
+                    seqs[i].token_ids.append(t)
+                    if (t in m.eos_token_ids and not p.ignore_eos) or t in p.stop_token_ids:
+                        o.finish_reason = "stop"
+                    elif len(o.token_ids) >= p.max_tokens:
+                        o.finish_reason = "length"
+                    elif len(seqs[i].token_ids) >= m.model.max_positions:
+                        o.finish_reason = "length"
+                    else:
+                        still.append(i)
+                active = still
+        finally:
+            for s in seqs:
+                self.cache.free(s)
+        for o in outs:
+            o.text = m.tokenizer.decode(o.token_ids, skip_special_tokens=True) if m.tokenizer else ""
+        return outs

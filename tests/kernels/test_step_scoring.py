@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from kernels.step_scoring import (MODES, aggregate_rewards, aggregate_rewards_ref, aggregate_rewards_triton,
+                                  step_rewards, step_rewards_ref, step_rewards_triton)
+
+
+def _scores(T, V, dtype, device, seed, scale=4.0, pad=3):
+    g = torch.Generator().manual_seed(seed)
+    wide = torch.randn(T, V + pad, generator=g) * scale
+    return wide.to(dtype).to(device)[:, :V]  # a strided view, as a PRM lm_head slice would be
+
+
+@pytest.mark.parametrize("kind,V,N,dtype", [
+    ("token_pair", 1000, 1, torch.float32),
+    ("token_pair", 1000, 17, torch.bfloat16),
+    ("two_class", 2, 17, torch.float32),
+    ("judge", 1000, 17, torch.float32),
+    ("judge", 1000, 5, torch.bfloat16),
+    ("judge", 151936, 1, torch.float32),
+])
+def test_step_rewards_matches_ref(device, kind, V, N, dtype):
+    T = 40
+    s = _scores(T, V, dtype, device, seed=V + N, scale=30.0 if kind == "judge" else 4.0)
+    g = torch.Generator().manual_seed(N)
+    rows = torch.randint(0, T, (N,), generator=g).to(device)
+    kw = {"token_pair": dict(good_id=V - 1, bad_id=7), "two_class": {}, "judge": dict(yes_id=V // 3)}[kind]
+    if kind == "judge":
+        s[rows[0], V // 3] = s[rows[0]].max() + 2.0  # make one P(yes) large so tolerance is meaningful
+        s[rows[-1], : V // 2] = float("-inf")  # masked vocabulary part must not produce NaN
+    out = torch.full((N,), float("nan"), device=device)
+    step_rewards_triton(s, rows, kind, out=out, block_v=256 if V == 1000 else None, **kw)
+    ref = step_rewards_ref(s, rows, kind, **kw)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-4)
+    assert ((ref >= 0) & (ref <= 1)).all()
+
+
+def test_step_rewards_ref_semantics():
+    s = torch.tensor([[0.0, 1.0, 2.0, 3.0], [5.0, 0.0, 0.0, 5.0]])
+    rows = torch.tensor([1, 0])
+    p = step_rewards_ref(s, rows, "token_pair", good_id=0, bad_id=3)
+    torch.testing.assert_close(p, torch.tensor([0.5, torch.sigmoid(torch.tensor(-3.0)).item()]))
+    j = step_rewards_ref(s, rows, "judge", yes_id=3)
+    e = s[rows].double().exp()
+    torch.testing.assert_close(j, (e[:, 3] / e.sum(-1)).float())
+    c = step_rewards_ref(torch.tensor([[0.0, 0.0], [1.0, 3.0]]), torch.tensor([1, 0]), "two_class")
+    torch.testing.assert_close(c, torch.tensor([torch.sigmoid(torch.tensor(2.0)).item(), 0.5]))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("seg_lens", [[1], [3, 0, 40, 1, 33, 0, 2, 5, 7, 1, 1, 9, 31, 32, 33, 4, 0]])
+def test_aggregate_matches_ref(device, mode, seg_lens):
+    g = torch.Generator().manual_seed(len(seg_lens))
+    cu = torch.tensor([0] + torch.tensor(seg_lens).cumsum(0).tolist(), dtype=torch.int32)
+    r = (torch.rand(int(cu[-1]), generator=g) * 0.5 + 0.5)
+    out = torch.full((len(seg_lens),), float("nan"), device=device)
+    aggregate_rewards_triton(r.to(device), cu.to(device), mode, empty_value=-3.0, out=out)
+    ref = aggregate_rewards_ref(r, cu, mode, empty_value=-3.0)
+    torch.testing.assert_close(out.cpu(), ref, atol=1e-6, rtol=1e-5)
+    exp = {"last": lambda x: x[-1], "min": torch.min, "prod": torch.prod, "mean": torch.mean}[mode]
+    for b, n in enumerate(seg_lens):  # the reference against direct segment reductions
+        assert ref[b] == (-3.0 if n == 0 else exp(r[int(cu[b]): int(cu[b + 1])]))
+
+
+def test_dispatch_forced(monkeypatch):
+    s = _scores(6, 300, torch.float32, "cpu", seed=1)
+    rows = torch.tensor([5, 0, 2])
+    a = step_rewards(s, rows, "judge", yes_id=4)
+    monkeypatch.setenv("GBOOST_FORCE_TRITON", "1")
+    b = step_rewards(s, rows, "judge", yes_id=4)
+    torch.testing.assert_close(a, b)
+    cu = torch.tensor([0, 2, 3], dtype=torch.int32)
+    torch.testing.assert_close(aggregate_rewards(b, cu, "min"), torch.stack([b[:2].min(), b[2]]))

@@ -1,0 +1,149 @@
+"""OpenAI-compatible HTTP server over a :class:`CompletionBackend`.
+
+Routes
+------
+``POST /v1/completions``  legacy completions (see :mod:`engine.server.completions`;
+                          log-probs wire format in :mod:`engine.server.wire`).
+``GET  /v1/models``       the served model, with ``max_model_len`` and ``vocab_size``.
+``GET  /health``          ``{"status": "ok"}`` while the process serves requests.
+``GET  /metrics``         plain-text counters (requests, errors, tokens, in-flight).
+
+Errors are always JSON ``{"error": {"message", "type", "param", "code"}}``
+(:mod:`engine.server.errors`). With ``api_key`` set, ``/v1/*`` requires
+``Authorization: Bearer <api_key>`` (``/health`` and ``/metrics`` stay open).
+
+The event loop never runs model work: backend coroutines are expected to
+offload it (see :mod:`engine.server.backend`), and tokenisation, response
+building and JSON encoding run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import ValidationError
+
+from .backend import BackendInputError, CompletionBackend
+from .completions import create_completion
+from .errors import APIError, install_error_handlers
+from .faults import FaultConfig, FaultInjector
+from .metrics import Metrics, MetricsMiddleware
+from .schemas import CompletionRequest, ModelCard, ModelList
+
+__all__ = ["create_app", "serve", "DEFAULT_MAX_LOGPROBS"]
+
+log = logging.getLogger("engine.server")
+
+DEFAULT_MAX_LOGPROBS = 20
+
+
+def create_app(
+    backend: CompletionBackend,
+    model_name: Optional[str] = None,
+    fault: Optional[FaultConfig] = None,
+    *,
+    api_key: Optional[str] = None,
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS,
+) -> FastAPI:
+    """Build the app. ``model_name`` defaults to ``backend.model_name``.
+
+    ``app.state`` exposes ``backend``, ``model_name``, ``metrics``
+    (:class:`Metrics`) and ``faults`` (:class:`FaultInjector`; call
+    ``app.state.faults.configure(FaultConfig(...))`` to change faults live).
+    """
+    model_name = model_name or backend.model_name
+    created = int(time.time())
+    metrics = Metrics()
+    faults = FaultInjector(fault)
+
+    app = FastAPI(title="gboost", summary="OpenAI-compatible completions with token log-probs")
+    app.state.backend = backend
+    app.state.model_name = model_name
+    app.state.metrics = metrics
+    app.state.faults = faults
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def check_auth(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise APIError(401, "missing or invalid API key (expected 'Authorization: Bearer <key>')",
+                           code="invalid_api_key")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": model_name}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        check_auth(request)
+        card = ModelCard(
+            id=model_name, created=created, max_model_len=backend.max_model_len, vocab_size=backend.vocab_size
+        )
+        return ModelList(data=[card]).model_dump()
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_route() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(faults.injected))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        check_auth(request)
+        with metrics.track_in_flight():
+            injected = await faults.before()
+            if injected is not None:
+                return injected
+            raw = await request.body()
+            try:
+                data = json.loads(raw) if raw else None
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise APIError(400, f"request body is not valid JSON: {e}") from None
+            if not isinstance(data, dict):
+                raise APIError(400, "request body must be a JSON object")
+            try:
+                req = CompletionRequest.model_validate(data)
+            except ValidationError as e:
+                raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
+            try:
+                result = await create_completion(req, backend, model_name, max_logprobs)
+            except (APIError, BackendInputError):
+                raise
+            except Exception:
+                log.exception("completion failed")
+                raise APIError(500, "internal server error", type="server_error") from None
+            metrics.completions += 1
+            metrics.prompt_tokens += result["usage"]["prompt_tokens"]
+            metrics.completion_tokens += result["usage"]["completion_tokens"]
+            body = await asyncio.to_thread(json.dumps, result, allow_nan=False, separators=(",", ":"))
+            return Response(body, media_type="application/json")
+
+    return app
+
+
+def serve(
+    backend: CompletionBackend,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    fault: Optional[FaultConfig] = None,
+    *,
+    model_name: Optional[str] = None,
+    api_key: Optional[str] = None,
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS,
+    log_level: str = "info",
+) -> None:
+    """Serve ``backend`` with uvicorn (blocking). Binds 127.0.0.1 unless told otherwise."""
+    import uvicorn
+
+    app = create_app(backend, model_name, fault, api_key=api_key, max_logprobs=max_logprobs)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -1,0 +1,101 @@
+"""Plain-text (Prometheus exposition style) counters for ``GET /metrics``.
+
+All updates happen on the event-loop thread, so plain ints suffice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from typing import Iterator
+
+__all__ = ["Metrics", "MetricsMiddleware", "KNOWN_PATHS"]
+
+KNOWN_PATHS = ("/v1/completions", "/v1/models", "/health", "/metrics")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.requests: Counter[str] = Counter()  # by path
+        self.responses: Counter[str] = Counter()  # by status code
+        self.errors = 0  # responses with status >= 400
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.completions = 0  # successful completion requests
+        self.in_flight = 0  # completions requests being handled
+        self.in_flight_max = 0
+
+    @contextlib.contextmanager
+    def track_in_flight(self) -> Iterator[None]:
+        self.in_flight += 1
+        self.in_flight_max = max(self.in_flight_max, self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def render(self, faults: Counter[str] | None = None) -> str:
+        out: list[str] = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} {kind}")
+            for labels, value in samples:
+                out.append(f"{name}{labels} {value:g}")
+
+        metric(
+            "gboost_requests_total",
+            "counter",
+            "HTTP requests received, by path.",
+            [(f'{{path="{p}"}}', self.requests.get(p, 0)) for p in (*KNOWN_PATHS, "other")],
+        )
+        metric(
+            "gboost_responses_total",
+            "counter",
+            "HTTP responses sent, by status code.",
+            [(f'{{status="{s}"}}', n) for s, n in sorted(self.responses.items())],
+        )
+        metric("gboost_request_errors_total", "counter", "Responses with status >= 400.", [("", self.errors)])
+        metric("gboost_completions_total", "counter", "Successful completion requests.", [("", self.completions)])
+        metric("gboost_prompt_tokens_total", "counter", "Prompt tokens processed.", [("", self.prompt_tokens)])
+        metric("gboost_completion_tokens_total", "counter", "Tokens generated.", [("", self.completion_tokens)])
+        metric("gboost_requests_in_flight", "gauge", "Completion requests being handled.", [("", self.in_flight)])
+        metric(
+            "gboost_requests_in_flight_max", "gauge", "Most completion requests handled at once.", [("", self.in_flight_max)]
+        )
+        if faults is not None:
+            metric(
+                "gboost_faults_injected_total",
+                "counter",
+                "Injected faults, by kind.",
+                [(f'{{kind="{k}"}}', n) for k, n in sorted(faults.items())],
+            )
+        metric("gboost_uptime_seconds", "gauge", "Seconds since the app was created.", [("", round(time.time() - self.started, 3))])
+        return "\n".join(out) + "\n"
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware counting requests by path and responses by status."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        self.metrics.requests[path if path in KNOWN_PATHS else "other"] += 1
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                self.metrics.responses[str(status)] += 1
+                if status >= 400:
+                    self.metrics.errors += 1
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)

@@ -1,0 +1,88 @@
+"""Pydantic models of the OpenAI-compatible request / error bodies.
+
+Responses are built as plain dicts (see :mod:`engine.server.wire`): validating
+tens of thousands of log-prob entries through pydantic would cost more than the
+model call for small models.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+__all__ = ["CompletionRequest", "ErrorBody", "ErrorResponse", "ModelCard", "ModelList"]
+
+# Strict element types so that e.g. ["1", "2"] is a batch of text prompts rather
+# than token ids, and [1.5] is rejected instead of truncated.
+PromptType = Union[StrictStr, list[StrictInt], list[StrictStr], list[list[StrictInt]]]
+
+
+class CompletionRequest(BaseModel):
+    """``POST /v1/completions`` body (OpenAI legacy completions + a few vLLM extras).
+
+    Unknown fields are ignored (OpenAI clients send e.g. ``user``); fields we know
+    but do not implement are rejected with 400 when set to a non-default value.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Optional[str] = None
+    prompt: PromptType
+    max_tokens: Optional[int] = Field(16, ge=0, description="None: up to the context length")
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: Optional[int] = None
+    n: int = Field(1, ge=1, le=16)
+    stop: Optional[Union[StrictStr, list[StrictStr]]] = None
+    logprobs: Optional[int] = Field(None, ge=0)
+    echo: bool = False
+    stream: bool = False
+    # vLLM extras
+    stop_token_ids: Optional[list[StrictInt]] = None
+    return_tokens_as_token_ids: Optional[bool] = None
+    # known but unsupported (must stay at their defaults)
+    best_of: Optional[int] = None
+    suffix: Optional[str] = None
+    logit_bias: Optional[dict[str, float]] = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    def unsupported(self) -> Optional[str]:
+        """Name of the first unsupported option that was set, else None."""
+        if self.best_of not in (None, 1):
+            return "best_of"
+        if self.suffix:
+            return "suffix"
+        if self.logit_bias:
+            return "logit_bias"
+        if self.presence_penalty:
+            return "presence_penalty"
+        if self.frequency_penalty:
+            return "frequency_penalty"
+        return None
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[Union[int, str]] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "gboost"
+    max_model_len: int
+    vocab_size: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

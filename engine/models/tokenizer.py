@@ -1,0 +1,145 @@
+"""Thin wrapper over a `tokenizers.Tokenizer`: encode/decode, chat template, vocab checks.
+
+The chat template is rendered like transformers' `apply_chat_template`: a sandboxed, immutable jinja2
+environment with `trim_blocks`/`lstrip_blocks`, the `loopcontrols` extension, a `tojson` filter that
+does not HTML-escape, and the globals `raise_exception` and `strftime_now`; the special tokens
+(`bos_token`, `eos_token`, ...) are template variables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Iterable, Sequence
+
+
+class ChatTemplateError(ValueError):
+    """The chat template is missing, or raised / failed while rendering."""
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise_exception(message):
+    from jinja2.exceptions import TemplateError
+
+    raise TemplateError(message)
+
+
+def _strftime_now(fmt):
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=16)
+def compile_chat_template(template: str):
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise ChatTemplateError(f"chat template does not compile: {e}") from e
+
+
+class Tokenizer:
+    def __init__(self, backend, chat_template: str | None = None, eos_token_ids: Iterable[int] = (),
+                 special_tokens: dict[str, str | None] | None = None, bos_token_id: int | None = None):
+        self.backend = backend  # tokenizers.Tokenizer
+        self.chat_template = chat_template
+        self.eos_token_ids: list[int] = list(dict.fromkeys(int(i) for i in eos_token_ids))
+        self.special_tokens: dict[str, str | None] = dict(special_tokens or {})
+        self.bos_token_id = bos_token_id
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def from_checkpoint(cls, ckpt) -> "Tokenizer":
+        return cls(ckpt.tokenizer, ckpt.chat_template, ckpt.eos_token_ids, ckpt.special_tokens,
+                   ckpt.config.bos_token_id)
+
+    @classmethod
+    def from_file(cls, path: str, **kwargs) -> "Tokenizer":
+        from tokenizers import Tokenizer as _T
+
+        return cls(_T.from_file(str(path)), **kwargs)
+
+    # -------------------------------------------------------------- basic ops
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids, added tokens included (may be < the model's padded vocab_size)."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.eos_token_ids[0] if self.eos_token_ids else None
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
+        return [list(e.ids) for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.backend.id_to_token(int(i))
+
+    def is_eos(self, token_id: int) -> bool:
+        return int(token_id) in self.eos_token_ids
+
+    # ---------------------------------------------------------- chat template
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None, **kwargs: Any) -> str:
+        """Render `messages` ([{"role": ..., "content": ...}, ...]) into the prompt string."""
+        if not self.chat_template:
+            raise ChatTemplateError("this tokenizer has no chat template")
+        for m in messages:
+            if not isinstance(m, dict) or "role" not in m:
+                raise ChatTemplateError(f"chat messages must be dicts with a 'role', got {m!r}")
+        from jinja2.exceptions import TemplateError
+
+        template = compile_chat_template(self.chat_template)
+        variables = {k: v for k, v in self.special_tokens.items() if v is not None}
+        variables.update(kwargs)
+        try:
+            return template.render(messages=[dict(m) for m in messages], tools=tools, documents=None,
+                                   add_generation_prompt=add_generation_prompt, **variables)
+        except TemplateError as e:
+            raise ChatTemplateError(f"chat template failed: {e}") from e
+
+    def encode_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+        """Rendered chat -> ids. Special tokens in the text (e.g. <|im_start|>) map to their ids."""
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt), add_special_tokens=False)
+
+    # ---------------------------------------------------------- vocab checks
+    def vocab_fingerprint(self) -> str:
+        """sha256 over the (token, id) table, added tokens included."""
+        if self._fingerprint is None:
+            vocab = self.backend.get_vocab(with_added_tokens=True)
+            h = hashlib.sha256()
+            for token, i in sorted(vocab.items(), key=lambda kv: kv[1]):
+                h.update(f"{i}\x00{token}\x01".encode("utf-8", "surrogatepass"))
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def same_vocab(self, other: "Tokenizer") -> bool:
+        """True when both map every token to the same id (required to pair an SLM with an LLM)."""
+        if other is self:
+            return True
+        if self.vocab_size != other.vocab_size:
+            return False
+        return self.vocab_fingerprint() == other.vocab_fingerprint()
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(vocab_size={self.vocab_size}, eos_token_ids={self.eos_token_ids}, "
+                f"chat_template={'yes' if self.chat_template else 'no'})")

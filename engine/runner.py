@@ -43,7 +43,7 @@ class ModelRunner:
                 raise ValueError("cannot run an empty sequence")
             self.check_fits(s)
             if s.num_pending == 0:
-                self._rewind_one(s)  # logits are wanted but all K/V is cached: recompute the last token
+                self.cache.rewind(s, s.num_computed - 1)  # logits wanted but all K/V cached: redo the last token
         if not self.cache.can_reserve([(s, s.num_pending) for s in seqs]):
             raise KVPoolExhausted(f"KV pool exhausted: batch of {len(seqs)} sequences for {self.name!r} "
                                   f"does not fit in {self.cache.blocks.num_free()} free blocks")
@@ -94,7 +94,3 @@ class ModelRunner:
         for a, b, w in spans:
             out.append(None if w == "none" else logits[a] if w == "last" else logits[a:b])
         return out
-
-    def _rewind_one(self, s: Sequence) -> None:
-        s.num_computed -= 1
-        del s.block_hashes[s.num_computed // self.cache.block_size:]

@@ -56,3 +56,15 @@ def sample_rows(logits: torch.Tensor, params: list[SamplingParams], gens: list[t
     t, k, p = row_params(params, logits.device)
     noise = draw_noise(gens, logits.shape[-1], logits.device)
     return sample(logits.float(), t, k, p, noise).tolist()
+
+
+def processed_probs(z: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The exact distribution `sample` draws from for logits z [B, V]: temperature, top-k and
+    top-p applied (greedy = one-hot). Speculative verification needs it as numbers."""
+    from kernels.fused_sampling import keep_mask_ref
+    z = z.float()
+    if temperature <= 0:
+        return torch.nn.functional.one_hot(z.argmax(-1), z.shape[-1]).float()
+    x = z / temperature
+    keep = keep_mask_ref(x, top_k, top_p)
+    return torch.softmax(torch.where(keep, x, float("-inf")), dim=-1)

@@ -171,6 +171,15 @@ class KVCache:
         del seq.block_table[keep:]
         del seq.block_hashes[seq.num_computed // self.block_size:]
 
+    def rewind(self, seq: Sequence, n_computed: int) -> None:
+        """Forget K/V past n_computed tokens but keep the token ids (they become pending again)."""
+        self._check_live(seq)
+        if n_computed >= seq.num_computed:
+            return
+        tokens = list(seq.token_ids)
+        self.truncate(seq, n_computed)
+        seq.token_ids = tokens
+
     def free(self, seq: Sequence) -> None:
         if seq.freed:
             return

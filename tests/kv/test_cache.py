@@ -142,3 +142,16 @@ def test_use_after_free_is_refused():
     cache.free(a)
     with pytest.raises(RuntimeError, match="freed"):
         cache.fork(a)
+
+
+def test_rewind_keeps_tokens_and_recomputes_into_a_private_block():
+    cache = make_cache()
+    a = cache.new_sequence("a", list(range(1, 9)))
+    write(cache, a)
+    b = cache.fork(a)
+    cache.rewind(b, 5)
+    assert b.token_ids == list(range(1, 9)) and b.num_computed == 5 and b.num_pending == 3
+    write(cache, b)
+    assert read(cache, b) == read(cache, a) == list(range(1, 9))
+    assert b.block_table[1] != a.block_table[1]
+    cache.check_refcounts()

@@ -1,0 +1,262 @@
+"""The real StepBackend: SLM steps and collaborative steps on the shared KV pool.
+
+A state holds the node's SLM and PRM sequences, each forked from its parent's, so a path's
+prefix is computed once per model. Actions:
+  slm     every token from the SLM alone;
+  collab  every token from the fusion of SLM and LLM distributions, either token by token
+          ("exact") or "speculative": the SLM drafts the rest of the step, the LLM scores the
+          draft in one call, the verification kernel keeps the longest prefix consistent with
+          the fused distribution and resamples at the first rejection (same distribution);
+  llm     the LLM alone (fusion weight 1), through the same machinery.
+A failing LLM turns a collab/llm step into an SLM step (fault counted) unless configured to fail.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.kv.cache import Sequence
+from engine.llm.base import LLMError, TokenLogprobs
+from engine.llm.topk import union_support
+from engine.sampling import processed_probs
+from engine.search.backend import StepOut
+from engine.search.config import SearchConfig
+from engine.search.cost import CostRecord
+from kernels.fused_sampling import fuse_logprobs, make_noise, sample
+
+SLM_SYSTEM = "Please reason step by step, separating steps with a blank line, and put your final answer within \\boxed{}."
+
+
+@dataclass
+class NodeState:
+    slm: Sequence
+    prm: Sequence
+    depth: int
+    key: tuple               # path of (action, index) from the root: seeds the node's sampling
+    steps: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BackendOptions:
+    collab_mode: str = "speculative"   # speculative | exact
+    max_draft: int = 16                # SLM tokens drafted per speculative round
+    on_llm_fault: str = "fallback"     # fallback (SLM step, fault counted) | fail
+    topk_support: int = 20             # SLM top-k entering the support when LLM rows are top-k only
+
+    def __post_init__(self):
+        if self.collab_mode not in ("speculative", "exact"):
+            raise ValueError(f"collab_mode must be speculative or exact, got {self.collab_mode!r}")
+        if self.on_llm_fault not in ("fallback", "fail"):
+            raise ValueError(f"on_llm_fault must be fallback or fail, got {self.on_llm_fault!r}")
+        if self.max_draft < 1:
+            raise ValueError("max_draft must be >= 1")
+
+
+class _StepEnd(Exception):
+    pass
+
+
+class EngineBackend:
+    def __init__(self, engine, scheduler, cfg: SearchConfig, *, llm=None, prm=None,
+                 options: BackendOptions | None = None):
+        self.engine, self.scheduler, self.cfg = engine, scheduler, cfg
+        self.llm, self.prm = llm, prm
+        self.opt = options or BackendOptions()
+        self.slm = engine.role("slm")
+        self.tok = self.slm.tokenizer
+        self.eos = set(self.slm.eos_token_ids)
+        self.answer_re = re.compile(cfg.answer_pattern)
+        self.cost = CostRecord()
+        self.live_states = 0
+        self.llm_rounds = 0            # LLM calls made by collaborative steps
+        self.draft_proposed = 0        # speculative: drafted tokens
+        self.draft_accepted = 0        # speculative: drafted tokens accepted
+
+    # -- protocol ----------------------------------------------------------------------
+    async def root(self, question: str) -> NodeState:
+        msgs = [{"role": "system", "content": SLM_SYSTEM}, {"role": "user", "content": question}]
+        ids = self.tok.encode_chat(msgs) if self.tok.chat_template else self.tok.encode(question + "\n\n")
+        cache = self.engine.cache
+        slm = cache.new_sequence(self.slm.key, ids)
+        self.slm.runner.check_fits(slm)
+        prm = None
+        if self.prm is not None:
+            prm = cache.new_sequence(self.prm.model.key, self.prm.root_ids(question))
+        self.cost.prefix_cache_tokens += slm.cached_tokens + (prm.cached_tokens if prm else 0)
+        self.live_states += 1
+        return NodeState(slm, prm, 0, ())
+
+    async def expand(self, state: NodeState, action: str, n: int) -> list[StepOut]:
+        if action not in ("slm", "collab", "llm"):
+            raise ValueError(f"unknown action {action!r}")
+        if action != "slm" and self.llm is None:
+            raise ValueError(f"action {action!r} needs a general LLM; none is configured")
+        return list(await asyncio.gather(*(self._child(state, action, i) for i in range(n))))
+
+    async def score(self, states: list[NodeState]) -> list[float]:
+        if self.prm is None:
+            raise ValueError("no PRM configured")
+        before = self.prm.tokens_computed
+        with self.cost.timed("score"):
+            r = await self.prm.score([s.prm for s in states])
+        self.cost.prm_tokens += self.prm.tokens_computed - before
+        return r
+
+    def release(self, state: NodeState) -> None:
+        self.engine.cache.free(state.slm)
+        if state.prm is not None:
+            self.engine.cache.free(state.prm)
+        self.live_states -= 1
+        if self.live_states == 0 and hasattr(self.llm, "release_sessions"):
+            self.llm.release_sessions()  # idle engine: give the LLM's session blocks back
+
+    # -- one child ------------------------------------------------------------------------
+    def _generator(self, key: tuple) -> torch.Generator:
+        g = torch.Generator(device=self.engine.cache.pool.device)
+        g.manual_seed(zlib.crc32(repr((self.cfg.seed,) + key).encode()))
+        return g
+
+    async def _child(self, parent: NodeState, action: str, i: int) -> StepOut:
+        cache = self.engine.cache
+        key = parent.key + ((action, i),)
+        seq = cache.fork(parent.slm)
+        start = len(seq.token_ids)
+        fault = None
+        try:
+            gen = self._generator(key)
+            with self.cost.timed(f"expand_{action}"):
+                try:
+                    if action == "slm":
+                        await self._slm_step(seq, gen)
+                    elif self.opt.collab_mode == "exact":
+                        await self._exact_collab_step(seq, gen, 1.0 if action == "llm" else None)
+                    else:
+                        await self._speculative_step(seq, gen, 1.0 if action == "llm" else None)
+                except LLMError as e:
+                    if self.opt.on_llm_fault == "fail":
+                        raise
+                    fault = f"llm_{e.kind}"
+                    self.cost.add_fault(fault)
+                    cache.truncate(seq, start)  # throw the partial step away: redo it with the SLM
+                    await self._slm_step(seq, self._generator(key + ("fallback",)))
+        except BaseException:
+            cache.free(seq)
+            raise
+        toks = seq.token_ids[start:]
+        text = self._step_text(toks)
+        prm = None
+        if parent.prm is not None:
+            prm = cache.fork(parent.prm)
+            prm.token_ids += self.prm.step_ids(text, first=parent.depth == 0)
+        ended_eos = bool(toks) and toks[-1] in self.eos
+        depth = parent.depth + 1
+        terminal = ended_eos or bool(self.answer_re.search(text)) or depth >= self.cfg.max_depth \
+            or len(seq.token_ids) >= self.slm.model.max_positions - 1
+        self.live_states += 1
+        if action != "slm" and fault is None:
+            self.cost.llm_calls += 1
+        return StepOut(text, toks, NodeState(seq, prm, depth, key, parent.steps + [text]), terminal, action, fault)
+
+    def _step_text(self, toks: list[int]) -> str:
+        text = self.tok.decode([t for t in toks if t not in self.eos], skip_special_tokens=True)
+        return text.split(self.cfg.step_delimiter)[0].strip()
+
+    def _ends(self, seq: Sequence, start: int) -> bool:
+        """Does the step that began at `start` end with the last token of seq?"""
+        toks = seq.token_ids[start:]
+        if toks[-1] in self.eos or len(toks) >= self.cfg.max_step_tokens:
+            return True
+        if len(seq.token_ids) >= self.slm.model.max_positions - 1:
+            return True
+        tail = self.tok.decode(toks[-8:])
+        return self.cfg.step_delimiter in tail and self.cfg.step_delimiter in self.tok.decode(toks).lstrip()
+
+    # -- SLM alone ---------------------------------------------------------------------------
+    def _sample(self, logits: torch.Tensor, gen: torch.Generator) -> int:
+        noise = make_noise(1, logits.shape[-1], gen, logits.device)
+        return int(sample(logits[None].float(), self.cfg.temperature, 0, self.cfg.top_p, noise)[0])
+
+    async def _slm_step(self, seq: Sequence, gen: torch.Generator) -> None:
+        start = len(seq.token_ids)
+        before = self.slm.runner.tokens_computed
+        while True:
+            logits = await self.scheduler.forward(seq)
+            seq.token_ids.append(self._sample(logits, gen))
+            if self._ends(seq, start):
+                break
+        self.cost.slm_tokens += self.slm.runner.tokens_computed - before
+
+    # -- fusion -----------------------------------------------------------------------------
+    def _fused_logp(self, slm_logits: torch.Tensor, llm_rows: list[TokenLogprobs], alpha: float | None):
+        """Fused log-probs [R, V] of SLM logits rows and LLM rows (full or top-k)."""
+        a = self.cfg.fusion_alpha if alpha is None else alpha
+        slm_lp = torch.log_softmax(slm_logits.float(), -1)
+        if all(r.full for r in llm_rows):
+            llm_lp = torch.stack([r.logprobs for r in llm_rows]).to(slm_lp.device)
+        else:  # top-k endpoint: fuse over the union of both top-k sets (see engine/llm/topk.py)
+            u = union_support(slm_lp, llm_rows, self.opt.topk_support)
+            slm_lp, llm_lp = u.slm_logp, u.llm_logp
+        if self.cfg.fusion_rule != "loglinear":
+            raise ValueError("fusion_rule 'proxy' needs the SLM's base model logits; "
+                             "this backend supports 'loglinear'")
+        return fuse_logprobs(slm_lp, llm_lp, a, "loglinear")
+
+    async def _llm_rows(self, coro):
+        self.llm_rounds += 1
+        return await coro
+
+    async def _exact_collab_step(self, seq: Sequence, gen: torch.Generator, alpha) -> None:
+        start = len(seq.token_ids)
+        while True:
+            slm_logits, row = await asyncio.gather(self.scheduler.forward(seq),
+                                                   self._llm_rows(self.llm.next_logprobs(list(seq.token_ids))))
+            z = self._fused_logp(slm_logits[None], [row], alpha)[0]
+            seq.token_ids.append(self._sample(z, gen))
+            self.cost.llm_tokens += 1
+            if self._ends(seq, start):
+                break
+
+    async def _speculative_step(self, seq: Sequence, gen: torch.Generator, alpha) -> None:
+        from kernels.spec_verify import spec_verify
+        start = len(seq.token_ids)
+        T, top_p = self.cfg.temperature, self.cfg.top_p
+        while True:
+            base = len(seq.token_ids)
+            draft, slm_rows, ended = [], [], False
+            while len(draft) < self.opt.max_draft:  # SLM drafts until the step ends or K tokens
+                logits = await self.scheduler.forward(seq)
+                slm_rows.append(logits)
+                t = self._sample(logits, gen)
+                draft.append(t)
+                seq.token_ids.append(t)
+                if self._ends(seq, start):
+                    ended = True
+                    break
+            # SLM row after the draft (bonus position) and the LLM's rows, concurrently.
+            bonus, llm_rows = await asyncio.gather(
+                self.scheduler.forward(seq),
+                self._llm_rows(self.llm.score(seq.token_ids[:base], draft)))
+            slm_all = torch.stack(slm_rows + [bonus])
+            q = processed_probs(torch.stack(slm_rows), T, 0, top_p)
+            p = processed_probs(self._fused_logp(slm_all, llm_rows, alpha), T, 0, top_p)
+            K, V = len(draft), q.shape[-1]
+            acc_noise = torch.rand(1, K, generator=gen, device=gen.device)
+            res_noise = make_noise(1, V, gen, q.device)
+            n_acc, out = spec_verify(torch.tensor([draft]), torch.tensor([K], dtype=torch.int32),
+                                     q[None], p[None], acc_noise, res_noise)
+            n_acc = int(n_acc[0])
+            self.draft_proposed += K
+            self.draft_accepted += n_acc
+            self.cost.llm_tokens += K + 1
+            # Only the last draft token can end the step: if it was accepted, the step is done
+            # exactly as token-by-token sampling would have stopped there (no bonus token).
+            if n_acc == K and ended:
+                return
+            self.engine.cache.truncate(seq, base + n_acc)  # keep the accepted tokens' K/V
+            seq.token_ids.append(int(out[0, n_acc]))
+            if self._ends(seq, start):
+                return

@@ -1,0 +1,57 @@
+"""Tiny random checkpoints and a byte-level tokenizer, for tests, dry runs and benchmarks."""
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+
+from engine.engine import Engine, ResidentModel
+from engine.models.config import ModelConfig
+from engine.models.qwen2 import build_model
+from engine.models.tokenizer import Tokenizer
+
+SPECIALS = ["<|endoftext|>", "<extra_0>"]
+EXTRA = ["\u043a\u0438"]  # Math-Shepherd's step tag, one token
+
+
+def byte_tokenizer(chat_template: str | None = None) -> Tokenizer:
+    """One token per byte (ids 0..255) plus <|endoftext|> (256), <extra_0> (257), 'ки' (258)."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = HFTokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    tok.add_tokens(EXTRA)
+    return Tokenizer(tok, chat_template=chat_template, eos_token_ids=[256])
+
+
+def tiny_config(arch: str = "qwen2", vocab: int = 260, layers: int = 2, hidden: int = 64, heads: int = 4,
+                kv_heads: int = 2, **kw) -> ModelConfig:
+    return ModelConfig(architecture=arch, vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                       max_position_embeddings=kw.pop("max_positions", 1024), eos_token_ids=[256], **kw)
+
+
+def tiny_model(cfg: ModelConfig, seed: int, dtype=torch.float32, scale: float = 1.0):
+    torch.manual_seed(seed)
+    model = build_model(cfg, None, dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                p.fill_(1.0)
+            else:
+                p.normal_(0, scale * 0.5 / p.shape[-1] ** 0.5 if p.dim() > 1 else 0.02)
+        model.lm_head.weight.mul_(8.0)  # peaky enough distributions to be interesting
+    return model
+
+
+def tiny_engine(roles: dict[str, int], *, num_blocks: int = 512, block_size: int = 16,
+                configs: dict[str, ModelConfig] | None = None, dtype=torch.float32) -> Engine:
+    """roles: role -> seed; roles with the same seed share one model (like the 1.5B LLM+PRM)."""
+    tok = byte_tokenizer()
+    by_seed: dict[int, ResidentModel] = {}
+    for role, seed in roles.items():
+        if seed not in by_seed:
+            cfg = (configs or {}).get(role) or tiny_config()
+            by_seed[seed] = ResidentModel(f"tiny-{seed}", cfg, tiny_model(cfg, seed, dtype), tok, None, [256])
+    return Engine(list(by_seed.values()), {r: f"tiny-{s}" for r, s in roles.items()},
+                  block_size=block_size, num_blocks=num_blocks, dtype=dtype)

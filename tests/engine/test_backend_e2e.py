@@ -1,0 +1,114 @@
+"""The real backend (tiny random SLM / LLM / PRM on one KV pool) under the real search."""
+import asyncio
+
+import pytest
+import torch
+
+from engine.llm.local import LocalLLM
+from engine.scheduler import Scheduler
+from engine.search.actions import BackendOptions, EngineBackend
+from engine.search.api import solve
+from engine.search.config import SearchConfig
+from engine.search.prm import PRMScorer, PRMSpec
+from engine.testing import tiny_engine
+
+
+def build(kind="judge", mode="exact", num_blocks=512, **cfg_kw):
+    eng = tiny_engine({"slm": 1, "llm": 2, "prm": 3 if kind != "judge" else 2}, num_blocks=num_blocks)
+    sched = Scheduler(eng)
+    spec = PRMSpec(kind=kind, yes_token="Y")
+    cfg = SearchConfig(**{"max_step_tokens": 6, "max_depth": 3, "num_simulations": 4, "temperature": 0.8,
+                          "top_p": 1.0, **cfg_kw})
+    be = EngineBackend(eng, sched, cfg, llm=LocalLLM(eng, sched), prm=PRMScorer(eng, sched, spec),
+                       options=BackendOptions(collab_mode=mode, max_draft=4))
+    return eng, sched, cfg, be
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize("method", ["gboost", "slm", "fusion", "rsd", "beam"])
+def test_search_completes_and_releases_every_block(method):
+    eng, sched, cfg, be = build(method=method, beam_width=2, bon_n=2)
+    res = run(solve("What is 2+3?", be, cfg))
+    assert res.steps, "a chosen path"
+    assert all(s["action"] in ("slm", "collab", "llm") for s in res.steps)
+    eng.cache.check_refcounts()
+    assert eng.cache.live == {}
+    assert all(r == 0 for r in eng.cache.blocks.ref)
+    if method == "gboost":
+        assert {c.action for c in res.root.children} == {"slm", "collab"}
+        assert sched.batch_sizes and max(sched.batch_sizes) > 1  # siblings shared forward passes
+
+
+def test_prm_scoring_computes_only_the_new_step():
+    eng, sched, cfg, be = build(kind="token_pair")
+    async def go():
+        root = await be.root("Q: 1+1?")
+        kids = await be.expand(root, "slm", 2)
+        await be.score([k.state for k in kids])          # first scores: prompt + step each
+        prm_before = be.cost.prm_tokens
+        grand = await be.expand(kids[0].state, "slm", 3)
+        await be.score([g.state for g in grand])
+        new_tokens = sum(len(g.state.prm.token_ids) - len(kids[0].state.prm.token_ids) for g in grand)
+        assert be.cost.prm_tokens - prm_before == new_tokens
+        for s in [root] + [k.state for k in kids] + [g.state for g in grand]:
+            be.release(s)
+    run(go())
+    eng.cache.check_refcounts()
+    assert eng.cache.live == {}
+
+
+def test_same_seed_same_answer_and_different_seed_differs():
+    outs = []
+    for seed in (7, 7, 8):
+        eng, sched, cfg, be = build(seed=seed, num_simulations=3)
+        outs.append(tuple(s["text"] for s in run(solve("Compute 6*7.", be, cfg)).steps))
+    assert outs[0] == outs[1]
+    assert outs[0] != outs[2]
+
+
+@pytest.mark.parametrize("kind", ["judge", "token_pair", "two_class"])
+def test_prm_kinds_match_a_from_scratch_run(kind):
+    eng, sched, cfg, be = build(kind=kind)
+    if kind == "two_class":  # the PRM role becomes a two-class head model (Qwen2.5-Math-PRM layout)
+        from engine.models.prm_heads import build_two_class_prm
+        from engine.runner import ModelRunner
+        m = eng.role("prm")
+        g = torch.Generator().manual_seed(0)
+        h = m.config.hidden_size
+        sd = dict(m.model.state_dict())
+        sd.update({"score.0.weight": torch.randn(h, h, generator=g) / h ** 0.5, "score.0.bias": torch.zeros(h),
+                   "score.2.weight": torch.randn(2, h, generator=g), "score.2.bias": torch.zeros(2)})
+        m.model = build_two_class_prm(m.config, sd, torch.float32)
+        m.runner = ModelRunner(m.key, m.model, eng.cache)
+    prm = be.prm
+    async def go():
+        root = await be.root("2+2?")
+        kids = await be.expand(root, "slm", 2)
+        rewards = await be.score([k.state for k in kids])
+        for k, r in zip(kids, rewards):
+            ids = list(k.state.prm.token_ids) + (prm._suffix if kind == "judge" else [])
+            s = eng.cache.new_sequence(prm.model.key + "", ids)
+            eng.cache.rewind(s, 0)
+            logits = prm.model.runner.run([s], "last")[0]
+            eng.cache.free(s)
+            p = torch.softmax(logits.float(), -1)
+            want = {"judge": lambda: p[prm.yes_id],
+                    "token_pair": lambda: p[prm.good_id] / (p[prm.good_id] + p[prm.bad_id]),
+                    "two_class": lambda: p[1]}[kind]()
+            assert abs(r - float(want)) < 1e-5
+            assert 0.0 <= r <= 1.0
+        for s in [root] + [k.state for k in kids]:
+            be.release(s)
+    run(go())
+    eng.cache.check_refcounts()
+
+
+def test_exhausted_pool_fails_the_request_cleanly():
+    eng, sched, cfg, be = build(num_blocks=6)
+    with pytest.raises(Exception, match="exhausted"):
+        run(solve("A question long enough to need several blocks " * 3, be, cfg))
+    eng.cache.check_refcounts()
+    assert all(r == 0 for r in eng.cache.blocks.ref)

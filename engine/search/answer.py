@@ -148,6 +148,8 @@ def extract_after_phrase(text: str) -> str | None:
     mm = re.search(r"\$([^$]+)\$", tail)
     if mm:
         tail = mm.group(1)
+    else:
+        tail = re.split(r"\.\s|\.$", tail)[0]  # the rest of the sentence only
     tail = tail.strip().strip("$").strip()
     tail = re.sub(r"[.\s]+$", "", tail)
     return tail or None

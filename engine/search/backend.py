@@ -204,7 +204,7 @@ class ToyBackend:
         st = self._check_live(state)
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
-        self.calls.append(("expand", st.id, action, n))
+        self.calls.append(("expand", st.id, action, n, st.steps))
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
@@ -239,7 +239,7 @@ class ToyBackend:
 
     async def score(self, states: list[Any]) -> list[float]:
         sts = [self._check_live(s) for s in states]
-        self.calls.append(("score", len(sts)))
+        self.calls.append(("score", len(sts), tuple(s.steps for s in sts)))
         await asyncio.sleep(0)
         out = []
         for st in sts:

@@ -247,38 +247,59 @@ def _arm_stats(node: Node, action: str) -> tuple[int, float, list[Node]]:
     return sum(k.visits + k.vloss for k in kids), sum(k.value_sum for k in kids), kids
 
 
-def _select(ctx: SearchContext, root: Node, quota: int) -> tuple[Node, str | None]:
-    """Descend by UCT. Returns (node, arm): arm is the action to expand for policy 'arms'."""
+def _select(ctx: SearchContext, root: Node, quota: int,
+            blocked: set[int]) -> tuple[Node, str | None] | None:
+    """Descend by UCT, avoiding ``blocked`` nodes (picked earlier in this round).
+
+    Returns (node, arm) -- ``arm`` is the action to expand for policy 'arms' -- or
+    None when every candidate is blocked.
+    """
     cfg = ctx.cfg
     node = root
     while True:
+        if node.id in blocked:
+            return None
         if node.terminal:
             return node, None
         if cfg.action_policy != "arms":
             if not node.children:
                 return node, None
-            node = select_child(node, cfg.uct_c, ctx.rng)
+            free = [ch for ch in node.children if ch.id not in blocked]
+            if not free:
+                return None
+            node = select_child(node, cfg.uct_c, ctx.rng, among=free)
             continue
         # actions as UCT arms
-        n_parent = node.visits + node.vloss
-        explore = math.log(max(1, n_parent))
-        cands: list[tuple[float, int, str]] = []
+        explore = math.log(max(1, node.visits + node.vloss))
+        cands: list[tuple[float, int, str, list[Node]]] = []
         for rank, action in enumerate(("slm", "collab")):
             n_a, w_a, kids = _arm_stats(node, action)
             if action in node.expanded_actions:
-                if kids and n_a > 0:
-                    cands.append((w_a / n_a + cfg.uct_c * math.sqrt(explore / n_a), -rank, action))
+                free = [k for k in kids if k.id not in blocked]
+                if free and n_a > 0:
+                    cands.append((w_a / n_a + cfg.uct_c * math.sqrt(explore / n_a), -rank, action, free))
             elif _arm_width(cfg, action, quota) > 0:
-                cands.append((cfg.arm_fpu + cfg.uct_c * math.sqrt(explore), -rank, action))
+                cands.append((cfg.arm_fpu + cfg.uct_c * math.sqrt(explore), -rank, action, []))
         if not cands:
-            if node.children:  # every arm expanded; descend among all children
-                node = select_child(node, cfg.uct_c, ctx.rng)
-                continue
-            return node, "slm"
-        _, _, arm = max(cands)  # ties: the cheaper action (slm) first
+            return None if node.children else (node, "slm")
+        _, _, arm, free = max(cands, key=lambda t: (t[0], t[1]))  # ties: the cheaper action first
         if arm not in node.expanded_actions:
             return node, arm
-        node = select_child(node, cfg.uct_c, ctx.rng, among=_arm_stats(node, arm)[2])
+        node = select_child(node, cfg.uct_c, ctx.rng, among=free)
+
+
+def _block(ctx: SearchContext, leaf: Node, blocked: set[int], quota: int) -> None:
+    """Block a picked leaf, and every ancestor that has nothing unblocked left to offer."""
+    blocked.add(leaf.id)
+    node = leaf.parent
+    while node is not None:
+        if any(ch.id not in blocked for ch in node.children if not ch.pruned):
+            return
+        if ctx.cfg.action_policy == "arms" and any(
+                a not in node.expanded_actions and _arm_width(ctx.cfg, a, quota) > 0 for a in ("slm", "collab")):
+            return
+        blocked.add(node.id)
+        node = node.parent
 
 
 def _arm_width(cfg: SearchConfig, action: str, quota: int) -> int:
@@ -306,11 +327,13 @@ async def run_gboost(ctx: SearchContext) -> Node | None:
         quota = ctx.llm_quota()
         # ---- select (virtual loss keeps parallel picks apart)
         picks: list[tuple[Node, str | None]] = []
+        blocked: set[int] = set()
         with ctx.cost.timed("select"):
             for _ in range(k):
-                leaf, arm = _select(ctx, root, quota)
-                if any(leaf is p for p, _ in picks):
+                got = _select(ctx, root, quota, blocked)
+                if got is None:
                     break
+                leaf, arm = got
                 picks.append((leaf, arm))
                 node: Node | None = leaf
                 while node is not None:
@@ -318,6 +341,7 @@ async def run_gboost(ctx: SearchContext) -> Node | None:
                     node = node.parent
                 if arm == "collab":
                     quota -= min(cfg.collab_width, quota)
+                _block(ctx, leaf, blocked, quota)
             for n in root.iter_nodes():
                 n.vloss = 0
         done += len(picks)

@@ -80,6 +80,7 @@ class CompletionBackend(Protocol):
         returned ids. Returns ``(new_ids, rows)`` with one row per new token: its
         distribution (``top_k_logprobs`` entries plus the sampled token, see module
         doc). The server passes ``top_k_logprobs=0`` when the client did not ask
-        for log-probs and then ignores the rows.
+        for log-probs (the backend may then return no rows; they are ignored) and
+        ``>= 1`` otherwise, in which case there must be one row per new token.
         """
         ...

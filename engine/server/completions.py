@@ -232,8 +232,10 @@ async def create_completion(
         gen_rows: list[TokenLogprobs] = []
         if max_tokens > 0:
             seed = None if req.seed is None else req.seed + j
+            # logprobs=0 still needs each sampled token's log-prob: ask for >= 1 entry
+            # (a backend may return no rows for top_k_logprobs=0, meaning "not requested").
             gen_ids, gen_rows = await backend.generate(
-                p.ids, max_tokens, req.temperature, req.top_p, seed, stop_ids, top_k if top_k is not None else 0
+                p.ids, max_tokens, req.temperature, req.top_p, seed, stop_ids, 0 if top_k is None else max(top_k, 1)
             )
             gen_ids = [int(t) for t in gen_ids]
             gen_rows = list(gen_rows)

@@ -114,7 +114,8 @@ class FakeBackend:
                 sp = torch.where(keep, sp, torch.zeros_like(sp))
                 tok = int(si[torch.multinomial(sp / sp.sum(), 1, generator=g)])
             out.append(tok)
-            rows.append(self._row(dist, top_k_logprobs, tok))
+            if top_k_logprobs > 0:  # like the engine backend: 0 means "not requested"
+                rows.append(self._row(dist, top_k_logprobs, tok))
             last = tok
             if tok in stop_ids:
                 break

@@ -156,6 +156,9 @@ def test_stop_string_and_stop_tokens(server):
     assert c["finish_reason"] == "stop" and c["text"] == b.decode(chain[:first])
     assert c["logprobs"]["token_ids"] == chain[: first + 1]
     assert r["usage"]["completion_tokens"] == first + 1
+    # logprobs=0: only the sampled token's own log-prob
+    assert [list(d) for d in c["logprobs"]["top_logprobs"]] == [[f"token_id:{t}"] for t in chain[: first + 1]]
+    assert all(x is not None for x in c["logprobs"]["token_logprobs"])
 
 
 def test_ignores_unknown_fields_and_token_strings(server):

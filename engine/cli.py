@@ -1,0 +1,234 @@
+"""gboost command line: generate, solve, eval, serve, trace, models."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+
+def _add_model_args(p, slm_default=True):
+    from engine.stack import DEFAULT_LLM, DEFAULT_SLM
+    p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")
+    p.add_argument("--llm", default=DEFAULT_LLM,
+                   help="general LLM: model name/path (resident) or http(s)://HOST:PORT/v1 endpoint; 'none' to disable")
+    p.add_argument("--prm", default=None, help="PRM model (default: the local LLM as a judge, else the SLM)")
+    p.add_argument("--prm-kind", default="judge", choices=["judge", "token_pair", "two_class"])
+    p.add_argument("--method", default=None, help="gboost | slm | llm | fusion | bon | beam | rsd")
+    p.add_argument("--config", default=None, help="SearchConfig file (.json or .toml)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--collab-mode", default="speculative", choices=["speculative", "exact"])
+    p.add_argument("--on-llm-fault", default="fallback", choices=["fallback", "fail"])
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--kv-memory-gb", type=float, default=2.0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _search_config(args):
+    from engine.search.config import SearchConfig
+    cfg = SearchConfig.from_file(args.config) if args.config else SearchConfig()
+    if args.method:
+        cfg.method = args.method
+    if args.seed is not None:
+        cfg.seed = args.seed
+    cfg.validate()
+    return cfg
+
+
+async def _stack(args, cfg):
+    from engine.search.actions import BackendOptions
+    from engine.stack import build_stack
+    llm = None if args.llm in (None, "", "none") else args.llm
+    return await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind,
+                             dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
+                             options=BackendOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault))
+
+
+# -- generate -------------------------------------------------------------------------------
+def cmd_generate(args) -> int:
+    from engine.engine import Engine
+    from engine.sampling import SamplingParams
+    eng = Engine.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+                                 kv_memory_bytes=int(args.kv_memory_gb * (1 << 30)))
+    m = eng.role("slm")
+    if args.chat:
+        if not m.tokenizer.chat_template:
+            raise SystemExit(f"error: {args.model} has no chat template; drop --chat")
+        ids = m.tokenizer.encode_chat([{"role": "user", "content": args.prompt}])
+    else:
+        ids = m.tokenizer.encode(args.prompt)
+    t0 = time.perf_counter()
+    out = eng.generate([ids], SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                             max_tokens=args.max_tokens, seed=args.seed))[0]
+    dt = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps({"text": out.text, "token_ids": out.token_ids, "seconds": round(dt, 4),
+                          "finish_reason": out.finish_reason, "prompt_tokens": len(ids)}))
+    else:
+        print(out.text)
+        print(f"[{len(out.token_ids)} tokens in {dt:.2f}s, {len(out.token_ids) / max(dt, 1e-9):.1f} tok/s]",
+              file=sys.stderr)
+    return 0
+
+
+# -- solve ----------------------------------------------------------------------------------
+def cmd_solve(args) -> int:
+    cfg = _search_config(args)
+
+    async def main():
+        from engine.search.api import solve
+        stack = await _stack(args, cfg)
+        def on_step(step):
+            if not args.json:
+                r = step.get("reward")
+                print(f"[step {step['index'] + 1} · {step['action']} · reward "
+                      f"{'-' if r is None else f'{r:.3f}'}] {step['text']}", flush=True)
+        try:
+            res = await solve(args.question, stack.backend, cfg, on_step=on_step)
+        finally:
+            await stack.aclose()
+        if args.trace:
+            from engine.trace import to_json
+            with open(args.trace, "w") as f:
+                json.dump(to_json(res.root, res.chosen), f, indent=1)
+        if args.json:
+            print(json.dumps({"answer": res.answer, "steps": res.steps, "cost": res.cost.to_dict(),
+                              "method": res.method, "score": res.score}))
+        else:
+            print(f"answer: {res.answer}")
+            print(f"cost: {json.dumps(res.cost.to_dict())}", file=sys.stderr)
+        return 0
+    return asyncio.run(main())
+
+
+# -- eval -----------------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    cfg = _search_config(args)
+
+    async def main():
+        from engine.evals.datasets import load_rows
+        from engine.evals.loop import run_eval
+        rows = load_rows(args.data)
+        stack = await _stack(args, cfg)
+        try:
+            report = await run_eval(rows, stack.backend, cfg, limit=args.limit, out_path=args.out,
+                                    concurrency=args.concurrency)
+        finally:
+            await stack.aclose()
+        d = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+        if args.json:
+            print(json.dumps(d))
+        else:
+            lo, hi = d["ci95"]
+            print(f"{cfg.method}: accuracy {d['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}) over n={d['n']}")
+            print(f"cost: {json.dumps(d['cost'])}")
+        return 0
+    return asyncio.run(main())
+
+
+# -- serve ----------------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    from engine.engine import Engine
+    from engine.scheduler import Scheduler
+    from engine.server.app import serve
+    from engine.server.engine_backend import EngineCompletionBackend
+    from engine.server.faults import FaultConfig
+    eng = Engine.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+                                 kv_memory_bytes=int(args.kv_memory_gb * (1 << 30)))
+    fault = FaultConfig(latency_s=args.fault_latency, error_rate=args.fault_error_rate,
+                        malformed_rate=args.fault_malformed_rate, status_code=args.fault_status)
+    backend = EngineCompletionBackend(eng, Scheduler(eng), model_name=args.served_name or args.model)
+    import os
+    serve(backend, host=args.host, port=args.port, fault=fault if fault.active else None,
+          api_key=os.environ.get(args.api_key_env) if args.api_key_env else None)
+    return 0
+
+
+# -- trace ----------------------------------------------------------------------------------
+def cmd_trace(args) -> int:
+    from engine.trace import save_html
+    with open(args.file) as f:
+        obj = json.load(f)
+    out = save_html(args.out, obj)
+    print(out)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from engine.models.registry import list_models
+    for name in list_models():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gboost", description="PRM-guided SLM-LLM collaboration engine")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("generate", help="sample from one model")
+    g.add_argument("prompt")
+    g.add_argument("--model", required=True, help="demo name, HF dir, hub id or .gguf file")
+    g.add_argument("--max-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--chat", action="store_true", help="apply the model's chat template")
+    g.add_argument("--json", action="store_true")
+    g.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--kv-memory-gb", type=float, default=1.0)
+    g.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("solve", help="solve one question with G-Boost or a baseline")
+    s.add_argument("question")
+    _add_model_args(s)
+    s.add_argument("--trace", default=None, help="write the search tree as JSON to this file")
+    s.set_defaults(fn=cmd_solve)
+
+    e = sub.add_parser("eval", help="accuracy and cost on GSM8K / MATH-500 JSONL")
+    e.add_argument("--data", required=True)
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--out", default=None, help="per-question records (JSONL)")
+    e.add_argument("--concurrency", type=int, default=4)
+    _add_model_args(e)
+    e.set_defaults(fn=cmd_eval)
+
+    v = sub.add_parser("serve", help="OpenAI-compatible /v1/completions for one model")
+    v.add_argument("--model", required=True)
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--served-name", default=None)
+    v.add_argument("--api-key-env", default=None, help="require Bearer auth with the key in this env variable")
+    v.add_argument("--fault-latency", type=float, default=0.0, help="seconds added to every call (testing)")
+    v.add_argument("--fault-error-rate", type=float, default=0.0)
+    v.add_argument("--fault-malformed-rate", type=float, default=0.0)
+    v.add_argument("--fault-status", type=int, default=503)
+    v.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--kv-memory-gb", type=float, default=1.0)
+    v.set_defaults(fn=cmd_serve)
+
+    t = sub.add_parser("trace", help="draw a --trace JSON file as HTML/SVG")
+    t.add_argument("file")
+    t.add_argument("--out", default="tree.html")
+    t.set_defaults(fn=cmd_trace)
+
+    m = sub.add_parser("models", help="list the demo models known by name")
+    m.set_defaults(fn=cmd_models)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

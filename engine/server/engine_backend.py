@@ -1,0 +1,75 @@
+"""CompletionBackend on a resident model of the engine: what `gboost serve` exposes.
+
+Concurrent HTTP requests go through one Scheduler, so they share forward batches; the
+forward runs in the scheduler's worker thread, never on the event loop.
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.llm.base import TokenLogprobs
+from engine.server.backend import BackendInputError
+from engine.sampling import SamplingParams
+from kernels.fused_sampling import make_noise, sample
+
+
+def _row(logp: torch.Tensor, top_k: int, actual: int | None) -> TokenLogprobs:
+    k = min(max(top_k, 0), logp.shape[-1])
+    ids = torch.topk(logp, k).indices if k else torch.empty(0, dtype=torch.int64)
+    if actual is not None and not bool((ids == actual).any()):
+        ids = torch.cat([ids, torch.tensor([actual])])
+    return TokenLogprobs(ids.to(torch.int64), logp[ids].float(), full=False)
+
+
+class EngineCompletionBackend:
+    def __init__(self, engine, scheduler, role: str = "slm", model_name: str | None = None):
+        self.engine, self.scheduler = engine, scheduler
+        self.m = engine.role(role)
+        self.model_name = model_name or self.m.key
+        self.vocab_size = self.m.config.vocab_size
+        self.max_model_len = self.m.model.max_positions
+        self.eos_token_ids = list(self.m.eos_token_ids)
+
+    def encode(self, text: str) -> list[int]:
+        return self.m.tokenizer.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.m.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _check(self, ids: list[int]) -> None:
+        if not ids:
+            raise BackendInputError("prompt is empty")
+        if len(ids) > self.max_model_len:
+            raise BackendInputError(f"prompt of {len(ids)} tokens exceeds the model's {self.max_model_len}")
+
+    async def prompt_logprobs(self, ids: list[int], top_k: int) -> list[TokenLogprobs]:
+        self._check(ids)
+        seq = self.engine.cache.new_sequence(self.m.key, list(ids))
+        try:
+            self.engine.cache.rewind(seq, 0)  # every position's distribution is wanted
+            logits = await self.scheduler.forward(seq, "all")
+        finally:
+            self.engine.cache.free(seq)
+        logp = torch.log_softmax(logits.float(), -1).cpu()
+        return [_row(logp[i], top_k, ids[i + 1] if i + 1 < len(ids) else None) for i in range(len(ids))]
+
+    async def generate(self, ids, max_tokens, temperature, top_p, seed, stop_ids, top_k_logprobs):
+        self._check(ids)
+        params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+        gen = params.generator(self.engine.cache.pool.device)
+        seq = self.engine.cache.new_sequence(self.m.key, list(ids))
+        out, rows = [], []
+        try:
+            while len(out) < max_tokens and len(seq.token_ids) < self.max_model_len:
+                logits = (await self.scheduler.forward(seq)).float()
+                noise = make_noise(1, logits.shape[-1], gen, logits.device)
+                t = int(sample(logits[None], temperature, 0, top_p, noise)[0])
+                out.append(t)
+                seq.token_ids.append(t)
+                if top_k_logprobs:
+                    rows.append(_row(torch.log_softmax(logits, -1).cpu(), top_k_logprobs, t))
+                if t in stop_ids:
+                    break
+        finally:
+            self.engine.cache.free(seq)
+        return out, rows

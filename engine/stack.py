@@ -1,0 +1,62 @@
+"""Builds the serving stack for a request stream: engine (SLM, local LLM, PRM on one KV pool),
+scheduler, general LLM (local or remote), PRM scorer and the search backend."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from engine.engine import Engine
+from engine.scheduler import Scheduler
+from engine.search.actions import BackendOptions, EngineBackend
+from engine.search.config import SearchConfig
+from engine.search.prm import PRMScorer, PRMSpec
+
+DEFAULT_SLM = "qwen2.5-coder-0.5b"
+DEFAULT_LLM = "qwen2.5-coder-1.5b"
+
+
+def is_url(s: str | None) -> bool:
+    return bool(s) and s.startswith(("http://", "https://"))
+
+
+@dataclass
+class Stack:
+    engine: Engine
+    scheduler: Scheduler
+    backend: EngineBackend
+    llm: object | None
+
+    async def aclose(self) -> None:
+        if self.llm is not None:
+            await self.llm.aclose()
+        self.scheduler.close()
+
+
+async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | None = DEFAULT_LLM,
+                      prm: str | None = None, prm_kind: str = "judge", dtype: str = "bfloat16",
+                      device: str = "cpu", kv_memory_gb: float = 2.0, block_size: int = 16,
+                      options: BackendOptions | None = None, llm_timeout_s: float = 60.0,
+                      llm_top_logprobs: int = 20) -> Stack:
+    """`llm` is a model name/path (resident, shares the pool) or an http(s) URL of an
+    OpenAI-compatible endpoint. The PRM defaults to the local LLM (judge), else the SLM."""
+    remote = is_url(llm)
+    if prm is None:
+        prm = llm if (llm and not remote) else slm
+    engine = await asyncio.to_thread(
+        Engine.from_pretrained, slm, None if remote else llm, prm, dtype=dtype, device=device,
+        block_size=block_size, kv_memory_bytes=int(kv_memory_gb * (1 << 30)))
+    sched = Scheduler(engine)
+    general = None
+    if llm and remote:
+        from engine.llm.remote import RemoteLLM
+        tok = engine.role("slm").tokenizer
+        general = RemoteLLM(llm, timeout_s=llm_timeout_s, top_logprobs=llm_top_logprobs,
+                            token_to_id=tok.token_to_id)
+        probe = tok.encode("Step 1: 2 + 3 = 5.")
+        await general.check(engine.role("slm").config.vocab_size, probe, tok.decode(probe))
+    elif llm:
+        from engine.llm.local import LocalLLM
+        general = LocalLLM(engine, sched)
+    scorer = PRMScorer(engine, sched, PRMSpec(kind=prm_kind)) if prm else None
+    backend = EngineBackend(engine, sched, cfg, llm=general, prm=scorer, options=options)
+    return Stack(engine, sched, backend, general)

@@ -308,9 +308,9 @@ def normalize_math(s: str | None) -> str:
     if box is not None and s.lstrip("$ ").startswith(("\\boxed", "\\fbox")):
         s = box
     s = s.replace("\n", " ")
+    s = s.replace("\\\\", " ; ")                               # matrix row separator
     s = re.sub(r"\\[!,;: ]", "", s)                          # spacing commands
     s = re.sub(r"\\(?:q?quad)\b", "", s)
-    s = s.replace("\\\\", "\\")
     s = s.replace("tfrac", "frac").replace("dfrac", "frac")
     s = s.replace("\\left", "").replace("\\right", "")
     s = s.replace("\\displaystyle", "")
@@ -336,6 +336,9 @@ def normalize_math(s: str | None) -> str:
     s = s.replace(" ", "")
     s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
     s = _fix_fracs(s)
+    # simple a/b -> \frac{a}{b} (a, b: integers, single letters or commands such as \pi)
+    s = re.sub(r"(?<![\w}^_])(\d+|\\[a-zA-Z]+|[a-zA-Z])/(\d+|\\[a-zA-Z]+|[a-zA-Z])(?![\w{.])",
+               r"\\frac{\1}{\2}", s)
     s = re.sub(r"\^\{(\w)\}", r"^\1", s)
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)
     s = re.sub(r"\.+$", "", s)

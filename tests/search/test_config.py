@@ -1,0 +1,121 @@
+import inspect
+import json
+import sys
+
+import pytest
+
+from engine.search.config import ConfigError, SearchConfig
+from engine.search.cost import CostRecord, count_step
+
+
+def test_defaults_are_valid_and_documented():
+    c = SearchConfig()
+    assert c.method == "gboost" and c.action_policy == "both"
+    assert (c.num_simulations, c.uct_c, c.slm_width, c.collab_width) == (16, 1.0, 2, 1)
+    assert c.fusion_rule == "loglinear" and c.fusion_alpha == 0.5
+    assert c.step_delimiter == "\n\n" and c.final_choice == "best_path" and c.prm_aggregation == "min"
+    src = inspect.getsource(sys.modules[SearchConfig.__module__])
+    for name in c.to_dict():  # every field has a comment line
+        assert f"    {name}:" in src
+        idx = src.index(f"    {name}:")
+        assert src[:idx].rstrip().splitlines()[-1].strip().startswith("#:"), name
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"method": "mcts"}, "method='mcts': must be one of gboost, slm"),
+    ({"num_simulations": 0}, "num_simulations=0: must be >= 1"),
+    ({"uct_c": -1}, "uct_c"),
+    ({"slm_width": 0, "collab_width": 0}, "slm_width + collab_width"),
+    ({"method": "beam", "slm_width": 0}, "children per beam"),
+    ({"prm_aggregation": "max"}, "prm_aggregation"),
+    ({"final_choice": "vote"}, "final_choice"),
+    ({"fusion_alpha": 1.5}, "fusion_alpha=1.5: must be in [0, 1]"),
+    ({"fusion_rule": "avg"}, "fusion_rule"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"temperature": "hot"}, "temperature='hot': must be a number"),
+    ({"num_simulations": 2.5}, "must be an integer"),
+    ({"num_simulations": True}, "must be an integer"),
+    ({"dedup_children": 1}, "must be true or false"),
+    ({"max_llm_calls": -1}, "max_llm_calls=-1"),
+    ({"answer_pattern": "(unclosed"}, "not a valid regex"),
+    ({"step_delimiter": ""}, "step_delimiter"),
+    ({"rsd_threshold": 2}, "rsd_threshold"),
+    ({"action_policy": "random"}, "action_policy"),
+])
+def test_validation_errors(kw, msg):
+    with pytest.raises(ConfigError) as e:
+        SearchConfig(**kw)
+    assert msg in str(e.value)
+
+
+def test_unknown_keys_are_rejected_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"'num_simulation' \(did you mean 'num_simulations'\?\)"):
+        SearchConfig.from_dict({"num_simulation": 3})
+    with pytest.raises(ConfigError):
+        SearchConfig.from_dict(["method"])
+
+
+def test_from_file_json_and_toml(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"method": "beam", "beam_width": 3, "uct_c": 2, "max_llm_calls": None}))
+    c = SearchConfig.from_file(p)
+    assert (c.method, c.beam_width, c.uct_c, c.max_llm_calls) == ("beam", 3, 2.0, None)
+    assert isinstance(c.uct_c, float)
+    t = tmp_path / "c.toml"
+    t.write_text('[search]\nmethod = "rsd"\nrsd_threshold = 0.6\nstep_delimiter = "\\n"\n')
+    c = SearchConfig.from_file(t)
+    assert (c.method, c.rsd_threshold, c.step_delimiter) == ("rsd", 0.6, "\n")
+    t.write_text('num_simulations = 0\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: num_simulations=0"):
+        SearchConfig.from_file(t)
+    t.write_text('num_simulations = \n')
+    with pytest.raises(ConfigError, match="cannot parse"):
+        SearchConfig.from_file(t)
+    with pytest.raises(ConfigError, match="not found"):
+        SearchConfig.from_file(tmp_path / "missing.json")
+    y = tmp_path / "c.yaml"
+    y.write_text("method: slm")
+    with pytest.raises(ConfigError, match="unsupported config format"):
+        SearchConfig.from_file(y)
+
+
+def test_replace_validates_and_sampling_view():
+    c = SearchConfig().replace(temperature=0.0, seed=5)
+    assert c.temperature == 0.0 and c.seed == 5
+    with pytest.raises(ConfigError):
+        SearchConfig().replace(temperature=-1)
+    with pytest.raises(ConfigError):
+        SearchConfig().replace(nope=1)
+    s = SearchConfig(fusion_alpha=0.3).sampling()
+    assert s["fusion_alpha"] == 0.3 and s["step_delimiter"] == "\n\n" and s["max_step_tokens"] == 256
+
+
+def test_cost_record_merge_roundtrip_and_minus():
+    a = CostRecord(slm_tokens=10, llm_tokens=5, llm_calls=1, llm_faults={"llm_timeout": 1}, wall_s={"expand": 1.0})
+    b = CostRecord(slm_tokens=1, prm_tokens=7, prefix_cache_tokens=3, llm_faults={"llm_timeout": 2, "x": 1},
+                   wall_s={"expand": 0.5, "score": 0.25})
+    snap = a.copy()
+    a.merge(b)
+    assert (a.slm_tokens, a.llm_tokens, a.prm_tokens, a.prefix_cache_tokens) == (11, 5, 7, 3)
+    assert a.llm_faults == {"llm_timeout": 3, "x": 1} and a.total_faults == 4
+    assert a.wall_s == {"expand": 1.5, "score": 0.25}
+    assert CostRecord.from_dict(a.to_dict()) == a
+    d = a.minus(snap)
+    assert d.slm_tokens == 1 and d.llm_faults == {"llm_timeout": 2, "x": 1} and d.wall_s["expand"] == 0.5
+    with pytest.raises(ValueError):
+        CostRecord.from_dict({"tokens": 1})
+
+
+def test_count_step_conventions():
+    c = CostRecord()
+    count_step(c, "slm", 4, None)
+    count_step(c, "collab", 3, None)
+    count_step(c, "llm", 2, None)
+    count_step(c, "collab", 5, "llm_timeout")
+    assert (c.slm_tokens, c.llm_tokens, c.llm_calls) == (4 + 3 + 5, 3 + 2, 3)
+    assert c.llm_faults == {"llm_timeout": 1}
+    with pytest.raises(ValueError):
+        count_step(c, "tool", 1, None)
+    with c.timed("x"):
+        pass
+    assert c.wall_s["x"] >= 0

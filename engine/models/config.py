@@ -157,7 +157,9 @@ class ModelConfig:
             raise ValueError(f"config is missing required field(s): {', '.join(missing)}")
 
         rope_params = d.get("rope_parameters") or {}
-        rope_theta = d.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+        rope_theta = d.get("rope_theta")
+        if rope_theta is None:
+            rope_theta = rope_params.get("rope_theta", 10000.0)
         rope_scaling = d.get("rope_scaling")
         if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
             rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
@@ -174,7 +176,7 @@ class ModelConfig:
             num_key_value_heads=d.get("num_key_value_heads"),
             head_dim=d.get("head_dim"),
             rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-            rope_theta=rope_theta if rope_theta is not None else 10000.0,
+            rope_theta=rope_theta,
             max_position_embeddings=d.get("max_position_embeddings", 2048),
             tie_word_embeddings=d.get("tie_word_embeddings", False),
             attention_bias=attention_bias,

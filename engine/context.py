@@ -5,6 +5,7 @@ Kept beside the model (not threaded through every forward signature) so that
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -21,20 +22,23 @@ class Context:
     max_seq_len: int
 
 
-_CTX: Context | None = None
+# Thread-local: engines in one process (a server and a client in tests, say) may run
+# forward passes on different threads at the same time.
+_LOCAL = threading.local()
 
 
 def get_context() -> Context:
-    if _CTX is None:
+    ctx = getattr(_LOCAL, "ctx", None)
+    if ctx is None:
         raise RuntimeError("attention called outside a runner pass (no batch context set)")
-    return _CTX
+    return ctx
 
 
 @contextmanager
 def use_context(ctx: Context):
-    global _CTX
-    prev, _CTX = _CTX, ctx
+    prev = getattr(_LOCAL, "ctx", None)
+    _LOCAL.ctx = ctx
     try:
         yield ctx
     finally:
-        _CTX = prev
+        _LOCAL.ctx = prev

@@ -56,8 +56,14 @@ class BackendOptions:
             raise ValueError("max_draft must be >= 1")
 
 
-class _StepEnd(Exception):
-    pass
+async def gather_all(*aws):
+    """Like asyncio.gather, but waits for every awaitable before raising: a failed LLM call must
+    not leave an SLM forward of the same sequence in flight while the step is rolled back."""
+    res = await asyncio.gather(*aws, return_exceptions=True)
+    for r in res:
+        if isinstance(r, BaseException):
+            raise r
+    return res
 
 
 class EngineBackend:
@@ -95,7 +101,14 @@ class EngineBackend:
             raise ValueError(f"unknown action {action!r}")
         if action != "slm" and self.llm is None:
             raise ValueError(f"action {action!r} needs a general LLM; none is configured")
-        return list(await asyncio.gather(*(self._child(state, action, i) for i in range(n))))
+        res = await asyncio.gather(*(self._child(state, action, i) for i in range(n)), return_exceptions=True)
+        errors = [r for r in res if isinstance(r, BaseException)]
+        if errors:  # the search never sees these children: release the ones that did finish
+            for r in res:
+                if isinstance(r, StepOut):
+                    self.release(r.state)
+            raise errors[0]
+        return res
 
     async def score(self, states: list[NodeState]) -> list[float]:
         if self.prm is None:
@@ -196,7 +209,9 @@ class EngineBackend:
         a = self.cfg.fusion_alpha if alpha is None else alpha
         slm_lp = torch.log_softmax(slm_logits.float(), -1)
         if all(r.full for r in llm_rows):
-            llm_lp = torch.stack([r.logprobs for r in llm_rows]).to(slm_lp.device)
+            llm_lp = torch.empty_like(slm_lp)  # full rows may come in any id order (an endpoint sorts them)
+            for i, r in enumerate(llm_rows):
+                llm_lp[i, r.ids.to(slm_lp.device)] = r.logprobs.to(slm_lp.device)
         else:  # top-k endpoint: fuse over the union of both top-k sets (see engine/llm/topk.py)
             u = union_support(slm_lp, llm_rows, self.opt.topk_support)
             slm_lp, llm_lp = u.slm_logp, u.llm_logp
@@ -212,7 +227,7 @@ class EngineBackend:
     async def _exact_collab_step(self, seq: Sequence, gen: torch.Generator, alpha) -> None:
         start = len(seq.token_ids)
         while True:
-            slm_logits, row = await asyncio.gather(self.scheduler.forward(seq),
+            slm_logits, row = await gather_all(self.scheduler.forward(seq),
                                                    self._llm_rows(self.llm.next_logprobs(list(seq.token_ids))))
             z = self._fused_logp(slm_logits[None], [row], alpha)[0]
             seq.token_ids.append(self._sample(z, gen))
@@ -237,7 +252,7 @@ class EngineBackend:
                     ended = True
                     break
             # SLM row after the draft (bonus position) and the LLM's rows, concurrently.
-            bonus, llm_rows = await asyncio.gather(
+            bonus, llm_rows = await gather_all(
                 self.scheduler.forward(seq),
                 self._llm_rows(self.llm.score(seq.token_ids[:base], draft)))
             slm_all = torch.stack(slm_rows + [bonus])

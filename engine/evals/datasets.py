@@ -1,0 +1,131 @@
+"""Evaluation data: GSM8K and MATH(-500) rows read from a path, format auto-detected.
+
+* GSM8K rows: ``{"question": ..., "answer": "...worked solution...\\n#### 18"}``;
+  the gold is the normalised number after ``####``.
+* MATH rows: ``{"problem": ..., "solution": ..., "answer": "\\frac{1}{2}", ...}``;
+  the gold is ``answer`` (or the last ``\\boxed{}`` of ``solution``).  ``level``,
+  ``subject`` and ``unique_id`` are kept in ``meta``.
+
+Files are JSON Lines (one object per line; blank lines ignored) or a single JSON
+array.  The data is read from where it lives (e.g. ``../shared/data/``), never copied.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from engine.search.answer import extract_gsm8k_gold, extract_math_gold
+
+__all__ = ["EvalRow", "load_rows", "rows_from_dicts", "detect_kind", "DatasetError", "KINDS"]
+
+KINDS = ("gsm8k", "math")
+
+
+class DatasetError(ValueError):
+    """A dataset file or row that cannot be used (message says where and why)."""
+
+
+@dataclass
+class EvalRow:
+    idx: int                     #: position in the file (0-based)
+    question: str                #: what the model is asked
+    gold: str                    #: normalised gold answer (GSM8K: number string; MATH: LaTeX)
+    kind: str                    #: "gsm8k" | "math" (selects extraction and grading)
+    id: str | None = None        #: dataset id when the row has one (MATH unique_id)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def detect_kind(obj: dict[str, Any]) -> str:
+    """'gsm8k' or 'math' from a row's keys; raises DatasetError otherwise."""
+    if not isinstance(obj, dict):
+        raise DatasetError(f"row is a {type(obj).__name__}, expected a JSON object")
+    if "problem" in obj and ("answer" in obj or "solution" in obj):
+        return "math"
+    if "question" in obj and "answer" in obj:
+        return "gsm8k"
+    raise DatasetError(
+        f"unknown row format with keys {sorted(obj)}; expected GSM8K {{question, answer}} "
+        f"or MATH {{problem, solution, answer}}")
+
+
+def _row(obj: dict[str, Any], idx: int, kind: str) -> EvalRow:
+    if kind == "gsm8k":
+        q, a = obj.get("question"), obj.get("answer")
+        if not isinstance(q, str) or not q.strip():
+            raise DatasetError("GSM8K row: 'question' must be a non-empty string")
+        if not isinstance(a, str):
+            raise DatasetError("GSM8K row: 'answer' must be a string ending in '#### <number>'")
+        try:
+            gold = extract_gsm8k_gold(a)
+        except ValueError as e:
+            raise DatasetError(f"GSM8K row: {e}") from None
+        meta = {k: v for k, v in obj.items() if k not in ("question", "answer")}
+        return EvalRow(idx, q, gold, "gsm8k", str(obj["id"]) if "id" in obj else None, meta)
+    if kind == "math":
+        q = obj.get("problem")
+        if not isinstance(q, str) or not q.strip():
+            raise DatasetError("MATH row: 'problem' must be a non-empty string")
+        try:
+            gold = extract_math_gold(obj.get("answer"), obj.get("solution"))
+        except ValueError as e:
+            raise DatasetError(f"MATH row: {e}") from None
+        meta = {k: obj[k] for k in ("level", "subject") if k in obj}
+        uid = obj.get("unique_id", obj.get("id"))
+        return EvalRow(idx, q, gold, "math", None if uid is None else str(uid), meta)
+    raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {KINDS}")
+
+
+def rows_from_dicts(dicts: Iterable[dict[str, Any]], kind: str = "auto", *,
+                    source: str = "<rows>") -> list[EvalRow]:
+    """Convert raw row objects; ``kind='auto'`` detects it from the first row and checks the rest."""
+    out: list[EvalRow] = []
+    fixed = None if kind == "auto" else kind
+    if fixed is not None and fixed not in KINDS:
+        raise DatasetError(f"unknown dataset kind {kind!r}; expected auto or one of {KINDS}")
+    for i, obj in enumerate(dicts):
+        where = f"{source}: row {i + 1}"
+        try:
+            k = detect_kind(obj)
+            if fixed is None:
+                fixed = k
+            elif k != fixed:
+                raise DatasetError(f"looks like {k} but earlier rows are {fixed} (mixed formats)")
+            out.append(_row(obj, i, fixed))
+        except DatasetError as e:
+            raise DatasetError(f"{where}: {e}") from None
+    return out
+
+
+def load_rows(path: str | Path, kind: str = "auto", limit: int | None = None) -> list[EvalRow]:
+    """Read a GSM8K or MATH file (.jsonl, or a .json array); ``limit`` keeps the first rows."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"dataset not found: {p} (pass the path to e.g. gsm8k_test.jsonl)")
+    if p.is_dir():
+        raise DatasetError(f"{p} is a directory; pass a .jsonl file")
+    text = p.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DatasetError(f"{p}: file is empty")
+    if text.lstrip().startswith("["):
+        try:
+            objs = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{p}: invalid JSON array: {e}") from None
+    else:
+        objs = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                objs.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{p}:{lineno}: invalid JSON ({e.msg}); expected one object per line") from None
+    if limit is not None:
+        if limit < 0:
+            raise DatasetError(f"limit must be >= 0, got {limit}")
+        objs = objs[:limit]
+    if not objs:
+        raise DatasetError(f"{p}: no rows")
+    return rows_from_dicts(objs, kind, source=str(p))

@@ -1,0 +1,129 @@
+"""The general LLM over real HTTP (gboost's own server on 127.0.0.1) inside collaborative steps."""
+import asyncio
+
+import pytest
+
+from engine.llm.base import LLMError
+from engine.llm.local import LocalLLM
+from engine.llm.remote import RemoteLLM
+from engine.scheduler import Scheduler
+from engine.search.actions import BackendOptions, EngineBackend
+from engine.search.api import solve
+from engine.search.config import SearchConfig
+from engine.search.prm import PRMScorer, PRMSpec
+from engine.server.app import create_app
+from engine.server.engine_backend import EngineCompletionBackend
+from engine.server.faults import FaultConfig
+from engine.server.runner import BackgroundServer
+from engine.testing import tiny_engine
+
+V = 260
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The tiny 'general LLM' (seed 2) served over HTTP, with switchable faults."""
+    eng = tiny_engine({"slm": 2})
+    backend = EngineCompletionBackend(eng, Scheduler(eng), model_name="tiny-llm")
+    with BackgroundServer(create_app(backend, max_logprobs=V)) as srv:
+        yield srv
+
+
+def cfg(**kw):
+    return SearchConfig(**{"max_step_tokens": 6, "max_depth": 2, "temperature": 0.0, "top_p": 1.0,
+                           "method": "fusion", **kw})
+
+
+async def fused_steps(llm_factory, mode, question="2+2=?"):
+    eng = tiny_engine({"slm": 1, "prm": 3})
+    sched = Scheduler(eng)
+    llm = await llm_factory(eng, sched)
+    be = EngineBackend(eng, sched, cfg(), llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
+                       options=BackendOptions(collab_mode=mode, max_draft=3))
+    try:
+        res = await solve(question, be, cfg())
+    finally:
+        await llm.aclose()
+    eng.cache.check_refcounts()
+    assert all(r == 0 for r in eng.cache.blocks.ref)
+    return [s["text"] for s in res.steps], res, be
+
+
+@pytest.mark.parametrize("mode", ["exact", "speculative"])
+def test_served_llm_gives_the_same_greedy_fused_tokens_as_local(server, mode):
+    async def local(eng, sched):
+        src = tiny_engine({"llm": 2})          # same weights as the served model
+        return LocalLLM(src, Scheduler(src))
+
+    async def remote(eng, sched):
+        llm = RemoteLLM(server.url + "/v1", top_logprobs=V, timeout_s=10)
+        await llm.check(V, [10, 20, 30])
+        return llm
+    a, _, _ = asyncio.run(fused_steps(local, mode))
+    b, _, be = asyncio.run(fused_steps(remote, mode))
+    assert a == b and len(a) == 2
+    assert be.llm_rounds > 0
+
+
+def test_topk_endpoint_completes_with_union_support(server):
+    async def remote(eng, sched):
+        llm = RemoteLLM(server.url, top_logprobs=5, timeout_s=10)
+        await llm.check(V, [10, 20, 30])
+        return llm
+    steps, res, _ = asyncio.run(fused_steps(remote, "speculative"))
+    assert len(steps) == 2 and not res.cost.llm_faults
+
+
+@pytest.mark.parametrize("fault,kind", [
+    (FaultConfig(error_rate=1.0, status_code=503), "llm_http_5xx"),
+    (FaultConfig(error_rate=1.0, status_code=429, retry_after=0), "llm_http_429"),
+    (FaultConfig(malformed_rate=1.0), "llm_malformed"),
+    (FaultConfig(latency_s=0.5), "llm_timeout"),
+])
+def test_faults_fall_back_to_slm_steps_and_are_counted(server, fault, kind):
+    async def remote(eng, sched):
+        llm = RemoteLLM(server.url, top_logprobs=V, timeout_s=0.2, max_retries=1, backoff_base_s=0.01,
+                        vocab_size=V)
+        return llm
+    server.app.state.faults.configure(fault)
+    try:
+        steps, res, be = asyncio.run(fused_steps(remote, "speculative"))
+    finally:
+        server.app.state.faults.configure(FaultConfig())
+    assert len(steps) == 2
+    assert [s["action"] for s in res.steps] == ["collab", "collab"]
+    assert res.cost.llm_faults.get(kind, 0) == 2 and be.cost.llm_faults.get(kind, 0) == 2
+
+
+def test_fault_can_be_configured_to_fail_the_request(server):
+    async def go():
+        eng = tiny_engine({"slm": 1, "prm": 3})
+        sched = Scheduler(eng)
+        llm = RemoteLLM(server.url, top_logprobs=V, timeout_s=1, max_retries=0, vocab_size=V)
+        be = EngineBackend(eng, sched, cfg(), llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
+                           options=BackendOptions(on_llm_fault="fail"))
+        try:
+            with pytest.raises(LLMError) as e:
+                await solve("1+1?", be, cfg())
+        finally:
+            await llm.aclose()
+        assert e.value.kind == "http_5xx"
+        eng.cache.check_refcounts()
+        assert all(r == 0 for r in eng.cache.blocks.ref)
+    server.app.state.faults.configure(FaultConfig(error_rate=1.0))
+    try:
+        asyncio.run(go())
+    finally:
+        server.app.state.faults.configure(FaultConfig())
+
+
+def test_vocabulary_mismatch_is_refused_at_start_up(server):
+    async def go():
+        llm = RemoteLLM(server.url, top_logprobs=5)
+        try:
+            with pytest.raises(LLMError) as e:
+                await llm.check(V + 1000, [10, 20])
+        finally:
+            await llm.aclose()
+        return e.value.kind
+    assert asyncio.run(go()) == "vocab_mismatch"

@@ -73,8 +73,12 @@ class SearchConfig:
     # ---- MCTS (method=gboost) --------------------------------------------------------------
     #: simulations (select -> expand -> evaluate -> backpropagate) per request
     num_simulations: int = 16
-    #: UCT exploration constant c in Q + c*sqrt(ln N_parent / N_child); rewards are in [0,1]
-    uct_c: float = 1.0
+    #: UCT exploration constant c in Q + c*sqrt(ln N_parent / N_child).  Rewards are in [0,1]
+    #: and good/bad steps differ by ~0.2-0.4 in PRM reward, while with ~16 simulations the
+    #: bonus sqrt(ln N / n) of a fresh node is ~1.7: c must be small for values to matter, or
+    #: the search stays breadth-first and rarely reaches a terminal step (the classic sqrt(2)
+    #: assumes rollouts to the end, which G-Boost does not do)
+    uct_c: float = 0.2
     #: leaves selected per round (virtual loss keeps them distinct); >1 gives the backend a
     #: bigger batch per round at the price of slightly staler statistics
     leaf_parallelism: int = 1
@@ -92,8 +96,9 @@ class SearchConfig:
     arm_fpu: float = 0.5
     #: drop sibling children whose text duplicates an earlier sibling (not scored, released)
     dedup_children: bool = True
-    #: if no terminal node exists when the simulations are spent, extend the best leaf with
-    #: SLM steps (one child each) until it terminates, so a request always yields an answer
+    #: if no terminal node exists when the simulations are spent, complete the best leaf
+    #: greedily (per step: one SLM and, budget permitting, one collab sample; the PRM keeps the
+    #: better) until it terminates, so a request always yields an answer
     finish_unterminated: bool = True
     #: stop the search early once a terminal path's aggregated PRM reaches this (None: never)
     early_stop_reward: float | None = None

@@ -27,8 +27,9 @@ backpropagate
 Budgets: before each round the request's LLM quota is computed from
 ``max_llm_calls`` / ``max_llm_tokens`` / ``max_llm_faults``; once it is spent only
 SLM children are generated.  After the simulations, if no terminal node exists
-and ``finish_unterminated`` is set, the best leaf is extended by single SLM
-steps until it terminates.  The answer comes from the best terminal path
+and ``finish_unterminated`` is set, the best open leaf is completed greedily:
+per step one SLM and (budget permitting) one collab sample, the PRM keeps the
+better one.  The answer comes from the best terminal path
 (``final_choice``/``prm_aggregation``).
 
 :class:`SearchContext` (per-request state: backend calls, cost, state ledger)
@@ -433,7 +434,11 @@ async def _expand_round(ctx: SearchContext, leaves: list[tuple[Node, str | None]
 
 
 async def _finish(ctx: SearchContext, root: Node) -> None:
-    """No terminal node yet: extend the best open leaf with single SLM steps until it terminates."""
+    """No terminal node yet: complete the best open leaf greedily, one step at a time.
+
+    Each completion step samples one SLM child and -- if ``collab_width > 0`` and the LLM
+    budget allows -- one collab child, concurrently; the PRM picks the better (ties: SLM).
+    """
     if any(n.terminal and not n.is_root and not n.pruned for n in root.iter_nodes()):
         return
     how = ctx.cfg.prm_aggregation
@@ -442,11 +447,16 @@ async def _finish(ctx: SearchContext, root: Node) -> None:
         return
     node = max(leaves, key=lambda n: (path_score(n, how), n.depth, -n.id))
     ctx.stats["finished_from"] = node.id
-    while not node.terminal:
-        kids = (await ctx.expand([(node, "slm", 1)], dedup=False))[0]
-        if not kids:
-            node.exhausted = node.terminal = True
-            break
-        await ctx.score(kids)
-        kids[0].backpropagate(kids[0].reward or 0.0)
-        node = kids[0]
+    with ctx.cost.timed("finish"):
+        while not node.terminal:
+            reqs = [(node, "slm", 1)]
+            if ctx.cfg.collab_width > 0 and ctx.llm_quota() > 0:
+                reqs.append((node, "collab", 1))
+            kids = [c for cs in await ctx.expand(reqs) for c in cs]
+            if not kids:
+                node.exhausted = node.terminal = True
+                break
+            await ctx.score(kids)
+            for c in kids:
+                c.backpropagate(c.reward or 0.0)
+            node = max(kids, key=lambda c: (c.reward or 0.0, -c.id))

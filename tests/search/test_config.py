@@ -11,7 +11,7 @@ from engine.search.cost import CostRecord, count_step
 def test_defaults_are_valid_and_documented():
     c = SearchConfig()
     assert c.method == "gboost" and c.action_policy == "both"
-    assert (c.num_simulations, c.uct_c, c.slm_width, c.collab_width) == (16, 1.0, 2, 1)
+    assert (c.num_simulations, c.uct_c, c.slm_width, c.collab_width) == (16, 0.2, 2, 1)
     assert c.fusion_rule == "loglinear" and c.fusion_alpha == 0.5
     assert c.step_delimiter == "\n\n" and c.final_choice == "best_path" and c.prm_aggregation == "min"
     src = inspect.getsource(sys.modules[SearchConfig.__module__])

@@ -138,6 +138,22 @@ def test_finish_unterminated_extends_best_leaf():
     assert res.steps == [] and res.answer is None
 
 
+def test_finish_is_prm_greedy_over_both_actions_within_budget():
+    def step(q, steps, action, i):
+        return f"{action} The answer is 1." if len(steps) == 4 else f"d{len(steps) + 1}-{action}{i}"
+
+    def reward(q, steps):
+        return 0.9 if steps[-1].startswith("d2-collab") or steps[-1].startswith("d4-collab") else 0.5
+
+    b = ToyBackend(step, reward)
+    res = run(solve("q", b, cfg(num_simulations=1, finish_unterminated=True, max_llm_calls=3)))
+    # sim 1 used one LLM call (root); the completion has 2 left: depth 2 and 3 get a collab
+    # sample (collab wins at depth 2 only), depth 4 and 5 are SLM-only
+    assert [s["action"] for s in res.steps] == ["slm", "collab", "slm", "slm", "slm"]
+    assert [len(c[4]) for c in b.expand_calls("collab")] == [0, 1, 2]
+    assert res.cost.llm_calls == 3 and res.answer == "1"
+
+
 # ------------------------------------------------------------------------------------ budgets
 def test_llm_call_budget_then_slm_only():
     b = ToyBackend(labelled_step, lambda q, s: 0.5)

@@ -1,0 +1,130 @@
+import asyncio
+import json
+import re
+
+import pytest
+
+from engine.evals.datasets import rows_from_dicts
+from engine.evals.loop import EvalReport, run_eval, wilson_interval
+from engine.search.backend import ToyBackend
+from engine.search.config import SearchConfig
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+QUESTIONS = [
+    ("What is 2 + 3?", 5), ("What is 10 + 20?", 30), ("Hard: what is 4 + 4?", 8),
+    ("What is 1 + 1?", 2), ("Hard: what is 7 + 6?", 13),
+]
+
+
+def rows():
+    return rows_from_dicts([{"question": q, "answer": f"...\n#### {a}"} for q, a in QUESTIONS])
+
+
+def adder(q, steps, action, i):
+    """Solves a + b in two steps; gets 'Hard' questions wrong unless the LLM helps."""
+    a, b = map(int, re.findall(r"\d+", q))
+    if not steps:
+        return f"We add {a} and {b}."
+    wrong = q.startswith("Hard") and action == "slm"
+    return f"The answer is {a + b + (1 if wrong else 0)}."
+
+
+def prm(q, steps):
+    return 0.9
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(3, 5)
+    assert (round(lo, 4), round(hi, 4)) == (0.2307, 0.8824)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and round(hi, 4) == 0.2775
+    lo, hi = wilson_interval(10, 10)
+    assert round(lo, 4) == 0.7225 and hi == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(6, 5)
+
+
+def test_eval_loop_accuracy_ci_cost_and_records(tmp_path):
+    b = ToyBackend(adder, prm, latency_s=0.002)
+    out = tmp_path / "runs" / "slm.jsonl"
+    rep = run(run_eval(rows(), b, SearchConfig(method="slm"), out_path=out, concurrency=3, progress=False))
+    assert isinstance(rep, EvalReport)
+    assert (rep.n, rep.correct, rep.errors) == (5, 3, 0)
+    assert rep.accuracy == pytest.approx(0.6)
+    assert tuple(round(x, 4) for x in rep.ci95) == (0.2307, 0.8824)
+    assert b.max_inflight == 3  # concurrency-bounded requests overlapped on one backend
+    assert rep.cost.llm_calls == 0 and rep.cost.slm_tokens == b.cost.slm_tokens
+    assert rep.backend_cost["slm_tokens"] == b.cost.slm_tokens
+    lines = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [l["idx"] for l in lines] == [0, 1, 2, 3, 4]  # rewritten in dataset order
+    assert [l["correct"] for l in lines] == [True, True, False, True, False]
+    assert lines[2]["pred"] == "9" and lines[2]["gold"] == "8"
+    assert set(lines[0]) >= {"question", "gold", "pred", "correct", "cost", "steps", "error", "wall_s"}
+    assert lines[0]["steps"][1] == {"text": "The answer is 5.", "action": "slm", "reward": 0.9}
+    summary = json.loads((tmp_path / "runs" / "slm.summary.json").read_text())
+    assert summary["accuracy"] == pytest.approx(0.6) and summary["n"] == 5
+    d = rep.to_dict()
+    assert d["ci95"] == list(rep.ci95) and "records" not in d
+    assert "accuracy 0.600 (3/5" in rep.summary()
+    assert not b.live
+
+
+def test_eval_loop_fusion_fixes_the_hard_ones_and_limit():
+    b = ToyBackend(adder, prm)
+    rep = run(run_eval(rows(), b, SearchConfig(method="fusion"), progress=False))
+    assert rep.correct == 5 and rep.cost.llm_calls == 10
+    rep = run(run_eval(rows(), ToyBackend(adder, prm), SearchConfig(method="fusion"), limit=2, progress=False))
+    assert rep.n == 2
+
+
+def test_eval_loop_gboost_uses_collab_where_it_helps():
+    def reward(q, steps):
+        return 0.2 if steps[-1] == "The answer is 9." or steps[-1] == "The answer is 14." else 0.9
+
+    b = ToyBackend(adder, reward)
+    rep = run(run_eval(rows(), b, SearchConfig(num_simulations=4), progress=False))
+    assert rep.correct == 5
+    assert [r["steps"][-1]["action"] for r in rep.records][2] == "collab"
+
+
+def test_eval_loop_records_errors_and_factories():
+    calls = {"n": 0}
+
+    class Flaky(ToyBackend):
+        async def root(self, question):
+            calls["n"] += 1
+            if "10 + 20" in question:
+                raise RuntimeError("engine hiccup")
+            return await super().root(question)
+
+    rep = run(run_eval(rows(), lambda: Flaky(adder, prm), SearchConfig(method="slm"), progress=False))
+    assert rep.errors == 1 and rep.correct == 2 and rep.n == 5
+    bad = rep.records[1]
+    assert bad["error"] == "RuntimeError: engine hiccup" and bad["correct"] is False
+
+    async def make():
+        return ToyBackend(adder, prm)
+
+    rep = run(run_eval(rows(), make, SearchConfig(method="slm"), progress=False))
+    assert rep.correct == 3
+
+    with pytest.raises(RuntimeError, match="hiccup"):
+        run(run_eval(rows(), Flaky(adder, prm), SearchConfig(method="slm"), progress=False, fail_fast=True))
+    with pytest.raises(TypeError):
+        run(run_eval(rows(), 42, SearchConfig(), progress=False))
+    with pytest.raises(ValueError):
+        run(run_eval(rows(), ToyBackend(), SearchConfig(), concurrency=0, progress=False))
+
+
+def test_eval_loop_reads_a_path(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps({"question": q, "answer": f"#### {a}"}) for q, a in QUESTIONS))
+    seen = []
+    rep = run(run_eval(str(p), ToyBackend(adder, prm), SearchConfig(method="slm"), progress=False,
+                       on_record=seen.append))
+    assert rep.correct == 3 and sorted(r["idx"] for r in seen) == [0, 1, 2, 3, 4]

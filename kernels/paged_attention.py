@@ -118,7 +118,7 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_
 
 
 def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale,
-                           out=None, block_m=None, block_n=None, num_warps=4, num_stages=2):
+                           out=None, block_m=None, block_n=None, num_warps=8, num_stages=2):
     T, Hq, D = q.shape
     B = seq_lens.shape[0]
     BS, Hkv = k_cache.shape[1], k_cache.shape[2]
@@ -133,7 +133,10 @@ def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqle
         block_m = 16 if (T / B) * group_pad <= 16 else 64
     block_m = max(block_m, group_pad, 16)
     block_q = block_m // group_pad
-    block_n = block_n or 64
+    # Per-key page gathers hold [BLOCK_N, BLOCK_D] 64-bit pointers: these sizes compile without spills
+    # on sm_90 (tests/kernels/sm90_compile.py -v prints registers); retune with benchmarks/ on a GPU.
+    block_d = max(16, next_pow2(D))
+    block_n = block_n or (64 if block_d <= 64 else 32)
     grid = (T // block_q + B, Hkv)
     interp = interpreting()
     _paged_attn_kernel[grid](
@@ -141,7 +144,7 @@ def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqle
         *q.stride(), *out.stride(), *k_cache.stride(), *v_cache.stride(), block_tables.stride(0),
         B, scale * math.log2(math.e), D, BS,
         GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_D=max(16, next_pow2(D)), UPCAST=interp,
+        BLOCK_D=block_d, UPCAST=interp,
         DOT_PREC="ieee" if (interp or q.dtype == torch.float32) else "tf32",
         num_warps=num_warps, num_stages=num_stages,
     )

@@ -82,6 +82,7 @@ async def solve(question: str, backend: Any, cfg: SearchConfig | None = None,
     cfg = cfg if cfg is not None else SearchConfig()
     if not isinstance(cfg, SearchConfig):
         raise TypeError(f"cfg must be a SearchConfig, got {type(cfg).__name__}")
+    cfg.validate()  # it is a mutable dataclass: catch fields changed after construction
     ctx = SearchContext(backend, cfg, question, on_step)
     t0 = time.perf_counter()
     try:

@@ -119,7 +119,8 @@ class SearchConfig:
     prm_aggregation: str = "min"
 
     # ---- per-request LLM budgets (None = unlimited) ----------------------------------------
-    #: LLM tokens (collab + llm steps) after which only SLM steps are generated
+    #: LLM tokens (collab + llm steps) after which only SLM steps are generated (checked before
+    #: each round, so the round in flight may overshoot it by its own tokens)
     max_llm_tokens: int | None = None
     #: LLM-involving step generations (one per collab/llm child) allowed per request
     max_llm_calls: int | None = None

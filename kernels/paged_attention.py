@@ -107,13 +107,14 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_
         qlen = e - s
         nb = -(-L // BS)
         blocks = block_tables[b, :nb].long()
-        K = k_cache[blocks].reshape(nb * BS, Hkv, D)[:L].float().repeat_interleave(group, dim=1)
-        V = v_cache[blocks].reshape(nb * BS, Hkv, D)[:L].float().repeat_interleave(group, dim=1)
-        S = torch.einsum("qhd,khd->hqk", q[s:e].float(), K) * scale
+        K = k_cache[blocks].reshape(nb * BS, Hkv, D)[:L].float()
+        V = v_cache[blocks].reshape(nb * BS, Hkv, D)[:L].float()
+        Q = q[s:e].float().view(qlen, Hkv, group, D)  # q head h = kv head h // group, member h % group
+        S = torch.einsum("qkgd,lkd->kgql", Q, K) * scale
         qpos = L - qlen + torch.arange(qlen, device=q.device)
         visible = torch.arange(L, device=q.device)[None, :] <= qpos[:, None]
         P = torch.softmax(S.masked_fill(~visible, float("-inf")), dim=-1)
-        out[s:e] = torch.einsum("hqk,khd->qhd", P, V).to(q.dtype)
+        out[s:e] = torch.einsum("kgql,lkd->qkgd", P, V).reshape(qlen, Hq, D).to(q.dtype)
     return out
 
 

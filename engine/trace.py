@@ -166,7 +166,7 @@ def render_html(json_obj: dict[str, Any] | str, title: str | None = None) -> str
                      f'fill="{color}" {stroke}/>')
         else:
             shape = f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{_R}" fill="{color}" {stroke}/>'
-        label = "Q" if d["parent"] is None else _fmt(d["reward"])
+        label = "root" if d["parent"] is None else _fmt(d["reward"])
         parts.append(
             f'<g class="node{" chosen" if d["chosen"] else ""}" data-id="{d["id"]}" '
             f'data-action="{esc(d["action"])}"{opacity}><title>{esc(tip)}</title>{shape}'

@@ -6,8 +6,9 @@ select
     From the root, follow the child with the highest UCT
     (``Q + uct_c * sqrt(ln N_parent / N_child)``, ties broken by ``random.Random(seed)``)
     until an unexpanded node or a terminal node.  With ``leaf_parallelism > 1``
-    several leaves are selected per round; virtual losses on the paths in flight
-    make them differ.
+    several leaves are selected per round: virtual losses on the paths in flight
+    steer later picks elsewhere, and a picked leaf (and any ancestor with nothing
+    else to offer) is blocked for the rest of the round, so picks are distinct.
 expand
     The leaf gets children from the two actions -- ``slm_width`` SLM samples and
     ``collab_width`` SLM+LLM fused samples -- as decided by ``action_policy``

@@ -141,7 +141,7 @@ def rsd_reward(q, steps):
     kind, d = last.split(":")[0].split()
     if kind == "llm":
         return 0.95
-    return 0.2 if int(d) in (1, 3) else 0.8
+    return {1: 0.45, 2: 0.5, 3: 0.3, 4: 0.55}[int(d)]  # threshold 0.5: >= keeps the SLM step
 
 
 def test_rsd_regenerates_exactly_the_low_prm_steps():

@@ -30,13 +30,17 @@ def _find_seq(cu_ptr, tile, B, BLOCK_Q: tl.constexpr):
 
 @triton.jit
 def _paged_attn_kernel(
-    q_ptr, kc_ptr, vc_ptr, bt_ptr, sl_ptr, cu_ptr, o_ptr,
+    q_ptr, kc_ptr, vc_ptr, bt_ptr, sl_ptr, cu_ptr, o_ptr, lse_ptr, init_o_ptr,
     sq_t, sq_h, sq_d, so_t, so_h, so_d,
     sk_b, sk_o, sk_h, sk_d, sv_b, sv_o, sv_h, sv_d, sbt_b,
-    B, qk_scale, D, BS,
+    B, qk_scale, D, BS, HQ,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    CAUSAL: tl.constexpr = True, WRITE_LSE: tl.constexpr = False, HAS_INIT: tl.constexpr = False,
 ):
+    # CAUSAL=False: every query sees all seq_len keys (shared-prefix pass). WRITE_LSE stores the
+    # log2-domain logsumexp [T, HQ]; HAS_INIT starts the online softmax from a previous pass's
+    # (normalised out, lse) = state (m=lse, l=1, acc=out), which merges the two passes exactly.
     # Tile = BLOCK_Q query tokens x all GROUP q heads of one kv head: K/V are read once for the whole group.
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -58,12 +62,22 @@ def _paged_attn_kernel(
         q = tl.load(q_ptr + tok[:, None] * sq_t + qh[:, None] * sq_h + d[None, :] * sq_d, mask=qmask, other=0.0)
         if UPCAST:  # interpreter: bf16 arithmetic is broken there, compute in fp32
             q = q.to(tl.float32)
-        qpos = seq_len - qlen + qi
-        # Keys past the tile's last query position are never visible: stop the loop there.
-        kv_end = seq_len - qlen + tl.minimum(local * BLOCK_Q + BLOCK_Q, qlen)
-        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite start: fully-masked rows give 0, not NaN
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        if CAUSAL:
+            qpos = seq_len - qlen + qi
+            # Keys past the tile's last query position are never visible: stop the loop there.
+            kv_end = seq_len - qlen + tl.minimum(local * BLOCK_Q + BLOCK_Q, qlen)
+        else:
+            qpos = tl.zeros_like(qi) + seq_len - 1
+            kv_end = seq_len
+        st_off = tok * HQ + qh  # [T, HQ] / [T, HQ, D] contiguous side buffers
+        if HAS_INIT:
+            m_i = tl.load(lse_ptr + st_off, mask=row_ok, other=-1.0e30)
+            l_i = tl.where(row_ok, 1.0, 0.0)
+            acc = tl.load(init_o_ptr + st_off[:, None] * D + d[None, :], mask=qmask, other=0.0)
+        else:
+            m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite start: fully-masked rows give 0, not NaN
+            l_i = tl.zeros([BLOCK_M], tl.float32)
+            acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         bt_row = bt_ptr + b.to(tl.int64) * sbt_b
         kvh64 = kvh.to(tl.int64)
         for start in range(0, kv_end, BLOCK_N):
@@ -92,6 +106,8 @@ def _paged_attn_kernel(
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(o_ptr + tok[:, None] * so_t + qh[:, None] * so_h + d[None, :] * so_d,
                  out.to(o_ptr.dtype.element_ty), mask=qmask)
+        if WRITE_LSE:
+            tl.store(lse_ptr + st_off, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), mask=row_ok)
 
 
 def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=None):
@@ -118,17 +134,14 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_
     return out
 
 
-def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale,
-                           out=None, block_m=None, block_n=None, num_warps=8, num_stages=2):
+def _launch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out, block_m, block_n, num_warps,
+            num_stages, causal=True, lse=None, init_o=None):
     T, Hq, D = q.shape
     B = seq_lens.shape[0]
     BS, Hkv = k_cache.shape[1], k_cache.shape[2]
     assert Hq % Hkv == 0 and k_cache.shape[3] == D and v_cache.shape == k_cache.shape
     group = Hq // Hkv
     group_pad = next_pow2(group)
-    out = torch.empty_like(q) if out is None else out
-    if T == 0:
-        return out
     if block_m is None:
         # Decode-like batches (about one query per sequence) want small tiles; extends want bigger ones.
         block_m = 16 if (T / B) * group_pad <= 16 else 64
@@ -138,17 +151,49 @@ def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqle
     # on sm_90 (tests/kernels/sm90_compile.py -v prints registers); retune with benchmarks/ on a GPU.
     block_d = max(16, next_pow2(D))
     block_n = block_n or (64 if block_d <= 64 else 32)
-    grid = (T // block_q + B, Hkv)
     interp = interpreting()
-    _paged_attn_kernel[grid](
+    _paged_attn_kernel[(T // block_q + B, Hkv)](
         q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, out,
+        lse if lse is not None else out, init_o if init_o is not None else out,
         *q.stride(), *out.stride(), *k_cache.stride(), *v_cache.stride(), block_tables.stride(0),
-        B, scale * math.log2(math.e), D, BS,
+        B, scale * math.log2(math.e), D, BS, Hq,
         GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_D=block_d, UPCAST=interp,
         DOT_PREC="ieee" if (interp or q.dtype == torch.float32) else "tf32",
+        CAUSAL=causal, WRITE_LSE=lse is not None and init_o is None, HAS_INIT=init_o is not None,
         num_warps=num_warps, num_stages=num_stages,
     )
+    return out
+
+
+def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale,
+                           out=None, block_m=None, block_n=None, num_warps=8, num_stages=2):
+    out = torch.empty_like(q) if out is None else out
+    if q.shape[0] == 0:
+        return out
+    return _launch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out, block_m, block_n,
+                   num_warps, num_stages)
+
+
+def paged_attention_shared_prefix_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale,
+                                         num_prefix_blocks, out=None, block_n=None, num_warps=8, num_stages=2):
+    """Cascade: pass 1 runs ALL queries of the batch as one non-causal sequence over the shared prefix
+    pages (read once per 64-row tile instead of once per branch), writing fp32 (out, lse); pass 2 runs
+    each branch's own pages causally, starting its online softmax from pass 1's state."""
+    T, Hq, D = q.shape
+    out = torch.empty_like(q) if out is None else out
+    if num_prefix_blocks == 0 or T == 0:
+        return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)
+    P = num_prefix_blocks * k_cache.shape[1]
+    dev = q.device
+    o1 = torch.empty(T, Hq, D, dtype=torch.float32, device=dev)
+    lse = torch.empty(T, Hq, dtype=torch.float32, device=dev)
+    cu1 = torch.arange(0, 2 * T, T, dtype=torch.int32, device=dev)[:2]  # built on device: no host sync
+    sl1 = torch.full((1,), P, dtype=torch.int32, device=dev)
+    _launch(q, k_cache, v_cache, block_tables[:1, :num_prefix_blocks], sl1, cu1, scale, o1, 64, block_n,
+            num_warps, num_stages, causal=False, lse=lse)
+    _launch(q, k_cache, v_cache, block_tables[:, num_prefix_blocks:], seq_lens - P, cu_seqlens_q, scale, out,
+            None, block_n, num_warps, num_stages, causal=True, lse=lse, init_o=o1)
     return out
 
 
@@ -157,4 +202,15 @@ def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, s
     seq_lens [B] int32 (length incl. the new tokens); cu_seqlens_q [B+1] int32 -> out [T,Hq,D]."""
     if use_triton(q, k_cache):
         return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)
+    return paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)
+
+
+def paged_attention_shared_prefix(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale,
+                                  num_prefix_blocks, out=None):
+    """Same result as paged_attention, for a batch whose sequences (e.g. the branches of a search tree)
+    all start with the same `num_prefix_blocks` full pages: block_tables[b, :num_prefix_blocks] are equal
+    for every b, and every sequence's new tokens lie after them (seq_lens - qlen >= num_prefix_blocks*BS)."""
+    if use_triton(q, k_cache):
+        return paged_attention_shared_prefix_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
+                                                    scale, num_prefix_blocks, out=out)
     return paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)

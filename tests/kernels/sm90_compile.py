@@ -39,13 +39,17 @@ def variants():
     yield "store_kv", kv_write._store_kv_kernel, {"k_ptr": bf, "v_ptr": bf, "kc_ptr": bf, "vc_ptr": bf, "slot_ptr": "*i64"}, \
         dict(BLOCK_H=2, BLOCK_D=64), 1
     pa = {"q_ptr": bf, "kc_ptr": bf, "vc_ptr": bf, "o_ptr": bf, "bt_ptr": "*i32", "sl_ptr": "*i32", "cu_ptr": "*i32",
-          "qk_scale": "fp32"}
+          "qk_scale": "fp32", "lse_ptr": "*fp32", "init_o_ptr": "*fp32"}
     for name, c in [("decode_0.5b", dict(GROUP=7, GROUP_PAD=8, BLOCK_Q=2, BLOCK_M=16, BLOCK_N=64, BLOCK_D=64)),
                     ("decode_1.5b", dict(GROUP=6, GROUP_PAD=8, BLOCK_Q=2, BLOCK_M=16, BLOCK_N=32, BLOCK_D=128)),
                     ("extend_0.5b", dict(GROUP=7, GROUP_PAD=8, BLOCK_Q=8, BLOCK_M=64, BLOCK_N=64, BLOCK_D=64)),
                     ("extend_1.5b", dict(GROUP=6, GROUP_PAD=8, BLOCK_Q=8, BLOCK_M=64, BLOCK_N=32, BLOCK_D=128)),
                     ("decode_mha", dict(GROUP=1, GROUP_PAD=1, BLOCK_Q=16, BLOCK_M=16, BLOCK_N=64, BLOCK_D=64))]:
         yield f"paged_attention_{name}", paged_attention._paged_attn_kernel, pa, dict(c, UPCAST=False, DOT_PREC="tf32"), 8
+    casc = dict(GROUP=7, GROUP_PAD=8, BLOCK_Q=8, BLOCK_M=64, BLOCK_N=64, BLOCK_D=64, UPCAST=False, DOT_PREC="tf32")
+    yield "paged_attention_prefix_pass", paged_attention._paged_attn_kernel, dict(pa, o_ptr="*fp32"), \
+        dict(casc, CAUSAL=False, WRITE_LSE=True), 8
+    yield "paged_attention_suffix_pass", paged_attention._paged_attn_kernel, pa, dict(casc, BLOCK_Q=2, BLOCK_M=16, HAS_INIT=True), 8
     f32 = {k: ("*fp32" if v == bf else v) for k, v in pa.items()}
     yield "paged_attention_fp32", paged_attention._paged_attn_kernel, f32, dict(
         GROUP=2, GROUP_PAD=2, BLOCK_Q=8, BLOCK_M=16, BLOCK_N=64, BLOCK_D=64, UPCAST=False, DOT_PREC="ieee"), 8

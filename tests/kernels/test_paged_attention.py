@@ -75,3 +75,49 @@ def test_dispatch_forced_and_cpu(monkeypatch):
     monkeypatch.setenv("GBOOST_FORCE_TRITON", "1")
     b = paged_attention(q, kc, vc, bt, sl, cu, 0.25)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def build_tree(B, Hq, Hkv, D, BS, n_prefix_blocks, qlens, suffix_ctx, dtype, device, seed=0):
+    """Branches of a search tree: all share `n_prefix_blocks` full pages, then own pages each."""
+    g = torch.Generator().manual_seed(seed)
+    suffix = [c + q for c, q in zip(suffix_ctx, qlens)]
+    nbs = [-(-n // BS) for n in suffix]
+    NB = n_prefix_blocks + sum(nbs) + 2
+    pool = torch.randn(NB, 2 * BS * Hkv * D + 5, generator=g).to(dtype).to(device)
+    kv = pool[:, : 2 * BS * Hkv * D].view(NB, 1, 2, BS, Hkv, D)
+    perm = torch.randperm(NB, generator=g)
+    bt = torch.full((B, n_prefix_blocks + max(nbs) + 1), -3, dtype=torch.int32)
+    bt[:, :n_prefix_blocks] = perm[:n_prefix_blocks].int()
+    i = n_prefix_blocks
+    for b in range(B):
+        bt[b, n_prefix_blocks: n_prefix_blocks + nbs[b]] = perm[i: i + nbs[b]].int()
+        i += nbs[b]
+    q = torch.randn(sum(qlens), Hq, D, generator=g).to(dtype).to(device)
+    cu = torch.tensor([0] + torch.tensor(qlens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    sl = torch.tensor([n_prefix_blocks * BS + n for n in suffix], dtype=torch.int32, device=device)
+    return q, kv[:, 0, 0], kv[:, 0, 1], bt.to(device), sl, cu
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,Hq,Hkv,D,BS,NP,qlens,suffix_ctx", [
+    (9, 14, 2, 64, 16, 3, [1, 4, 1, 1, 2, 1, 1, 3, 1], [0, 5, 15, 16, 17, 40, 1, 0, 70]),
+    (17, 12, 2, 32, 5, 7, [1] * 17, list(range(0, 34, 2))),
+])
+def test_shared_prefix_cascade_matches_ref(device, dtype, B, Hq, Hkv, D, BS, NP, qlens, suffix_ctx):
+    from kernels.paged_attention import paged_attention_shared_prefix_triton
+    q, kc, vc, bt, sl, cu = build_tree(B, Hq, Hkv, D, BS, NP, qlens, suffix_ctx, dtype, device, seed=B)
+    out = torch.full_like(q, float("nan"))
+    paged_attention_shared_prefix_triton(q, kc, vc, bt, sl, cu, D ** -0.5, NP, out=out)
+    ref = paged_attention_ref(q, kc, vc, bt, sl, cu, D ** -0.5)
+    assert not out.isnan().any()
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
+
+
+def test_shared_prefix_dispatch(monkeypatch):
+    from kernels.paged_attention import paged_attention_shared_prefix
+    q, kc, vc, bt, sl, cu = build_tree(3, 4, 2, 16, 4, 2, [1, 2, 1], [3, 0, 9], torch.float32, "cpu")
+    a = paged_attention_shared_prefix(q, kc, vc, bt, sl, cu, 0.25, 2)
+    monkeypatch.setenv("GBOOST_FORCE_TRITON", "1")
+    b = paged_attention_shared_prefix(q, kc, vc, bt, sl, cu, 0.25, 2)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

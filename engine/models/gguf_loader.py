@@ -12,7 +12,12 @@ What llama.cpp's converter did, and what we undo:
 
 Cache: dequantizing a few hundred MB of blocks costs seconds to tens of seconds, so the result is
 written once as safetensors under `<cache>/gguf/<sha256 of the GGUF>-v<format>/`:
-`meta.json` (config, chat template, special tokens), `tokenizer.json`, `weights.<dtype>.safetensors`.
+`meta.json` (config, chat template, special tokens), `tokenizer.json`, `weights.<dtype>.safetensors`
+(one file per dtype asked for; a missing dtype is cast from an existing float32 file, which is exact,
+and otherwise re-converted from the GGUF). Every file is written to a temp name and renamed, and
+meta.json last, so a crash leaves no half entry; an unreadable entry is rebuilt, never fatal.
+Cached state dicts are memory-mapped from the safetensors file (copy-on-write): the second load
+returns in well under a second and pages come in from the OS cache on first touch.
 The cache root is `cache_dir`, else `$GBOOST_CACHE`, else `~/.cache/gboost`.
 
 Cache key: the full sha256 of the file's content, so any change of content, however local, gets a
@@ -84,6 +89,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         _unlink_quiet(tmp)
@@ -651,6 +657,7 @@ def _save_weights(entry: Path, dtype: torch.dtype, state_dict: dict[str, torch.T
     os.close(fd)
     try:
         save_file(state_dict, tmp, metadata={"format": "pt", "gboost_cache_format": str(CACHE_FORMAT)})
+        os.chmod(tmp, 0o644)
         os.replace(tmp, dst)
     except BaseException:
         _unlink_quiet(tmp)

@@ -45,6 +45,14 @@ class HubDownloadError(OSError):
 
 @dataclass
 class Checkpoint:
+    """A loaded model: config, HF-named weights in one dtype, tokenizer and chat template.
+
+    Weights read from safetensors (HF directories, the GGUF cache) are memory-mapped copy-on-write
+    views of the file when no dtype conversion was needed; copy or move them to build the model.
+    Prefer `get_tokenizer()` over wrapping `tokenizer` by hand: it also passes the special-token
+    strings (`bos_token`, ...) that some chat templates use.
+    """
+
     config: ModelConfig
     state_dict: dict[str, torch.Tensor]
     tokenizer: Any  # tokenizers.Tokenizer
@@ -295,5 +303,5 @@ def download_from_hub(repo_id: str, cache_dir: str | os.PathLike | None = None) 
         raise HubDownloadError(
             f"could not download {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
             "If this machine is offline, pass a local directory or .gguf file, or a demo model name "
-            "(see engine.models.registry.list_models())."
+            "(see engine.models.registry.list_models()); if you meant a local path, it does not exist."
         ) from e

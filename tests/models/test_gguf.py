@@ -424,3 +424,11 @@ def test_smollm2_matches_transformers(tmp_path):
         assert tok.encode(s) == hf_tok.encode(s, add_special_tokens=False), s
     # llama.cpp's `smollm` pre-tokenizer (and SmolLM2's tokenizer.json) split digits one by one
     assert [tok.decode([i]) for i in tok.encode("2024")] == ["2", "0", "2", "4"]
+
+
+def test_directory_holding_one_gguf_and_dtype_strings(tmp_path, tiny_tokenizer):
+    model = make_tiny_hf("qwen2", seed=17)
+    write_gguf(tmp_path / "only.gguf", model, tiny_tokenizer)
+    ck = load_checkpoint(tmp_path, dtype="bf16", cache_dir=tmp_path / "c")
+    assert ck.source == str(tmp_path / "only.gguf") and ck.dtype == torch.bfloat16
+    assert torch.equal(ck.state_dict["model.norm.weight"], model.state_dict()["model.norm.weight"].bfloat16())

@@ -45,7 +45,7 @@ def _attn_bytes(q, B, L, Hkv, D, elem=2):
 # ------------------------------------------------------------------------------- paged attention
 
 @cuda_only
-@pytest.mark.parametrize("impl", ["triton", "torch_sdpa", "ref"])
+@pytest.mark.parametrize("impl", ["triton", "triton_nosplit", "torch_sdpa", "ref"])
 @pytest.mark.parametrize("ctx", [1024, 4096])
 @pytest.mark.parametrize("B", [1, 16, 64])
 @pytest.mark.parametrize("model", list(MODELS))
@@ -74,6 +74,8 @@ def _attention_case(bench, model, B, ctx, qlen, impl):
             torch.testing.assert_close(out.float(), paged_attention_ref(q, kc, vc, bt, sl, cu, scale).float(),
                                        atol=2e-2, rtol=2e-2)
         bench(lambda: paged_attention_triton(q, kc, vc, bt, sl, cu, scale), nbytes)
+    elif impl == "triton_nosplit":  # flash-decoding split-KV off: one program per (tile, kv head)
+        bench(lambda: paged_attention_triton(q, kc, vc, bt, sl, cu, scale, num_splits=1), nbytes)
     elif impl == "ref":
         bench(lambda: paged_attention_ref(q, kc, vc, bt, sl, cu, scale), nbytes)
     else:

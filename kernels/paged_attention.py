@@ -33,7 +33,7 @@ def _paged_attn_kernel(
     q_ptr, kc_ptr, vc_ptr, bt_ptr, sl_ptr, cu_ptr, o_ptr, lse_ptr, init_o_ptr,
     sq_t, sq_h, sq_d, so_t, so_h, so_d,
     sk_b, sk_o, sk_h, sk_d, sv_b, sv_o, sv_h, sv_d, sbt_b,
-    B, qk_scale, D, BS, HQ,
+    B, qk_scale, D, BS, HQ, kv_chunk, s_split_o, s_split_l,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     CAUSAL: tl.constexpr = True, WRITE_LSE: tl.constexpr = False, HAS_INIT: tl.constexpr = False,
@@ -41,9 +41,12 @@ def _paged_attn_kernel(
     # CAUSAL=False: every query sees all seq_len keys (shared-prefix pass). WRITE_LSE stores the
     # log2-domain logsumexp [T, HQ]; HAS_INIT starts the online softmax from a previous pass's
     # (normalised out, lse) = state (m=lse, l=1, acc=out), which merges the two passes exactly.
+    # Split-KV (grid axis 2): split s covers keys [s*kv_chunk, (s+1)*kv_chunk) and writes its partial
+    # (out, lse) at s*s_split_o / s*s_split_l; _merge_splits_kernel combines them.
     # Tile = BLOCK_Q query tokens x all GROUP q heads of one kv head: K/V are read once for the whole group.
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
+    split = tl.program_id(2)
     b = _find_seq(cu_ptr, tile, B, BLOCK_Q)
     q_start = tl.load(cu_ptr + b)
     qlen = tl.load(cu_ptr + b + 1) - q_start
@@ -80,9 +83,11 @@ def _paged_attn_kernel(
             acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         bt_row = bt_ptr + b.to(tl.int64) * sbt_b
         kvh64 = kvh.to(tl.int64)
-        for start in range(0, kv_end, BLOCK_N):
+        k_lo = split * kv_chunk
+        k_hi = tl.minimum(kv_end, k_lo + kv_chunk)
+        for start in range(k_lo, k_hi, BLOCK_N):
             n = start + tl.arange(0, BLOCK_N)
-            n_ok = n < kv_end
+            n_ok = n < k_hi
             # Per-key page lookup, so BLOCK_N need not equal the page size.
             blk = tl.load(bt_row + n // BS, mask=n_ok, other=0).to(tl.int64)
             off = (n % BS).to(tl.int64)
@@ -104,10 +109,29 @@ def _paged_attn_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
             m_i = m_new
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        o_ptr += split.to(tl.int64) * s_split_o
+        lse_ptr += split.to(tl.int64) * s_split_l
         tl.store(o_ptr + tok[:, None] * so_t + qh[:, None] * so_h + d[None, :] * so_d,
                  out.to(o_ptr.dtype.element_ty), mask=qmask)
         if WRITE_LSE:
             tl.store(lse_ptr + st_off, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), mask=row_ok)
+
+
+@triton.jit
+def _merge_splits_kernel(o_part_ptr, lse_part_ptr, out_ptr, so_t, so_h, so_d, S, s_split_o, s_split_l, HQ, D,
+                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    # out = sum_s 2^(lse_s - m) * o_s / sum_s 2^(lse_s - m): exact recombination of the partial softmaxes.
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    sp = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    row = t * HQ + h
+    lse = tl.load(lse_part_ptr + sp * s_split_l + row, mask=sp < S, other=float("-inf"))
+    w = tl.exp2(lse - tl.max(lse, 0))
+    o = tl.load(o_part_ptr + sp[:, None] * s_split_o + row * D + d[None, :], mask=(sp < S)[:, None] & (d < D)[None, :],
+                other=0.0)
+    res = tl.sum(w[:, None] * o, 0) / tl.sum(w, 0)
+    tl.store(out_ptr + t * so_t + h * so_h + d * so_d, res.to(out_ptr.dtype.element_ty), mask=d < D)
 
 
 def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=None):
@@ -134,8 +158,19 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_
     return out
 
 
+_NUM_SMS = {}
+
+
+def _num_sms(device):
+    if device.type != "cuda":
+        return 1
+    if device.index not in _NUM_SMS:
+        _NUM_SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _NUM_SMS[device.index]
+
+
 def _launch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out, block_m, block_n, num_warps,
-            num_stages, causal=True, lse=None, init_o=None):
+            num_stages, causal=True, lse=None, init_o=None, num_splits=None):
     T, Hq, D = q.shape
     B = seq_lens.shape[0]
     BS, Hkv = k_cache.shape[1], k_cache.shape[2]
@@ -152,27 +187,48 @@ def _launch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, ou
     block_d = max(16, next_pow2(D))
     block_n = block_n or (64 if block_d <= 64 else 32)
     interp = interpreting()
-    _paged_attn_kernel[(T // block_q + B, Hkv)](
-        q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, out,
-        lse if lse is not None else out, init_o if init_o is not None else out,
-        *q.stride(), *out.stride(), *k_cache.stride(), *v_cache.stride(), block_tables.stride(0),
-        B, scale * math.log2(math.e), D, BS, Hq,
+    n_tiles = T // block_q + B
+    max_kv = block_tables.shape[1] * BS  # host-known bound on seq_lens: no sync to size the split grid
+    if num_splits is None:
+        # Flash-decoding: too few (tile, kv-head) programs for the SMs and long contexts -> split the keys.
+        num_splits = 1
+        sms = _num_sms(q.device)
+        if lse is None and init_o is None and n_tiles * Hkv < sms and max_kv >= 1024:
+            num_splits = max(1, min(64, triton.cdiv(max_kv, 256), (2 * sms) // (n_tiles * Hkv)))
+    dst, dst_lse, write_lse = out, lse, lse is not None and init_o is None
+    if num_splits > 1:
+        assert lse is None and init_o is None, "split-KV is for the plain pass"
+        chunk = triton.cdiv(triton.cdiv(max_kv, num_splits), block_n) * block_n
+        num_splits = triton.cdiv(max_kv, chunk)
+        dst = torch.empty(num_splits, T, Hq, D, dtype=torch.float32, device=q.device)
+        dst_lse = torch.empty(num_splits, T, Hq, dtype=torch.float32, device=q.device)
+        write_lse = True
+    else:
+        chunk = 1 << 30
+    _paged_attn_kernel[(n_tiles, Hkv, num_splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, dst,
+        dst_lse if dst_lse is not None else dst, init_o if init_o is not None else dst,
+        *q.stride(), *dst.stride()[-3:], *k_cache.stride(), *v_cache.stride(), block_tables.stride(0),
+        B, scale * math.log2(math.e), D, BS, Hq, chunk, T * Hq * D, T * Hq,
         GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_D=block_d, UPCAST=interp,
         DOT_PREC="ieee" if (interp or q.dtype == torch.float32) else "tf32",
-        CAUSAL=causal, WRITE_LSE=lse is not None and init_o is None, HAS_INIT=init_o is not None,
+        CAUSAL=causal, WRITE_LSE=write_lse, HAS_INIT=init_o is not None,
         num_warps=num_warps, num_stages=num_stages,
     )
+    if num_splits > 1:
+        _merge_splits_kernel[(T, Hq)](dst, dst_lse, out, *out.stride(), num_splits, T * Hq * D, T * Hq, Hq, D,
+                                      BLOCK_S=next_pow2(num_splits), BLOCK_D=block_d, num_warps=4)
     return out
 
 
 def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale,
-                           out=None, block_m=None, block_n=None, num_warps=8, num_stages=2):
+                           out=None, block_m=None, block_n=None, num_warps=8, num_stages=2, num_splits=None):
     out = torch.empty_like(q) if out is None else out
     if q.shape[0] == 0:
         return out
     return _launch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out, block_m, block_n,
-                   num_warps, num_stages)
+                   num_warps, num_stages, num_splits=num_splits)
 
 
 def paged_attention_shared_prefix_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale,

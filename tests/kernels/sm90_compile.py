@@ -50,6 +50,9 @@ def variants():
     yield "paged_attention_prefix_pass", paged_attention._paged_attn_kernel, dict(pa, o_ptr="*fp32"), \
         dict(casc, CAUSAL=False, WRITE_LSE=True), 8
     yield "paged_attention_suffix_pass", paged_attention._paged_attn_kernel, pa, dict(casc, BLOCK_Q=2, BLOCK_M=16, HAS_INIT=True), 8
+    yield "paged_attention_split_decode", paged_attention._paged_attn_kernel, dict(pa, o_ptr="*fp32"), \
+        dict(casc, BLOCK_Q=2, BLOCK_M=16, WRITE_LSE=True), 8
+    yield "merge_splits", paged_attention._merge_splits_kernel, {"out_ptr": bf}, dict(BLOCK_S=64, BLOCK_D=128), 4
     f32 = {k: ("*fp32" if v == bf else v) for k, v in pa.items()}
     yield "paged_attention_fp32", paged_attention._paged_attn_kernel, f32, dict(
         GROUP=2, GROUP_PAD=2, BLOCK_Q=8, BLOCK_M=16, BLOCK_N=64, BLOCK_D=64, UPCAST=False, DOT_PREC="ieee"), 8

@@ -52,6 +52,18 @@ def test_paged_attention_matches_ref(device, name, dtype):
     torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("name,num_splits", [("decode_b17_gqa7_cross_blocks", 3), ("extend_mixed_gqa7", 4),
+                                             ("decode_b1_mha", 5)])
+def test_split_kv_matches_ref(device, name, num_splits):
+    # Flash-decoding path: keys split across programs, partial (out, lse) merged; some splits are empty.
+    B, Hq, Hkv, D, BS, qlens, ctx, block_n = CASES[name]
+    q, kc, vc, bt, sl, cu = build(B, Hq, Hkv, D, BS, qlens, ctx, torch.float32, device, seed=7)
+    out = torch.full_like(q, float("nan"))
+    paged_attention_triton(q, kc, vc, bt, sl, cu, 0.2, out=out, block_n=16, num_splits=num_splits)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out, paged_attention_ref(q, kc, vc, bt, sl, cu, 0.2), atol=1e-4, rtol=1e-4)
+
+
 def test_ref_matches_sdpa_on_contiguous_kv():
     # The reference against torch SDPA on unpaged K/V: prefill (causal) and a k-token extend.
     D, Hq, Hkv, BS = 16, 6, 2, 4

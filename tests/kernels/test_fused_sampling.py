@@ -81,14 +81,14 @@ def test_fused_sample_big_vocab_b1(device):
         assert out.tolist() == fused_sample_ref(slm, llm, 0.4, "loglinear", 0.8, k, p, noise).tolist()
 
 
-def test_greedy_and_dispatch(monkeypatch):
-    slm, llm, _ = _logits(6, 500, seed=11, ties=True)
+def test_greedy_and_dispatch(device, monkeypatch):
+    slm, llm, _ = _logits(6, 500, seed=11, ties=True, device=device)
     slm[:, [3, 300, 301]] = 50.0  # exact ties for the max, in different 128-wide chunks
     llm[:, [3, 300, 301]] = 50.0
     slm[1, 3] = 0.0  # row 1: the tie is inside one chunk (300 vs 301)
     z = fused_logits_ref(slm, llm, 0.25, "loglinear")
     want = z.argmax(-1)  # first index of the max
-    noise = make_noise(6, 500, torch.Generator().manual_seed(0))
+    noise = make_noise(6, 500, torch.Generator().manual_seed(0)).to(device)
     monkeypatch.delenv("GBOOST_FORCE_TRITON", raising=False)
     assert fused_sample(slm, llm, 0.25, "loglinear", 0.0, 5, 0.5, noise).tolist() == want.tolist()
     monkeypatch.setenv("GBOOST_FORCE_TRITON", "1")
@@ -145,13 +145,12 @@ def test_sampler_frequencies_match_exact_distribution(rule, t, k, p):
     if k or p < 1:  # the truncation is visible at this sample size: a sampler ignoring it would fail
         full = torch.softmax(z.double() / t, 0)
         assert 0.5 * (freq - full).abs().sum().item() > 0.03
-    # The same noise through the kernel on a slice of the draws.
-    import os
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        n = 16
-        nz = make_noise(n, V, torch.Generator().manual_seed(9))
-        kt = fused_sample_triton(rep(slm)[:n], rep(llm)[:n], 0.6, rule, t, k, p, nz, rep(base)[:n])
-        assert kt.tolist() == fused_sample_ref(rep(slm)[:n], rep(llm)[:n], 0.6, rule, t, k, p, nz, rep(base)[:n]).tolist()
+    # The same noise through the kernel on a slice of the draws (interpreted here, compiled on a GPU box).
+    n, dev = 16, "cuda" if torch.cuda.is_available() else "cpu"
+    nz = make_noise(n, V, torch.Generator().manual_seed(9)).to(dev)
+    sl, ll, bl = (rep(x)[:n].to(dev) for x in (slm, llm, base))
+    kt = fused_sample_triton(sl, ll, 0.6, rule, t, k, p, nz, bl)
+    assert kt.tolist() == fused_sample_ref(sl, ll, 0.6, rule, t, k, p, nz, bl).tolist()
 
 
 def test_make_noise_is_gumbel_and_seeded():

@@ -41,11 +41,11 @@ def test_store_kv_matches_ref(device, T, Hkv, D, BS, dtype):
     assert int((~torch.isnan(pool_r.float())).sum()) == n_written
 
 
-def test_store_kv_dispatch_forced(monkeypatch):
+def test_store_kv_dispatch_forced(device, monkeypatch):
     monkeypatch.setenv("GBOOST_FORCE_TRITON", "1")
-    k = torch.randn(3, 2, 8, generator=torch.Generator().manual_seed(0))
-    kc = torch.zeros(2, 4, 2, 8)
-    vc = torch.zeros(2, 4, 2, 8)
-    store_kv(k, -k, kc, vc, torch.tensor([5, -1, 0]))
+    k = torch.randn(3, 2, 8, generator=torch.Generator().manual_seed(0)).to(device)
+    kc = torch.zeros(2, 4, 2, 8, device=device)
+    vc = torch.zeros(2, 4, 2, 8, device=device)
+    store_kv(k, -k, kc, vc, torch.tensor([5, -1, 0], device=device))
     assert torch.equal(kc[1, 1], k[0]) and torch.equal(kc[0, 0], k[2]) and torch.equal(vc[0, 0], -k[2])
     assert int((kc != 0).sum()) == 2 * 2 * 8  # token 1 (slot -1) went nowhere

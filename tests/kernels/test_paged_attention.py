@@ -80,8 +80,8 @@ def test_ref_matches_sdpa_on_contiguous_kv():
         torch.testing.assert_close(ref[s:e], exp.transpose(0, 1), atol=1e-5, rtol=1e-5)  # ref is fp32 inside
 
 
-def test_dispatch_forced_and_cpu(monkeypatch):
-    q, kc, vc, bt, sl, cu = build(2, 4, 2, 16, 8, [1, 2], [5, 9], torch.float32, "cpu", seed=9)
+def test_dispatch_forced_and_cpu(device, monkeypatch):
+    q, kc, vc, bt, sl, cu = build(2, 4, 2, 16, 8, [1, 2], [5, 9], torch.float32, device, seed=9)
     monkeypatch.delenv("GBOOST_FORCE_TRITON", raising=False)
     a = paged_attention(q, kc, vc, bt, sl, cu, 0.25)
     monkeypatch.setenv("GBOOST_FORCE_TRITON", "1")
@@ -126,9 +126,9 @@ def test_shared_prefix_cascade_matches_ref(device, dtype, B, Hq, Hkv, D, BS, NP,
     torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
 
 
-def test_shared_prefix_dispatch(monkeypatch):
+def test_shared_prefix_dispatch(device, monkeypatch):
     from kernels.paged_attention import paged_attention_shared_prefix
-    q, kc, vc, bt, sl, cu = build_tree(3, 4, 2, 16, 4, 2, [1, 2, 1], [3, 0, 9], torch.float32, "cpu")
+    q, kc, vc, bt, sl, cu = build_tree(3, 4, 2, 16, 4, 2, [1, 2, 1], [3, 0, 9], torch.float32, device)
     a = paged_attention_shared_prefix(q, kc, vc, bt, sl, cu, 0.25, 2)
     monkeypatch.setenv("GBOOST_FORCE_TRITON", "1")
     b = paged_attention_shared_prefix(q, kc, vc, bt, sl, cu, 0.25, 2)

@@ -39,7 +39,7 @@ def test_spec_verify_bit_identical_to_ref(device, B, K, V, closeness, dtype):
         assert 0 <= int(toks[b, n]) < V and (toks[b, n + 1:] == -1).all()
 
 
-def test_spec_verify_greedy_one_hot():
+def test_spec_verify_greedy_one_hot(device):
     # Greedy drafts and targets (one-hot): accept while the argmaxes agree, then emit the target's argmax.
     B, K, V = 4, 3, 10
     tq = torch.tensor([[1, 2, 3], [1, 2, 3], [5, 5, 5], [0, 0, 0]])
@@ -50,7 +50,7 @@ def test_spec_verify_greedy_one_hot():
     u = torch.rand(B, K, generator=torch.Generator().manual_seed(0))
     noise = make_noise(B, V, torch.Generator().manual_seed(1))
     for fn in (spec_verify_ref, spec_verify_triton):
-        acc, toks = fn(tq, lens, q, p, u, noise)
+        acc, toks = fn(*(t.to(device) for t in (tq, lens, q, p, u, noise)))
         assert acc.tolist() == [3, 1, 0, 2]
         assert toks.tolist() == [[1, 2, 3, 9], [1, 7, -1, -1], [4, -1, -1, -1], [0, 0, 0, -1]]
 
@@ -90,8 +90,8 @@ def test_speculative_sampling_theorem_and_accept_lengths():
         assert tv(freq(toks[full, L]), p1[L].double()) < 0.02
 
 
-def test_dispatch_forced(monkeypatch):
-    draft, lens, q, p, u, noise = _problem(5, 2, 50, seed=3)
+def test_dispatch_forced(device, monkeypatch):
+    draft, lens, q, p, u, noise = _problem(5, 2, 50, seed=3, device=device)
     a = spec_verify(draft, lens, q, p, u, noise)
     monkeypatch.setenv("GBOOST_FORCE_TRITON", "1")
     b = spec_verify(draft, lens, q, p, u, noise)

@@ -63,12 +63,12 @@ def test_aggregate_matches_ref(device, mode, seg_lens):
         assert ref[b] == (-3.0 if n == 0 else exp(r[int(cu[b]): int(cu[b + 1])]))
 
 
-def test_dispatch_forced(monkeypatch):
-    s = _scores(6, 300, torch.float32, "cpu", seed=1)
-    rows = torch.tensor([5, 0, 2])
+def test_dispatch_forced(device, monkeypatch):
+    s = _scores(6, 300, torch.float32, device, seed=1)
+    rows = torch.tensor([5, 0, 2], device=device)
     a = step_rewards(s, rows, "judge", yes_id=4)
     monkeypatch.setenv("GBOOST_FORCE_TRITON", "1")
     b = step_rewards(s, rows, "judge", yes_id=4)
     torch.testing.assert_close(a, b)
-    cu = torch.tensor([0, 2, 3], dtype=torch.int32)
+    cu = torch.tensor([0, 2, 3], dtype=torch.int32, device=device)
     torch.testing.assert_close(aggregate_rewards(b, cu, "min"), torch.stack([b[:2].min(), b[2]]))

@@ -19,6 +19,9 @@ except when a nucleus' cumulative mass lies within fp32 rounding of top_p (sums 
 Passes over the row in the Triton kernel (each pass re-reads and re-fuses slm/llm[/base]):
   no truncation or greedy: 1 (the draw);  top-k: + 8 radix-select passes (16 buckets of the 32-bit
   order-preserving key per pass);  top-p: + 1 (max / mass of the kept set) + <= 8 bucket passes on mass.
+One program per row (grid = B): rows are not split across SMs, so small batches use few SMs; rows
+stay L2-resident across passes only while B * V * bytes fits in L2. noise=None means zero noise
+(argmax of the truncated distribution).
 """
 import torch
 import triton

@@ -7,14 +7,14 @@ HF directories, gguf.GGUFWriter for GGUF files); the real demo models come from 
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from model_fixtures import (  # noqa: E402  (tests/models is on sys.path: rootdir-less test dir)
+from model_fixtures import (  # tests/models is on sys.path (no __init__.py, prepend import mode)
     make_tiny_hf,
     make_tiny_tokenizer,
     save_tiny_hf,
@@ -24,12 +24,15 @@ from model_fixtures import (  # noqa: E402  (tests/models is on sys.path: rootdi
 # ------------------------------------------------------------------------------------ cache isolation
 @pytest.fixture(scope="session", autouse=True)
 def gboost_cache(tmp_path_factory):
-    """One GBOOST_CACHE for the whole session, so nothing lands in ~/.cache/gboost."""
+    """One GBOOST_CACHE for the whole session, so nothing lands in ~/.cache/gboost.
+
+    Removed at the end: with the real demo model it holds a few GB (assembled GGUF + converted weights)."""
     root = tmp_path_factory.mktemp("gboost-cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("GBOOST_CACHE", str(root))
     yield root
     mp.undo()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------ tiny tokenizer

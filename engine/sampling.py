@@ -67,4 +67,5 @@ def processed_probs(z: torch.Tensor, temperature: float, top_k: int = 0, top_p: 
         return torch.nn.functional.one_hot(z.argmax(-1), z.shape[-1]).float()
     x = z / temperature
     keep = keep_mask_ref(x, top_k, top_p)
-    return torch.softmax(torch.where(keep, x, float("-inf")), dim=-1)
+    # -1e30 rather than -inf: same zeros after exp, and CPU softmax has a slow path for -inf.
+    return torch.softmax(torch.where(keep, x, -1e30), dim=-1)

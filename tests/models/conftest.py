@@ -70,7 +70,7 @@ def _demo_or_skip(name: str):
         pytest.skip(f"demo model {name} not installed ({registry.DEMO_MODELS[name].install_hint})")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo_05b(gboost_cache):
     """The real Qwen2.5-Coder-0.5B demo GGUF: first (converting) and second (cached) loads, float32.
 
@@ -93,7 +93,7 @@ def demo_05b(gboost_cache):
     return {"path": Path(path), "first": first, "second": second, "t_first": t_first, "t_second": t_second}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def hf_gguf_05b(demo_05b):
     """transformers' own loading of the same GGUF (model in float32 + tokenizer), once per session."""
     transformers = pytest.importorskip("transformers")

@@ -14,6 +14,7 @@ import torch
 
 from engine.kv.cache import Sequence
 from engine.llm.base import TokenLogprobs
+from engine.search.cost import charge
 
 
 class LocalLLM:
@@ -26,6 +27,7 @@ class LocalLLM:
         self._all_ids = torch.arange(self.vocab_size)
         self.calls = 0
         self.tokens_computed = 0
+        self.cost = None  # backend-wide CostRecord; per-request records are charged too
 
     async def next_logprobs(self, token_ids: list[int]) -> TokenLogprobs:
         return (await self._run(list(token_ids), 1))[0]
@@ -42,6 +44,7 @@ class LocalLLM:
         try:
             cache.rewind(seq, len(ids) - n_rows)  # the last n_rows positions must be computed now
             before = seq.num_computed
+            charge(self.cost, llm_tokens=len(ids) - before, prefix_cache_tokens=before)
             logits = await self.scheduler.forward(seq, "all")
             self.tokens_computed += len(ids) - before
         except BaseException:

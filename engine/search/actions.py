@@ -25,7 +25,7 @@ from engine.llm.topk import union_support
 from engine.sampling import processed_probs
 from engine.search.backend import StepOut
 from engine.search.config import SearchConfig
-from engine.search.cost import CostRecord
+from engine.search.cost import CostRecord, charge
 from kernels.fused_sampling import fuse_logprobs, make_noise, sample
 
 SLM_SYSTEM = "Please reason step by step, separating steps with a blank line, and put your final answer within \\boxed{}."
@@ -77,6 +77,11 @@ class EngineBackend:
         self.eos = set(self.slm.eos_token_ids)
         self.answer_re = re.compile(cfg.answer_pattern)
         self.cost = CostRecord()
+        self.measures_request_cost = True   # solve() reports our measured counts per request
+        if prm is not None:
+            prm.cost = self.cost
+        if llm is not None and hasattr(llm, "cost"):
+            llm.cost = self.cost            # a local LLM charges what it computes itself
         self.live_states = 0
         self.llm_rounds = 0            # LLM calls made by collaborative steps
         self.draft_proposed = 0        # speculative: drafted tokens
@@ -92,7 +97,7 @@ class EngineBackend:
         prm = None
         if self.prm is not None:
             prm = cache.new_sequence(self.prm.model.key, self.prm.root_ids(question))
-        self.cost.prefix_cache_tokens += slm.cached_tokens + (prm.cached_tokens if prm else 0)
+        charge(self.cost, prefix_cache_tokens=slm.cached_tokens + (prm.cached_tokens if prm else 0))
         self.live_states += 1
         return NodeState(slm, prm, 0, ())
 
@@ -113,11 +118,8 @@ class EngineBackend:
     async def score(self, states: list[NodeState]) -> list[float]:
         if self.prm is None:
             raise ValueError("no PRM configured")
-        before = self.prm.tokens_computed
         with self.cost.timed("score"):
-            r = await self.prm.score([s.prm for s in states])
-        self.cost.prm_tokens += self.prm.tokens_computed - before
-        return r
+            return await self.prm.score([s.prm for s in states])
 
     def release(self, state: NodeState) -> None:
         self.engine.cache.free(state.slm)
@@ -195,13 +197,15 @@ class EngineBackend:
 
     async def _slm_step(self, seq: Sequence, gen: torch.Generator) -> None:
         start = len(seq.token_ids)
-        before = self.slm.runner.tokens_computed
         while True:
-            logits = await self.scheduler.forward(seq)
+            logits = await self._slm_forward(seq)
             seq.token_ids.append(self._sample(logits, gen))
             if self._ends(seq, start):
                 break
-        self.cost.slm_tokens += self.slm.runner.tokens_computed - before
+
+    async def _slm_forward(self, seq: Sequence):
+        charge(self.cost, slm_tokens=max(seq.num_pending, 1))  # what this forward computes for us
+        return await self.scheduler.forward(seq)
 
     # -- fusion -----------------------------------------------------------------------------
     def _fused_logp(self, slm_logits: torch.Tensor, llm_rows: list[TokenLogprobs], alpha: float | None):
@@ -220,18 +224,19 @@ class EngineBackend:
                              "this backend supports 'loglinear'")
         return fuse_logprobs(slm_lp, llm_lp, a, "loglinear")
 
-    async def _llm_rows(self, coro):
+    async def _llm_rows(self, coro, n_tokens: int):
         self.llm_rounds += 1
+        if not hasattr(self.llm, "cost"):  # remote: charge the positions the endpoint scored
+            charge(self.cost, llm_tokens=n_tokens)
         return await coro
 
     async def _exact_collab_step(self, seq: Sequence, gen: torch.Generator, alpha) -> None:
         start = len(seq.token_ids)
         while True:
-            slm_logits, row = await gather_all(self.scheduler.forward(seq),
-                                                   self._llm_rows(self.llm.next_logprobs(list(seq.token_ids))))
+            slm_logits, row = await gather_all(self._slm_forward(seq),
+                                               self._llm_rows(self.llm.next_logprobs(list(seq.token_ids)), 1))
             z = self._fused_logp(slm_logits[None], [row], alpha)[0]
             seq.token_ids.append(self._sample(z, gen))
-            self.cost.llm_tokens += 1
             if self._ends(seq, start):
                 break
 
@@ -243,7 +248,7 @@ class EngineBackend:
             base = len(seq.token_ids)
             draft, slm_rows, ended = [], [], False
             while len(draft) < self.opt.max_draft:  # SLM drafts until the step ends or K tokens
-                logits = await self.scheduler.forward(seq)
+                logits = await self._slm_forward(seq)
                 slm_rows.append(logits)
                 t = self._sample(logits, gen)
                 draft.append(t)
@@ -253,8 +258,8 @@ class EngineBackend:
                     break
             # SLM row after the draft (bonus position) and the LLM's rows, concurrently.
             bonus, llm_rows = await gather_all(
-                self.scheduler.forward(seq),
-                self._llm_rows(self.llm.score(seq.token_ids[:base], draft)))
+                self._slm_forward(seq),
+                self._llm_rows(self.llm.score(seq.token_ids[:base], draft), len(draft) + 1))
             slm_all = torch.stack(slm_rows + [bonus])
             q = processed_probs(torch.stack(slm_rows), T, 0, top_p)
             p = processed_probs(self._fused_logp(slm_all, llm_rows, alpha), T, 0, top_p)
@@ -266,7 +271,6 @@ class EngineBackend:
             n_acc = int(n_acc[0])
             self.draft_proposed += K
             self.draft_accepted += n_acc
-            self.cost.llm_tokens += K + 1
             # Only the last draft token can end the step: if it was accepted, the step is done
             # exactly as token-by-token sampling would have stopped there (no bonus token).
             if n_acc == K and ended:

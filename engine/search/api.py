@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Callable
 from .answer import extract_answer
 from .baselines import run_beam, run_bon, run_chain, run_rsd
 from .config import SearchConfig
-from .cost import CostRecord
+from .cost import CostRecord, request_scope
 from .gboost import SearchContext, run_gboost
 from .tree import Node, path_score
 
@@ -86,7 +86,13 @@ async def solve(question: str, backend: Any, cfg: SearchConfig | None = None,
     ctx = SearchContext(backend, cfg, question, on_step)
     t0 = time.perf_counter()
     try:
-        end = await _run(ctx)
+        with request_scope() as measured:
+            end = await _run(ctx)
+        if getattr(backend, "measures_request_cost", False):
+            # The backend counted what it really computed (prefill, drafts, judge suffixes,
+            # prefix-cache hits): report that instead of the search's step-token estimate.
+            for k in ("slm_tokens", "llm_tokens", "prm_tokens", "prefix_cache_tokens"):
+                setattr(ctx.cost, k, getattr(measured, k))
         chosen = end.path() if end is not None else []
         if not ctx.streamed:
             for node in chosen:

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
 
-__all__ = ["CostRecord", "count_step"]
+__all__ = ["CostRecord", "count_step", "request_scope", "charge"]
 
 _INT_FIELDS = ("slm_tokens", "llm_tokens", "prm_tokens", "prefix_cache_tokens", "llm_calls")
 
@@ -134,3 +135,28 @@ def count_step(cost: CostRecord, action: str, n_tokens: int, fault: str | None) 
     if action == "collab":
         cost.slm_tokens += n_tokens
     cost.llm_tokens += n_tokens
+
+
+# -- measured per-request cost ---------------------------------------------------------------
+# A backend that knows what it computes (engine/search/actions.py) charges every token to the
+# backend-wide record and to the record of the request being served, found through this
+# context variable: solve() opens a scope, and the tasks it spawns inherit it.
+_REQUEST_COST: ContextVar["CostRecord | None"] = ContextVar("gboost_request_cost", default=None)
+
+
+@contextmanager
+def request_scope() -> Iterator["CostRecord"]:
+    rec = CostRecord()
+    token = _REQUEST_COST.set(rec)
+    try:
+        yield rec
+    finally:
+        _REQUEST_COST.reset(token)
+
+
+def charge(total: "CostRecord | None", **counts: int) -> None:
+    """Add integer counts to `total` and to the current request's record, if any."""
+    for rec in (total, _REQUEST_COST.get()):
+        if rec is not None:
+            for k, v in counts.items():
+                setattr(rec, k, getattr(rec, k) + v)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.kv.cache import Sequence
+from engine.search.cost import charge
 from kernels.step_scoring import step_rewards
 
 KINDS = ("judge", "token_pair", "two_class")
@@ -61,6 +62,7 @@ class PRMScorer:
         else:
             self.sep_id = single_token(self.tok, self.spec.separator, "separator")
         self.tokens_computed = 0
+        self.cost = None  # backend-wide CostRecord, set by the backend
 
     # -- sequence building (append-only) -------------------------------------------------
     def _judge_split(self) -> tuple[str, str]:
@@ -104,7 +106,9 @@ class PRMScorer:
                 for s, n in zip(seqs, lens):  # drop the judge suffix: children append after the step
                     if not s.freed:
                         self.engine.cache.truncate(s, n)
-        self.tokens_computed += sum(lens) + (len(self._suffix) * len(seqs) if self.spec.kind == "judge" else 0) - before
+        computed = sum(lens) + (len(self._suffix) * len(seqs) if self.spec.kind == "judge" else 0) - before
+        self.tokens_computed += computed
+        charge(self.cost, prm_tokens=computed)
         scores = torch.stack(rows)
         idx = torch.arange(len(seqs), device=scores.device)
         k = self.spec.kind

@@ -112,3 +112,17 @@ def test_exhausted_pool_fails_the_request_cleanly():
         run(solve("A question long enough to need several blocks " * 3, be, cfg))
     eng.cache.check_refcounts()
     assert all(r == 0 for r in eng.cache.blocks.ref)
+
+
+def test_concurrent_requests_get_their_own_measured_cost():
+    eng, sched, cfg, be = build(method="gboost", num_simulations=2)
+    async def go():
+        return await asyncio.gather(solve("What is 2+3?", be, cfg), solve("And 4*5?", be, cfg))
+    a, b = run(go())
+    for k in ("slm_tokens", "llm_tokens", "prm_tokens", "prefix_cache_tokens"):
+        assert getattr(a.cost, k) + getattr(b.cost, k) == getattr(be.cost, k), k
+    for r in (a, b):
+        assert r.cost.slm_tokens > sum(len(s["text"]) for s in r.steps)  # prompt prefill is counted
+        assert r.cost.llm_tokens > 0 and r.cost.prm_tokens > 0
+        assert r.cost.llm_calls >= 1 and r.cost.wall_s["total"] > 0
+    assert max(sched.batch_sizes) > 2   # the two requests' frontiers shared forward passes

@@ -8,7 +8,13 @@ import sys
 import time
 
 
-def _add_model_args(p, slm_default=True):
+def _add_runtime_args(p, kv_gb: float):
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--kv-memory-gb", type=float, default=kv_gb, help="budget of the shared KV pool")
+
+
+def _add_model_args(p):
     from engine.stack import DEFAULT_LLM, DEFAULT_SLM
     p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")
     p.add_argument("--llm", default=DEFAULT_LLM,
@@ -20,9 +26,7 @@ def _add_model_args(p, slm_default=True):
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--collab-mode", default="speculative", choices=["speculative", "exact"])
     p.add_argument("--on-llm-fault", default="fallback", choices=["fallback", "fail"])
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--kv-memory-gb", type=float, default=2.0)
+    _add_runtime_args(p, kv_gb=2.0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -177,9 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--chat", action="store_true", help="apply the model's chat template")
     g.add_argument("--json", action="store_true")
-    g.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--kv-memory-gb", type=float, default=1.0)
+    _add_runtime_args(g, kv_gb=1.0)
     g.set_defaults(fn=cmd_generate)
 
     s = sub.add_parser("solve", help="solve one question with G-Boost or a baseline")
@@ -206,9 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--fault-error-rate", type=float, default=0.0)
     v.add_argument("--fault-malformed-rate", type=float, default=0.0)
     v.add_argument("--fault-status", type=int, default=503)
-    v.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
-    v.add_argument("--device", default="cpu")
-    v.add_argument("--kv-memory-gb", type=float, default=1.0)
+    _add_runtime_args(v, kv_gb=1.0)
     v.set_defaults(fn=cmd_serve)
 
     t = sub.add_parser("trace", help="draw a --trace JSON file as HTML/SVG")

@@ -1,0 +1,82 @@
+"""The gboost command line, run as a user would, on a tiny checkpoint written to disk."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine.testing import byte_tokenizer, tiny_config, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A Hugging Face style directory: config.json, model.safetensors, tokenizer.json."""
+    from safetensors.torch import save_file
+    d = tmp_path_factory.mktemp("tiny-hf")
+    cfg = tiny_config()
+    model = tiny_model(cfg, seed=1)
+    hf_cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": cfg.vocab_size,
+              "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+              "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
+              "num_key_value_heads": cfg.num_key_value_heads, "max_position_embeddings": 1024,
+              "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta, "tie_word_embeddings": False,
+              "eos_token_id": 256, "hidden_act": "silu", "torch_dtype": "float32"}
+    (d / "config.json").write_text(json.dumps(hf_cfg))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
+    byte_tokenizer().backend.save(str(d / "tokenizer.json"))
+    return d
+
+
+def gboost(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=300)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_generate_json_matches_the_engine(tiny_dir):
+    out = json.loads(gboost("generate", "--model", tiny_dir, "--max-tokens", 12, "--dtype", "float32",
+                            "--json", "Hello").stdout)
+    assert set(out) >= {"text", "token_ids", "seconds"} and len(out["token_ids"]) <= 12
+    from engine.engine import Engine
+    from engine.sampling import SamplingParams
+    eng = Engine.from_pretrained(str(tiny_dir), dtype="float32")
+    tok = eng.role("slm").tokenizer
+    ref = eng.generate([tok.encode("Hello")], SamplingParams(temperature=0.0, max_tokens=12))[0]
+    assert out["token_ids"] == ref.token_ids and out["text"] == ref.text
+
+
+def test_solve_json_and_trace(tiny_dir, tmp_path):
+    trace = tmp_path / "tree.json"
+    p = gboost("solve", "--slm", tiny_dir, "--llm", tiny_dir, "--prm-kind", "token_pair", "--dtype", "float32",
+               "--config", _cfg(tmp_path), "--seed", 3, "--trace", trace, "--json", "What is 2+2?")
+    out = json.loads(p.stdout)
+    assert out["steps"] and {s["action"] for s in out["steps"]} <= {"slm", "collab"}
+    assert all(0.0 <= s["reward"] <= 1.0 for s in out["steps"])
+    assert out["cost"]["slm_tokens"] > 0 and out["cost"]["prm_tokens"] > 0
+    html = tmp_path / "tree.html"
+    gboost("trace", trace, "--out", html)
+    assert "<svg" in html.read_text()
+    # human-readable mode prints each step as it is decided, then the answer
+    p = gboost("solve", "--slm", tiny_dir, "--llm", tiny_dir, "--prm-kind", "token_pair", "--dtype", "float32",
+               "--config", _cfg(tmp_path), "--method", "slm", "What is 2+2?")
+    assert "[step 1 · slm · reward" in p.stdout and "answer:" in p.stdout
+
+
+def _cfg(tmp_path):
+    f = tmp_path / "search.json"
+    f.write_text(json.dumps({"num_simulations": 2, "max_step_tokens": 8, "max_depth": 3}))
+    return f
+
+
+def test_bad_inputs_give_clear_errors(tiny_dir, tmp_path):
+    p = gboost("generate", "--model", tmp_path / "nope", "x", check=False)
+    assert p.returncode == 2 and "error:" in p.stderr and "Traceback" not in p.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"num_simulatons": 3}))
+    p = gboost("solve", "--slm", tiny_dir, "--llm", "none", "--config", bad, "q", check=False)
+    assert p.returncode == 2 and "num_simulatons" in p.stderr
+    p = gboost("generate", "--model", tiny_dir, "--dtype", "float32", "--max-tokens", 4, "x" * 2000, check=False)
+    assert p.returncode == 2 and "exceeds" in p.stderr

@@ -127,3 +127,46 @@ def test_vocabulary_mismatch_is_refused_at_start_up(server):
             await llm.aclose()
         return e.value.kind
     assert asyncio.run(go()) == "vocab_mismatch"
+
+
+def test_slm_and_prm_work_goes_on_while_llm_calls_are_in_flight(server):
+    """A slow endpoint must not stall the rest: SLM/PRM batches run while LLM requests wait."""
+    async def go():
+        eng = tiny_engine({"slm": 1, "prm": 3})
+        sched = Scheduler(eng)
+        llm = RemoteLLM(server.url, top_logprobs=V, vocab_size=V, timeout_s=10)
+        inflight = {"n": 0}
+        during = []
+        orig_next, orig_score = llm.next_logprobs, llm.score
+
+        async def counted(coro):
+            inflight["n"] += 1
+            try:
+                return await coro
+            finally:
+                inflight["n"] -= 1
+        llm.next_logprobs = lambda ids: counted(orig_next(ids))
+        llm.score = lambda p, d: counted(orig_score(p, d))
+        for key in eng.models:
+            runner = eng.models[key].runner
+            run = runner.run
+            def spy(seqs, want, run=run, key=key):
+                during.append((key, inflight["n"] > 0))
+                return run(seqs, want)
+            runner.run = spy
+        c = SearchConfig(method="gboost", num_simulations=2, max_step_tokens=6, max_depth=2, temperature=0.8)
+        be = EngineBackend(eng, sched, c, llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
+                           options=BackendOptions(collab_mode="exact"))
+        try:
+            await asyncio.gather(solve("1+2?", be, c), solve("3+4?", be, c))
+        finally:
+            await llm.aclose()
+        return during
+    server.app.state.faults.configure(FaultConfig(latency_s=0.3))
+    try:
+        during = asyncio.run(go())
+    finally:
+        server.app.state.faults.configure(FaultConfig())
+    slm_key, prm_key = "tiny-1", "tiny-3"
+    assert sum(1 for k, busy in during if k == slm_key and busy) >= 3
+    assert any(k == prm_key and busy for k, busy in during)

@@ -10,7 +10,6 @@ Skipped when there is no C/C++ compiler, make, or python-config for this interpr
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import json
 import os
 import shutil
@@ -234,12 +233,22 @@ def test_example_errors_are_messages_not_crashes(built, tiny_ckpt):
     assert sol["ok"] and sol["result"]["method"] == "slm"
 
 
-def test_example_bad_python_home(built):
+def test_example_python_home_or_interpreter(built, tmp_path):
     r, lines = run_example(built, "{}", "--python", "/nonexistent/python-home")
     assert_no_crash(r)
     assert r.returncode == 2
     assert lines[-1]["call"] == "init" and lines[-1]["status"] == -3
     assert "/nonexistent/python-home does not exist" in lines[-1]["error"]
+
+    r, lines = run_example(built, "{}", "--python", str(tmp_path))  # a directory that is no Python home
+    assert r.returncode == 2 and lines[-1]["status"] == -3 and "is not a Python" in lines[-1]["error"]
+
+    # a real home directory and a real interpreter both start Python (the bad config then fails fast)
+    for where in (sys.base_prefix, sys.executable):
+        r, lines = run_example(built, "{bad", "--python", where)
+        assert_no_crash(r)
+        assert r.returncode == 2 and lines[0] == {"call": "init", "ok": True, "version": "0.1.0"}, r.stdout
+        assert lines[-1]["error"].startswith("ValueError: config_json: invalid JSON")
 
 
 def test_remote_llm_error_has_no_credentials(built, tiny_ckpt):
@@ -251,6 +260,7 @@ def test_remote_llm_error_has_no_credentials(built, tiny_ckpt):
     assert r.returncode == 2
     msg = lines[-1]["error"]
     assert msg and SECRET not in msg and SECRET not in r.stdout and SECRET not in r.stderr
+    assert "http://***@127.0.0.1:9" in msg  # the message is still useful
 
 
 # ------------------------------------------------------------------------------------ in-process host
@@ -309,6 +319,12 @@ def test_in_process_host_interpreter(inproc, tiny_ckpt, py_engine):
             _run_in_process_checks(inproc, h, py_engine)
         finally:
             lib.gboost_engine_free(h)
+        import gc
+
+        gc.collect()
+        leaked = [type(o).__name__ for o in gc.get_objects() if type(o).__name__ in ("EngineHandle", "Stack")]
+        assert not leaked, "gboost_engine_free left the handle / stack alive"
+        assert not [t for t in threading.enumerate() if t.name == "gboost-capi-loop"]
     finally:
         lib.gboost_shutdown()
         lib.gboost_shutdown()
@@ -348,11 +364,15 @@ def _run_in_process_checks(inproc, h, py_engine):
         assert res is None and err is not None and needle in err, (fn, args, err)
         assert "Traceback" not in err
 
-    # solve with overrides and the tree
+    # solve with overrides and the tree; every call's work lands on the handle's backend-wide record
+    before = json.loads(inproc.call("gboost_engine_info", h)[0])["backend_cost"]
     res, err = inproc.call("gboost_solve", h, "What is 1 + 1?", '{"num_simulations": 1, "include_tree": true}')
     assert err is None, err
     out = json.loads(res)
     assert out["stats"]["simulations"] == 1 and "tree" in out and out["steps"]
+    after = json.loads(inproc.call("gboost_engine_info", h)[0])["backend_cost"]
+    for k in ("slm_tokens", "llm_tokens", "prm_tokens"):
+        assert after[k] > before[k] and out["cost"][k] > 0, (k, before, after, out["cost"])
 
     # several host threads at once on one handle: all succeed, forward passes were batched
     results, lock = [], threading.Lock()
@@ -383,9 +403,13 @@ def _run_in_process_checks(inproc, h, py_engine):
 
 # ------------------------------------------------------------------------------------ the glue alone
 def _glue():
-    spec = importlib.util.spec_from_file_location("_gboost_capi_test", CSRC / "gboost_capi.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    """gboost_capi.py as a fresh module (compiled by hand: no __pycache__ left in csrc/)."""
+    import types
+
+    path = CSRC / "gboost_capi.py"
+    mod = types.ModuleType("_gboost_capi_test")
+    mod.__file__ = str(path)
+    exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), mod.__dict__)
     return mod
 
 

@@ -121,6 +121,17 @@ class _Secret:
     __str__ = __repr__
 
 
+def _redact_url(url: str) -> str:
+    """The URL without user:password, for logs, errors and reprs."""
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def _root_url(base_url: str) -> str:
     """Accept ``http://host:port``, ``.../v1`` or ``.../v1/completions``."""
     url = base_url.strip().rstrip("/")
@@ -166,6 +177,7 @@ class RemoteLLM:
         if max_retries < 0 or max_concurrency < 1 or top_logprobs < 1 or timeout_s <= 0:
             raise ValueError("need max_retries >= 0, max_concurrency >= 1, top_logprobs >= 1, timeout_s > 0")
         self.base_url = _root_url(base_url)
+        self.display_url = _redact_url(self.base_url)  # never log credentials embedded in the URL
         self.model = model
         self.api_key_env = api_key_env
         key = os.environ.get(api_key_env) if api_key_env else None
@@ -197,7 +209,7 @@ class RemoteLLM:
     # ------------------------------------------------------------------ misc
     def __repr__(self) -> str:
         return (
-            f"RemoteLLM(base_url={self.base_url!r}, model={self.model!r}, "
+            f"RemoteLLM(base_url={self.display_url!r}, model={self.model!r}, "
             f"api_key={'<set>' if self._api_key else '<unset>'} (from ${self.api_key_env}), "
             f"top_logprobs={self.top_logprobs}, vocab_size={self.vocab_size}, "
             f"timeout_s={self.timeout_s}, max_retries={self.max_retries}, max_concurrency={self.max_concurrency})"
@@ -249,7 +261,7 @@ class RemoteLLM:
     async def _request(self, method: str, path: str, body: Optional[dict] = None) -> Any:
         """One logical request with retries; returns the decoded JSON body."""
         self.stats["requests"] += 1
-        what = f"{method} {self.base_url}{path}"
+        what = f"{method} {self.display_url}{path}"
         attempt = 0
         while True:
             attempt += 1
@@ -504,7 +516,7 @@ class RemoteLLM:
             if self.model is None:
                 self.model = names[0]
             elif self.model not in names:
-                raise LLMError("http_4xx", f"model {self.model!r} is not served by {self.base_url}; available: {names}")
+                raise LLMError("http_4xx", f"model {self.model!r} is not served by {self.display_url}; available: {names}")
             card = next(c for c in cards if c["id"] == self.model)
             rv = card.get("vocab_size")
             if isinstance(rv, int):

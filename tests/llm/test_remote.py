@@ -502,3 +502,26 @@ def test_llm_error_kinds():
     e = LLMError("vocab_mismatch")
     assert e.kind == "vocab_mismatch" and not e.retryable and "vocabulary" in str(e)
     assert LLMError("http_429", status=429).retryable
+
+
+def test_url_credentials_never_reach_logs_errors_or_repr(caplog):
+    import asyncio
+    import logging
+
+    from engine.llm.base import LLMError
+    from engine.llm.remote import RemoteLLM
+
+    async def go():
+        llm = RemoteLLM("http://user:s3cr3tpw@127.0.0.1:9/v1", timeout_s=0.5, max_retries=1, backoff_base_s=0.01)
+        try:
+            await llm.next_logprobs([1, 2, 3])
+        except LLMError as e:
+            return llm, e
+        finally:
+            await llm.aclose()
+    with caplog.at_level(logging.DEBUG):
+        llm, err = asyncio.run(go())
+    assert err.kind == "connect"
+    for text in (caplog.text, str(err), repr(err), repr(llm)):
+        assert "s3cr3tpw" not in text
+    assert "127.0.0.1:9" in repr(llm)

@@ -80,3 +80,39 @@ def test_bad_inputs_give_clear_errors(tiny_dir, tmp_path):
     assert p.returncode == 2 and "num_simulatons" in p.stderr
     p = gboost("generate", "--model", tiny_dir, "--dtype", "float32", "--max-tokens", 4, "x" * 2000, check=False)
     assert p.returncode == 2 and "exceeds" in p.stderr
+
+
+def test_serve_then_solve_against_it(tiny_dir, tmp_path):
+    """`gboost serve` in a subprocess on 127.0.0.1, used by `gboost solve --llm http://...`."""
+    import socket
+    import time
+
+    import httpx
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--model", str(tiny_dir), "--port",
+                            str(port), "--dtype", "float32"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            assert srv.poll() is None, srv.stderr.read().decode()
+        r = httpx.post(url + "/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 3, "logprobs": 2,
+                                                      "temperature": 0}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["choices"][0]["logprobs"]["tokens"]) == 3
+        r = httpx.post(url + "/v1/completions", content=b"{not json", timeout=30,
+                       headers={"content-type": "application/json"})
+        assert r.status_code in (400, 422) and "error" in r.json()
+        p = gboost("solve", "--slm", tiny_dir, "--llm", url + "/v1", "--prm-kind", "token_pair", "--dtype",
+                   "float32", "--config", _cfg(tmp_path), "--method", "fusion", "--json", "What is 2+2?")
+        out = json.loads(p.stdout)
+        assert out["steps"] and all(s["action"] == "collab" for s in out["steps"])
+        assert out["cost"]["llm_calls"] == len(out["steps"]) and not out["cost"]["llm_faults"]
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)

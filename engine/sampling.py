@@ -54,7 +54,8 @@ def sample_rows(logits: torch.Tensor, params: list[SamplingParams], gens: list[t
     """Sample one token per row of logits [B, V] (one row per request)."""
     from kernels.fused_sampling import sample
     t, k, p = row_params(params, logits.device)
-    noise = draw_noise(gens, logits.shape[-1], logits.device)
+    greedy = all(x.temperature <= 0 for x in params)  # argmax needs no noise: skip drawing B x V of it
+    noise = None if greedy else draw_noise(gens, logits.shape[-1], logits.device)
     return sample(logits.float(), t, k, p, noise).tolist()
 
 

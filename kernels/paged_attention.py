@@ -158,6 +158,39 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_
     return out
 
 
+def paged_attention_torch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=None,
+                          max_q_len=None):
+    """The CPU path: the reference's math, vectorised over the batch (queries padded to the longest,
+    keys gathered through the padded block tables), so a decode step costs a few large ops per layer
+    instead of a few small ones per sequence. Masked logits are -1e30, not -inf: the same zeros after
+    exp, without the CPU's slow path for infinities."""
+    T, Hq, D = q.shape
+    B = seq_lens.shape[0]
+    NB, BS, Hkv = k_cache.shape[0], k_cache.shape[1], k_cache.shape[2]
+    group = Hq // Hkv
+    dev = q.device
+    cu = cu_seqlens_q.long()
+    qlens = cu[1:] - cu[:-1]
+    Qmax = int(qlens.max()) if max_q_len is None else max_q_len
+    Lmax = block_tables.shape[1] * BS
+    tables = block_tables.long().clamp(0, NB - 1)  # entries past a sequence's length are masked anyway
+    K = k_cache[tables].reshape(B, Lmax, Hkv, D).float()
+    V = v_cache[tables].reshape(B, Lmax, Hkv, D).float()
+    i = torch.arange(Qmax, device=dev)
+    rows = (cu[:-1, None] + i[None, :]).clamp(max=T - 1)                  # [B, Qmax] packed row of each query
+    valid = i[None, :] < qlens[:, None]
+    Q = q[rows].float().view(B, Qmax, Hkv, group, D)
+    qpos = seq_lens.long()[:, None] - qlens[:, None] + i[None, :]         # [B, Qmax]
+    visible = torch.arange(Lmax, device=dev)[None, None, :] <= qpos[:, :, None]  # [B, Qmax, Lmax]
+    S = torch.einsum("bqkgd,blkd->bkgql", Q, K) * scale
+    S = S.masked_fill(~visible[:, None, None], -1e30)
+    P = torch.softmax(S, dim=-1)
+    O = torch.einsum("bkgql,blkd->bqkgd", P, V).reshape(B, Qmax, Hq, D)
+    out = torch.empty_like(q) if out is None else out
+    out[rows[valid]] = O[valid].to(q.dtype)
+    return out
+
+
 _NUM_SMS = {}
 
 
@@ -258,7 +291,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, s
     seq_lens [B] int32 (length incl. the new tokens); cu_seqlens_q [B+1] int32 -> out [T,Hq,D]."""
     if use_triton(q, k_cache):
         return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)
-    return paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)
+    return paged_attention_torch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)
 
 
 def paged_attention_shared_prefix(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale,

@@ -88,7 +88,8 @@ class ModelRunner:
             rows += sel
         logits = self.model.compute_logits(hidden[rows]) if rows else None
         for i, s in enumerate(seqs):
-            self.cache.commit(s, cu[i + 1] - cu[i])
+            if not s.freed:  # a cancelled request may free its sequence while the batch runs
+                self.cache.commit(s, cu[i + 1] - cu[i])
         self.tokens_computed += cu[-1]
         out: list[torch.Tensor | None] = []
         for a, b, w in spans:

@@ -23,7 +23,7 @@ from engine.kv.cache import Sequence
 from engine.llm.base import LLMError, TokenLogprobs
 from engine.llm.topk import union_support
 from engine.sampling import processed_probs
-from engine.search.backend import StepOut
+from engine.search.backend import StepOut, settle
 from engine.search.config import SearchConfig
 from engine.search.cost import CostRecord, charge
 from kernels.fused_sampling import fuse_logprobs, make_noise, sample
@@ -106,7 +106,8 @@ class EngineBackend:
             raise ValueError(f"unknown action {action!r}")
         if action != "slm" and self.llm is None:
             raise ValueError(f"action {action!r} needs a general LLM; none is configured")
-        res = await asyncio.gather(*(self._child(state, action, i) for i in range(n)), return_exceptions=True)
+        res = await settle([self._child(state, action, i) for i in range(n)],
+                           on_orphan=lambda out: self.release(out.state))
         errors = [r for r in res if isinstance(r, BaseException)]
         if errors:  # the search never sees these children: release the ones that did finish
             for r in res:

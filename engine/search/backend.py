@@ -44,7 +44,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 from .cost import CostRecord
 
-__all__ = ["ACTIONS", "StepOut", "StepBackend", "check_step_out", "ToyBackend", "ToyState"]
+__all__ = ["ACTIONS", "StepOut", "StepBackend", "check_step_out", "settle", "ToyBackend", "ToyState"]
 
 #: The generation actions a backend must implement.
 ACTIONS = ("slm", "collab", "llm")
@@ -75,6 +75,25 @@ class StepBackend(Protocol):
     async def score(self, states: list[Any]) -> list[float]: ...
 
     def release(self, state: Any) -> None: ...
+
+
+async def settle(aws, on_orphan: Callable[[Any], None]) -> list:
+    """``gather(*aws, return_exceptions=True)`` that loses nothing on cancellation.
+
+    If the caller is cancelled while waiting, the pending awaitables are cancelled too, every one
+    is waited for, each result that did arrive is handed to ``on_orphan`` (so states created by an
+    ``expand`` that finished just in time are released, not leaked), and the cancellation goes on.
+    """
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return await asyncio.gather(*tasks, return_exceptions=True)
+    except asyncio.CancelledError:
+        for t in tasks:
+            t.cancel()
+        for res in await asyncio.gather(*tasks, return_exceptions=True):
+            if not isinstance(res, BaseException):
+                on_orphan(res)
+        raise
 
 
 def check_step_out(out: Any, action: str) -> StepOut:

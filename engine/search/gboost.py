@@ -46,7 +46,7 @@ import re
 from typing import Any, Callable
 
 from .answer import answer_key, extract_answer
-from .backend import check_step_out
+from .backend import check_step_out, settle
 from .config import SearchConfig
 from .cost import CostRecord, count_step
 from .tree import Node, best_terminal, path_score, select_child
@@ -127,6 +127,11 @@ class SearchContext:
         self.root = Node.new_root(state)
         return self.root
 
+    def _hold_all(self, outs: Any) -> None:
+        for out in outs if isinstance(outs, (list, tuple)) else ():
+            if getattr(out, "state", None) is not None:
+                self.hold(out.state)
+
     async def expand(self, requests: list[tuple[Node, str, int]], *, dedup: bool | None = None) -> list[list[Node]]:
         """Run the expansions concurrently and attach the new children.
 
@@ -140,9 +145,9 @@ class SearchContext:
             if node.state is None:
                 raise RuntimeError(f"expanding node {node.id} whose state was released")
         with self.cost.timed("expand"):
-            results = await asyncio.gather(
-                *(self.backend.expand(node.state, action, n) for _, (node, action, n) in live),
-                return_exceptions=True)
+            results = await settle(
+                [self.backend.expand(node.state, action, n) for _, (node, action, n) in live],
+                on_orphan=self._hold_all)
         first_exc: BaseException | None = None
         for res in results:
             if isinstance(res, BaseException):

@@ -126,3 +126,18 @@ def test_concurrent_requests_get_their_own_measured_cost():
         assert r.cost.llm_tokens > 0 and r.cost.prm_tokens > 0
         assert r.cost.llm_calls >= 1 and r.cost.wall_s["total"] > 0
     assert max(sched.batch_sizes) > 2   # the two requests' frontiers shared forward passes
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.08, 0.2])
+def test_cancelled_request_releases_every_block(delay):
+    eng, sched, cfg, be = build(method="gboost", num_simulations=20)
+    async def go():
+        t = asyncio.create_task(solve("What is 2+3?", be, cfg))
+        await asyncio.sleep(delay)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        await asyncio.sleep(0.05)  # let the scheduler finish a batch already handed to its thread
+    run(go())
+    eng.cache.check_refcounts()
+    assert eng.cache.live == {} and all(r == 0 for r in eng.cache.blocks.ref)

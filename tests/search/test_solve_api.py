@@ -167,3 +167,19 @@ def test_concurrent_requests_share_a_backend():
 def test_cfg_type_checked():
     with pytest.raises(TypeError):
         run(solve("q", ToyBackend(), {"method": "slm"}))
+
+
+@pytest.mark.parametrize("delay", [0.005, 0.012, 0.019, 0.026, 0.033, 0.041])
+def test_no_state_leaks_whenever_cancellation_lands(delay):
+    """Cancel at many points, including while expand calls are finishing: nothing may leak."""
+    b = ToyBackend(step, reward, latency_s=0.007)
+
+    async def main():
+        t = asyncio.create_task(solve("q", b, SearchConfig(num_simulations=50)))
+        await asyncio.sleep(delay)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+
+    run(main())
+    assert not b.live and b.n_created == b.n_released

@@ -6,7 +6,6 @@ so prefix blocks are shared between them too.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch

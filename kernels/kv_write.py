@@ -1,5 +1,4 @@
 """store_kv: scatter new tokens' K/V into the paged cache (layout in docs/CONTRACTS.md)."""
-import torch
 import triton
 import triton.language as tl
 

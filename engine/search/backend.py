@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from .cost import CostRecord

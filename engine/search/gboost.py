@@ -38,7 +38,6 @@ is shared with the baselines.
 """
 from __future__ import annotations
 
-import asyncio
 import inspect
 import math
 import random

@@ -9,28 +9,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 
-from _fake_backend import FakeBackend  # noqa: E402
-from engine.server.app import create_app  # noqa: E402
-from engine.server.runner import BackgroundServer  # noqa: E402
+from _fake_backend import server_factory  # noqa: E402
 
 
 @pytest.fixture
 def make_server():
-    """``make_server(backend=None, fault=None, **create_app_kwargs) -> BackgroundServer``
-    (``.backend`` is the FakeBackend, ``.app.state`` has ``faults`` / ``metrics``)."""
-    servers = []
-
-    def _make(backend=None, fault=None, **kw):
-        backend = backend or FakeBackend()
-        srv = BackgroundServer(create_app(backend, backend.model_name, fault, **kw), graceful_shutdown_s=0.5)
-        srv.start()
-        srv.backend = backend
-        servers.append(srv)
-        return srv
-
-    yield _make
-    for srv in servers:
-        srv.stop()
+    """``make_server(backend=None, fault=None, **create_app_kwargs) -> BackgroundServer``."""
+    with server_factory() as make:
+        yield make
 
 
 @pytest.fixture

@@ -127,3 +127,29 @@ class FakeBackend:
             last = int(torch.argmax(self.table[last]))
             out.append(last)
         return out
+
+
+from contextlib import contextmanager  # noqa: E402
+
+
+@contextmanager
+def server_factory():
+    """``make(backend=None, fault=None, **create_app_kwargs) -> BackgroundServer`` (``.backend`` is the
+    FakeBackend, ``.app.state`` has ``faults`` / ``metrics``); every server started is stopped on exit."""
+    from engine.server.app import create_app
+    from engine.server.runner import BackgroundServer
+    servers = []
+
+    def make(backend=None, fault=None, **kw):
+        backend = backend or FakeBackend()
+        srv = BackgroundServer(create_app(backend, backend.model_name, fault, **kw), graceful_shutdown_s=0.5)
+        srv.start()
+        srv.backend = backend
+        servers.append(srv)
+        return srv
+
+    try:
+        yield make
+    finally:
+        for srv in servers:
+            srv.stop()

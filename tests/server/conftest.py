@@ -2,28 +2,16 @@
 
 import pytest
 
-from _fake_backend import FakeBackend
+from _fake_backend import FakeBackend, server_factory
 from engine.server.app import create_app
 from engine.server.runner import BackgroundServer
 
 
 @pytest.fixture
 def make_server():
-    """``make_server(backend=None, fault=None, **create_app_kwargs) -> BackgroundServer``;
-    every server started is stopped at teardown."""
-    servers = []
-
-    def _make(backend=None, fault=None, **kw):
-        backend = backend or FakeBackend()
-        srv = BackgroundServer(create_app(backend, backend.model_name, fault, **kw), graceful_shutdown_s=0.5)
-        srv.start()
-        srv.backend = backend
-        servers.append(srv)
-        return srv
-
-    yield _make
-    for srv in servers:
-        srv.stop()
+    """``make_server(backend=None, fault=None, **create_app_kwargs) -> BackgroundServer``."""
+    with server_factory() as make:
+        yield make
 
 
 @pytest.fixture(scope="module")

@@ -268,42 +268,18 @@ class EngineHandle:
                 ids = tok.encode(prompt)
             if not ids:
                 raise ValueError("prompt is empty (encodes to no tokens)")
-            out, finish = self._call(self._generate(m, ids, params))
+            out, finish = self._call(self._generate(role, ids, params))
             text = tok.decode(out, skip_special_tokens=True)
             return _dumps({"text": text, "token_ids": out, "seconds": round(time.perf_counter() - t0, 6),
                            "finish_reason": finish, "prompt_tokens": len(ids)})
         finally:
             self._leave()
 
-    async def _generate(self, m, ids: list[int], params) -> tuple[list[int], str]:
-        """Engine.generate's loop for one prompt, with the forward passes going through the
-        shared scheduler (batched with every other request of this handle) instead of running
-        in the caller's thread. Same stopping rules and the same per-request seeded sampling
-        (engine.sampling.sample_rows), hence the same tokens as Engine.generate."""
-        import torch
-
-        from engine.sampling import sample_rows
-
-        eng, sched = self.stack.engine, self.stack.scheduler
-        seq = eng.cache.new_sequence(m.key, list(ids))
-        out: list[int] = []
-        finish = "length"
-        try:
-            m.runner.check_fits(seq)
-            gen = params.generator(eng.cache.pool.device)
-            while len(out) < params.max_tokens:
-                logits = await sched.forward(seq, "last")
-                t = sample_rows(torch.stack([logits]), [params], [gen])[0]
-                out.append(t)
-                seq.token_ids.append(t)
-                if (t in m.eos_token_ids and not params.ignore_eos) or t in params.stop_token_ids:
-                    finish = "stop"
-                    break
-                if len(seq.token_ids) >= m.model.max_positions:
-                    break
-        finally:
-            eng.cache.free(seq)
-        return out, finish
+    async def _generate(self, role: str, ids: list[int], params) -> tuple[list[int], str]:
+        """Engine.agenerate: the forwards go through the handle's shared scheduler (batched with
+        every other call), with Engine.generate's stopping rules and seeded sampling."""
+        o = await self.stack.engine.agenerate(self.stack.scheduler, list(ids), params, role=role)
+        return o.token_ids, o.finish_reason
 
     # -- solve ---------------------------------------------------------------------------
     def solve(self, question: str, overrides_json: str | None = None) -> str:

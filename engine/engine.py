@@ -119,15 +119,11 @@ class Engine:
                 toks = sample_rows(torch.stack(logits), [params[i] for i in active], [gens[i] for i in active])
                 still = []
                 for i, t in zip(active, toks):
-                    o, p = outs[i], params[i]
-                    o.token_ids.append(t)
+                    outs[i].token_ids.append(t)
                     seqs[i].token_ids.append(t)
-                    if (t in m.eos_token_ids and not p.ignore_eos) or t in p.stop_token_ids:
-                        o.finish_reason = "stop"
-                    elif len(o.token_ids) >= p.max_tokens:
-                        o.finish_reason = "length"
-                    elif len(seqs[i].token_ids) >= m.model.max_positions:
-                        o.finish_reason = "length"
+                    reason = self._stop_reason(m, params[i], outs[i], seqs[i], t)
+                    if reason:
+                        outs[i].finish_reason = reason
                     else:
                         still.append(i)
                 active = still
@@ -137,3 +133,38 @@ class Engine:
         for o in outs:
             o.text = m.tokenizer.decode(o.token_ids, skip_special_tokens=True) if m.tokenizer else ""
         return outs
+
+    @staticmethod
+    def _stop_reason(m: ResidentModel, p: SamplingParams, out: GenerationOutput, seq: Sequence, t: int) -> str | None:
+        if (t in m.eos_token_ids and not p.ignore_eos) or t in p.stop_token_ids:
+            return "stop"
+        if len(out.token_ids) >= p.max_tokens or len(seq.token_ids) >= m.model.max_positions:
+            return "length"
+        return None
+
+    async def agenerate(self, scheduler, ids: list[int], params: SamplingParams, role: str = "slm",
+                        on_token=None) -> GenerationOutput:
+        """`generate` for one prompt with the forwards going through `scheduler`, so concurrent
+        callers (HTTP requests, C ABI threads) share batches; same stopping rules and seeded
+        sampling, hence the same tokens. `on_token(logits, token)` sees every step."""
+        m = self.role(role)
+        out = GenerationOutput(list(ids))
+        seq = self.cache.new_sequence(m.key, list(ids))
+        try:
+            m.runner.check_fits(seq)
+            gen = params.generator(self.cache.pool.device)
+            while len(out.token_ids) < params.max_tokens:
+                logits = await scheduler.forward(seq)
+                t = sample_rows(logits[None], [params], [gen])[0]
+                if on_token is not None:
+                    on_token(logits, t)
+                out.token_ids.append(t)
+                seq.token_ids.append(t)
+                reason = self._stop_reason(m, params, out, seq, t)
+                if reason:
+                    out.finish_reason = reason
+                    break
+        finally:
+            self.cache.free(seq)
+        out.text = m.tokenizer.decode(out.token_ids, skip_special_tokens=True) if m.tokenizer else ""
+        return out

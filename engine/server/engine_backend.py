@@ -10,7 +10,6 @@ import torch
 from engine.llm.base import TokenLogprobs
 from engine.server.backend import BackendInputError
 from engine.sampling import SamplingParams
-from kernels.fused_sampling import make_noise, sample
 
 
 def _row(logp: torch.Tensor, top_k: int, actual: int | None) -> TokenLogprobs:
@@ -24,6 +23,7 @@ def _row(logp: torch.Tensor, top_k: int, actual: int | None) -> TokenLogprobs:
 class EngineCompletionBackend:
     def __init__(self, engine, scheduler, role: str = "slm", model_name: str | None = None):
         self.engine, self.scheduler = engine, scheduler
+        self.role = role
         self.m = engine.role(role)
         self.model_name = model_name or self.m.key
         self.vocab_size = self.m.config.vocab_size
@@ -55,21 +55,14 @@ class EngineCompletionBackend:
 
     async def generate(self, ids, max_tokens, temperature, top_p, seed, stop_ids, top_k_logprobs):
         self._check(ids)
-        params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-        gen = params.generator(self.engine.cache.pool.device)
-        seq = self.engine.cache.new_sequence(self.m.key, list(ids))
-        out, rows = [], []
-        try:
-            while len(out) < max_tokens and len(seq.token_ids) < self.max_model_len:
-                logits = (await self.scheduler.forward(seq)).float()
-                noise = make_noise(1, logits.shape[-1], gen, logits.device)
-                t = int(sample(logits[None], temperature, 0, top_p, noise)[0])
-                out.append(t)
-                seq.token_ids.append(t)
-                if top_k_logprobs:
-                    rows.append(_row(torch.log_softmax(logits, -1).cpu(), top_k_logprobs, t))
-                if t in stop_ids:
-                    break
-        finally:
-            self.engine.cache.free(seq)
+        # The server always lists EOS in stop_ids, so stop_ids alone decide (ignore_eos).
+        params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                                stop_token_ids=list(stop_ids), ignore_eos=True)
+        rows = []
+
+        def keep_row(logits, t):
+            if top_k_logprobs:
+                rows.append(_row(torch.log_softmax(logits.float(), -1).cpu(), top_k_logprobs, t))
+        out = (await self.engine.agenerate(self.scheduler, list(ids), params, role=self.role,
+                                           on_token=keep_row)).token_ids
         return out, rows

@@ -111,10 +111,12 @@ class KVCache:
         """Fresh blocks that `reserve(seq, n_new)` would take (including a copy-on-write)."""
         bs, start = self.block_size, seq.num_computed
         need = max(-(-(start + n_new) // bs) - len(seq.block_table), 0)
-        first = start // bs
-        if n_new and first < len(seq.block_table) and self._immutable(seq.block_table[first]):
-            need += 1  # the block we write into first is shared or published: copy it
-        return need
+        return need + (1 if self._needs_copy(seq, n_new) else 0)
+
+    def _needs_copy(self, seq: Sequence, n_new: int) -> bool:
+        """Is the block the next write lands in shared or published (so it must be copied first)?"""
+        first = seq.num_computed // self.block_size
+        return bool(n_new) and first < len(seq.block_table) and self._immutable(seq.block_table[first])
 
     def can_reserve(self, seqs_and_counts: list[tuple[Sequence, int]]) -> bool:
         return self.blocks.can_allocate(sum(self.blocks_needed(s, n) for s, n in seqs_and_counts))
@@ -127,9 +129,8 @@ class KVCache:
                 f"KV pool exhausted: sequence {seq.seq_id} needs {self.blocks_needed(seq, n_new)} blocks, "
                 f"{self.blocks.num_free()} free of {self.blocks.num_blocks}")
         bs, start = self.block_size, seq.num_computed
-        first = start // bs
-        if n_new and first < len(seq.block_table) and self._immutable(seq.block_table[first]):
-            self._copy_on_write(seq, first)
+        if self._needs_copy(seq, n_new):
+            self._copy_on_write(seq, start // bs)
         while len(seq.block_table) * bs < start + n_new:
             seq.block_table.append(self.blocks.allocate())
         return [seq.block_table[p // bs] * bs + p % bs for p in range(start, start + n_new)]

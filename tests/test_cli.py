@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from engine.testing import byte_tokenizer, tiny_config, tiny_model
 

@@ -5,7 +5,6 @@ code paths, so tens of thousands of steps are cheap and the exact step distribut
 in closed form. A second test runs the same check, smaller, with tiny transformer models.
 """
 import asyncio
-import itertools
 
 import torch
 

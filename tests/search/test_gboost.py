@@ -281,7 +281,7 @@ def test_same_seed_same_tree_and_answer(policy):
 def test_seed_drives_tie_breaking():
     def go(seed):
         b = ToyBackend(labelled_step, lambda q, s: 0.5)
-        r = run(solve("q", b, cfg(num_simulations=6, seed=seed, uct_c=0.0)))
+        run(solve("q", b, cfg(num_simulations=6, seed=seed, uct_c=0.0)))
         return tuple(c[4] for c in b.expand_calls("slm"))
 
     assert go(1) == go(1)

@@ -1,6 +1,5 @@
 """The HTTP app over real HTTP (uvicorn in a thread) with a deterministic fake model."""
 
-import json
 import math
 import threading
 import time

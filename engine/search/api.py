@@ -87,6 +87,8 @@ async def solve(question: str, backend: Any, cfg: SearchConfig | None = None,
     t0 = time.perf_counter()
     try:
         with request_scope() as measured:
+            if getattr(backend, "measures_request_cost", False):
+                ctx.measured = measured  # budgets read what the LLM really computed
             end = await _run(ctx)
         if getattr(backend, "measures_request_cost", False):
             # The backend counted what it really computed (prefill, drafts, judge suffixes,

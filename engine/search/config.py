@@ -120,7 +120,9 @@ class SearchConfig:
 
     # ---- per-request LLM budgets (None = unlimited) ----------------------------------------
     #: LLM tokens (collab + llm steps) after which only SLM steps are generated (checked before
-    #: each round, so the round in flight may overshoot it by its own tokens)
+    #: each round, so the round in flight may overshoot it by its own tokens).  With a backend
+    #: that measures (EngineBackend) this counts what the LLM computed -- context prefill and
+    #: verified drafts included -- not just the tokens of the steps it helped write
     max_llm_tokens: int | None = None
     #: LLM-involving step generations (one per collab/llm child) allowed per request
     max_llm_calls: int | None = None

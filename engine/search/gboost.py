@@ -65,6 +65,7 @@ class SearchContext:
         self.question = question
         self.on_step = on_step
         self.cost = CostRecord()
+        self.measured: CostRecord | None = None  # live per-request counts of a measuring backend
         self.rng = random.Random(cfg.seed)
         self.answer_re = re.compile(cfg.answer_pattern)
         self.root: Node | None = None
@@ -110,7 +111,8 @@ class SearchContext:
     def llm_quota(self) -> int:
         """How many more LLM-involving steps this request may generate now."""
         c = self.cfg
-        if c.max_llm_tokens is not None and self.cost.llm_tokens >= c.max_llm_tokens:
+        llm_tokens = max(self.cost.llm_tokens, self.measured.llm_tokens if self.measured else 0)
+        if c.max_llm_tokens is not None and llm_tokens >= c.max_llm_tokens:
             return 0
         if c.max_llm_faults is not None and self.cost.total_faults >= c.max_llm_faults:
             return 0

@@ -181,6 +181,27 @@ def test_llm_token_budget():
     assert res.cost.llm_tokens == 14
 
 
+class ContextPrefillBackend(ToyBackend):
+    """Measures like EngineBackend: a collab step also costs the LLM its whole path as prefill."""
+    measures_request_cost = True
+
+    async def expand(self, state, action, n):
+        outs = await super().expand(state, action, n)
+        if action != "slm":
+            from engine.search.cost import charge
+            charge(None, llm_tokens=sum(len(o.token_ids) + state.n_tokens + 20 for o in outs))
+        return outs
+
+
+def test_llm_token_budget_counts_what_the_llm_measured():
+    b = ContextPrefillBackend(lambda q, s, a, i: f"{a} {i} w w w w {len(s)}", lambda q, s: 0.5)
+    res = run(solve("q", b, cfg(num_simulations=5, max_llm_tokens=10)))
+    # the step alone (7 tokens) is under the budget, but the LLM computed 7 + 1 (the root "q")
+    # + 20 = 28 >= 10: one collab expansion only (the step-token count alone would allow two)
+    assert len(b.expand_calls("collab")) == 1
+    assert res.cost.llm_tokens == 28
+
+
 def test_llm_fault_circuit_breaker():
     b = ToyBackend(labelled_step, lambda q, s: 0.5, fault_fn=lambda q, s, a, i: "llm_timeout")
     res = run(solve("q", b, cfg(num_simulations=6, max_llm_faults=2, dedup_children=False)))

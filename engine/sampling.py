@@ -62,11 +62,11 @@ def sample_rows(logits: torch.Tensor, params: list[SamplingParams], gens: list[t
 def processed_probs(z: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """The exact distribution `sample` draws from for logits z [B, V]: temperature, top-k and
     top-p applied (greedy = one-hot). Speculative verification needs it as numbers."""
-    from kernels.fused_sampling import keep_mask_ref
+    from kernels.fused_sampling import keep_mask
     z = z.float()
     if temperature <= 0:
         return torch.nn.functional.one_hot(z.argmax(-1), z.shape[-1]).float()
     x = z / temperature
-    keep = keep_mask_ref(x, top_k, top_p)
+    keep = keep_mask(x, top_k, top_p)
     # -1e30 rather than -inf: same zeros after exp, and CPU softmax has a slow path for -inf.
     return torch.softmax(torch.where(keep, x, -1e30), dim=-1)

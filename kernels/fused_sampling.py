@@ -308,6 +308,62 @@ def keep_mask_ref(x, top_k, top_p):
     return x >= torch.maximum(tau_k, tau_p)[:, None]
 
 
+def keep_mask_topc(x, top_k, top_p, cand=1024):
+    """keep_mask_ref's set from a top-`cand` partial sort instead of a full O(V log V) sort (CPU
+    fast path): an LM's nucleus lies within its first few hundred tokens. Rows whose kept set
+    may reach past the window (nucleus not closed, or ties at its edge) take the full sort."""
+    B, V = x.shape
+    k = row_param(top_k, B, torch.int64, x.device)
+    p = row_param(top_p, B, torch.float32, x.device)
+    do_k, do_p = (k > 0) & (k < V), p < 1
+    if not bool((do_k | do_p).any()):
+        return torch.ones_like(x, dtype=torch.bool)
+    C = min(V, max(int(cand), int(k.max()) + 1))
+    if C >= V:
+        return keep_mask_ref(x, k, p)
+    xs = torch.topk(x, C, dim=-1).values                       # [B, C] descending
+    tau_k = torch.where(do_k, xs.gather(1, (k.clamp(1, C) - 1)[:, None])[:, 0], float("-inf"))
+    m = xs[:, :1]
+    # softmax denominators over the top-k set (inside the window) or the whole row
+    den_k = torch.where(xs >= tau_k[:, None], torch.exp(xs - m), 0.0).sum(-1)
+    den = torch.where(do_k, den_k, torch.exp(x - m).sum(-1))
+    cum = torch.cumsum(torch.exp(xs - m) / den[:, None], -1)
+    first = (cum < p[:, None]).sum(-1)
+    tau_p = torch.where(do_p, xs.gather(1, first.clamp(max=C - 1)[:, None])[:, 0], float("-inf"))
+    tau = torch.maximum(tau_k, tau_p)
+    # the window must hold the whole kept set: a closed nucleus and no tie at the window's edge
+    spill = (do_p & (first >= C)) | (xs[:, -1] >= tau) | (do_k & (xs[:, -1] >= tau_k))
+    keep = x >= tau[:, None]
+    if bool(spill.any()):
+        keep[spill] = keep_mask_ref(x[spill], k[spill], p[spill])
+    return keep
+
+
+def keep_mask(x, top_k, top_p):
+    """Kept set of the scaled logits x [B, V]: the top-`cand` path on CPU, the reference elsewhere."""
+    return keep_mask_topc(x, top_k, top_p) if x.device.type == "cpu" else keep_mask_ref(x, top_k, top_p)
+
+
+def sample_kept(logits, temperature, top_k=0, top_p=1.0, generator=None):
+    """One token per row of logits [B, V], exactly from the distribution `sample` draws from, with
+    Gumbel noise drawn only for the kept tokens (CPU: full-vocab noise per token costs more than
+    the sampling itself). Greedy rows (temperature <= 0) take the argmax and draw nothing."""
+    B, V = logits.shape
+    z = logits.float()
+    t = row_param(temperature, B, torch.float32, z.device)
+    greedy = t <= 0
+    out = z.argmax(-1)
+    if bool(greedy.all()):
+        return out
+    x = z / torch.where(greedy, 1.0, t)[:, None]
+    keep = keep_mask(x, row_param(top_k, B, torch.int64, z.device), row_param(top_p, B, torch.float32, z.device))
+    for b in torch.nonzero(~greedy)[:, 0].tolist():
+        ids = torch.nonzero(keep[b])[:, 0]
+        g = make_noise(1, ids.numel(), generator, z.device)[0]
+        out[b] = ids[torch.argmax(x[b, ids] + g)]
+    return out
+
+
 def sample_ref(logits, temperature, top_k=0, top_p=1.0, noise=None):
     B, V = logits.shape
     z = logits.float()

@@ -26,7 +26,7 @@ from engine.sampling import processed_probs
 from engine.search.backend import StepOut, settle
 from engine.search.config import SearchConfig
 from engine.search.cost import CostRecord, charge
-from kernels.fused_sampling import fuse_logprobs, make_noise, sample
+from kernels.fused_sampling import fuse_logprobs, make_noise, sample, sample_kept
 
 SLM_SYSTEM = "Please reason step by step, separating steps with a blank line, and put your final answer within \\boxed{}."
 
@@ -193,6 +193,8 @@ class EngineBackend:
 
     # -- SLM alone ---------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, gen: torch.Generator) -> int:
+        if logits.device.type == "cpu":  # noise for the kept tokens only, nucleus by partial sort
+            return int(sample_kept(logits[None], self.cfg.temperature, 0, self.cfg.top_p, gen)[0])
         noise = make_noise(1, logits.shape[-1], gen, logits.device)
         return int(sample(logits[None].float(), self.cfg.temperature, 0, self.cfg.top_p, noise)[0])
 

@@ -1,0 +1,97 @@
+"""GSM8K accuracy and cost of several methods in ONE process on ONE engine (CPU-friendly).
+
+    python benchmarks/gsm8k_suite.py --limit 100 --methods slm llm fusion gboost
+
+Each method gets its own EngineBackend (its own sampling config) over the same engine,
+scheduler, local LLM and PRM, so the requests of all methods share forward batches: on a
+2-core CPU a decode step of the 1.5B costs 0.20 s at batch 1 and 0.57 s at batch 32, so
+one mixed run finishes far sooner than the methods one after another.
+
+Per-request costs (what RESULTS.md reports) are measured per request and are exact; the
+backend-wide counters and the per-method wall times are shared by all methods here, so the
+summaries drop ``backend_cost`` and the suite's total wall time is written once.
+Records go to benchmarks/runs/gsm8k_<method>_<N>.jsonl as they finish (so a run cut short
+still leaves graded records), summaries to *.summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from engine.evals.datasets import load_rows
+from engine.evals.loop import run_eval
+from engine.search.actions import EngineBackend
+from engine.search.config import SearchConfig
+from engine.stack import build_stack
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = {"gboost": HERE / "configs/gsm8k_gboost.toml"}
+CHAIN = HERE / "configs/gsm8k_chain.toml"
+CONCURRENCY = {"slm": 8, "llm": 12, "fusion": 12, "gboost": 32}
+
+
+def config_for(method: str, seed: int) -> SearchConfig:
+    cfg = SearchConfig.from_file(CONFIGS.get(method, CHAIN))
+    cfg.method, cfg.seed = method, seed
+    cfg.validate()
+    return cfg
+
+
+async def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/gsm8k_test.jsonl"))
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--methods", nargs="+", default=["slm", "llm", "fusion", "gboost"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kv-memory-gb", type=float, default=8.0)
+    ap.add_argument("--out-dir", default=str(HERE / "runs"))
+    ap.add_argument("--tag", default="", help="suffix of the output names")
+    args = ap.parse_args(argv)
+
+    rows = load_rows(args.data)[: args.limit]
+    cfgs = {m: config_for(m, args.seed) for m in args.methods}
+    t0 = time.perf_counter()
+    stack = await build_stack(cfgs[args.methods[0]], kv_memory_gb=args.kv_memory_gb)
+    print(f"models loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    base = stack.backend
+    backends = {m: EngineBackend(stack.engine, stack.scheduler, cfgs[m], llm=base.llm, prm=base.prm,
+                                 options=base.opt) for m in args.methods}
+    done = {m: [0, 0] for m in args.methods}
+
+    def progress(m):
+        def on_record(rec):
+            done[m][0] += 1
+            done[m][1] += bool(rec["correct"])
+            line = "  ".join(f"{k} {c}/{n}" for k, (n, c) in done.items())
+            print(f"[{time.perf_counter() - t0:7.0f} s] {line}", file=sys.stderr, flush=True)
+        return on_record
+
+    out = Path(args.out_dir)
+    name = {m: out / f"gsm8k_{m}_{len(rows)}{args.tag}.jsonl" for m in args.methods}
+    t1 = time.perf_counter()
+    try:
+        reports = await asyncio.gather(*(
+            run_eval(rows, backends[m], cfgs[m], out_path=name[m], concurrency=CONCURRENCY.get(m, 8),
+                     progress=False, on_record=progress(m)) for m in args.methods))
+    finally:
+        await stack.aclose()
+    wall = time.perf_counter() - t1
+    for m, rep in zip(args.methods, reports):
+        d = rep.to_dict()
+        d.pop("records", None)
+        d["backend_cost"] = None   # shared by every method in this process: not attributable
+        d["suite"] = {"methods": args.methods, "wall_s": round(wall, 1),
+                      "concurrency": CONCURRENCY.get(m, 8), "argv": sys.argv[1:]}
+        name[m].with_name(name[m].stem + ".summary.json").write_text(json.dumps(d, indent=1))
+        print(json.dumps({"method": m, "n": d["n"], "accuracy": d["accuracy"], "ci95": d["ci95"],
+                          "llm_tokens": d["cost"]["llm_tokens"]}))
+    print(f"suite wall {wall:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))

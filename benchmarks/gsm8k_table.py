@@ -1,0 +1,62 @@
+"""Markdown table of GSM8K runs from their per-question records (benchmarks/runs/*.jsonl).
+
+    python benchmarks/gsm8k_table.py benchmarks/runs/gsm8k_{slm,llm,fusion,gboost}_100.jsonl
+
+Works on a run still in progress (it reads the records written so far) and, with --common,
+restricts every method to the questions all of them have finished, so rows stay comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engine.evals.loop import wilson_interval
+
+COST = ("slm_tokens", "llm_tokens", "prm_tokens", "llm_calls")
+
+
+def read(path: Path) -> dict[int, dict]:
+    recs = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            recs[r["idx"]] = r
+    return recs
+
+
+def row(name: str, recs: list[dict]) -> str:
+    n = len(recs)
+    ok = sum(bool(r["correct"]) for r in recs)
+    lo, hi = wilson_interval(ok, n)
+    tot = {k: sum(r["cost"][k] for r in recs) for k in COST}
+    steps = [s for r in recs for s in r["steps"]]
+    helped = sum(s["action"] in ("collab", "llm") for s in steps)
+    errors = sum(r.get("error") is not None for r in recs)
+    return (f"| {name} | {ok} / {n} | {ok / n:.2f} ({lo:.2f}–{hi:.2f}) | {tot['slm_tokens']} | "
+            f"{tot['llm_tokens']} | {tot['llm_tokens'] / n:.0f} | {tot['prm_tokens']} | {tot['llm_calls']} | "
+            f"{helped} of {len(steps)} | {errors} |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--common", action="store_true", help="only questions every run has finished")
+    args = ap.parse_args(argv)
+    runs = {p.stem: read(p) for p in args.runs}
+    keep = set.intersection(*(set(r) for r in runs.values())) if args.common else None
+    print("| run | correct | accuracy (95% Wilson CI) | SLM tokens | LLM tokens | LLM tokens / question | "
+          "PRM tokens | LLM-involving steps | LLM-helped steps on the chosen paths | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, recs in runs.items():
+        chosen = [recs[i] for i in sorted(recs) if keep is None or i in keep]
+        if chosen:
+            print(row(name, chosen))
+    if keep is not None:
+        print(f"\n(common questions: {len(keep)})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

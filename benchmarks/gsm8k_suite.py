@@ -11,7 +11,9 @@ Per-request costs (what RESULTS.md reports) are measured per request and are exa
 backend-wide counters and the per-method wall times are shared by all methods here, so the
 summaries drop ``backend_cost`` and the suite's total wall time is written once.
 Records go to benchmarks/runs/gsm8k_<method>_<N>.jsonl as they finish (so a run cut short
-still leaves graded records), summaries to *.summary.json.
+still leaves graded records), summaries to *.summary.json. On a machine too slow for all N
+in one sitting, `--admit-for S` stops starting questions after S seconds and `--resume`
+later continues from the records (refused if the config changed).
 """
 from __future__ import annotations
 
@@ -50,6 +52,11 @@ async def main(argv=None) -> int:
     ap.add_argument("--kv-memory-gb", type=float, default=8.0)
     ap.add_argument("--out-dir", default=str(HERE / "runs"))
     ap.add_argument("--tag", default="", help="suffix of the output names")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the records already written (same config) and solve only the rest")
+    ap.add_argument("--admit-for", type=float, default=None, metavar="S",
+                    help="start no new question after S seconds; the ones in flight finish "
+                         "(time-boxed sessions: resume later with --resume)")
     args = ap.parse_args(argv)
 
     rows = load_rows(args.data)[: args.limit]
@@ -73,10 +80,12 @@ async def main(argv=None) -> int:
     out = Path(args.out_dir)
     name = {m: out / f"gsm8k_{m}_{len(rows)}{args.tag}.jsonl" for m in args.methods}
     t1 = time.perf_counter()
+    admit = None if args.admit_for is None else (lambda: time.perf_counter() - t1 < args.admit_for)
     try:
         reports = await asyncio.gather(*(
             run_eval(rows, backends[m], cfgs[m], out_path=name[m], concurrency=CONCURRENCY.get(m, 8),
-                     progress=False, on_record=progress(m)) for m in args.methods))
+                     progress=False, on_record=progress(m), resume=args.resume, admit=admit)
+            for m in args.methods))
     finally:
         await stack.aclose()
     wall = time.perf_counter() - t1

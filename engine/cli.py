@@ -110,6 +110,8 @@ def cmd_solve(args) -> int:
 # -- eval -----------------------------------------------------------------------------------
 def cmd_eval(args) -> int:
     cfg = _search_config(args)
+    if args.resume and not args.out:
+        raise SystemExit("error: --resume needs --out (the records to resume)")
 
     async def main():
         from engine.evals.datasets import load_rows
@@ -118,7 +120,7 @@ def cmd_eval(args) -> int:
         stack = await _stack(args, cfg)
         try:
             report = await run_eval(rows, stack.backend, cfg, limit=args.limit, out_path=args.out,
-                                    concurrency=args.concurrency)
+                                    concurrency=args.concurrency, resume=args.resume)
         finally:
             await stack.aclose()
         d = report.to_dict() if hasattr(report, "to_dict") else dict(report)
@@ -195,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--out", default=None, help="per-question records (JSONL)")
     e.add_argument("--concurrency", type=int, default=4)
+    e.add_argument("--resume", action="store_true",
+                   help="keep the records already in --out (same config) and solve only the rest")
     _add_model_args(e)
     e.set_defaults(fn=cmd_eval)
 

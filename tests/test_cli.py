@@ -115,3 +115,21 @@ def test_serve_then_solve_against_it(tiny_dir, tmp_path):
     finally:
         srv.terminate()
         srv.wait(timeout=30)
+
+
+def test_eval_out_then_resume(tiny_dir, tmp_path):
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"})
+                              for i in range(3)))
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"max_step_tokens": 6, "max_depth": 2, "score_baselines": False}))
+    out = tmp_path / "runs.jsonl"
+    common = ["eval", "--data", data, "--slm", tiny_dir, "--llm", "none", "--method", "slm", "--dtype", "float32", "--prm-kind", "token_pair",
+              "--config", conf, "--out", out, "--json"]
+    first = json.loads(gboost(*common, "--limit", 2).stdout)
+    assert first["n"] == 2 and first["resumed"] == 0
+    again = json.loads(gboost(*common, "--resume").stdout)
+    assert again["n"] == 3 and again["resumed"] == 2
+    assert [json.loads(l)["idx"] for l in out.read_text().splitlines()] == [0, 1, 2]
+    p = gboost(*common[:-3], "--resume", check=False)  # no --out
+    assert p.returncode != 0 and "--resume needs --out" in p.stderr

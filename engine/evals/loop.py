@@ -18,6 +18,7 @@ import inspect
 import json
 import math
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class EvalReport:
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     config: dict[str, Any] = field(default_factory=dict, repr=False)
     out_path: str | None = None
+    resumed: int = 0                       #: records kept from an earlier run (resume=True)
 
     def to_dict(self, include_records: bool = False) -> dict[str, Any]:
         n = max(self.n, 1)
@@ -75,6 +77,7 @@ class EvalReport:
             "per_question": {"slm_tokens": self.cost.slm_tokens / n, "llm_tokens": self.cost.llm_tokens / n,
                              "llm_calls": self.cost.llm_calls / n, "prm_tokens": self.cost.prm_tokens / n},
             "wall_s": round(self.wall_s, 4), "config": self.config, "out_path": self.out_path,
+            "resumed": self.resumed,
         }
         if include_records:
             d["records"] = self.records
@@ -85,6 +88,34 @@ class EvalReport:
         return (f"{self.method}: accuracy {self.accuracy:.3f} ({self.correct}/{self.n}, 95% CI "
                 f"{lo:.3f}-{hi:.3f}), errors {self.errors}, llm_calls {self.cost.llm_calls}, "
                 f"llm_tokens {self.cost.llm_tokens}, slm_tokens {self.cost.slm_tokens}, {self.wall_s:.1f}s")
+
+
+def _config_path(out_path: Path) -> Path:
+    return out_path.with_name(out_path.stem + ".config.json")
+
+
+def _resume_records(out_path: Path, cfg: SearchConfig) -> list[dict[str, Any]]:
+    """Records of an earlier run of the same config (the last record of an idx wins); questions
+    that ended in an error are dropped, so they are tried again."""
+    if not out_path.exists():
+        return []
+    cp = _config_path(out_path)
+    if not cp.exists():
+        raise ValueError(f"cannot resume {out_path}: {cp.name} (the config it was run with) is missing")
+    old = json.loads(cp.read_text())
+    new = json.loads(json.dumps(cfg.to_dict()))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise ValueError(f"cannot resume {out_path}: it was run with other settings ({', '.join(diff)})")
+    by_idx: dict[int, dict[str, Any]] = {}
+    for line in out_path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a killed run: that question is solved again
+            by_idx[r["idx"]] = r
+    return [r for r in by_idx.values() if r.get("error") is None]
 
 
 async def _resolve_backend(make_backend_or_backend: Any) -> Any:
@@ -117,10 +148,16 @@ async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
                    *,
                    progress: bool = True,
                    fail_fast: bool = False,
-                   on_record: Callable[[dict], Any] | None = None) -> EvalReport:
+                   on_record: Callable[[dict], Any] | None = None,
+                   resume: bool = False,
+                   admit: Callable[[], bool] | None = None) -> EvalReport:
     """Solve and grade ``rows`` (EvalRows, raw dicts or a dataset path) with ``cfg.method``.
 
     ``make_backend_or_backend``: a backend, or a (sync or async) factory called once.
+    ``resume``: keep the records already in ``out_path`` (written by a run of the same config,
+    checked against ``<out>.config.json``) and solve only the questions they lack.
+    ``admit``: asked as each question gets a slot; False skips it (no record) -- lets a
+    time-boxed run stop starting questions while the ones in flight finish.
     """
     cfg = cfg if cfg is not None else SearchConfig()
     if concurrency < 1:
@@ -132,21 +169,33 @@ async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
     before = backend.cost.copy() if isinstance(getattr(backend, "cost", None), CostRecord) else None
 
     out_file = None
+    records: list[dict[str, Any]] = []
     if out_path is not None:
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
+        records = _resume_records(out_path, cfg) if resume else []
+        done = {r["idx"] for r in records}
+        items = [r for r in items if r.idx not in done]
+        _config_path(out_path).write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
         out_file = open(out_path, "w", encoding="utf-8")
+        for r in records:  # rewritten clean: a line cut short by a killed run is dropped
+            out_file.write(json.dumps(r, ensure_ascii=False) + "\n")
+        out_file.flush()
+    elif resume:
+        raise ValueError("resume needs out_path")
 
     from tqdm.auto import tqdm
     bar = tqdm(total=len(items), desc=f"eval {cfg.method}", disable=not progress, dynamic_ncols=True)
     sem = asyncio.Semaphore(concurrency)
-    records: list[dict[str, Any]] = []
-    n_correct = 0
+    n_resumed = len(records)
+    n_correct = sum(bool(r["correct"]) for r in records)
     t_start = time.perf_counter()
 
     async def one(row: EvalRow) -> None:
         nonlocal n_correct
         async with sem:
+            if admit is not None and not admit():
+                return
             t0 = time.perf_counter()
             rec: dict[str, Any] = {"idx": row.idx, "id": row.id, "kind": row.kind, "question": row.question,
                                    "gold": row.gold}
@@ -176,6 +225,9 @@ async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
         bar.update(1)
         bar.set_postfix(acc=f"{n_correct / len(records):.3f}")
 
+    if n_resumed:
+        bar.write(f"resumed {n_resumed} records from {out_path}; {len(items)} questions to go", file=sys.stderr)
+
     tasks = [asyncio.create_task(one(r)) for r in items]
     try:
         await asyncio.gather(*tasks)
@@ -200,7 +252,7 @@ async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
         ci95=wilson_interval(n_correct, n), errors=errors, cost=total,
         backend_cost=backend.cost.minus(before).to_dict() if before is not None else None,
         wall_s=time.perf_counter() - t_start, records=records, config=cfg.to_dict(),
-        out_path=str(out_path) if out_path is not None else None)
+        out_path=str(out_path) if out_path is not None else None, resumed=n_resumed)
     if out_path is not None:
         tmp = out_path.with_name(out_path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:

@@ -128,3 +128,48 @@ def test_eval_loop_reads_a_path(tmp_path):
     rep = run(run_eval(str(p), ToyBackend(adder, prm), SearchConfig(method="slm"), progress=False,
                        on_record=seen.append))
     assert rep.correct == 3 and sorted(r["idx"] for r in seen) == [0, 1, 2, 3, 4]
+
+
+def test_eval_loop_time_box_then_resume(tmp_path):
+    out = tmp_path / "slm.jsonl"
+    cfg = SearchConfig(method="slm")
+    started = []
+
+    def admit():  # a time box that closes after two questions have started
+        started.append(1)
+        return len(started) <= 2
+
+    first = run(run_eval(rows(), ToyBackend(adder, prm), cfg, out_path=out, concurrency=1, progress=False,
+                         admit=admit))
+    assert first.n == 2 and [r["idx"] for r in first.records] == [0, 1]
+    with open(out, "a") as f:
+        f.write('{"idx": 4, "correct": tr')  # a record cut short by a killed run
+    b = ToyBackend(adder, prm)
+    rep = run(run_eval(rows(), b, cfg, out_path=out, concurrency=2, progress=False, resume=True))
+    assert sum(c[0] == "root" for c in b.calls) == 3  # only the questions without a record are solved
+    assert (rep.n, rep.correct, rep.resumed) == (5, 3, 2)
+    lines = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [l["idx"] for l in lines] == [0, 1, 2, 3, 4]
+    assert json.loads((tmp_path / "slm.summary.json").read_text())["n"] == 5
+    # a different config must not be mixed into the same records
+    with pytest.raises(ValueError, match="other settings.*temperature"):
+        run(run_eval(rows(), ToyBackend(adder, prm), SearchConfig(method="slm", temperature=0.3),
+                     out_path=out, progress=False, resume=True))
+    with pytest.raises(ValueError, match="needs out_path"):
+        run(run_eval(rows(), ToyBackend(adder, prm), cfg, progress=False, resume=True))
+
+
+def test_eval_loop_resume_retries_errors(tmp_path):
+    out = tmp_path / "slm.jsonl"
+
+    class Flaky(ToyBackend):
+        async def root(self, question):
+            if "10 + 20" in question:
+                raise RuntimeError("engine hiccup")
+            return await super().root(question)
+
+    cfg = SearchConfig(method="slm")
+    assert run(run_eval(rows(), Flaky(adder, prm), cfg, out_path=out, progress=False)).errors == 1
+    b = ToyBackend(adder, prm)
+    rep = run(run_eval(rows(), b, cfg, out_path=out, progress=False, resume=True))
+    assert sum(c[0] == "root" for c in b.calls) == 1 and rep.errors == 0 and rep.correct == 3

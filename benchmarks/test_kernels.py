@@ -245,6 +245,20 @@ def test_cpu_fused_sample_ref(bench):
     bench(lambda: fused_sample_ref(slm, llm, 0.5, "loglinear", 0.8, 50, 0.9, noise), 2 * VOCAB * 12)
 
 
+@pytest.mark.parametrize("path", ["full_sort_full_noise", "sample_kept"])
+def test_cpu_step_token_sampling(bench, path):
+    """What the search backend pays per sampled token on CPU (T 0.7, top-p 0.95, one row):
+    sample_ref with a full-vocab sort and noise row, against sample_kept."""
+    from kernels.fused_sampling import sample, sample_kept
+    x = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(0)) * 2
+    x[:, :50] += 12  # LM-like: a few dominant tokens
+    g = torch.Generator().manual_seed(1)
+    if path == "sample_kept":
+        bench(lambda: sample_kept(x, 0.7, 0, 0.95, g), VOCAB * 4)
+    else:
+        bench(lambda: sample(x, 0.7, 0, 0.95, make_noise(1, VOCAB, g)), VOCAB * 8)
+
+
 def test_cpu_fused_logits_ref(bench):
     slm, llm = _logits(2, VOCAB, "cpu", torch.float32)
     bench(lambda: fused_logits_ref(slm, llm, 0.5, "loglinear"), 2 * VOCAB * 12)

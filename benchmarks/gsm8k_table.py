@@ -26,6 +26,16 @@ def read(path: Path) -> dict[int, dict]:
     return recs
 
 
+def auroc(recs: list[dict]) -> float | None:
+    """P(score of a right solution > score of a wrong one): does the PRM's path score separate them?"""
+    pos = [r["score"] for r in recs if r["correct"] and r.get("score") is not None]
+    neg = [r["score"] for r in recs if not r["correct"] and r.get("score") is not None]
+    if not pos or not neg:
+        return None
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
 def row(name: str, recs: list[dict]) -> str:
     n = len(recs)
     ok = sum(bool(r["correct"]) for r in recs)
@@ -34,9 +44,10 @@ def row(name: str, recs: list[dict]) -> str:
     steps = [s for r in recs for s in r["steps"]]
     helped = sum(s["action"] in ("collab", "llm") for s in steps)
     errors = sum(r.get("error") is not None for r in recs)
+    auc = auroc(recs)
     return (f"| {name} | {ok} / {n} | {ok / n:.2f} ({lo:.2f}–{hi:.2f}) | {tot['slm_tokens']} | "
             f"{tot['llm_tokens']} | {tot['llm_tokens'] / n:.0f} | {tot['prm_tokens']} | {tot['llm_calls']} | "
-            f"{helped} of {len(steps)} | {errors} |")
+            f"{helped} of {len(steps)} | {'—' if auc is None else f'{auc:.2f}'} | {errors} |")
 
 
 def main(argv=None) -> int:
@@ -47,8 +58,9 @@ def main(argv=None) -> int:
     runs = {p.stem: read(p) for p in args.runs}
     keep = set.intersection(*(set(r) for r in runs.values())) if args.common else None
     print("| run | correct | accuracy (95% Wilson CI) | SLM tokens | LLM tokens | LLM tokens / question | "
-          "PRM tokens | LLM-involving steps | LLM-helped steps on the chosen paths | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "PRM tokens | LLM-involving steps | LLM-helped steps on the chosen paths | PRM AUROC right vs wrong | "
+          "errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, recs in runs.items():
         chosen = [recs[i] for i in sorted(recs) if keep is None or i in keep]
         if chosen:

@@ -33,9 +33,11 @@ from engine.stack import build_stack
 HERE = Path(__file__).resolve().parent
 CONFIGS = {"gboost": HERE / "configs/gsm8k_gboost.toml"}
 CHAIN = HERE / "configs/gsm8k_chain.toml"
-# ~40 requests in flight: larger batches per forward, while KV (7 GB) and activations stay within
-# 24 GiB (64 in flight with an 8 GB pool reached 22.8 GB RSS and was OOM-killed)
-CONCURRENCY = {"slm": 6, "llm": 8, "fusion": 8, "gboost": 14}
+# ~38 requests in flight: larger batches per forward, while KV (7 GB) and activations stay within
+# 24 GiB (64 in flight with an 8 GB pool reached 22.8 GB RSS and was OOM-killed).  Slots are
+# shared in proportion to a question's cost (20-question runs: slm 21, llm 58, fusion 46,
+# gboost 92 s each at 8 in flight) so the methods finish together and batches stay large
+CONCURRENCY = {"slm": 4, "llm": 9, "fusion": 8, "gboost": 17}
 
 
 def config_for(method: str, seed: int) -> SearchConfig:

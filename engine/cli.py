@@ -14,18 +14,22 @@ def _add_runtime_args(p, kv_gb: float):
     p.add_argument("--kv-memory-gb", type=float, default=kv_gb, help="budget of the shared KV pool")
 
 
-def _add_model_args(p):
+def _add_stack_args(p):
     from engine.stack import DEFAULT_LLM, DEFAULT_SLM
     p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")
     p.add_argument("--llm", default=DEFAULT_LLM,
                    help="general LLM: model name/path (resident) or http(s)://HOST:PORT/v1 endpoint; 'none' to disable")
     p.add_argument("--prm", default=None, help="PRM model (default: the local LLM as a judge, else the SLM)")
     p.add_argument("--prm-kind", default="judge", choices=["judge", "token_pair", "two_class"])
-    p.add_argument("--method", default=None, help="gboost | slm | llm | fusion | bon | beam | rsd")
     p.add_argument("--config", default=None, help="SearchConfig file (.json or .toml)")
-    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--collab-mode", default="speculative", choices=["speculative", "exact"])
     p.add_argument("--on-llm-fault", default="fallback", choices=["fallback", "fail"])
+
+
+def _add_model_args(p):
+    _add_stack_args(p)
+    p.add_argument("--method", default=None, help="gboost | slm | llm | fusion | bon | beam | rsd")
+    p.add_argument("--seed", type=int, default=None)
     _add_runtime_args(p, kv_gb=2.0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -33,9 +37,9 @@ def _add_model_args(p):
 def _search_config(args):
     from engine.search.config import SearchConfig
     cfg = SearchConfig.from_file(args.config) if args.config else SearchConfig()
-    if args.method:
+    if getattr(args, "method", None):
         cfg.method = args.method
-    if args.seed is not None:
+    if getattr(args, "seed", None) is not None:
         cfg.seed = args.seed
     cfg.validate()
     return cfg
@@ -136,19 +140,40 @@ def cmd_eval(args) -> int:
 
 # -- serve ----------------------------------------------------------------------------------
 def cmd_serve(args) -> int:
+    import os
+
     from engine.engine import Engine
     from engine.scheduler import Scheduler
     from engine.server.app import serve
     from engine.server.engine_backend import EngineCompletionBackend
     from engine.server.faults import FaultConfig
-    eng = Engine.from_pretrained(args.model, dtype=args.dtype, device=args.device,
-                                 kv_memory_bytes=int(args.kv_memory_gb * (1 << 30)))
+    from engine.server.solve import Solver
+    if (args.model is None) == (not args.solve):
+        raise SystemExit("error: give --model (one model's completions) or --solve (the G-Boost stack)")
     fault = FaultConfig(latency_s=args.fault_latency, error_rate=args.fault_error_rate,
                         malformed_rate=args.fault_malformed_rate, status_code=args.fault_status)
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.solve:
+        cfg = _search_config(args)
+
+        async def main():
+            from engine.server.app import aserve, create_app
+            # the stack is built on the loop that serves it (scheduler and LLM client bind to it)
+            stack = await _stack(args, cfg)
+            try:
+                backend = EngineCompletionBackend(stack.engine, stack.scheduler,
+                                                  model_name=args.served_name or args.slm)
+                app = create_app(backend, fault=fault if fault.active else None, api_key=api_key,
+                                 solver=Solver(stack.backend, cfg))
+                await aserve(app, host=args.host, port=args.port)
+            finally:
+                await stack.aclose()
+        asyncio.run(main())
+        return 0
+    eng = Engine.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+                                 kv_memory_bytes=int(args.kv_memory_gb * (1 << 30)))
     backend = EngineCompletionBackend(eng, Scheduler(eng), model_name=args.served_name or args.model)
-    import os
-    serve(backend, host=args.host, port=args.port, fault=fault if fault.active else None,
-          api_key=os.environ.get(args.api_key_env) if args.api_key_env else None)
+    serve(backend, host=args.host, port=args.port, fault=fault if fault.active else None, api_key=api_key)
     return 0
 
 
@@ -202,8 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(e)
     e.set_defaults(fn=cmd_eval)
 
-    v = sub.add_parser("serve", help="OpenAI-compatible /v1/completions for one model")
-    v.add_argument("--model", required=True)
+    v = sub.add_parser("serve", help="OpenAI-compatible /v1/completions for one model, or "
+                                      "/v1/solve (G-Boost, JSON or SSE) with --solve")
+    v.add_argument("--model", default=None, help="serve this model's /v1/completions")
+    v.add_argument("--solve", action="store_true",
+                   help="serve /v1/solve on the --slm/--llm/--prm stack (and the SLM's /v1/completions)")
+    _add_stack_args(v)
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--served-name", default=None)

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 
@@ -81,17 +82,22 @@ def test_bad_inputs_give_clear_errors(tiny_dir, tmp_path):
     assert p.returncode == 2 and "exceeds" in p.stderr
 
 
-def test_serve_then_solve_against_it(tiny_dir, tmp_path):
-    """`gboost serve` in a subprocess on 127.0.0.1, used by `gboost solve --llm http://...`."""
+def free_port():
     import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served(*args):
+    """`gboost serve ARGS --port P` in a subprocess on 127.0.0.1; yields its URL once /health answers."""
     import time
 
     import httpx
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--model", str(tiny_dir), "--port",
-                            str(port), "--dtype", "float32"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", *map(str, args), "--port", str(port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(600):
@@ -101,6 +107,16 @@ def test_serve_then_solve_against_it(tiny_dir, tmp_path):
             except httpx.HTTPError:
                 time.sleep(0.1)
             assert srv.poll() is None, srv.stderr.read().decode()
+        yield url
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+
+
+def test_serve_then_solve_against_it(tiny_dir, tmp_path):
+    """`gboost serve` in a subprocess on 127.0.0.1, used by `gboost solve --llm http://...`."""
+    import httpx
+    with served("--model", tiny_dir, "--dtype", "float32") as url:
         r = httpx.post(url + "/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 3, "logprobs": 2,
                                                       "temperature": 0}, timeout=30)
         assert r.status_code == 200 and len(r.json()["choices"][0]["logprobs"]["tokens"]) == 3
@@ -112,9 +128,34 @@ def test_serve_then_solve_against_it(tiny_dir, tmp_path):
         out = json.loads(p.stdout)
         assert out["steps"] and all(s["action"] == "collab" for s in out["steps"])
         assert out["cost"]["llm_calls"] == len(out["steps"]) and not out["cost"]["llm_faults"]
-    finally:
-        srv.terminate()
-        srv.wait(timeout=30)
+
+
+def test_serve_solve_answers_like_the_solve_command(tiny_dir, tmp_path):
+    """`gboost serve --solve`: /v1/solve (JSON and SSE) gives what `gboost solve --json` gives."""
+    import httpx
+    models = ("--slm", tiny_dir, "--llm", tiny_dir, "--prm-kind", "token_pair", "--dtype", "float32",
+              "--config", _cfg(tmp_path))
+    p = gboost("solve", *models, "--seed", 4, "--json", "What is 2+2?")
+    want = json.loads(p.stdout)
+    with served("--solve", *models) as url:
+        r = httpx.post(url + "/v1/solve", json={"question": "What is 2+2?", "seed": 4}, timeout=120)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert (got["answer"], got["steps"]) == (want["answer"], want["steps"])
+        r = httpx.post(url + "/v1/solve", json={"question": "What is 2+2?", "seed": 4, "stream": True},
+                       timeout=120)
+        events = [json.loads(b[6:]) for b in r.text.split("\n\n") if b.startswith("data: {")]
+        assert [e["object"] for e in events] == ["solve.step"] * len(want["steps"]) + ["solve.result"]
+        assert events[-1]["steps"] == want["steps"]
+        # a question longer than the model's 1024 positions: a clear 400, and the server lives on
+        r = httpx.post(url + "/v1/solve", json={"question": "x" * 1500}, timeout=120)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "question_too_long", r.text
+        r = httpx.post(url + "/v1/solve", json={"question": "What is 2+2?", "config": {"widths": 2}}, timeout=30)
+        assert r.status_code == 400 and "widths" in r.json()["error"]["message"]
+        r = httpx.post(url + "/v1/completions", json={"prompt": [1, 2], "max_tokens": 2}, timeout=30)
+        assert r.status_code == 200
+        assert httpx.post(url + "/v1/solve", json={"question": "What is 2+2?", "seed": 4},
+                          timeout=120).json()["steps"] == want["steps"]
 
 
 def test_eval_out_then_resume(tiny_dir, tmp_path):

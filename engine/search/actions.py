@@ -13,6 +13,7 @@ A failing LLM turns a collab/llm step into an SLM step (fault counted) unless co
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -66,7 +67,25 @@ async def gather_all(*aws):
     return res
 
 
+class _SharedCount:
+    """An int kept in ``obj._counts``, so every per-request view of a backend adds to one total."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj._counts[self.name]
+
+    def __set__(self, obj, value):
+        obj._counts[self.name] = value
+
+
 class EngineBackend:
+    live_states = _SharedCount()     # states handed out and not yet released
+    llm_rounds = _SharedCount()      # LLM calls made by collaborative steps
+    draft_proposed = _SharedCount()  # speculative: drafted tokens
+    draft_accepted = _SharedCount()  # speculative: drafted tokens accepted
+
     def __init__(self, engine, scheduler, cfg: SearchConfig, *, llm=None, prm=None,
                  options: BackendOptions | None = None):
         self.engine, self.scheduler, self.cfg = engine, scheduler, cfg
@@ -82,10 +101,14 @@ class EngineBackend:
             prm.cost = self.cost
         if llm is not None and hasattr(llm, "cost"):
             llm.cost = self.cost            # a local LLM charges what it computes itself
-        self.live_states = 0
-        self.llm_rounds = 0            # LLM calls made by collaborative steps
-        self.draft_proposed = 0        # speculative: drafted tokens
-        self.draft_accepted = 0        # speculative: drafted tokens accepted
+        self._counts = dict.fromkeys(("live_states", "llm_rounds", "draft_proposed", "draft_accepted"), 0)
+
+    def with_config(self, cfg: SearchConfig) -> "EngineBackend":
+        """This backend generating with one request's ``cfg`` (sampling, fusion, step rules);
+        models, KV cache, LLM, PRM, cost and counters stay shared with ``self``."""
+        view = copy.copy(self)
+        view.cfg, view.answer_re = cfg, re.compile(cfg.answer_pattern)
+        return view
 
     # -- protocol ----------------------------------------------------------------------
     async def root(self, question: str) -> NodeState:

@@ -83,6 +83,8 @@ async def solve(question: str, backend: Any, cfg: SearchConfig | None = None,
     if not isinstance(cfg, SearchConfig):
         raise TypeError(f"cfg must be a SearchConfig, got {type(cfg).__name__}")
     cfg.validate()  # it is a mutable dataclass: catch fields changed after construction
+    if hasattr(backend, "with_config") and getattr(backend, "cfg", cfg) is not cfg:
+        backend = backend.with_config(cfg)  # the backend generates with this request's settings
     ctx = SearchContext(backend, cfg, question, on_step)
     t0 = time.perf_counter()
     try:

@@ -4,6 +4,8 @@ Routes
 ------
 ``POST /v1/completions``  legacy completions (see :mod:`engine.server.completions`;
                           log-probs wire format in :mod:`engine.server.wire`).
+``POST /v1/solve``        with a ``solver``: G-Boost or a baseline, JSON or SSE
+                          (see :mod:`engine.server.solve`).
 ``GET  /v1/models``       the served model, with ``max_model_len`` and ``vocab_size``.
 ``GET  /health``          ``{"status": "ok"}`` while the process serves requests.
 ``GET  /metrics``         plain-text counters (requests, errors, tokens, in-flight).
@@ -28,7 +30,7 @@ from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from .backend import BackendInputError, CompletionBackend
@@ -37,8 +39,9 @@ from .errors import APIError, install_error_handlers
 from .faults import FaultConfig, FaultInjector
 from .metrics import Metrics, MetricsMiddleware
 from .schemas import CompletionRequest, ModelCard, ModelList
+from .solve import Solver, handle_solve
 
-__all__ = ["create_app", "serve", "DEFAULT_MAX_LOGPROBS"]
+__all__ = ["create_app", "serve", "aserve", "DEFAULT_MAX_LOGPROBS"]
 
 log = logging.getLogger("engine.server")
 
@@ -52,8 +55,10 @@ def create_app(
     *,
     api_key: Optional[str] = None,
     max_logprobs: int = DEFAULT_MAX_LOGPROBS,
+    solver: Optional[Solver] = None,
 ) -> FastAPI:
-    """Build the app. ``model_name`` defaults to ``backend.model_name``.
+    """Build the app. ``model_name`` defaults to ``backend.model_name``; ``solver`` adds
+    ``POST /v1/solve``.
 
     ``app.state`` exposes ``backend``, ``model_name``, ``metrics``
     (:class:`Metrics`) and ``faults`` (:class:`FaultInjector`; call
@@ -95,7 +100,14 @@ def create_app(
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_route() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(faults.injected))
+        return PlainTextResponse(metrics.render(faults.injected, solver))
+
+    async def json_body(request: Request):
+        raw = await request.body()
+        try:
+            return json.loads(raw) if raw else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise APIError(400, f"request body is not valid JSON: {e}") from None
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -104,11 +116,7 @@ def create_app(
             injected = await faults.before()
             if injected is not None:
                 return injected
-            raw = await request.body()
-            try:
-                data = json.loads(raw) if raw else None
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise APIError(400, f"request body is not valid JSON: {e}") from None
+            data = await json_body(request)
             if not isinstance(data, dict):
                 raise APIError(400, "request body must be a JSON object")
             try:
@@ -127,6 +135,17 @@ def create_app(
             metrics.completion_tokens += result["usage"]["completion_tokens"]
             body = await asyncio.to_thread(json.dumps, result, allow_nan=False, separators=(",", ":"))
             return Response(body, media_type="application/json")
+
+    if solver is not None:
+        @app.post("/v1/solve")
+        async def solve_route(request: Request) -> Response:
+            check_auth(request)
+            out = await handle_solve(solver, await json_body(request))
+            if isinstance(out, dict):
+                body = await asyncio.to_thread(json.dumps, out, allow_nan=False, separators=(",", ":"))
+                return Response(body, media_type="application/json")
+            return StreamingResponse(out, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
 
@@ -147,3 +166,11 @@ def serve(
 
     app = create_app(backend, model_name, fault, api_key=api_key, max_logprobs=max_logprobs)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+async def aserve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Serve ``app`` on the running event loop (for state that is bound to this loop)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    await uvicorn.Server(config).serve()

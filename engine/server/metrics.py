@@ -12,7 +12,7 @@ from typing import Iterator
 
 __all__ = ["Metrics", "MetricsMiddleware", "KNOWN_PATHS"]
 
-KNOWN_PATHS = ("/v1/completions", "/v1/models", "/health", "/metrics")
+KNOWN_PATHS = ("/v1/completions", "/v1/solve", "/v1/models", "/health", "/metrics")
 
 
 class Metrics:
@@ -36,7 +36,7 @@ class Metrics:
         finally:
             self.in_flight -= 1
 
-    def render(self, faults: Counter[str] | None = None) -> str:
+    def render(self, faults: Counter[str] | None = None, solver=None) -> str:
         out: list[str] = []
 
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
@@ -65,6 +65,9 @@ class Metrics:
         metric(
             "gboost_requests_in_flight_max", "gauge", "Most completion requests handled at once.", [("", self.in_flight_max)]
         )
+        if solver is not None:
+            metric("gboost_solves_total", "counter", "Solve requests answered.", [("", solver.solves)])
+            metric("gboost_solves_in_flight", "gauge", "Solve requests running.", [("", solver.in_flight)])
         if faults is not None:
             metric(
                 "gboost_faults_injected_total",

@@ -141,3 +141,20 @@ def test_cancelled_request_releases_every_block(delay):
     run(go())
     eng.cache.check_refcounts()
     assert eng.cache.live == {} and all(r == 0 for r in eng.cache.blocks.ref)
+
+
+def test_request_config_overrides_the_backends_own():
+    """solve(q, backend, cfg) samples with cfg even when the backend was built with another
+    config (one server, many per-request settings); counters and KV stay shared."""
+    def answer(build_kw, request_kw):
+        eng, sched, cfg, be = build(**build_kw)
+        res = run(solve("What is 2+3?", be, cfg.replace(**request_kw)))
+        assert be.live_states == 0 and eng.cache.live == {}
+        eng.cache.check_refcounts()
+        return [(s["text"], s["action"]) for s in res.steps], be
+    want, _ = answer({"seed": 5, "temperature": 1.3}, {})
+    got, be = answer({"seed": 0, "temperature": 0.8}, {"seed": 5, "temperature": 1.3})
+    assert got == want
+    assert be.llm_rounds > 0                                   # the request view's LLM calls counted here
+    other, _ = answer({"seed": 0, "temperature": 0.8}, {})
+    assert other != want                                       # the override changed what was sampled

@@ -10,7 +10,8 @@ Conventions (the model code relies on them):
   `num_attention_heads` (plain multi-head attention).
 - `eos_token_ids` lists every id that ends generation (e.g. Qwen2.5-Instruct: `<|im_end|>` and
   `<|endoftext|>`).
-- `rope_scaling` is carried through for information (None for plain RoPE); the demo models use none.
+- `rope_scaling` (None for plain RoPE) is applied for the `linear`, `llama3` and `yarn` types and
+  refused here for any other (engine/models/rope.py); the demo models use none.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from engine.models.rope import check_rope_scaling
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("qwen2", "llama")
 
@@ -90,6 +93,7 @@ class ModelConfig:
         if self.bos_token_id is not None:
             self.bos_token_id = int(self.bos_token_id)
         self.eos_token_ids = _dedup_ints(self.eos_token_ids)
+        check_rope_scaling(self.rope_scaling)
 
     # ------------------------------------------------------------------ views
     @property

@@ -268,8 +268,9 @@ def config_from_gguf(meta: dict[str, Any], tensor_shapes: dict[str, tuple[int, .
         if meta.get(f"{arch}.rope.scaling.original_context_length") is not None:
             rope_scaling["original_max_position_embeddings"] = int(
                 meta[f"{arch}.rope.scaling.original_context_length"])
-    if "rope_freqs.weight" in tensor_shapes:
-        rope_scaling = {**(rope_scaling or {}), "rope_type": "llama3", "freq_factors": "rope_freqs.weight (not loaded)"}
+    if "rope_freqs.weight" in tensor_shapes:  # llama3 scaling stored as per-frequency factors
+        raise ValueError(f"GGUF file {path}: RoPE frequency factors (rope_freqs.weight, Llama 3.1+) are not "
+                         "supported; load the Hugging Face checkpoint (its rope_scaling is applied)")
 
     return ModelConfig(
         architecture=arch,

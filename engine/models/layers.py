@@ -6,6 +6,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from engine.context import get_context
+from engine.models.rope import rope_inv_freq
 from kernels.kv_write import store_kv
 from kernels.paged_attention import paged_attention
 
@@ -24,15 +25,17 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Non-interleaved (rotate-half) RoPE, the HF Qwen2/Llama convention."""
+    """Non-interleaved (rotate-half) RoPE, the HF Qwen2/Llama convention; ``scaling`` is a
+    config's ``rope_scaling`` (see engine/models/rope.py)."""
 
-    def __init__(self, head_dim: int, theta: float, max_positions: int):
+    def __init__(self, head_dim: int, theta: float, max_positions: int, scaling: dict | None = None,
+                 max_position_embeddings: int | None = None):
         super().__init__()
-        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        inv, att = rope_inv_freq(head_dim, theta, scaling, max_position_embeddings)
         t = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(t, inv)
-        self.register_buffer("cos", freqs.cos(), persistent=False)
-        self.register_buffer("sin", freqs.sin(), persistent=False)
+        self.register_buffer("cos", freqs.cos() * att, persistent=False)
+        self.register_buffer("sin", freqs.sin() * att, persistent=False)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # x: [T, H, D]; rotate in fp32 for exactness, cast back.

@@ -27,11 +27,16 @@ class DecoderLayer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
+def rotary_for(cfg: ModelConfig) -> Rotary:
+    # the cos/sin tables are built for at most 32k positions (memory), whatever the config allows
+    return Rotary(cfg.head_dim, cfg.rope_theta, min(cfg.max_position_embeddings, 32768), cfg.rope_scaling,
+                  cfg.max_position_embeddings)
+
+
 class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        max_pos = min(cfg.max_position_embeddings, 32768)
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, max_pos)
+        self.rotary = rotary_for(cfg)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, self.rotary) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -86,7 +91,7 @@ def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor] | None, dt
         model = CausalLM(cfg)
     model = model.to_empty(device=device).to(dtype)
     # Rotary tables are computed, not loaded: rebuild them (meta init left them empty) in fp32.
-    model.model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, min(cfg.max_position_embeddings, 32768)).to(device)
+    model.model.rotary = rotary_for(cfg).to(device)
     for layer in model.model.layers:
         layer.self_attn.rotary = model.model.rotary
     if cfg.tie_word_embeddings:

@@ -149,7 +149,9 @@ def test_config_from_hf_dict_variants():
     c = ModelConfig.from_hf_dict(base)
     assert c.rope_theta == 1e6 and c.eos_token_ids == [7] and c.tie_word_embeddings and c.head_dim == 16
     c = ModelConfig.from_hf_dict({**base, "model_type": None, "architectures": ["LlamaForCausalLM"],
-                                  "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+                                  "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                   "high_freq_factor": 4.0,
+                                                   "original_max_position_embeddings": 8192}})
     assert c.architecture == "llama" and c.rope_scaling["factor"] == 8.0
     c = ModelConfig.from_hf_dict({**base, "rope_theta": None,
                                   "rope_parameters": {"rope_theta": 3.0, "rope_type": "yarn", "factor": 4.0}})

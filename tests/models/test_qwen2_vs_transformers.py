@@ -49,10 +49,15 @@ def close(a, b):
     assert (a - b).abs().max().item() <= tol, f"max diff {(a - b).abs().max().item()} > {tol}"
 
 
-ARCHS = [("qwen2", {}), ("llama", {}), ("qwen2", {"tie": True, "kv": 6}), ("llama", {"kv": 1})]
+LLAMA3 = {"rope_theta": 10000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+YARN = {"rope_theta": 10000.0, "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+ARCHS = [("qwen2", {}), ("llama", {}), ("qwen2", {"tie": True, "kv": 6}), ("llama", {"kv": 1}),
+         ("llama", {"rope_parameters": LLAMA3}), ("qwen2", {"rope_parameters": YARN})]
 
 
-@pytest.mark.parametrize("arch,kw", ARCHS, ids=["qwen2", "llama", "qwen2-tied-mha", "llama-mqa"])
+@pytest.mark.parametrize("arch,kw", ARCHS, ids=["qwen2", "llama", "qwen2-tied-mha", "llama-mqa",
+                                                 "llama-rope-llama3", "qwen2-rope-yarn"])
 def test_prefill_extend_decode_logits_match(arch, kw):
     hf, cfg = tiny_hf(arch, **kw)
     eng = ours(hf, cfg, block_size=4)

@@ -58,11 +58,20 @@ async def main(argv=None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the output names")
     ap.add_argument("--resume", action="store_true",
                     help="keep the records already written (same config) and solve only the rest")
+    ap.add_argument("--slots", nargs="+", default=[], metavar="METHOD=N",
+                    help="requests in flight per method, overriding CONCURRENCY (e.g. a resumed run "
+                         "that finishes only some methods can give them all the slots)")
     ap.add_argument("--admit-for", type=float, default=None, metavar="S",
                     help="start no new question after S seconds; the ones in flight finish "
                          "(time-boxed sessions: resume later with --resume)")
     args = ap.parse_args(argv)
 
+    slots = dict(CONCURRENCY)
+    for item in args.slots:
+        m, _, n = item.partition("=")
+        if m not in args.methods or not n.isdigit() or int(n) < 1:
+            ap.error(f"--slots {item!r}: want METHOD=N with METHOD in --methods and N >= 1")
+        slots[m] = int(n)
     rows = load_rows(args.data)[: args.limit]
     cfgs = {m: config_for(m, args.seed) for m in args.methods}
     t0 = time.perf_counter()
@@ -87,7 +96,7 @@ async def main(argv=None) -> int:
     admit = None if args.admit_for is None else (lambda: time.perf_counter() - t1 < args.admit_for)
     try:
         reports = await asyncio.gather(*(
-            run_eval(rows, backends[m], cfgs[m], out_path=name[m], concurrency=CONCURRENCY.get(m, 8),
+            run_eval(rows, backends[m], cfgs[m], out_path=name[m], concurrency=slots.get(m, 8),
                      progress=False, on_record=progress(m), resume=args.resume, admit=admit)
             for m in args.methods))
     finally:
@@ -98,7 +107,7 @@ async def main(argv=None) -> int:
         d.pop("records", None)
         d["backend_cost"] = None   # shared by every method in this process: not attributable
         d["suite"] = {"methods": args.methods, "wall_s": round(wall, 1),
-                      "concurrency": CONCURRENCY.get(m, 8), "argv": sys.argv[1:]}
+                      "concurrency": slots.get(m, 8), "argv": sys.argv[1:]}
         name[m].with_name(name[m].stem + ".summary.json").write_text(json.dumps(d, indent=1))
         print(json.dumps({"method": m, "n": d["n"], "accuracy": d["accuracy"], "ci95": d["ci95"],
                           "llm_tokens": d["cost"]["llm_tokens"]}))

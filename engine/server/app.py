@@ -40,6 +40,7 @@ from .faults import FaultConfig, FaultInjector
 from .metrics import Metrics, MetricsMiddleware
 from .schemas import CompletionRequest, ModelCard, ModelList
 from .solve import Solver, handle_solve
+from .streaming import stream_completion
 
 __all__ = ["create_app", "serve", "aserve", "DEFAULT_MAX_LOGPROBS"]
 
@@ -123,6 +124,14 @@ def create_app(
                 req = CompletionRequest.model_validate(data)
             except ValidationError as e:
                 raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
+            if req.stream:
+                def done(n_prompt: int, n_completion: int) -> None:
+                    metrics.completions += 1
+                    metrics.prompt_tokens += n_prompt
+                    metrics.completion_tokens += n_completion
+                events = await stream_completion(req, backend, model_name, max_logprobs, on_done=done)
+                return StreamingResponse(events, media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             try:
                 result = await create_completion(req, backend, model_name, max_logprobs)
             except (APIError, BackendInputError):

@@ -18,6 +18,8 @@ Semantics worth knowing:
   Single-token stop strings also stop generation early; longer ones are applied
   after generation.
 * ``seed`` with ``n > 1`` uses ``seed + j`` for choice ``j``.
+* ``stream=true`` is answered by :mod:`engine.server.streaming` on the same validation
+  (:func:`prepare_completion`) and the same choice building.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .errors import APIError
 from .schemas import CompletionRequest
 from .wire import build_logprobs
 
-__all__ = ["create_completion", "MAX_BATCH_PROMPTS"]
+__all__ = ["create_completion", "prepare_completion", "Prepared", "MAX_BATCH_PROMPTS"]
 
 MAX_BATCH_PROMPTS = 256
 
@@ -186,12 +188,27 @@ def _build_choice(
     return choice, len(kept)
 
 
-async def create_completion(
+@dataclass
+class Prepared:
+    """A validated request: prompts, per-prompt token budgets and the stop rules."""
+    prompts: list[_Prompt]
+    max_tokens: list[int]
+    top_k: Optional[int]
+    stops: list[str]
+    stop_ids: list[int]        # end generation (EOS, stop_token_ids, single-token stop strings)
+    stop_id_set: set[int]      # dropped from `text` (EOS, stop_token_ids)
+
+    def choices(self, n: int):
+        """(choice index, prompt, max_tokens, seed offset) of every choice, in index order."""
+        for i, (p, mt) in enumerate(zip(self.prompts, self.max_tokens)):
+            for j in range(n):
+                yield i * n + j, p, mt, j
+
+
+async def prepare_completion(
     req: CompletionRequest, backend: CompletionBackend, model_name: str, max_logprobs: int
-) -> dict:
-    """Answer a validated request; raises :class:`APIError` for invalid ones."""
-    if req.stream:
-        raise APIError(400, "stream=true is not supported by this server; use stream=false", param="stream")
+) -> Prepared:
+    """Validate ``req`` against ``backend``; raises :class:`APIError` for invalid ones."""
     bad = req.unsupported()
     if bad:
         raise APIError(400, f"'{bad}' is not supported by this server", param=bad)
@@ -221,8 +238,19 @@ async def create_completion(
     # Tokens whose text is dropped from `text` (EOS, stop_token_ids). Single-token
     # stop strings are cut by the string search instead.
     stop_id_set = set(backend.eos_token_ids) | set(req.stop_token_ids or [])
+    return Prepared(prompts, max_tokens_per, top_k, stops, stop_ids, stop_id_set)
 
-    async def one(i: int, j: int, p: _Prompt, max_tokens: int) -> tuple[dict, int]:
+
+async def create_completion(
+    req: CompletionRequest, backend: CompletionBackend, model_name: str, max_logprobs: int
+) -> dict:
+    """Answer a validated request; raises :class:`APIError` for invalid ones."""
+    if req.stream:
+        raise APIError(400, "stream=true is answered by engine.server.streaming", param="stream")
+    prep = await prepare_completion(req, backend, model_name, max_logprobs)
+    top_k = prep.top_k
+
+    async def one(index: int, p: _Prompt, max_tokens: int, j: int) -> tuple[dict, int]:
         prompt_rows = None
         if req.echo and top_k is not None:
             prompt_rows = list(await backend.prompt_logprobs(p.ids, top_k))
@@ -235,27 +263,31 @@ async def create_completion(
             # logprobs=0 still needs each sampled token's log-prob: ask for >= 1 entry
             # (a backend may return no rows for top_k_logprobs=0, meaning "not requested").
             gen_ids, gen_rows = await backend.generate(
-                p.ids, max_tokens, req.temperature, req.top_p, seed, stop_ids, 0 if top_k is None else max(top_k, 1)
+                p.ids, max_tokens, req.temperature, req.top_p, seed, prep.stop_ids,
+                0 if top_k is None else max(top_k, 1)
             )
             gen_ids = [int(t) for t in gen_ids]
             gen_rows = list(gen_rows)
             if top_k is not None and len(gen_rows) < len(gen_ids):
                 raise RuntimeError(f"backend returned {len(gen_rows)} rows for {len(gen_ids)} generated tokens")
         return await asyncio.to_thread(
-            _build_choice, backend, i * req.n + j, p, gen_ids, gen_rows, prompt_rows, req, top_k, stop_id_set, stops
+            _build_choice, backend, index, p, gen_ids, gen_rows, prompt_rows, req, top_k, prep.stop_id_set,
+            prep.stops
         )
 
-    results = await asyncio.gather(
-        *(one(i, j, p, mt) for i, (p, mt) in enumerate(zip(prompts, max_tokens_per)) for j in range(req.n))
-    )
+    results = await asyncio.gather(*(one(*c) for c in prep.choices(req.n)))
     choices = [c for c, _ in results]
     n_completion = sum(n for _, n in results)
-    n_prompt = sum(len(p.ids) for p in prompts)
+    n_prompt = sum(len(p.ids) for p in prep.prompts)
     return {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
         "created": int(time.time()),
         "model": model_name,
         "choices": choices,
-        "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion},
+        "usage": usage(n_prompt, n_completion),
     }
+
+
+def usage(n_prompt: int, n_completion: int) -> dict:
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}

@@ -53,7 +53,7 @@ class EngineCompletionBackend:
         logp = torch.log_softmax(logits.float(), -1).cpu()
         return [_row(logp[i], top_k, ids[i + 1] if i + 1 < len(ids) else None) for i in range(len(ids))]
 
-    async def generate(self, ids, max_tokens, temperature, top_p, seed, stop_ids, top_k_logprobs):
+    async def generate(self, ids, max_tokens, temperature, top_p, seed, stop_ids, top_k_logprobs, on_token=None):
         self._check(ids)
         # The server always lists EOS in stop_ids, so stop_ids alone decide (ignore_eos).
         params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
@@ -63,6 +63,8 @@ class EngineCompletionBackend:
         def keep_row(logits, t):
             if top_k_logprobs:
                 rows.append(_row(torch.log_softmax(logits.float(), -1).cpu(), top_k_logprobs, t))
+            if on_token is not None:
+                on_token(int(t))
         out = (await self.engine.agenerate(self.scheduler, list(ids), params, role=self.role,
                                            on_token=keep_row)).token_ids
         return out, rows

@@ -38,6 +38,7 @@ class CompletionRequest(BaseModel):
     logprobs: Optional[int] = Field(None, ge=0)
     echo: bool = False
     stream: bool = False
+    stream_options: Optional[dict] = None  # {"include_usage": true}: a last chunk with usage
     # vLLM extras
     stop_token_ids: Optional[list[StrictInt]] = None
     return_tokens_as_token_ids: Optional[bool] = None

@@ -31,8 +31,10 @@ class FakeBackend:
         model_name: str = "fake-bigram",
         neg_inf_token: Optional[int] = None,
         fail_with: Optional[BaseException] = None,
+        token_latency_s: float = 0.0,
     ) -> None:
         self.model_name = model_name
+        self.token_latency_s = token_latency_s  # pause after each streamed token
         self.eos_id = len(ALPHABET)
         self.vocab_size = len(ALPHABET) + 1
         self.max_model_len = max_model_len
@@ -40,6 +42,7 @@ class FakeBackend:
         self.compute_s = compute_s
         self.fail_with = fail_with
         self.calls: Counter[str] = Counter()
+        self.generating = 0  # generate() calls running now (a cancelled stream must end its own)
         g = torch.Generator().manual_seed(seed)
         logits = torch.randn(self.vocab_size, self.vocab_size, generator=g) * 2.0
         logits[:, self.eos_id] -= 4.0  # keep generations going
@@ -97,8 +100,17 @@ class FakeBackend:
         seed: Optional[int],
         stop_ids: list[int],
         top_k_logprobs: int,
+        on_token=None,
     ) -> tuple[list[int], list[TokenLogprobs]]:
         await self._work("generate")
+        self.generating += 1
+        try:
+            return await self._generate(ids, max_tokens, temperature, top_p, seed, stop_ids, top_k_logprobs,
+                                        on_token)
+        finally:
+            self.generating -= 1
+
+    async def _generate(self, ids, max_tokens, temperature, top_p, seed, stop_ids, top_k_logprobs, on_token):
         g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31, ()).item()))
         last = ids[-1]
         out: list[int] = []
@@ -114,6 +126,9 @@ class FakeBackend:
                 sp = torch.where(keep, sp, torch.zeros_like(sp))
                 tok = int(si[torch.multinomial(sp / sp.sum(), 1, generator=g)])
             out.append(tok)
+            if on_token is not None:
+                on_token(tok)
+                await asyncio.sleep(self.token_latency_s)
             if top_k_logprobs > 0:  # like the engine backend: 0 means "not requested"
                 rows.append(self._row(dist, top_k_logprobs, tok))
             last = tok

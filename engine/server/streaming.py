@@ -1,0 +1,148 @@
+"""``/v1/completions`` with ``stream: true``: Server-Sent Events, OpenAI's chunk format.
+
+Each chunk is ``data: {"id", "object": "text_completion", "created", "model", "choices":
+[{"index", "text": <new text>, "logprobs": null, "finish_reason": null | "stop" | "length"}]}``;
+every choice ends with one chunk carrying its ``finish_reason``; with
+``stream_options.include_usage`` a last chunk has ``"choices": []`` and ``usage``; then
+``data: [DONE]``.  The concatenated text of a choice equals the non-streamed ``text`` for the
+same request and seed (tested): text that could still become a stop string, or an incomplete
+UTF-8 character, is held back until it is decided.  A stop string ends its choice at once
+(its generation is cancelled).  A client that disconnects cancels every generation of the
+request.  ``logprobs`` and ``echo`` are refused with stream=true (400).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import AsyncIterator
+
+from .backend import BackendInputError, CompletionBackend
+from .completions import Prepared, _build_choice, _first_stop, prepare_completion, usage
+from .errors import APIError
+from .schemas import CompletionRequest
+
+__all__ = ["stream_completion"]
+
+log = logging.getLogger("engine.server")
+
+
+def _sse(obj) -> bytes:
+    return b"data: " + json.dumps(obj, allow_nan=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+class _Choice:
+    """Text released so far for one choice, and what may be released next."""
+
+    def __init__(self, index: int, prep: Prepared):
+        self.index, self.prep = index, prep
+        self.ids: list[int] = []
+        self.sent = 0          # characters of text already sent
+        self.done = False
+        self.holdback = max((len(s) for s in prep.stops), default=1) - 1
+
+    def text(self, backend: CompletionBackend) -> str:
+        ids = self.ids[:-1] if self.ids and self.ids[-1] in self.prep.stop_id_set else self.ids
+        return backend.decode(ids) if ids else ""
+
+    def releasable(self, text: str) -> tuple[str, bool]:
+        """(new text safe to send, whether a stop string ended the choice)."""
+        cut = _first_stop(text, self.prep.stops) if self.prep.stops else -1
+        if cut >= 0:
+            return text[self.sent:cut], True
+        end = len(text) - self.holdback  # a stop string may still complete across this tail
+        while end > self.sent and text[end - 1] == "\ufffd":  # an unfinished UTF-8 character
+            end -= 1
+        return text[self.sent:max(end, self.sent)], False
+
+
+async def stream_completion(req: CompletionRequest, backend: CompletionBackend, model_name: str,
+                            max_logprobs: int, on_done=None) -> AsyncIterator[bytes]:
+    """Validate (raising APIError before anything is sent), then return the SSE byte stream.
+    ``on_done(prompt_tokens, completion_tokens)`` is called once the stream has finished."""
+    if req.logprobs is not None:
+        raise APIError(400, "logprobs is not supported with stream=true", param="logprobs")
+    if req.echo:
+        raise APIError(400, "echo is not supported with stream=true", param="echo")
+    prep = await prepare_completion(req, backend, model_name, max_logprobs)
+    return _events(req, backend, model_name, prep, on_done)
+
+
+async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIterator[bytes]:
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": model_name}
+    queue: asyncio.Queue = asyncio.Queue()
+    choices: dict[int, _Choice] = {}
+    tasks: dict[int, asyncio.Task] = {}
+
+    async def run(index, p, max_tokens, j):
+        if max_tokens == 0:
+            return []
+        seed = None if req.seed is None else req.seed + j
+        ids, _ = await backend.generate(p.ids, max_tokens, req.temperature, req.top_p, seed, prep.stop_ids, 0,
+                                        on_token=lambda t: queue.put_nowait(("token", index, t)))
+        return [int(t) for t in ids]
+
+    for index, p, mt, j in prep.choices(req.n):
+        choices[index] = _Choice(index, prep)
+        tasks[index] = asyncio.create_task(run(index, p, mt, j))
+        tasks[index].add_done_callback(lambda t, i=index: queue.put_nowait(("end", i, t)))
+
+    def chunk(index: int, text: str, finish: str | None) -> bytes:
+        return _sse({**head, "choices": [{"index": index, "text": text, "logprobs": None,
+                                          "finish_reason": finish, "stop_reason": None}]})
+
+    n_completion, open_ = 0, len(choices)
+    try:
+        while open_:
+            kind, index, item = await queue.get()
+            c = choices[index]
+            if c.done:
+                continue
+            if kind == "token":
+                c.ids.append(item)
+                text = await asyncio.to_thread(c.text, backend)
+                new, stopped = c.releasable(text)
+                if stopped:  # the stop string is in: the choice is final, its generation can end
+                    tasks[index].cancel()
+                    final, n = await asyncio.to_thread(_build_choice, backend, index,
+                                                       choices_prompt(prep, index, req.n), c.ids, [], None, req,
+                                                       None, prep.stop_id_set, prep.stops)
+                    yield chunk(index, final["text"][c.sent:], "stop")
+                    c.done, open_, n_completion = True, open_ - 1, n_completion + n
+                elif new:
+                    c.sent += len(new)
+                    yield chunk(index, new, None)
+                continue
+            # the generation ended: what the non-streamed answer would say, minus what was sent
+            if item.cancelled():
+                raise asyncio.CancelledError()
+            if item.exception() is not None:
+                raise item.exception()
+            c.ids = item.result()
+            final, n = await asyncio.to_thread(_build_choice, backend, index, choices_prompt(prep, index, req.n),
+                                               c.ids, [], None, req, None, prep.stop_id_set, prep.stops)
+            yield chunk(index, final["text"][c.sent:], final["finish_reason"])
+            c.done, open_, n_completion = True, open_ - 1, n_completion + n
+        n_prompt = sum(len(p.ids) for p in prep.prompts)
+        if req.stream_options and req.stream_options.get("include_usage"):
+            yield _sse({**head, "choices": [], "usage": usage(n_prompt, n_completion)})
+        if on_done is not None:
+            on_done(n_prompt, n_completion)
+    except (APIError, asyncio.CancelledError):
+        raise
+    except Exception as e:  # headers are sent: report in-band, as OpenAI-style servers do
+        log.error("streamed completion failed", exc_info=e)
+        msg = str(e) if isinstance(e, BackendInputError) else "internal server error"
+        yield _sse({"error": {"message": msg, "type": "server_error", "param": None, "code": None}})
+    finally:
+        for t in tasks.values():  # client gone or stream over: no generation outlives it
+            t.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+    yield b"data: [DONE]\n\n"
+
+
+def choices_prompt(prep: Prepared, index: int, n: int):
+    return prep.prompts[index // n]

@@ -1,0 +1,130 @@
+"""/v1/completions with stream=true: SSE chunks whose text adds up to the non-streamed answer."""
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from _fake_backend import FakeBackend
+from engine.scheduler import Scheduler
+from engine.server.engine_backend import EngineCompletionBackend
+from engine.testing import tiny_engine
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def completion(srv, body):
+    r = httpx.post(srv.url + "/v1/completions", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def streamed(srv, body):
+    """(text per choice index, finish_reason per index, chunks, usage or None)."""
+    r = httpx.post(srv.url + "/v1/completions", json={**body, "stream": True}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")
+    blocks = [b for b in r.text.split("\n\n") if b.strip()]
+    assert all(b.startswith("data: ") for b in blocks) and blocks[-1] == "data: [DONE]"
+    chunks = [json.loads(b[6:]) for b in blocks[:-1]]
+    text, finish, use = {}, {}, None
+    for c in chunks:
+        assert "error" not in c, c
+        assert c["object"] == "text_completion" and c["id"] == chunks[0]["id"]
+        if not c["choices"]:
+            use = c["usage"]
+            continue
+        (ch,) = c["choices"]
+        assert ch["index"] not in finish, "no chunk after a choice's finish_reason"
+        text[ch["index"]] = text.get(ch["index"], "") + ch["text"]
+        if ch["finish_reason"] is not None:
+            finish[ch["index"]] = ch["finish_reason"]
+    return text, finish, chunks, use
+
+
+def same_as_plain(srv, body):
+    want = completion(srv, body)
+    text, finish, chunks, use = streamed(srv, {**body, "stream_options": {"include_usage": True}})
+    assert sorted(text) == [c["index"] for c in want["choices"]]
+    for c in want["choices"]:
+        assert text[c["index"]] == c["text"], (c["index"], text[c["index"]], c["text"])
+        assert finish[c["index"]] == c["finish_reason"]
+    assert use == want["usage"]
+    return want, chunks
+
+
+@pytest.mark.parametrize("body", [
+    {"prompt": "the ", "max_tokens": 30, "temperature": 0.9, "seed": 7},
+    {"prompt": ["ab", "hello"], "n": 2, "max_tokens": 25, "temperature": 1.0, "seed": 3},
+    {"prompt": [[1, 2, 3]], "max_tokens": 12, "temperature": 0},
+    {"prompt": "ab", "max_tokens": 0},
+])
+def test_streamed_text_equals_the_plain_answer(server, body):
+    want, chunks = same_as_plain(server, body)
+    if body["max_tokens"] >= 12:
+        assert len(chunks) > len(want["choices"]) + 1  # text came in pieces, not in one final chunk
+
+
+def test_stop_strings_end_the_stream_exactly_where_the_plain_answer_stops(server):
+    base = {"prompt": "the ", "max_tokens": 40, "temperature": 0.9, "seed": 11}
+    full = completion(server, base)["choices"][0]["text"]
+    assert len(full) >= 20
+    stops = [full[10:13], full[15:17] + "?!?"]   # the first occurs; the second (ends in "?!?") need not
+    want, _ = same_as_plain(server, {**base, "stop": stops})
+    assert want["choices"][0]["finish_reason"] == "stop" and want["choices"][0]["text"] == full[:10]
+    one_char = full[12]                         # a single-token stop string stops generation early
+    want, _ = same_as_plain(server, {**base, "stop": one_char})
+    assert want["choices"][0]["text"] == full[:full.index(one_char)]
+
+
+def test_chunks_arrive_while_generating_and_disconnect_cancels(make_server):
+    backend = FakeBackend(token_latency_s=0.05, max_model_len=512)
+    srv = make_server(backend)
+    t0 = time.monotonic()
+    with httpx.stream("POST", srv.url + "/v1/completions", timeout=30,
+                      json={"prompt": "ab", "max_tokens": 40, "temperature": 1.0, "seed": 1, "stream": True,
+                            "stop_token_ids": []}) as r:
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        t_first = time.monotonic() - t0
+        assert json.loads(first[6:])["choices"][0]["finish_reason"] is None
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]" and time.monotonic() - t0 > t_first + 0.5
+    # now hang up after the first chunk of a long generation: it must stop on the server
+    with httpx.stream("POST", srv.url + "/v1/completions", timeout=30,
+                      json={"prompt": "ab", "max_tokens": 400, "temperature": 1.0, "seed": 1, "stream": True,
+                            "stop_token_ids": []}) as r:
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        assert backend.generating == 1
+    end = time.monotonic() + 5
+    while backend.generating and time.monotonic() < end:
+        time.sleep(0.02)
+    assert backend.generating == 0
+
+
+def test_metrics_count_streamed_completions(server):
+    def val(name):
+        for line in httpx.get(server.url + "/metrics").text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    before = val("gboost_completion_tokens_total"), val("gboost_completions_total")
+    want = completion(server, {"prompt": "ab", "max_tokens": 9, "temperature": 0})
+    streamed(server, {"prompt": "ab", "max_tokens": 9, "temperature": 0})
+    n = want["usage"]["completion_tokens"]
+    assert val("gboost_completion_tokens_total") - before[0] == 2 * n
+    assert val("gboost_completions_total") - before[1] == 2
+
+
+def test_engine_backend_stream_holds_back_partial_utf8(make_server):
+    """The tiny engine's byte tokenizer samples arbitrary bytes: split UTF-8 characters must be
+    held back until complete, and the streamed text must still equal the plain one."""
+    eng = tiny_engine({"slm": 1})
+    backend = EngineCompletionBackend(eng, Scheduler(eng), model_name="tiny")
+    srv = make_server(backend)
+    for seed in range(3):
+        body = {"prompt": [104, 105, 195], "max_tokens": 24, "temperature": 1.5, "seed": seed, "n": 2}
+        same_as_plain(srv, body)
+    assert eng.cache.live == {}
+    eng.cache.check_refcounts()

@@ -9,6 +9,7 @@ nothing else runs fails with KVPoolExhausted instead of waiting forever.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ class Scheduler:
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gboost-forward")
         self.batches = 0            # forward batches run (for tests and metrics)
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=4096)  # recent batches only: a server runs for days
 
     async def forward(self, seq: Sequence, want: str = "last") -> torch.Tensor | None:
         """Compute seq's pending tokens in the next batch of its model; logits per `want`."""

@@ -28,8 +28,9 @@ def read(path: Path) -> dict[int, dict]:
 
 def auroc(recs: list[dict]) -> float | None:
     """P(score of a right solution > score of a wrong one): does the PRM's path score separate them?"""
-    pos = [r["score"] for r in recs if r["correct"] and r.get("score") is not None]
-    neg = [r["score"] for r in recs if not r["correct"] and r.get("score") is not None]
+    scored = [r for r in recs if r.get("score") is not None and r.get("cost", {}).get("prm_tokens", 1)]
+    pos = [r["score"] for r in scored if r["correct"]]  # a run without a PRM (prm_tokens 0) has none
+    neg = [r["score"] for r in scored if not r["correct"]]
     if not pos or not neg:
         return None
     wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)

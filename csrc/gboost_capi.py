@@ -292,27 +292,11 @@ class EngineHandle:
         cfg = self.cfg.replace(**o) if o else self.cfg
         self._enter()
         try:
-            backend = self.stack.backend
-            if o:  # the backend reads the generation settings (temperature, seed...) from its own cfg
-                backend = self._backend_for(cfg)
-            res = self._call(solve(question, backend, cfg))
+            # solve() gives the shared backend this call's settings (EngineBackend.with_config)
+            res = self._call(solve(question, self.stack.backend, cfg))
             return _dumps(res.to_dict(include_tree=include_tree))
         finally:
             self._leave()
-
-    def _backend_for(self, cfg):
-        """A backend with this call's SearchConfig on the shared engine, scheduler, LLM and PRM.
-        Constructing one points the shared LLM/PRM at its cost record: keep every counter on the
-        handle's one backend-wide record (reported by info())."""
-        from engine.search.actions import EngineBackend
-
-        main = self.stack.backend
-        b = EngineBackend(self.stack.engine, self.stack.scheduler, cfg, llm=main.llm, prm=main.prm,
-                          options=main.opt)
-        for obj in (b, main.prm, main.llm):
-            if obj is not None and hasattr(obj, "cost"):
-                obj.cost = main.cost
-        return b
 
     # -- info / close ----------------------------------------------------------------------
     def info(self) -> str:

@@ -25,7 +25,7 @@ from engine.llm.base import LLMError, TokenLogprobs
 from engine.llm.topk import union_support
 from engine.sampling import processed_probs
 from engine.search.backend import StepOut, settle
-from engine.search.config import SearchConfig
+from engine.search.config import ConfigError, SearchConfig
 from engine.search.cost import CostRecord, charge
 from kernels.fused_sampling import fuse_logprobs, make_noise, sample, sample_kept
 
@@ -103,9 +103,20 @@ class EngineBackend:
             llm.cost = self.cost            # a local LLM charges what it computes itself
         self._counts = dict.fromkeys(("live_states", "llm_rounds", "draft_proposed", "draft_accepted"), 0)
 
+    def check_config(self, cfg: SearchConfig) -> None:
+        """Raise ConfigError if this backend cannot run ``cfg`` (before any state exists)."""
+        needs_llm = cfg.method in ("llm", "fusion", "rsd") or (cfg.method == "gboost" and cfg.collab_width > 0)
+        if needs_llm and self.llm is None:
+            what = f"method={cfg.method}" + (" with collab_width > 0" if cfg.method == "gboost" else "")
+            raise ConfigError(f"{what} needs a general LLM, and this stack has none")
+        if cfg.fusion_rule != "loglinear":
+            raise ConfigError(f"fusion_rule={cfg.fusion_rule!r} needs the SLM's base model, which this "
+                              "stack does not load; use 'loglinear'")
+
     def with_config(self, cfg: SearchConfig) -> "EngineBackend":
         """This backend generating with one request's ``cfg`` (sampling, fusion, step rules);
         models, KV cache, LLM, PRM, cost and counters stay shared with ``self``."""
+        self.check_config(cfg)
         view = copy.copy(self)
         view.cfg, view.answer_re = cfg, re.compile(cfg.answer_pattern)
         return view

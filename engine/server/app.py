@@ -30,7 +30,7 @@ from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import ValidationError
 
 from .backend import BackendInputError, CompletionBackend
@@ -40,7 +40,7 @@ from .faults import FaultConfig, FaultInjector
 from .metrics import Metrics, MetricsMiddleware
 from .schemas import CompletionRequest, ModelCard, ModelList
 from .solve import Solver, handle_solve
-from .streaming import stream_completion
+from .streaming import SSEResponse, stream_completion
 
 __all__ = ["create_app", "serve", "aserve", "DEFAULT_MAX_LOGPROBS"]
 
@@ -129,9 +129,7 @@ def create_app(
                     metrics.completions += 1
                     metrics.prompt_tokens += n_prompt
                     metrics.completion_tokens += n_completion
-                events = await stream_completion(req, backend, model_name, max_logprobs, on_done=done)
-                return StreamingResponse(events, media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                return SSEResponse(await stream_completion(req, backend, model_name, max_logprobs, on_done=done))
             try:
                 result = await create_completion(req, backend, model_name, max_logprobs)
             except (APIError, BackendInputError):
@@ -149,12 +147,11 @@ def create_app(
         @app.post("/v1/solve")
         async def solve_route(request: Request) -> Response:
             check_auth(request)
-            out = await handle_solve(solver, await json_body(request))
+            out = await handle_solve(solver, await json_body(request), request.is_disconnected)
             if isinstance(out, dict):
                 body = await asyncio.to_thread(json.dumps, out, allow_nan=False, separators=(",", ":"))
                 return Response(body, media_type="application/json")
-            return StreamingResponse(out, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return SSEResponse(out)
 
     return app
 

@@ -16,19 +16,25 @@ chosen its path), then ``data: {"object": "solve.result", ...}``, then ``data: [
 the framing OpenAI-style clients already parse.  An error after the stream started is sent
 as ``data: {"error": {...}}`` before ``[DONE]``.
 
-A client that disconnects cancels its search: the solve task is cancelled, and ``solve``
-releases every KV state it held (tested).  Errors: a bad body or config -> 400; a question
-longer than the models accept -> 400; a full KV pool -> 503 with ``Retry-After`` (the
-request loses nothing: its states are released, and it can be retried); a failing general
-LLM under ``on_llm_fault=fail`` -> 502.
+A request's ``config`` may change the search and sampling settings but never raise what the
+server allows: the cost limits in ``CAPPED`` stay at or below the server's values (and a server
+LLM budget cannot be lifted to ``null``), and ``FIXED`` keys (a regex run on every step, the
+step delimiter) cannot be set at all.  A config this stack cannot run (an LLM method without a
+general LLM) is a 400 before any work starts.
+
+A client that disconnects cancels its search, streamed or not: the solve task is cancelled, and
+``solve`` releases every KV state it held (tested).  Errors: a bad body or config -> 400; a
+question longer than the models accept -> 400; a full KV pool -> 503 with ``Retry-After`` (the
+request loses nothing: its states are released, and it can be retried); a failing general LLM
+under ``on_llm_fault=fail`` -> 502.  With ``stream``, an error before the first step still gets
+its own status; later ones become an error event.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -39,8 +45,15 @@ from engine.search.api import solve
 from engine.search.config import ConfigError, SearchConfig
 
 from .errors import APIError
+from .streaming import sse_event as _sse
 
-__all__ = ["Solver", "SolveRequest", "handle_solve"]
+__all__ = ["Solver", "SolveRequest", "handle_solve", "CAPPED", "FIXED"]
+
+#: per-request values above the server's are refused (they bound what one request may cost)
+CAPPED = ("num_simulations", "leaf_parallelism", "slm_width", "collab_width", "max_depth", "max_step_tokens",
+          "beam_width", "bon_n", "max_llm_tokens", "max_llm_calls", "max_llm_faults")
+#: never set per request: a client regex runs on every step (ReDoS), the delimiter shapes the PRM
+FIXED = ("answer_pattern", "step_delimiter")
 
 log = logging.getLogger("engine.server")
 
@@ -71,7 +84,17 @@ class Solver:
         if req.seed is not None:
             changes["seed"] = req.seed
         try:
-            return self.config.replace(**changes)
+            for key in FIXED:
+                if key in changes:
+                    raise ConfigError(f"{key} is fixed by the server and cannot be set per request")
+            cfg = self.config.replace(**changes)
+            for key in CAPPED:
+                mine, theirs = getattr(self.config, key), getattr(cfg, key)
+                if mine is not None and (theirs is None or theirs > mine):
+                    raise ConfigError(f"{key}={theirs!r} exceeds this server's limit of {mine}")
+            if hasattr(self.backend, "check_config"):
+                self.backend.check_config(cfg)
+            return cfg
         except (ConfigError, TypeError) as e:
             raise APIError(400, f"invalid config: {e}", param="config") from None
 
@@ -109,28 +132,53 @@ def _result_dict(res, include_tree: bool) -> dict[str, Any]:
     return {"object": "solve.result", **res.to_dict(include_tree=include_tree)}
 
 
-def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, allow_nan=False, separators=(",", ":")).encode() + b"\n\n"
-
-
-async def handle_solve(solver: Solver, data: Any):
-    """Validate ``data`` and run the search: a dict (JSON reply) or an async iterator of SSE bytes."""
+async def handle_solve(solver: Solver, data: Any, is_disconnected: Callable[[], Awaitable[bool]] | None = None):
+    """Validate ``data`` and run the search: a dict (JSON reply) or an async iterator of SSE bytes.
+    ``is_disconnected`` (the HTTP request's) lets a non-streamed search stop when its client leaves."""
     req = parse_request(data)
     cfg = solver.request_config(req)
-    if not req.stream:
-        solver.in_flight += 1
+    if req.stream:
+        return await _start_stream(solver, req, cfg, is_disconnected)
+    solver.in_flight += 1
+    task = asyncio.create_task(solve(req.question, solver.backend, cfg))
+    try:
+        if not await _until(task, is_disconnected):  # the client left: free the states now
+            raise _gone()
         try:
-            res = await solve(req.question, solver.backend, cfg)
+            res = task.result()
         except Exception as e:
             raise _api_error(e) from None
-        finally:
-            solver.in_flight -= 1
-        solver.solves += 1
-        return _result_dict(res, req.include_tree)
-    return _stream(solver, req, cfg)
+    finally:
+        solver.in_flight -= 1
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    solver.solves += 1
+    return _result_dict(res, req.include_tree)
 
 
-async def _stream(solver: Solver, req: SolveRequest, cfg: SearchConfig) -> AsyncIterator[bytes]:
+DISCONNECT_POLL_S = 0.25
+
+
+def _gone() -> APIError:
+    # nobody reads it; 499 (nginx's "client closed request") keeps the logs and metrics honest
+    return APIError(499, "client closed the request; its search was cancelled", code="client_closed")
+
+
+async def _until(fut: asyncio.Future, is_disconnected) -> bool:
+    """Wait for ``fut``; False as soon as the client is found gone (the server does not cancel a
+    handler whose client left, so a search would otherwise run on, holding its KV blocks)."""
+    while not fut.done():
+        await asyncio.wait({fut}, timeout=DISCONNECT_POLL_S)
+        if not fut.done() and is_disconnected is not None and await is_disconnected():
+            return False
+    return True
+
+
+async def _start_stream(solver: Solver, req: SolveRequest, cfg: SearchConfig,
+                        is_disconnected=None) -> AsyncIterator[bytes]:
+    """Start the search and wait for its first event, so that an error raised before any step
+    (over-long question, full pool) is answered with its own HTTP status."""
     queue: asyncio.Queue = asyncio.Queue()
 
     def on_step(step: dict) -> None:
@@ -139,9 +187,29 @@ async def _stream(solver: Solver, req: SolveRequest, cfg: SearchConfig) -> Async
     solver.in_flight += 1
     task = asyncio.create_task(solve(req.question, solver.backend, cfg, on_step=on_step))
     task.add_done_callback(lambda _t: queue.put_nowait(None))
+    getter = asyncio.ensure_future(queue.get())
     try:
-        while (item := await queue.get()) is not None:
+        if not await _until(getter, is_disconnected):  # gboost emits nothing until it has chosen
+            raise _gone()
+        first = getter.result()
+    except BaseException:
+        getter.cancel()
+        solver.in_flight -= 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    if first is None and task.exception() is not None:
+        solver.in_flight -= 1
+        raise _api_error(task.exception())
+    return _stream(solver, req, task, queue, first)
+
+
+async def _stream(solver: Solver, req: SolveRequest, task: asyncio.Task, queue: asyncio.Queue,
+                  item: dict | None) -> AsyncIterator[bytes]:
+    try:
+        while item is not None:
             yield _sse(item)
+            item = await queue.get()
         try:
             res = task.result()
         except Exception as e:

@@ -19,18 +19,39 @@ import time
 import uuid
 from typing import AsyncIterator
 
+from starlette.responses import StreamingResponse
+
 from .backend import BackendInputError, CompletionBackend
 from .completions import Prepared, _build_choice, _first_stop, prepare_completion, usage
 from .errors import APIError
 from .schemas import CompletionRequest
 
-__all__ = ["stream_completion"]
+__all__ = ["stream_completion", "sse_event", "SSEResponse"]
 
 log = logging.getLogger("engine.server")
 
 
-def _sse(obj) -> bytes:
+def sse_event(obj) -> bytes:
     return b"data: " + json.dumps(obj, allow_nan=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+_sse = sse_event
+
+
+class SSEResponse(StreamingResponse):
+    """A text/event-stream response that always closes its generator, so the generator's
+    ``finally`` (which cancels the work behind the stream) runs when the client leaves, not
+    whenever the garbage collector gets to it."""
+
+    def __init__(self, events: AsyncIterator[bytes]):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
 
 
 class _Choice:
@@ -39,7 +60,7 @@ class _Choice:
     def __init__(self, index: int, prep: Prepared):
         self.index, self.prep = index, prep
         self.ids: list[int] = []
-        self.sent = 0          # characters of text already sent
+        self.sent_text = ""    # text already sent
         self.done = False
         self.holdback = max((len(s) for s in prep.stops), default=1) - 1
 
@@ -51,11 +72,12 @@ class _Choice:
         """(new text safe to send, whether a stop string ended the choice)."""
         cut = _first_stop(text, self.prep.stops) if self.prep.stops else -1
         if cut >= 0:
-            return text[self.sent:cut], True
+            return text[len(self.sent_text):cut], True
+        sent = len(self.sent_text)
         end = len(text) - self.holdback  # a stop string may still complete across this tail
-        while end > self.sent and text[end - 1] == "\ufffd":  # an unfinished UTF-8 character
+        while end > sent and text[end - 1] == "\ufffd":  # an unfinished UTF-8 character
             end -= 1
-        return text[self.sent:max(end, self.sent)], False
+        return text[sent:max(end, sent)], False
 
 
 async def stream_completion(req: CompletionRequest, backend: CompletionBackend, model_name: str,
@@ -95,43 +117,52 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
                                           "finish_reason": finish, "stop_reason": None}]})
 
     n_completion, open_ = 0, len(choices)
+
+    async def finish(c: _Choice, reason: str | None) -> bytes:
+        """The last chunk of a choice: what the non-streamed answer says, minus what was sent."""
+        final, n = await asyncio.to_thread(_build_choice, backend, c.index, prep.prompts[c.index // req.n], c.ids,
+                                           [], None, req, None, prep.stop_id_set, prep.stops)
+        if not final["text"].startswith(c.sent_text):  # cannot happen with a prefix-stable decoder
+            log.warning("streamed text of choice %d is not a prefix of its final text", c.index)
+        nonlocal n_completion, open_
+        c.done, open_, n_completion = True, open_ - 1, n_completion + n
+        return chunk(c.index, final["text"][len(c.sent_text):], reason or final["finish_reason"])
+
     try:
         while open_:
-            kind, index, item = await queue.get()
-            c = choices[index]
-            if c.done:
-                continue
-            if kind == "token":
-                c.ids.append(item)
-                text = await asyncio.to_thread(c.text, backend)
-                new, stopped = c.releasable(text)
+            events = [await queue.get()]
+            while not queue.empty():  # decode once per choice for all tokens that arrived meanwhile
+                events.append(queue.get_nowait())
+            touched: dict[int, _Choice] = {}
+            for kind, index, item in events:
+                c = choices[index]
+                if c.done:
+                    continue
+                if kind == "token":
+                    c.ids.append(item)
+                    touched[index] = c
+                    continue
+                touched.pop(index, None)
+                if item.cancelled():
+                    raise RuntimeError(f"generation of choice {index} was cancelled")
+                if item.exception() is not None:
+                    raise item.exception()
+                c.ids = item.result()
+                yield await finish(c, None)
+            for index, c in touched.items():
+                new, stopped = c.releasable(await asyncio.to_thread(c.text, backend))
                 if stopped:  # the stop string is in: the choice is final, its generation can end
                     tasks[index].cancel()
-                    final, n = await asyncio.to_thread(_build_choice, backend, index,
-                                                       choices_prompt(prep, index, req.n), c.ids, [], None, req,
-                                                       None, prep.stop_id_set, prep.stops)
-                    yield chunk(index, final["text"][c.sent:], "stop")
-                    c.done, open_, n_completion = True, open_ - 1, n_completion + n
+                    yield await finish(c, "stop")
                 elif new:
-                    c.sent += len(new)
+                    c.sent_text += new
                     yield chunk(index, new, None)
-                continue
-            # the generation ended: what the non-streamed answer would say, minus what was sent
-            if item.cancelled():
-                raise asyncio.CancelledError()
-            if item.exception() is not None:
-                raise item.exception()
-            c.ids = item.result()
-            final, n = await asyncio.to_thread(_build_choice, backend, index, choices_prompt(prep, index, req.n),
-                                               c.ids, [], None, req, None, prep.stop_id_set, prep.stops)
-            yield chunk(index, final["text"][c.sent:], final["finish_reason"])
-            c.done, open_, n_completion = True, open_ - 1, n_completion + n
         n_prompt = sum(len(p.ids) for p in prep.prompts)
         if req.stream_options and req.stream_options.get("include_usage"):
             yield _sse({**head, "choices": [], "usage": usage(n_prompt, n_completion)})
         if on_done is not None:
             on_done(n_prompt, n_completion)
-    except (APIError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         raise
     except Exception as e:  # headers are sent: report in-band, as OpenAI-style servers do
         log.error("streamed completion failed", exc_info=e)
@@ -142,7 +173,3 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
             t.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
     yield b"data: [DONE]\n\n"
-
-
-def choices_prompt(prep: Prepared, index: int, n: int):
-    return prep.prompts[index // n]

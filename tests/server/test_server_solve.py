@@ -219,3 +219,58 @@ def test_auth_and_metrics(solve_server):
 def test_no_solver_no_route(make_server):
     srv = make_server()
     assert httpx.post(srv.url + "/v1/solve", json={"question": Q}, timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize("config, needle", [
+    ({"num_simulations": 1000}, "num_simulations=1000 exceeds this server's limit of 6"),
+    ({"max_llm_calls": None, "method": "fusion"}, "max_llm_calls=None exceeds this server's limit of 4"),
+    ({"max_llm_calls": 9}, "exceeds this server's limit"),
+    ({"answer_pattern": "(a+)+$"}, "answer_pattern is fixed by the server"),
+    ({"step_delimiter": "\n"}, "step_delimiter is fixed by the server"),
+])
+def test_a_request_cannot_raise_the_servers_limits(solve_server, config, needle):
+    srv = solve_server(cfg=SearchConfig(num_simulations=6, max_llm_calls=4))
+    r = post(srv, {"question": Q, "config": config})
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+    assert srv.toy.n_created == 0
+    lower = post(srv, {"question": Q, "config": {"num_simulations": 2, "max_llm_calls": 1}})
+    assert lower.status_code == 200, lower.text
+
+
+class NoLLM(ToyBackend):
+    """A stack without a general LLM: what it cannot run is refused before any state exists."""
+    from engine.search.actions import EngineBackend
+    check_config = EngineBackend.check_config
+    llm = None
+
+
+@pytest.mark.parametrize("body, ok", [({"method": "fusion"}, False), ({"method": "slm"}, True),
+                                      ({"config": {"collab_width": 0}}, True), ({}, False),
+                                      ({"config": {"fusion_rule": "proxy"}, "method": "slm"}, False)])
+def test_configs_the_stack_cannot_run_are_400(solve_server, body, ok):
+    srv = solve_server(NoLLM(chain_step))
+    r = post(srv, {"question": Q, **body})
+    assert r.status_code == (200 if ok else 400), r.text
+    if not ok:
+        assert srv.toy.n_created == 0 and "invalid config" in r.json()["error"]["message"]
+
+
+def test_a_stream_that_fails_before_its_first_step_gets_the_errors_status(solve_server):
+    srv = solve_server(Failing(KVPoolExhausted("all 64 KV blocks are in use"), at=1))
+    r = post(srv, {"question": Q, "method": "slm", "stream": True})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "kv_pool_exhausted"
+    assert r.headers["retry-after"] == "1" and not srv.toy.live
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_times_out_cancels_a_silent_search(solve_server, stream):
+    """Non-streamed requests, and gboost streams (no event until the search has chosen), send
+    nothing for a long time: a client that gives up must still stop the search."""
+    toy = ToyBackend(lambda q, steps, a, i: f"{a}{i} step {len(steps) + 1}", latency_s=0.3, max_depth=40)
+    srv = solve_server(toy, SearchConfig(num_simulations=30, max_depth=40))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(srv.url + "/v1/solve", json={"question": Q, "stream": stream}, timeout=1.0)
+    assert wait_until(lambda: not toy.live and srv.solver.in_flight == 0), (len(toy.live), srv.solver.in_flight)
+    n = toy.n_created
+    time.sleep(0.8)
+    assert toy.n_created == n and srv.solver.solves == 0

@@ -66,16 +66,44 @@ def test_streamed_text_equals_the_plain_answer(server, body):
         assert len(chunks) > len(want["choices"]) + 1  # text came in pieces, not in one final chunk
 
 
-def test_stop_strings_end_the_stream_exactly_where_the_plain_answer_stops(server):
+def test_stop_strings_end_the_stream_exactly_where_the_plain_answer_stops(make_server):
+    # tokens trickle in (10 ms each), so text is released piece by piece before a stop completes
+    backend = FakeBackend(token_latency_s=0.01, max_model_len=512)
+    srv = make_server(backend)
     base = {"prompt": "the ", "max_tokens": 40, "temperature": 0.9, "seed": 11}
-    full = completion(server, base)["choices"][0]["text"]
+    full = completion(srv, base)["choices"][0]["text"]
     assert len(full) >= 20
     stops = [full[10:13], full[15:17] + "?!?"]   # the first occurs; the second (ends in "?!?") need not
-    want, _ = same_as_plain(server, {**base, "stop": stops})
+    want, _ = same_as_plain(srv, {**base, "stop": stops})
     assert want["choices"][0]["finish_reason"] == "stop" and want["choices"][0]["text"] == full[:10]
     one_char = full[12]                         # a single-token stop string stops generation early
-    want, _ = same_as_plain(server, {**base, "stop": one_char})
+    want, _ = same_as_plain(srv, {**base, "stop": one_char})
     assert want["choices"][0]["text"] == full[:full.index(one_char)]
+    # a stop string ends the choice's generation at once: 400 more tokens would take 4 s
+    t0 = time.monotonic()
+    text, finish, _, _ = streamed(srv, {**base, "max_tokens": 400, "stop": [full[10:13]], "stop_token_ids": []})
+    assert text[0] == full[:10] and finish[0] == "stop" and time.monotonic() - t0 < 2.0
+    assert backend.generating == 0
+
+
+def test_a_stopped_choice_frees_its_generation_while_others_go_on(make_server):
+    backend = FakeBackend(token_latency_s=0.01, max_model_len=512)
+    srv = make_server(backend)
+    base = {"prompt": "the ", "max_tokens": 150, "temperature": 0.9, "seed": 5, "n": 2, "stop_token_ids": []}
+    plain = {c["index"]: c["text"] for c in completion(srv, base)["choices"]}
+    stop = next(plain[0][i:i + 3] for i in range(8, 40) if plain[0][i:i + 3] not in plain[1])
+    with httpx.stream("POST", srv.url + "/v1/completions", timeout=30,
+                      json={**base, "stop": stop, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                ch = json.loads(line[6:])["choices"][0]
+                if ch["finish_reason"] == "stop":
+                    assert ch["index"] == 0
+                    time.sleep(0.2)
+                    assert backend.generating == 1   # choice 0's generation ended, choice 1's goes on
+                    break
+        else:
+            raise AssertionError("choice 0 never stopped")
 
 
 def test_chunks_arrive_while_generating_and_disconnect_cancels(make_server):

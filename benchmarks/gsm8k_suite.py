@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from engine.evals.datasets import load_rows
+from engine.engine import tune_malloc_for_long_runs
 from engine.evals.loop import run_eval
 from engine.search.actions import EngineBackend
 from engine.search.config import SearchConfig
@@ -65,6 +66,7 @@ async def main(argv=None) -> int:
                     help="start no new question after S seconds; the ones in flight finish "
                          "(time-boxed sessions: resume later with --resume)")
     args = ap.parse_args(argv)
+    tune_malloc_for_long_runs()
 
     slots = dict(CONCURRENCY)
     for item in args.slots:

@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd in ("serve", "eval", "solve"):
+        from engine.engine import tune_malloc_for_long_runs
+        tune_malloc_for_long_runs()
     try:
         return args.fn(args)
     except (FileNotFoundError, ValueError, KeyError) as e:

@@ -174,3 +174,13 @@ def test_eval_out_then_resume(tiny_dir, tmp_path):
     assert [json.loads(l)["idx"] for l in out.read_text().splitlines()] == [0, 1, 2]
     p = gboost(*common[:-3], "--resume", check=False)  # no --out
     assert p.returncode != 0 and "--resume needs --out" in p.stderr
+
+
+def test_malloc_tuning_respects_the_environment():
+    code = "from engine.engine import tune_malloc_for_long_runs as t; print(t())"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
+    assert out == ("True" if sys.platform.startswith("linux") else "False")
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"   # the user's own setting wins
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env).stdout.strip() == "False"

@@ -35,6 +35,8 @@ CASES = {
     "decode_b17_gqa6": (17, 12, 2, 32, 16, [1] * 17, [15, 16, 17, 31, 32, 33, 1, 0, 63, 64, 65, 5, 9, 100, 2, 48, 47], 16),
     "extend_mixed_gqa7": (4, 14, 2, 64, 5, [3, 1, 17, 9], [13, 50, 0, 31], 32),
     "extend_long_tiles_gqa1": (3, 3, 3, 24, 16, [40, 2, 33], [0, 20, 7], 16),
+    # a scheduler batch: decode rows among extends of every length class, lengths far apart
+    "mixed_classes_gqa6": (9, 12, 2, 32, 4, [1, 16, 1, 5, 3, 1, 2, 9, 1], [90, 3, 0, 41, 7, 13, 60, 0, 5], 16),
 }
 
 

@@ -17,7 +17,7 @@ __all__ = ["rope_inv_freq", "check_rope_scaling", "SUPPORTED_ROPE_TYPES"]
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 _NEEDS = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
                                             "original_max_position_embeddings"),
-          "yarn": ("factor",)}
+          "yarn": ()}
 
 
 def rope_type(scaling: dict[str, Any] | None) -> str:
@@ -36,7 +36,7 @@ def check_rope_scaling(scaling: dict[str, Any] | None) -> None:
     missing = [k for k in _NEEDS.get(kind, ()) if scaling.get(k) is None]
     if missing:
         raise ValueError(f"rope_scaling type {kind!r} needs {', '.join(missing)}")
-    if kind != "default" and float(scaling["factor"]) <= 0:
+    if kind != "default" and scaling.get("factor") is not None and float(scaling["factor"]) <= 0:
         raise ValueError(f"rope_scaling factor must be > 0, got {scaling['factor']}")
 
 
@@ -48,7 +48,13 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None = 
     inv = 1.0 / (theta ** exps)
     if kind == "default":
         return inv, 1.0
-    factor = float(scaling["factor"])
+    factor = scaling.get("factor")
+    if factor is None:  # yarn: the extension the config declares (HF's rule)
+        orig = scaling.get("original_max_position_embeddings")
+        if not orig or not max_position_embeddings:
+            raise ValueError("rope_scaling type 'yarn' needs factor or original_max_position_embeddings")
+        factor = max_position_embeddings / orig
+    factor = float(factor)
     if kind == "linear":
         return inv / factor, 1.0
     if kind == "llama3":

@@ -19,6 +19,7 @@ SCALINGS = [
     {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 4096, "beta_fast": 16,
      "beta_slow": 2, "mscale": 0.707, "mscale_all_dim": 1.0, "truncate": False},
     {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 256, "attention_factor": 0.9},
+    {"rope_type": "yarn", "factor": None, "original_max_position_embeddings": 256},  # factor = 1024 / 256
 ]
 
 

@@ -158,7 +158,9 @@ def test_slm_and_prm_work_goes_on_while_llm_calls_are_in_flight(server):
         be = EngineBackend(eng, sched, c, llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
                            options=BackendOptions(collab_mode="exact"))
         try:
-            await asyncio.gather(solve("1+2?", be, c), solve("3+4?", be, c))
+            # beside the gboost search, an SLM chain (PRM-scored steps, no LLM): two gboost requests
+            # run in lockstep and score at the same moments, so they would test the timing, not this
+            await asyncio.gather(solve("1+2?", be, c), solve("3+4?", be, c.replace(method="slm", max_depth=3)))
         finally:
             await llm.aclose()
         return during

@@ -22,7 +22,7 @@ import torch
 
 from engine.engine import Engine
 from engine.search.actions import SLM_SYSTEM
-from engine.search.prm import PRMScorer
+from engine.search.prm import PRMScorer, single_token
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gsm8k_table import auroc  # noqa: E402
@@ -31,7 +31,7 @@ from gsm8k_table import auroc  # noqa: E402
 def judge_rows(eng, scorer, question: str, steps: list[str]) -> list[tuple[float, float]]:
     """(P(Yes), P(No)) after each step, on append-only judge sequences (prefix cache reuse)."""
     m, out = scorer.model, []
-    no_id = m.tokenizer.encode("No")[0]
+    no_id = single_token(m.tokenizer, "No", "no-token")
     ids = scorer.root_ids(question)
     for k, step in enumerate(steps):
         ids = ids + scorer.step_ids(step, first=k == 0)

@@ -40,7 +40,8 @@ from .faults import FaultConfig, FaultInjector
 from .metrics import Metrics, MetricsMiddleware
 from .schemas import CompletionRequest, ModelCard, ModelList
 from .solve import Solver, handle_solve
-from .streaming import SSEResponse, stream_completion
+from .sse import SSEResponse
+from .streaming import stream_completion
 
 __all__ = ["create_app", "serve", "aserve", "DEFAULT_MAX_LOGPROBS"]
 

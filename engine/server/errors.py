@@ -57,6 +57,14 @@ class APIError(Exception):
         self.code = code
         self.headers = headers
 
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: Optional[str] = None, code: Any = None) -> dict:
+    """The OpenAI-style error object, for JSON replies and for in-band SSE error events."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
 
 def error_response(
     status: int,
@@ -67,8 +75,8 @@ def error_response(
     code: Any = None,
     headers: Optional[dict[str, str]] = None,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": type or _type_for(status), "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(message, type or _type_for(status), param, code), status_code=status,
+                        headers=headers)
 
 
 _PROMPT_HELP = "must be a string, a list of token ids, a list of strings or a list of token-id lists"

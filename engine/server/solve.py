@@ -45,7 +45,7 @@ from engine.search.api import solve
 from engine.search.config import ConfigError, SearchConfig
 
 from .errors import APIError
-from .streaming import sse_event as _sse
+from .sse import SSE_DONE, cancel_and_wait, sse_event
 
 __all__ = ["Solver", "SolveRequest", "handle_solve", "CAPPED", "FIXED"]
 
@@ -75,7 +75,16 @@ class Solver:
     backend: Any
     config: SearchConfig
     solves: int = 0           # finished solve requests (metrics)
-    in_flight: int = 0
+    in_flight: int = 0        # searches running: counted from start to the end of their task
+
+    def start(self, question: str, cfg: SearchConfig, on_step=None) -> asyncio.Task:
+        self.in_flight += 1
+        task = asyncio.create_task(solve(question, self.backend, cfg, on_step=on_step))
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, _task: asyncio.Task) -> None:
+        self.in_flight -= 1
 
     def request_config(self, req: SolveRequest) -> SearchConfig:
         changes = dict(req.config)
@@ -139,8 +148,7 @@ async def handle_solve(solver: Solver, data: Any, is_disconnected: Callable[[], 
     cfg = solver.request_config(req)
     if req.stream:
         return await _start_stream(solver, req, cfg, is_disconnected)
-    solver.in_flight += 1
-    task = asyncio.create_task(solve(req.question, solver.backend, cfg))
+    task = solver.start(req.question, cfg)
     try:
         if not await _until(task, is_disconnected):  # the client left: free the states now
             raise _gone()
@@ -149,10 +157,7 @@ async def handle_solve(solver: Solver, data: Any, is_disconnected: Callable[[], 
         except Exception as e:
             raise _api_error(e) from None
     finally:
-        solver.in_flight -= 1
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
     solver.solves += 1
     return _result_dict(res, req.include_tree)
 
@@ -184,8 +189,7 @@ async def _start_stream(solver: Solver, req: SolveRequest, cfg: SearchConfig,
     def on_step(step: dict) -> None:
         queue.put_nowait({"object": "solve.step", **step})
 
-    solver.in_flight += 1
-    task = asyncio.create_task(solve(req.question, solver.backend, cfg, on_step=on_step))
+    task = solver.start(req.question, cfg, on_step)
     task.add_done_callback(lambda _t: queue.put_nowait(None))
     getter = asyncio.ensure_future(queue.get())
     try:
@@ -193,13 +197,9 @@ async def _start_stream(solver: Solver, req: SolveRequest, cfg: SearchConfig,
             raise _gone()
         first = getter.result()
     except BaseException:
-        getter.cancel()
-        solver.in_flight -= 1
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(getter, task)
         raise
     if first is None and task.exception() is not None:
-        solver.in_flight -= 1
         raise _api_error(task.exception())
     return _stream(solver, req, task, queue, first)
 
@@ -208,21 +208,15 @@ async def _stream(solver: Solver, req: SolveRequest, task: asyncio.Task, queue: 
                   item: dict | None) -> AsyncIterator[bytes]:
     try:
         while item is not None:
-            yield _sse(item)
+            yield sse_event(item)
             item = await queue.get()
         try:
             res = task.result()
         except Exception as e:
-            err = _api_error(e)
-            yield _sse({"error": {"message": err.message, "type": err.type, "param": err.param,
-                                  "code": err.code}})
+            yield sse_event(_api_error(e).body())
         else:
             solver.solves += 1
-            yield _sse(_result_dict(res, req.include_tree))
-        yield b"data: [DONE]\n\n"
+            yield sse_event(_result_dict(res, req.include_tree))
+        yield SSE_DONE
     finally:
-        # the client went away (or the stream ended): cancelling solve releases its states
-        solver.in_flight -= 1
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)  # the client went away: cancelling solve releases its states

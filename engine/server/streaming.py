@@ -13,45 +13,20 @@ request.  ``logprobs`` and ``echo`` are refused with stream=true (400).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from typing import AsyncIterator
 
-from starlette.responses import StreamingResponse
-
 from .backend import BackendInputError, CompletionBackend
 from .completions import Prepared, _build_choice, _first_stop, prepare_completion, usage
-from .errors import APIError
+from .errors import APIError, error_body
 from .schemas import CompletionRequest
+from .sse import SSE_DONE, cancel_and_wait, sse_event
 
-__all__ = ["stream_completion", "sse_event", "SSEResponse"]
+__all__ = ["stream_completion"]
 
 log = logging.getLogger("engine.server")
-
-
-def sse_event(obj) -> bytes:
-    return b"data: " + json.dumps(obj, allow_nan=False, separators=(",", ":")).encode() + b"\n\n"
-
-
-_sse = sse_event
-
-
-class SSEResponse(StreamingResponse):
-    """A text/event-stream response that always closes its generator, so the generator's
-    ``finally`` (which cancels the work behind the stream) runs when the client leaves, not
-    whenever the garbage collector gets to it."""
-
-    def __init__(self, events: AsyncIterator[bytes]):
-        super().__init__(events, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.body_iterator.aclose()
 
 
 class _Choice:
@@ -113,7 +88,7 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
         tasks[index].add_done_callback(lambda t, i=index: queue.put_nowait(("end", i, t)))
 
     def chunk(index: int, text: str, finish: str | None) -> bytes:
-        return _sse({**head, "choices": [{"index": index, "text": text, "logprobs": None,
+        return sse_event({**head, "choices": [{"index": index, "text": text, "logprobs": None,
                                           "finish_reason": finish, "stop_reason": None}]})
 
     n_completion, open_ = 0, len(choices)
@@ -159,7 +134,7 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
                     yield chunk(index, new, None)
         n_prompt = sum(len(p.ids) for p in prep.prompts)
         if req.stream_options and req.stream_options.get("include_usage"):
-            yield _sse({**head, "choices": [], "usage": usage(n_prompt, n_completion)})
+            yield sse_event({**head, "choices": [], "usage": usage(n_prompt, n_completion)})
         if on_done is not None:
             on_done(n_prompt, n_completion)
     except asyncio.CancelledError:
@@ -167,9 +142,7 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
     except Exception as e:  # headers are sent: report in-band, as OpenAI-style servers do
         log.error("streamed completion failed", exc_info=e)
         msg = str(e) if isinstance(e, BackendInputError) else "internal server error"
-        yield _sse({"error": {"message": msg, "type": "server_error", "param": None, "code": None}})
+        yield sse_event(error_body(msg, "server_error"))
     finally:
-        for t in tasks.values():  # client gone or stream over: no generation outlives it
-            t.cancel()
-        await asyncio.gather(*tasks.values(), return_exceptions=True)
-    yield b"data: [DONE]\n\n"
+        await cancel_and_wait(*tasks.values())  # client gone or stream over: no generation outlives it
+    yield SSE_DONE

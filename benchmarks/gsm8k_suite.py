@@ -35,10 +35,11 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = {"gboost": HERE / "configs/gsm8k_gboost.toml"}
 CHAIN = HERE / "configs/gsm8k_chain.toml"
 # ~38 requests in flight: larger batches per forward, while KV (7 GB) and activations stay within
-# 24 GiB (64 in flight with an 8 GB pool reached 22.8 GB RSS and was OOM-killed).  Slots are
-# shared in proportion to a question's cost (20-question runs: slm 21, llm 58, fusion 46,
-# gboost 92 s each at 8 in flight) so the methods finish together and batches stay large
-CONCURRENCY = {"slm": 4, "llm": 9, "fusion": 8, "gboost": 17}
+# 24 GiB (64 in flight with an 8 GB pool reached 22.8 GB RSS and was OOM-killed).  In a shared
+# batch a question costs about its number of sequential forward ticks, not its solo wall time:
+# the 2026-11-29 run finished, per slot and 30 min, slm 2.2, llm 1.2, fusion 1.7, gboost 1.3
+# questions; slots in inverse proportion let the methods finish together
+CONCURRENCY = {"slm": 6, "llm": 12, "fusion": 9, "gboost": 11}
 
 
 def config_for(method: str, seed: int) -> SearchConfig:

@@ -27,12 +27,16 @@ from pathlib import Path
 from engine.evals.datasets import load_rows
 from engine.engine import tune_malloc_for_long_runs
 from engine.evals.loop import run_eval
+from engine.evals.slots import PrioritySlots
 from engine.search.actions import EngineBackend
 from engine.search.config import SearchConfig
 from engine.stack import build_stack
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = {"gboost": HERE / "configs/gsm8k_gboost.toml"}
+# a name here is a method of its own in the suite (records gsm8k_<name>_<N>.jsonl); a variant's
+# file sets which engine method it runs
+CONFIGS = {"gboost": HERE / "configs/gsm8k_gboost.toml",
+           "gboost_last": HERE / "configs/gsm8k_gboost_last.toml"}
 CHAIN = HERE / "configs/gsm8k_chain.toml"
 # ~38 requests in flight: larger batches per forward, while KV (7 GB) and activations stay within
 # 24 GiB (64 in flight with an 8 GB pool reached 22.8 GB RSS and was OOM-killed).  In a shared
@@ -44,7 +48,9 @@ CONCURRENCY = {"slm": 6, "llm": 12, "fusion": 9, "gboost": 11}
 
 def config_for(method: str, seed: int) -> SearchConfig:
     cfg = SearchConfig.from_file(CONFIGS.get(method, CHAIN))
-    cfg.method, cfg.seed = method, seed
+    if method not in CONFIGS:
+        cfg.method = method
+    cfg.seed = seed
     cfg.validate()
     return cfg
 
@@ -63,6 +69,11 @@ async def main(argv=None) -> int:
     ap.add_argument("--slots", nargs="+", default=[], metavar="METHOD=N",
                     help="requests in flight per method, overriding CONCURRENCY (e.g. a resumed run "
                          "that finishes only some methods can give them all the slots)")
+    ap.add_argument("--pool", type=int, default=None, metavar="N",
+                    help="at most N requests in flight over all methods (each still capped by its slots)")
+    ap.add_argument("--priority", nargs="+", default=[], metavar="METHOD=P",
+                    help="with --pool: a freed slot goes to the lowest P first (default 0), e.g. "
+                         "gboost_last=1 runs a variant on the slots the main methods leave")
     ap.add_argument("--admit-for", type=float, default=None, metavar="S",
                     help="start no new question after S seconds; the ones in flight finish "
                          "(time-boxed sessions: resume later with --resume)")
@@ -75,6 +86,15 @@ async def main(argv=None) -> int:
         if m not in args.methods or not n.isdigit() or int(n) < 1:
             ap.error(f"--slots {item!r}: want METHOD=N with METHOD in --methods and N >= 1")
         slots[m] = int(n)
+    prio = {m: 0 for m in args.methods}
+    for item in args.priority:
+        m, _, p = item.partition("=")
+        if m not in args.methods or not p.lstrip("-").isdigit():
+            ap.error(f"--priority {item!r}: want METHOD=P with METHOD in --methods and P an integer")
+        prio[m] = int(p)
+    if args.pool is not None and args.pool < 1:
+        ap.error("--pool must be >= 1")
+    pool = PrioritySlots(args.pool) if args.pool is not None else None
     rows = load_rows(args.data)[: args.limit]
     cfgs = {m: config_for(m, args.seed) for m in args.methods}
     t0 = time.perf_counter()
@@ -100,7 +120,8 @@ async def main(argv=None) -> int:
     try:
         reports = await asyncio.gather(*(
             run_eval(rows, backends[m], cfgs[m], out_path=name[m], concurrency=slots.get(m, 8),
-                     progress=False, on_record=progress(m), resume=args.resume, admit=admit)
+                     progress=False, on_record=progress(m), resume=args.resume, admit=admit,
+                     slot=None if pool is None else (lambda p=prio[m]: pool.take(p)))
             for m in args.methods))
     finally:
         await stack.aclose()
@@ -110,7 +131,8 @@ async def main(argv=None) -> int:
         d.pop("records", None)
         d["backend_cost"] = None   # shared by every method in this process: not attributable
         d["suite"] = {"methods": args.methods, "wall_s": round(wall, 1),
-                      "concurrency": slots.get(m, 8), "argv": sys.argv[1:]}
+                      "concurrency": slots.get(m, 8), "pool": args.pool, "priority": prio[m],
+                      "argv": sys.argv[1:]}
         name[m].with_name(name[m].stem + ".summary.json").write_text(json.dumps(d, indent=1))
         print(json.dumps({"method": m, "n": d["n"], "accuracy": d["accuracy"], "ci95": d["ci95"],
                           "llm_tokens": d["cost"]["llm_tokens"]}))

@@ -14,6 +14,7 @@ error and counted as wrong (``fail_fast=True`` stops the run instead).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import math
@@ -23,6 +24,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Callable, Sequence
 
 from engine.search.api import solve
@@ -150,7 +152,8 @@ async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
                    fail_fast: bool = False,
                    on_record: Callable[[dict], Any] | None = None,
                    resume: bool = False,
-                   admit: Callable[[], bool] | None = None) -> EvalReport:
+                   admit: Callable[[], bool] | None = None,
+                   slot: Callable[[], AbstractAsyncContextManager] | None = None) -> EvalReport:
     """Solve and grade ``rows`` (EvalRows, raw dicts or a dataset path) with ``cfg.method``.
 
     ``make_backend_or_backend``: a backend, or a (sync or async) factory called once.
@@ -158,6 +161,8 @@ async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
     checked against ``<out>.config.json``) and solve only the questions they lack.
     ``admit``: asked as each question gets a slot; False skips it (no record) -- lets a
     time-boxed run stop starting questions while the ones in flight finish.
+    ``slot``: a factory of async context managers held around each question, inside this run's
+    own ``concurrency`` -- lets several runs in one process share one pool of in-flight slots.
     """
     cfg = cfg if cfg is not None else SearchConfig()
     if concurrency < 1:
@@ -193,7 +198,7 @@ async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
 
     async def one(row: EvalRow) -> None:
         nonlocal n_correct
-        async with sem:
+        async with sem, (slot() if slot is not None else contextlib.nullcontext()):
             if admit is not None and not admit():
                 return
             t0 = time.perf_counter()

@@ -173,3 +173,29 @@ def test_eval_loop_resume_retries_errors(tmp_path):
     b = ToyBackend(adder, prm)
     rep = run(run_eval(rows(), b, cfg, out_path=out, progress=False, resume=True))
     assert sum(c[0] == "root" for c in b.calls) == 1 and rep.errors == 0 and rep.correct == 3
+
+
+def test_eval_loop_runs_share_one_slot_pool():
+    """Two runs in one process, each allowed 3 in flight, held to 2 in flight together."""
+    pool = asyncio.Semaphore(2)
+    inflight, peak = [0], [0]
+
+    class Counting(ToyBackend):
+        async def root(self, question):
+            inflight[0] += 1
+            peak[0] = max(peak[0], inflight[0])
+            try:
+                await asyncio.sleep(0.01)
+                return await super().root(question)
+            finally:
+                inflight[0] -= 1
+
+    async def both():
+        return await asyncio.gather(*(
+            run_eval(rows(), Counting(adder, prm), SearchConfig(method=m), concurrency=3,
+                     progress=False, slot=lambda: pool)
+            for m in ("slm", "fusion")))
+
+    slm, fusion = run(both())
+    assert peak[0] == 2
+    assert (slm.n, slm.correct, fusion.n, fusion.correct) == (5, 3, 5, 5)

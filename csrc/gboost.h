@@ -114,6 +114,7 @@ GBOOST_API void gboost_shutdown(void);
  *    "llm": same kinds | "http(s)://host/v1" (OpenAI-compatible) | null,   default null
  *    "prm": model | null (null: the local LLM, else the SLM),              default null
  *    "prm_kind": "judge" | "token_pair" | "two_class",                     default "judge"
+ *    "base": model | null (the SLM's untuned base: search fusion_rule "proxy"), default null
  *    "dtype": "bfloat16" | "float16" | "float32",                          default "bfloat16"
  *    "device": "cpu" | "cuda" | "cuda:N",                                  default "cpu"
  *    "kv_memory_gb": 2.0, "block_size": 16,
@@ -132,7 +133,7 @@ GBOOST_API gboost_engine* gboost_engine_create(const char* config_json, char** e
  * Sample a continuation of `prompt` (UTF-8) from one resident model.
  * params_json (NULL or "" for defaults): {"temperature": 0.0 (greedy), "top_k": 0, "top_p": 1.0,
  *   "max_tokens": 64, "seed": null, "stop_token_ids": [], "ignore_eos": false,
- *   "role": "slm" | "llm" | "prm", "chat": false (wrap the prompt in the chat template)}
+ *   "role": "slm" | "llm" | "prm" | "base", "chat": false (wrap the prompt in the chat template)}
  * Returns (free with gboost_string_free) a JSON object
  *   {"text": str, "token_ids": [int], "seconds": float, "finish_reason": "stop" | "length",
  *    "prompt_tokens": int}

@@ -50,7 +50,7 @@ CONFIG_KEYS = {
     "llm_top_logprobs": "remote LLM: top logprobs per position",
 }
 _OPTION_KEYS = ("collab_mode", "max_draft", "on_llm_fault", "topk_support")
-_STACK_KEYS = ("prm_kind", "dtype", "device", "kv_memory_gb", "block_size", "llm_timeout_s", "llm_top_logprobs")
+_STACK_KEYS = ("prm_kind", "base", "dtype", "device", "kv_memory_gb", "block_size", "llm_timeout_s", "llm_top_logprobs")
 
 #: keys of gboost_generate's params JSON besides the SamplingParams fields
 GENERATE_EXTRA_KEYS = ("role", "chat")

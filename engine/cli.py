@@ -21,6 +21,8 @@ def _add_stack_args(p):
                    help="general LLM: model name/path (resident) or http(s)://HOST:PORT/v1 endpoint; 'none' to disable")
     p.add_argument("--prm", default=None, help="PRM model (default: the local LLM as a judge, else the SLM)")
     p.add_argument("--prm-kind", default="judge", choices=["judge", "token_pair", "two_class"])
+    p.add_argument("--base", default=None,
+                   help="the SLM's untuned base model (same tokenizer): needed by fusion_rule = \"proxy\"")
     p.add_argument("--config", default=None, help="SearchConfig file (.json or .toml)")
     p.add_argument("--collab-mode", default="speculative", choices=["speculative", "exact"])
     p.add_argument("--on-llm-fault", default="fallback", choices=["fallback", "fail"])
@@ -49,7 +51,7 @@ async def _stack(args, cfg):
     from engine.search.actions import BackendOptions
     from engine.stack import build_stack
     llm = None if args.llm in (None, "", "none") else args.llm
-    return await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind,
+    return await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
                              dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
                              options=BackendOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault))
 

@@ -1,4 +1,5 @@
-"""The resident models (SLM, LLM, PRM) on one shared paged KV cache, and plain generation.
+"""The resident models (SLM, LLM, PRM, and the SLM's base for proxy fusion) on one shared paged
+KV cache, and plain generation.
 
 Roles map to models: when two roles name the same checkpoint (the 1.5B demo model is both the
 general LLM and the judge PRM) they share one set of weights, one runner and one KV namespace,
@@ -83,13 +84,13 @@ class Engine:
     # -- construction ---------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, slm: str, llm: str | None = None, prm: str | None = None, *,
-                        dtype: str | torch.dtype = "bfloat16", device: str = "cpu", block_size: int = 16,
+                        base: str | None = None, dtype: str | torch.dtype = "bfloat16", device: str = "cpu", block_size: int = 16,
                         kv_memory_bytes: int = 2 << 30, num_blocks: int | None = None,
                         cache_dir: str | None = None) -> "Engine":
         from engine.models.loader import load_checkpoint
         from engine.models.tokenizer import Tokenizer
         dt = parse_dtype(dtype)
-        roles = {r: src for r, src in (("slm", slm), ("llm", llm), ("prm", prm)) if src}
+        roles = {r: src for r, src in (("slm", slm), ("llm", llm), ("prm", prm), ("base", base)) if src}
         models = []
         for src in dict.fromkeys(roles.values()):  # one copy of each checkpoint, in role order
             ck = load_checkpoint(src, dtype=dt, cache_dir=cache_dir)
@@ -102,12 +103,13 @@ class Engine:
         return eng
 
     def check_vocabularies(self) -> None:
-        """Fusion needs one tokenizer: refuse an SLM/LLM pair whose vocabularies differ."""
-        if "slm" in self.roles and "llm" in self.roles:
-            a, b = self.role("slm"), self.role("llm")
-            if a is not b and not a.tokenizer.same_vocab(b.tokenizer):
-                raise ValueError(f"SLM {a.key!r} and LLM {b.key!r} use different vocabularies; "
-                                 "token-level fusion needs one tokenizer")
+        """Fusion needs one tokenizer: refuse an LLM or base model whose vocabulary is not the SLM's."""
+        for role, what in (("llm", "LLM"), ("base", "base model")):
+            if "slm" in self.roles and role in self.roles:
+                a, b = self.role("slm"), self.role(role)
+                if a is not b and not a.tokenizer.same_vocab(b.tokenizer):
+                    raise ValueError(f"SLM {a.key!r} and {what} {b.key!r} use different vocabularies; "
+                                     "token-level fusion needs one tokenizer")
 
     def role(self, role: str) -> ResidentModel:
         if role not in self.roles:

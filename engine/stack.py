@@ -29,21 +29,27 @@ class Stack:
     async def aclose(self) -> None:
         if self.llm is not None:
             await self.llm.aclose()
+        if self.backend.base is not None:
+            await self.backend.base.aclose()
         self.scheduler.close()
 
 
 async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | None = DEFAULT_LLM,
-                      prm: str | None = None, prm_kind: str = "judge", dtype: str = "bfloat16",
+                      prm: str | None = None, prm_kind: str = "judge", base: str | None = None,
+                      dtype: str = "bfloat16",
                       device: str = "cpu", kv_memory_gb: float = 2.0, block_size: int = 16,
                       options: BackendOptions | None = None, llm_timeout_s: float = 60.0,
                       llm_top_logprobs: int = 20) -> Stack:
     """`llm` is a model name/path (resident, shares the pool) or an http(s) URL of an
-    OpenAI-compatible endpoint. The PRM defaults to the local LLM (judge), else the SLM."""
+    OpenAI-compatible endpoint. The PRM defaults to the local LLM (judge), else the SLM.
+    `base`: the SLM's untuned base model (resident, same tokenizer), needed by fusion_rule="proxy"."""
     remote = is_url(llm)
+    if is_url(base):
+        raise ValueError(f"base={base!r}: the proxy-tuning base model must be a local checkpoint, not a URL")
     if prm is None:
         prm = llm if (llm and not remote) else slm
     engine = await asyncio.to_thread(
-        Engine.from_pretrained, slm, None if remote else llm, prm, dtype=dtype, device=device,
+        Engine.from_pretrained, slm, None if remote else llm, prm, base=base, dtype=dtype, device=device,
         block_size=block_size, kv_memory_bytes=int(kv_memory_gb * (1 << 30)))
     sched = Scheduler(engine)
     general = None
@@ -58,5 +64,9 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
         from engine.llm.local import LocalLLM
         general = LocalLLM(engine, sched)
     scorer = PRMScorer(engine, sched, PRMSpec(kind=prm_kind)) if prm else None
-    backend = EngineBackend(engine, sched, cfg, llm=general, prm=scorer, options=options)
+    base_lm = None
+    if base:
+        from engine.llm.local import LocalLLM
+        base_lm = LocalLLM(engine, sched, role="base", charge_as="base_tokens")
+    backend = EngineBackend(engine, sched, cfg, llm=general, prm=scorer, base=base_lm, options=options)
     return Stack(engine, sched, backend, general)

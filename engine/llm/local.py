@@ -18,9 +18,11 @@ from engine.search.cost import charge
 
 
 class LocalLLM:
-    def __init__(self, engine, scheduler, role: str = "llm", max_sessions: int = 64):
+    def __init__(self, engine, scheduler, role: str = "llm", max_sessions: int = 64,
+                 charge_as: str = "llm_tokens"):
         self.engine, self.scheduler = engine, scheduler
         self.model = engine.role(role)
+        self.charge_as = charge_as  # the cost field its computed tokens go to (base_tokens for proxy's base)
         self.vocab_size = self.model.config.vocab_size
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[int, Sequence] = OrderedDict()
@@ -44,7 +46,7 @@ class LocalLLM:
         try:
             cache.rewind(seq, len(ids) - n_rows)  # the last n_rows positions must be computed now
             before = seq.num_computed
-            charge(self.cost, llm_tokens=len(ids) - before, prefix_cache_tokens=before)
+            charge(self.cost, **{self.charge_as: len(ids) - before}, prefix_cache_tokens=before)
             logits = await self.scheduler.forward(seq, "all")
             self.tokens_computed += len(ids) - before
         except BaseException:

@@ -7,7 +7,9 @@ prefix is computed once per model. Actions:
           ("exact") or "speculative": the SLM drafts the rest of the step, the LLM scores the
           draft in one call, the verification kernel keeps the longest prefix consistent with
           the fused distribution and resamples at the first rejection (same distribution);
-  llm     the LLM alone (fusion weight 1), through the same machinery.
+  llm     the LLM alone (log-linear fusion weight 1), through the same machinery.
+fusion_rule "proxy" (proxy tuning) fuses llm + alpha * (slm - base) with the SLM's untuned base
+model, resident like a local LLM (its rows come from the same kind of session, in lockstep).
 A failing LLM turns a collab/llm step into an SLM step (fault counted) unless configured to fail.
 """
 from __future__ import annotations
@@ -86,10 +88,10 @@ class EngineBackend:
     draft_proposed = _SharedCount()  # speculative: drafted tokens
     draft_accepted = _SharedCount()  # speculative: drafted tokens accepted
 
-    def __init__(self, engine, scheduler, cfg: SearchConfig, *, llm=None, prm=None,
+    def __init__(self, engine, scheduler, cfg: SearchConfig, *, llm=None, prm=None, base=None,
                  options: BackendOptions | None = None):
         self.engine, self.scheduler, self.cfg = engine, scheduler, cfg
-        self.llm, self.prm = llm, prm
+        self.llm, self.prm, self.base = llm, prm, base
         self.opt = options or BackendOptions()
         self.slm = engine.role("slm")
         self.tok = self.slm.tokenizer
@@ -99,8 +101,9 @@ class EngineBackend:
         self.measures_request_cost = True   # solve() reports our measured counts per request
         if prm is not None:
             prm.cost = self.cost
-        if llm is not None and hasattr(llm, "cost"):
-            llm.cost = self.cost            # a local LLM charges what it computes itself
+        for lm in (llm, base):
+            if lm is not None and hasattr(lm, "cost"):
+                lm.cost = self.cost         # a local LLM (or base) charges what it computes itself
         self._counts = dict.fromkeys(("live_states", "llm_rounds", "draft_proposed", "draft_accepted"), 0)
 
     def check_config(self, cfg: SearchConfig) -> None:
@@ -109,9 +112,9 @@ class EngineBackend:
         if needs_llm and self.llm is None:
             what = f"method={cfg.method}" + (" with collab_width > 0" if cfg.method == "gboost" else "")
             raise ConfigError(f"{what} needs a general LLM, and this stack has none")
-        if cfg.fusion_rule != "loglinear":
-            raise ConfigError(f"fusion_rule={cfg.fusion_rule!r} needs the SLM's base model, which this "
-                              "stack does not load; use 'loglinear'")
+        if cfg.fusion_rule == "proxy" and self.base is None:
+            raise ConfigError("fusion_rule='proxy' needs the SLM's base model, which this stack does not "
+                              "load (pass --base / base=...); or use 'loglinear'")
 
     def with_config(self, cfg: SearchConfig) -> "EngineBackend":
         """This backend generating with one request's ``cfg`` (sampling, fusion, step rules);
@@ -161,8 +164,10 @@ class EngineBackend:
         if state.prm is not None:
             self.engine.cache.free(state.prm)
         self.live_states -= 1
-        if self.live_states == 0 and hasattr(self.llm, "release_sessions"):
-            self.llm.release_sessions()  # idle engine: give the LLM's session blocks back
+        if self.live_states == 0:  # idle engine: give the LLM's (and base's) session blocks back
+            for lm in (self.llm, self.base):
+                if hasattr(lm, "release_sessions"):
+                    lm.release_sessions()
 
     # -- one child ------------------------------------------------------------------------
     def _generator(self, key: tuple) -> torch.Generator:
@@ -245,10 +250,13 @@ class EngineBackend:
         return await self.scheduler.forward(seq)
 
     # -- fusion -----------------------------------------------------------------------------
-    def _fused_logp(self, slm_logits: torch.Tensor, llm_rows: list[TokenLogprobs], alpha: float | None):
-        """Fused log-probs [R, V] of SLM logits rows and LLM rows (full or top-k)."""
+    def _fused_logp(self, slm_logits: torch.Tensor, llm_rows: list[TokenLogprobs], alpha: float | None,
+                    base_rows: list[TokenLogprobs] | None = None):
+        """Fused log-probs [R, V] of SLM logits rows and LLM rows (full or top-k); with
+        ``base_rows`` (full rows of the SLM's base) the rule is proxy, else log-linear."""
         a = self.cfg.fusion_alpha if alpha is None else alpha
         slm_lp = torch.log_softmax(slm_logits.float(), -1)
+        base_lp = None if base_rows is None else torch.stack([r.logprobs for r in base_rows]).to(slm_lp.device)
         if all(r.full for r in llm_rows):
             llm_lp = torch.empty_like(slm_lp)  # full rows may come in any id order (an endpoint sorts them)
             for i, r in enumerate(llm_rows):
@@ -256,10 +264,25 @@ class EngineBackend:
         else:  # top-k endpoint: fuse over the union of both top-k sets (see engine/llm/topk.py)
             u = union_support(slm_lp, llm_rows, self.opt.topk_support)
             slm_lp, llm_lp = u.slm_logp, u.llm_logp
-        if self.cfg.fusion_rule != "loglinear":
-            raise ValueError("fusion_rule 'proxy' needs the SLM's base model logits; "
-                             "this backend supports 'loglinear'")
-        return fuse_logprobs(slm_lp, llm_lp, a, "loglinear")
+            if base_lp is not None:  # off the support llm is -inf: 0 - 0 there keeps proxy's z at -inf, not NaN
+                zero = torch.zeros_like(slm_lp)
+                slm_lp, base_lp = torch.where(u.support, slm_lp, zero), torch.where(u.support, base_lp, zero)
+        if base_lp is None:
+            return fuse_logprobs(slm_lp, llm_lp, a, "loglinear")
+        return fuse_logprobs(slm_lp, llm_lp, a, "proxy", base_lp)
+
+    def _proxy(self, alpha: float | None) -> bool:
+        """Base rows are needed: a collab step under proxy (an llm step is the LLM alone)."""
+        return self.cfg.fusion_rule == "proxy" and alpha is None
+
+    async def _base_rows(self, ids: list[int], n_rows: int, proxy: bool):
+        if not proxy:
+            return None
+        if self.base is None:
+            raise ConfigError("fusion_rule='proxy' needs the SLM's base model")
+        if n_rows == 1:
+            return [await self.base.next_logprobs(ids)]
+        return await self.base.score(ids[:len(ids) - n_rows + 1], ids[len(ids) - n_rows + 1:])
 
     async def _llm_rows(self, coro, n_tokens: int):
         self.llm_rounds += 1
@@ -270,9 +293,11 @@ class EngineBackend:
     async def _exact_collab_step(self, seq: Sequence, gen: torch.Generator, alpha) -> None:
         start = len(seq.token_ids)
         while True:
-            slm_logits, row = await gather_all(self._slm_forward(seq),
-                                               self._llm_rows(self.llm.next_logprobs(list(seq.token_ids)), 1))
-            z = self._fused_logp(slm_logits[None], [row], alpha)[0]
+            ids = list(seq.token_ids)
+            slm_logits, row, base = await gather_all(self._slm_forward(seq),
+                                                     self._llm_rows(self.llm.next_logprobs(ids), 1),
+                                                     self._base_rows(ids, 1, self._proxy(alpha)))
+            z = self._fused_logp(slm_logits[None], [row], alpha, base)[0]
             seq.token_ids.append(self._sample(z, gen))
             if self._ends(seq, start):
                 break
@@ -294,12 +319,13 @@ class EngineBackend:
                     ended = True
                     break
             # SLM row after the draft (bonus position) and the LLM's rows, concurrently.
-            bonus, llm_rows = await gather_all(
+            bonus, llm_rows, base_rows = await gather_all(
                 self._slm_forward(seq),
-                self._llm_rows(self.llm.score(seq.token_ids[:base], draft), len(draft) + 1))
+                self._llm_rows(self.llm.score(seq.token_ids[:base], draft), len(draft) + 1),
+                self._base_rows(list(seq.token_ids), len(draft) + 1, self._proxy(alpha)))
             slm_all = torch.stack(slm_rows + [bonus])
             q = processed_probs(torch.stack(slm_rows), T, 0, top_p)
-            p = processed_probs(self._fused_logp(slm_all, llm_rows, alpha), T, 0, top_p)
+            p = processed_probs(self._fused_logp(slm_all, llm_rows, alpha, base_rows), T, 0, top_p)
             K, V = len(draft), q.shape[-1]
             acc_noise = torch.rand(1, K, generator=gen, device=gen.device)
             res_noise = make_noise(1, V, gen, q.device)

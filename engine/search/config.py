@@ -141,7 +141,8 @@ class SearchConfig:
 
     # ---- generation (read by the backend, see sampling()) ------------------------------------
     #: collab fusion: loglinear = softmax((1-alpha)*log p_slm + alpha*log p_llm) |
-    #: proxy = proxy-tuning style logit offset (backend-defined)
+    #: proxy = softmax(llm_logits + alpha*(slm_logits - base_logits)), proxy tuning with the SLM's
+    #: untuned base model (the stack must load one: --base); an "llm" step is the LLM alone either way
     fusion_rule: str = "loglinear"
     #: weight of the LLM in the fusion
     fusion_alpha: float = 0.5

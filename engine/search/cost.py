@@ -38,7 +38,7 @@ from typing import Any, Iterator
 
 __all__ = ["CostRecord", "count_step", "request_scope", "charge"]
 
-_INT_FIELDS = ("slm_tokens", "llm_tokens", "prm_tokens", "prefix_cache_tokens", "llm_calls")
+_INT_FIELDS = ("slm_tokens", "llm_tokens", "prm_tokens", "base_tokens", "prefix_cache_tokens", "llm_calls")
 
 
 @dataclass
@@ -48,6 +48,7 @@ class CostRecord:
     slm_tokens: int = 0           #: tokens computed by the SLM (generated; prefill if the backend counts it)
     llm_tokens: int = 0           #: tokens computed by the general LLM
     prm_tokens: int = 0           #: tokens run through the process reward model
+    base_tokens: int = 0          #: tokens computed by the SLM's base model (fusion_rule "proxy")
     prefix_cache_tokens: int = 0  #: tokens served from a prefix cache instead of being recomputed
     llm_calls: int = 0            #: LLM-involving step generations (one per collab/llm child)
     llm_faults: dict[str, int] = field(default_factory=dict)  #: fault kind -> count (e.g. "llm_timeout")

@@ -6,6 +6,7 @@ in closed form. A second test runs the same check, smaller, with tiny transforme
 """
 import asyncio
 
+import pytest
 import torch
 
 from engine.llm.base import TokenLogprobs
@@ -27,7 +28,7 @@ def bigram(seed):
     return tab
 
 
-SLM, LLM = bigram(11), bigram(12)
+SLM, LLM, BASE = bigram(11), bigram(12), bigram(13)
 
 
 class TableScheduler:
@@ -41,14 +42,19 @@ class TableLLM:
     vocab_size = V
     ids = torch.arange(V)
 
+    def __init__(self, table=LLM):
+        self.table, self.calls = table, 0
+
     def row(self, t):
-        return TokenLogprobs(self.ids, torch.log_softmax(LLM[t], -1), full=True)
+        return TokenLogprobs(self.ids, torch.log_softmax(self.table[t], -1), full=True)
 
     async def next_logprobs(self, token_ids):
+        self.calls += 1
         await asyncio.sleep(0)
         return self.row(token_ids[-1])
 
     async def score(self, prefix, draft):
+        self.calls += 1
         await asyncio.sleep(0)
         ctx = list(prefix) + list(draft)
         return [self.row(ctx[len(prefix) - 1 + j]) for j in range(len(draft) + 1)]
@@ -57,30 +63,33 @@ class TableLLM:
         pass
 
 
-def fused(t):
-    z = (1 - ALPHA) * torch.log_softmax(SLM[t], -1) + ALPHA * torch.log_softmax(LLM[t], -1)
+def fused(t, rule="loglinear"):
+    if rule == "proxy":  # proxy tuning: the LLM's logits shifted by the SLM's offset from its base
+        z = LLM[t] + ALPHA * (SLM[t] - BASE[t])
+    else:
+        z = (1 - ALPHA) * torch.log_softmax(SLM[t], -1) + ALPHA * torch.log_softmax(LLM[t], -1)
     return torch.softmax(z / T, -1)
 
 
-def exact_distribution(last):
+def exact_distribution(last, rule="loglinear"):
     dist = {}
     def walk(prefix, prev, prob):
         if prefix and (prefix[-1] == EOS or len(prefix) == STEP):
             dist[tuple(prefix)] = dist.get(tuple(prefix), 0.0) + prob
             return
-        p = fused(prev)
+        p = fused(prev, rule)
         for t in LIVE:
             walk(prefix + [t], t, prob * float(p[t]))
     walk([], last, 1.0)
     return dist
 
 
-def sample_steps(backend, engine, n, prompt):
+def sample_steps(backend, engine, n, prompt, action="collab"):
     async def go():
         root = await backend.root(prompt)
         outs = []
         for lo in range(0, n, 2000):
-            kids = await backend.expand(root, "collab", min(2000, n - lo))
+            kids = await backend.expand(root, action, min(2000, n - lo))
             outs += [tuple(k.token_ids) for k in kids]
             for k in kids:
                 backend.release(k.state)
@@ -96,24 +105,26 @@ def tv(samples, dist):
     return 0.5 * sum(abs(emp.get(k, 0) - dist.get(k, 0)) for k in set(emp) | set(dist))
 
 
-def make(mode, seed, scheduler=None, llm=None, engine=None):
+def make(mode, seed, scheduler=None, llm=None, engine=None, rule="loglinear"):
     engine = engine or tiny_engine({"slm": 1})
     cfg = SearchConfig(temperature=T, top_p=1.0, fusion_alpha=ALPHA, max_step_tokens=STEP, seed=seed,
-                       step_delimiter="\n\n\n\n")
+                       step_delimiter="\n\n\n\n", fusion_rule=rule)
     be = EngineBackend(engine, scheduler or TableScheduler(), cfg, llm=llm or TableLLM(),
+                       base=TableLLM(BASE) if rule == "proxy" else None,
                        options=BackendOptions(collab_mode=mode, max_draft=2))
     return be, engine
 
 
-def test_speculative_equals_exact_fused_distribution_bigram():
+@pytest.mark.parametrize("rule", ["loglinear", "proxy"])
+def test_speculative_equals_exact_fused_distribution_bigram(rule):
     n = 8000
-    be_e, eng = make("exact", 0)
-    be_s, _ = make("speculative", 1, engine=eng)
+    be_e, eng = make("exact", 0, rule=rule)
+    be_s, _ = make("speculative", 1, engine=eng, rule=rule)
     prompt = "ab"
     root = asyncio.run(be_e.root(prompt))
     last = root.slm.token_ids[-1]
     be_e.release(root)
-    dist = exact_distribution(last)
+    dist = exact_distribution(last, rule)
     assert abs(sum(dist.values()) - 1) < 1e-6 and len(dist) == 21
     s_exact = sample_steps(be_e, eng, n, prompt)
     s_spec = sample_steps(be_s, eng, n, prompt)
@@ -123,6 +134,22 @@ def test_speculative_equals_exact_fused_distribution_bigram():
     assert tv(s_spec, dist) < 0.04
     assert 0.2 < be_s.draft_accepted / be_s.draft_proposed < 0.95   # rejections did happen
     assert be_s.llm_rounds < be_e.llm_rounds                        # and it cost fewer LLM calls
+    if rule == "proxy":  # the base was asked in lockstep with the LLM, once per LLM call
+        assert (be_e.base.calls, be_s.base.calls) == (be_e.llm.calls, be_s.llm.calls)
+        # an "llm" step stays the LLM alone under proxy: no base rows, the LLM's own distribution
+        be_l, _ = make("exact", 2, engine=eng, rule=rule)
+        s_llm = sample_steps(be_l, eng, 4000, prompt, action="llm")
+        assert be_l.base.calls == 0
+        llm_only = {}
+        def walk(prefix, prev, prob):
+            if prefix and (prefix[-1] == EOS or len(prefix) == STEP):
+                llm_only[tuple(prefix)] = prob
+                return
+            p = torch.softmax(LLM[prev] / T, -1)
+            for t in LIVE:
+                walk(prefix + [t], t, prob * float(p[t]))
+        walk([], last, 1.0)
+        assert tv(s_llm, llm_only) < 0.05 and tv(s_llm, dist) > 0.1
     eng.cache.check_refcounts()
 
 

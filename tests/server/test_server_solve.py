@@ -241,7 +241,7 @@ class NoLLM(ToyBackend):
     """A stack without a general LLM: what it cannot run is refused before any state exists."""
     from engine.search.actions import EngineBackend
     check_config = EngineBackend.check_config
-    llm = None
+    llm = base = None
 
 
 @pytest.mark.parametrize("body, ok", [({"method": "fusion"}, False), ({"method": "slm"}, True),

@@ -114,7 +114,7 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         check_auth(request)
-        with metrics.track_in_flight():
+        with metrics.track_in_flight() as held:
             injected = await faults.before()
             if injected is not None:
                 return injected
@@ -130,7 +130,8 @@ def create_app(
                     metrics.completions += 1
                     metrics.prompt_tokens += n_prompt
                     metrics.completion_tokens += n_completion
-                return SSEResponse(await stream_completion(req, backend, model_name, max_logprobs, on_done=done))
+                events = await stream_completion(req, backend, model_name, max_logprobs, on_done=done)
+                return SSEResponse(events, on_close=held.keep())  # in flight until the stream closes
             try:
                 result = await create_completion(req, backend, model_name, max_logprobs)
             except (APIError, BackendInputError):

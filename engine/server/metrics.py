@@ -28,13 +28,17 @@ class Metrics:
         self.in_flight_max = 0
 
     @contextlib.contextmanager
-    def track_in_flight(self) -> Iterator[None]:
+    def track_in_flight(self) -> Iterator["_InFlight"]:
+        """Counts a request while the block runs; a streamed response takes the count over
+        (``keep()``) and gives it back when the stream closes."""
         self.in_flight += 1
         self.in_flight_max = max(self.in_flight_max, self.in_flight)
+        held = _InFlight(self)
         try:
-            yield
+            yield held
         finally:
-            self.in_flight -= 1
+            if not held.kept:
+                held.release()
 
     def render(self, faults: Counter[str] | None = None, solver=None) -> str:
         out: list[str] = []
@@ -102,3 +106,18 @@ class MetricsMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
+
+
+class _InFlight:
+    def __init__(self, metrics: "Metrics"):
+        self.metrics, self.kept, self._released = metrics, False, False
+
+    def keep(self):
+        """Hold the count past the ``with`` block; returns the (idempotent) release."""
+        self.kept = True
+        return self.release
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.metrics.in_flight -= 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from starlette.responses import StreamingResponse
 
@@ -21,15 +21,20 @@ class SSEResponse(StreamingResponse):
     ``finally`` (which cancels the work behind the stream) runs when the client leaves, not
     whenever the garbage collector gets to it."""
 
-    def __init__(self, events: AsyncIterator[bytes]):
+    def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[], None] | None = None):
         super().__init__(events, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()
+            try:
+                await self.body_iterator.aclose()
+            finally:
+                if self.on_close is not None:
+                    self.on_close()
 
 
 async def cancel_and_wait(*tasks: asyncio.Future) -> None:

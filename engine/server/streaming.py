@@ -45,9 +45,8 @@ class _Choice:
 
     def releasable(self, text: str) -> tuple[str, bool]:
         """(new text safe to send, whether a stop string ended the choice)."""
-        cut = _first_stop(text, self.prep.stops) if self.prep.stops else -1
-        if cut >= 0:
-            return text[len(self.sent_text):cut], True
+        if self.prep.stops and _first_stop(text, self.prep.stops) >= 0:
+            return "", True  # finish() sends the rest, cut at the stop, from the final text
         sent = len(self.sent_text)
         end = len(text) - self.holdback  # a stop string may still complete across this tail
         while end > sent and text[end - 1] == "\ufffd":  # an unfinished UTF-8 character

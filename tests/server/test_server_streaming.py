@@ -145,6 +145,33 @@ def test_metrics_count_streamed_completions(server):
     assert val("gboost_completions_total") - before[1] == 2
 
 
+def test_a_streamed_completion_is_in_flight_until_its_stream_closes(make_server):
+    backend = FakeBackend(token_latency_s=0.05, max_model_len=512)
+    srv = make_server(backend)
+
+    def in_flight():
+        for line in httpx.get(srv.url + "/metrics").text.splitlines():
+            if line.startswith("gboost_requests_in_flight "):
+                return float(line.split()[-1])
+
+    body = {"prompt": "ab", "max_tokens": 400, "temperature": 1.0, "seed": 1, "stream": True,
+            "stop_token_ids": []}
+    with httpx.stream("POST", srv.url + "/v1/completions", timeout=30, json=body) as r:
+        lines = r.iter_lines()    # kept: a dropped line iterator closes the response
+        next(line for line in lines if line.startswith("data: "))
+        assert in_flight() == 1   # the route has returned; its stream is still running
+    end = time.monotonic() + 5    # the client hung up mid-stream: the count goes back
+    while in_flight() and time.monotonic() < end:
+        time.sleep(0.02)
+    assert in_flight() == 0
+    with httpx.stream("POST", srv.url + "/v1/completions", timeout=30, json={**body, "max_tokens": 8}) as r:
+        assert r.status_code == 200
+        assert r.read().endswith(b"data: [DONE]\n\n")  # a whole stream
+    assert in_flight() == 0
+    r = httpx.post(srv.url + "/v1/completions", json={**body, "logprobs": 2}, timeout=30)
+    assert r.status_code == 400 and in_flight() == 0  # refused before streaming: nothing held
+
+
 def test_engine_backend_stream_holds_back_partial_utf8(make_server):
     """The tiny engine's byte tokenizer samples arbitrary bytes: split UTF-8 characters must be
     held back until complete, and the streamed text must still equal the plain one."""

@@ -71,7 +71,7 @@ class CompletionBackend(Protocol):
         seed: int | None,
         stop_ids: list[int],
         top_k_logprobs: int,
-        on_token: Callable[[int], None] | None = None,
+        on_token: Callable[[int, TokenLogprobs | None], None] | None = None,
     ) -> tuple[list[int], list[TokenLogprobs]]:
         """Sample up to ``max_tokens`` (>= 1) tokens after ``ids``.
 
@@ -83,7 +83,8 @@ class CompletionBackend(Protocol):
         doc). The server passes ``top_k_logprobs=0`` when the client did not ask
         for log-probs (the backend may then return no rows; they are ignored) and
         ``>= 1`` otherwise, in which case there must be one row per new token.
-        ``on_token(token_id)``, when given, is called with each new token as soon as it is
-        sampled, on the event loop (streamed completions read it).
+        ``on_token(token_id, row)``, when given, is called with each new token as soon as it is
+        sampled, on the event loop (streamed completions read it); ``row`` is that token's row
+        when log-probs were asked for, else None.
         """
         ...

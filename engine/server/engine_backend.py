@@ -64,7 +64,7 @@ class EngineCompletionBackend:
             if top_k_logprobs:
                 rows.append(_row(torch.log_softmax(logits.float(), -1).cpu(), top_k_logprobs, t))
             if on_token is not None:
-                on_token(int(t))
+                on_token(int(t), rows[-1] if top_k_logprobs else None)
         out = (await self.engine.agenerate(self.scheduler, list(ids), params, role=self.role,
                                            on_token=keep_row)).token_ids
         return out, rows

@@ -1,14 +1,16 @@
 """``/v1/completions`` with ``stream: true``: Server-Sent Events, OpenAI's chunk format.
 
 Each chunk is ``data: {"id", "object": "text_completion", "created", "model", "choices":
-[{"index", "text": <new text>, "logprobs": null, "finish_reason": null | "stop" | "length"}]}``;
+[{"index", "text": <new text>, "logprobs": null | {...}, "finish_reason": null | "stop" | "length"}]}``;
 every choice ends with one chunk carrying its ``finish_reason``; with
 ``stream_options.include_usage`` a last chunk has ``"choices": []`` and ``usage``; then
 ``data: [DONE]``.  The concatenated text of a choice equals the non-streamed ``text`` for the
 same request and seed (tested): text that could still become a stop string, or an incomplete
 UTF-8 character, is held back until it is decided.  A stop string ends its choice at once
 (its generation is cancelled).  A client that disconnects cancels every generation of the
-request.  ``logprobs`` and ``echo`` are refused with stream=true (400).
+request.  With ``logprobs``, a chunk carries the entries (tokens, token_logprobs, top_logprobs,
+text_offset, ...) of the tokens whose text it completes, and the last chunk the rest: concatenated,
+they equal the non-streamed ``logprobs`` (tested).  ``echo`` is refused with stream=true (400).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import AsyncIterator
 
 from .backend import BackendInputError, CompletionBackend
 from .completions import Prepared, _build_choice, _first_stop, prepare_completion, usage
+from .wire import build_logprobs
 from .errors import APIError, error_body
 from .schemas import CompletionRequest
 from .sse import SSE_DONE, cancel_and_wait, sse_event
@@ -35,9 +38,12 @@ class _Choice:
     def __init__(self, index: int, prep: Prepared):
         self.index, self.prep = index, prep
         self.ids: list[int] = []
+        self.rows: list = []   # the tokens' rows, when logprobs were asked for
         self.sent_text = ""    # text already sent
         self.done = False
         self.holdback = max((len(s) for s in prep.stops), default=1) - 1
+        self.n_lp = 0          # tokens whose logprobs were sent
+        self.offset = 0        # text_offset of token n_lp (sum of its predecessors' decoded lengths)
 
     def text(self, backend: CompletionBackend) -> str:
         ids = self.ids[:-1] if self.ids and self.ids[-1] in self.prep.stop_id_set else self.ids
@@ -53,13 +59,33 @@ class _Choice:
             end -= 1
         return text[sent:max(end, sent)], False
 
+    def covered(self, backend: CompletionBackend) -> int:
+        """Tokens whose whole text has been sent (a stop id's text never is: the last chunk)."""
+        k = self.n_lp
+        while k < len(self.ids) and self.ids[k] not in self.prep.stop_id_set:
+            t = backend.decode(self.ids[:k + 1])
+            if len(t) > len(self.sent_text) or t.endswith("\ufffd"):
+                break
+            k += 1
+        return k
+
+    def logprobs_upto(self, backend: CompletionBackend, m: int, req: CompletionRequest) -> dict:
+        """The logprobs entries of tokens [n_lp, m), with the same offsets the plain answer has."""
+        ids, offsets = self.ids[self.n_lp:m], []
+        for t in ids:
+            offsets.append(self.offset)
+            self.offset += len(backend.decode([t]))
+        lp = build_logprobs(ids, self.rows[self.n_lp:m], self.prep.top_k, offsets,
+                            as_token_ids=req.return_tokens_as_token_ids is not False,
+                            token_str=lambda t: backend.decode([t]))
+        self.n_lp = max(self.n_lp, m)
+        return lp
+
 
 async def stream_completion(req: CompletionRequest, backend: CompletionBackend, model_name: str,
                             max_logprobs: int, on_done=None) -> AsyncIterator[bytes]:
     """Validate (raising APIError before anything is sent), then return the SSE byte stream.
     ``on_done(prompt_tokens, completion_tokens)`` is called once the stream has finished."""
-    if req.logprobs is not None:
-        raise APIError(400, "logprobs is not supported with stream=true", param="logprobs")
     if req.echo:
         raise APIError(400, "echo is not supported with stream=true", param="echo")
     prep = await prepare_completion(req, backend, model_name, max_logprobs)
@@ -77,8 +103,9 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
         if max_tokens == 0:
             return []
         seed = None if req.seed is None else req.seed + j
-        ids, _ = await backend.generate(p.ids, max_tokens, req.temperature, req.top_p, seed, prep.stop_ids, 0,
-                                        on_token=lambda t: queue.put_nowait(("token", index, t)))
+        ids, _ = await backend.generate(p.ids, max_tokens, req.temperature, req.top_p, seed, prep.stop_ids,
+                                        0 if prep.top_k is None else max(prep.top_k, 1),  # 0: not asked
+                                        on_token=lambda t, row: queue.put_nowait(("token", index, (t, row))))
         return [int(t) for t in ids]
 
     for index, p, mt, j in prep.choices(req.n):
@@ -86,9 +113,12 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
         tasks[index] = asyncio.create_task(run(index, p, mt, j))
         tasks[index].add_done_callback(lambda t, i=index: queue.put_nowait(("end", i, t)))
 
-    def chunk(index: int, text: str, finish: str | None) -> bytes:
-        return sse_event({**head, "choices": [{"index": index, "text": text, "logprobs": None,
+    def chunk(index: int, text: str, finish: str | None, logprobs: dict | None = None) -> bytes:
+        return sse_event({**head, "choices": [{"index": index, "text": text, "logprobs": logprobs,
                                           "finish_reason": finish, "stop_reason": None}]})
+
+    def last_logprobs(c: _Choice, n: int) -> dict | None:
+        return None if prep.top_k is None else c.logprobs_upto(backend, n, req)
 
     n_completion, open_ = 0, len(choices)
 
@@ -100,7 +130,8 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
             log.warning("streamed text of choice %d is not a prefix of its final text", c.index)
         nonlocal n_completion, open_
         c.done, open_, n_completion = True, open_ - 1, n_completion + n
-        return chunk(c.index, final["text"][len(c.sent_text):], reason or final["finish_reason"])
+        lp = await asyncio.to_thread(last_logprobs, c, n)
+        return chunk(c.index, final["text"][len(c.sent_text):], reason or final["finish_reason"], lp)
 
     try:
         while open_:
@@ -113,7 +144,9 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
                 if c.done:
                     continue
                 if kind == "token":
-                    c.ids.append(item)
+                    c.ids.append(item[0])
+                    if item[1] is not None:
+                        c.rows.append(item[1])
                     touched[index] = c
                     continue
                 touched.pop(index, None)
@@ -122,6 +155,7 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
                 if item.exception() is not None:
                     raise item.exception()
                 c.ids = item.result()
+                c.rows = c.rows[:len(c.ids)]
                 yield await finish(c, None)
             for index, c in touched.items():
                 new, stopped = c.releasable(await asyncio.to_thread(c.text, backend))
@@ -130,7 +164,10 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
                     yield await finish(c, "stop")
                 elif new:
                     c.sent_text += new
-                    yield chunk(index, new, None)
+                    lp = None
+                    if prep.top_k is not None:
+                        lp = await asyncio.to_thread(lambda c=c: c.logprobs_upto(backend, c.covered(backend), req))
+                    yield chunk(index, new, None, lp)
         n_prompt = sum(len(p.ids) for p in prep.prompts)
         if req.stream_options and req.stream_options.get("include_usage"):
             yield sse_event({**head, "choices": [], "usage": usage(n_prompt, n_completion)})

@@ -126,11 +126,11 @@ class FakeBackend:
                 sp = torch.where(keep, sp, torch.zeros_like(sp))
                 tok = int(si[torch.multinomial(sp / sp.sum(), 1, generator=g)])
             out.append(tok)
-            if on_token is not None:
-                on_token(tok)
-                await asyncio.sleep(self.token_latency_s)
             if top_k_logprobs > 0:  # like the engine backend: 0 means "not requested"
                 rows.append(self._row(dist, top_k_logprobs, tok))
+            if on_token is not None:
+                on_token(tok, rows[-1] if top_k_logprobs > 0 else None)
+                await asyncio.sleep(self.token_latency_s)
             last = tok
             if tok in stop_ids:
                 break

@@ -189,7 +189,7 @@ def test_ignores_unknown_fields_and_token_strings(server):
         ('{"prompt": "ab", "logprobs": 1000}', "logprobs"),
         ('{"prompt": "ab", "logprobs": -1}', "logprobs"),
         ('{"prompt": "ab", "n": 0}', "n"),
-        ('{"prompt": "ab", "stream": true, "logprobs": 2}', "not supported with stream=true"),
+        ('{"prompt": "ab", "stream": true, "echo": true}', "not supported with stream=true"),
         ('{"prompt": "ab", "stream": "often"}', "stream"),
         ('{"prompt": "ab", "best_of": 3}', "best_of"),
         ('{"prompt": "ab", "stop_token_ids": [1000]}', "out of range"),

@@ -21,7 +21,8 @@ def completion(srv, body):
 
 
 def streamed(srv, body):
-    """(text per choice index, finish_reason per index, chunks, usage or None)."""
+    """(text per choice index, finish_reason per index, chunks, usage or None); with logprobs,
+    each chunk's logprobs lists are appended to ``streamed.logprobs[index]``."""
     r = httpx.post(srv.url + "/v1/completions", json={**body, "stream": True}, timeout=30)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -29,6 +30,7 @@ def streamed(srv, body):
     assert all(b.startswith("data: ") for b in blocks) and blocks[-1] == "data: [DONE]"
     chunks = [json.loads(b[6:]) for b in blocks[:-1]]
     text, finish, use = {}, {}, None
+    streamed.logprobs = {}
     for c in chunks:
         assert "error" not in c, c
         assert c["object"] == "text_completion" and c["id"] == chunks[0]["id"]
@@ -38,6 +40,12 @@ def streamed(srv, body):
         (ch,) = c["choices"]
         assert ch["index"] not in finish, "no chunk after a choice's finish_reason"
         text[ch["index"]] = text.get(ch["index"], "") + ch["text"]
+        if body.get("logprobs") is not None:
+            lp = streamed.logprobs.setdefault(ch["index"], {})
+            for k, v in ch["logprobs"].items():
+                lp[k] = lp.get(k, []) + v
+        else:
+            assert ch["logprobs"] is None
         if ch["finish_reason"] is not None:
             finish[ch["index"]] = ch["finish_reason"]
     return text, finish, chunks, use
@@ -51,6 +59,8 @@ def same_as_plain(srv, body):
         assert text[c["index"]] == c["text"], (c["index"], text[c["index"]], c["text"])
         assert finish[c["index"]] == c["finish_reason"]
     assert use == want["usage"]
+    for c in want["choices"]:
+        assert streamed.logprobs.get(c["index"]) == c["logprobs"], c["index"]
     return want, chunks
 
 
@@ -58,12 +68,18 @@ def same_as_plain(srv, body):
     {"prompt": "the ", "max_tokens": 30, "temperature": 0.9, "seed": 7},
     {"prompt": ["ab", "hello"], "n": 2, "max_tokens": 25, "temperature": 1.0, "seed": 3},
     {"prompt": [[1, 2, 3]], "max_tokens": 12, "temperature": 0},
+    {"prompt": "the ", "max_tokens": 30, "temperature": 0.9, "seed": 5, "logprobs": 3},
+    {"prompt": ["ab", "hello"], "n": 2, "max_tokens": 20, "temperature": 1.0, "seed": 2, "logprobs": 0,
+     "stop": ["e"], "return_tokens_as_token_ids": False},
     {"prompt": "ab", "max_tokens": 0},
 ])
 def test_streamed_text_equals_the_plain_answer(server, body):
     want, chunks = same_as_plain(server, body)
     if body["max_tokens"] >= 12:
         assert len(chunks) > len(want["choices"]) + 1  # text came in pieces, not in one final chunk
+    if body.get("logprobs") is not None:  # and so did the logprobs, with the text they belong to
+        pieces = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"] is None]
+        assert sum(len(p["logprobs"]["tokens"]) for p in pieces) >= len(pieces) // 2 > 0
 
 
 def test_stop_strings_end_the_stream_exactly_where_the_plain_answer_stops(make_server):
@@ -168,7 +184,7 @@ def test_a_streamed_completion_is_in_flight_until_its_stream_closes(make_server)
         assert r.status_code == 200
         assert r.read().endswith(b"data: [DONE]\n\n")  # a whole stream
     assert in_flight() == 0
-    r = httpx.post(srv.url + "/v1/completions", json={**body, "logprobs": 2}, timeout=30)
+    r = httpx.post(srv.url + "/v1/completions", json={**body, "echo": True}, timeout=30)
     assert r.status_code == 400 and in_flight() == 0  # refused before streaming: nothing held
 
 
@@ -180,6 +196,8 @@ def test_engine_backend_stream_holds_back_partial_utf8(make_server):
     srv = make_server(backend)
     for seed in range(3):
         body = {"prompt": [104, 105, 195], "max_tokens": 24, "temperature": 1.5, "seed": seed, "n": 2}
+        if seed == 2:  # logprobs too: rows from the real engine, tokens that are half a character
+            body["logprobs"] = 2
         same_as_plain(srv, body)
     assert eng.cache.live == {}
     eng.cache.check_refcounts()

@@ -265,7 +265,7 @@ class EngineHandle:
                     raise ValueError(f"model {m.key!r} has no chat template; drop 'chat'")
                 ids = tok.encode_chat([{"role": "user", "content": prompt}])
             else:
-                ids = tok.encode(prompt)
+                ids = tok.encode_prompt(prompt)
             if not ids:
                 raise ValueError("prompt is empty (encodes to no tokens)")
             out, finish = self._call(self._generate(role, ids, params))

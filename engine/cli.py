@@ -68,7 +68,7 @@ def cmd_generate(args) -> int:
             raise SystemExit(f"error: {args.model} has no chat template; drop --chat")
         ids = m.tokenizer.encode_chat([{"role": "user", "content": args.prompt}])
     else:
-        ids = m.tokenizer.encode(args.prompt)
+        ids = m.tokenizer.encode_prompt(args.prompt)
     t0 = time.perf_counter()
     out = eng.generate([ids], SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                                              max_tokens=args.max_tokens, seed=args.seed))[0]

@@ -94,7 +94,7 @@ class Engine:
         models = []
         for src in dict.fromkeys(roles.values()):  # one copy of each checkpoint, in role order
             ck = load_checkpoint(src, dtype=dt, cache_dir=cache_dir)
-            tok = Tokenizer(ck.tokenizer, chat_template=ck.chat_template, eos_token_ids=ck.eos_token_ids)
+            tok = Tokenizer.from_checkpoint(ck)  # special tokens too: chat templates read bos_token
             models.append(ResidentModel(src, ck.config, build_model(ck.config, ck.state_dict, dt, device),
                                         tok, ck.chat_template, list(ck.eos_token_ids)))
         eng = cls(models, roles, block_size=block_size, kv_memory_bytes=kv_memory_bytes,

@@ -82,6 +82,12 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """A plain-text prompt as transformers' ``tokenizer(text)`` encodes it: with the BOS the
+        tokenizer adds (Llama, SentencePiece GGUFs with add_bos), nothing extra for Qwen. Chat
+        prompts use ``encode_chat`` instead: their template writes any BOS itself."""
+        return self.encode(text, add_special_tokens=True)
+
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
         return [list(e.ids) for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
 

@@ -127,7 +127,7 @@ class EngineBackend:
     # -- protocol ----------------------------------------------------------------------
     async def root(self, question: str) -> NodeState:
         msgs = [{"role": "system", "content": SLM_SYSTEM}, {"role": "user", "content": question}]
-        ids = self.tok.encode_chat(msgs) if self.tok.chat_template else self.tok.encode(question + "\n\n")
+        ids = self.tok.encode_chat(msgs) if self.tok.chat_template else self.tok.encode_prompt(question + "\n\n")
         cache = self.engine.cache
         slm = cache.new_sequence(self.slm.key, ids)
         self.slm.runner.check_fits(slm)

@@ -79,8 +79,10 @@ class PRMScorer:
 
     def root_ids(self, question: str) -> list[int]:
         if self.spec.kind == "judge":
-            return self.tok.encode(self._judge_split()[0].replace("{question}", question))
-        return self.tok.encode(question + self.spec.step_join)
+            head = self._judge_split()[0].replace("{question}", question)
+            # a chat template writes its own BOS; a plain prompt gets the tokenizer's
+            return self.tok.encode(head) if getattr(self.tok, "chat_template", None) else self.tok.encode_prompt(head)
+        return self.tok.encode_prompt(question + self.spec.step_join)
 
     def step_ids(self, step_text: str, first: bool) -> list[int]:
         join = "" if first else self.spec.step_join

@@ -49,7 +49,11 @@ class CompletionBackend(Protocol):
     eos_token_ids: list[int]
 
     def encode(self, text: str) -> list[int]:
-        """Text -> token ids (no BOS unless the model needs it for plain prompts)."""
+        """Text -> token ids, nothing added (stop strings, pieces of text)."""
+        ...
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A text prompt -> token ids, with the BOS the model's tokenizer adds (if any)."""
         ...
 
     def decode(self, ids: list[int]) -> str:

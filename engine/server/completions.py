@@ -63,7 +63,7 @@ async def _normalize_prompts(req: CompletionRequest, backend: CompletionBackend)
     out = []
     for item in raw:
         if isinstance(item, str):
-            ids = await asyncio.to_thread(backend.encode, item)
+            ids = await asyncio.to_thread(backend.encode_prompt, item)
             out.append(_Prompt(list(ids), item))
         else:
             out.append(_Prompt(list(item), None))

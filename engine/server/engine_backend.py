@@ -33,6 +33,9 @@ class EngineCompletionBackend:
     def encode(self, text: str) -> list[int]:
         return self.m.tokenizer.encode(text)
 
+    def encode_prompt(self, text: str) -> list[int]:
+        return self.m.tokenizer.encode_prompt(text)
+
     def decode(self, ids: list[int]) -> str:
         return self.m.tokenizer.decode(ids, skip_special_tokens=True)
 

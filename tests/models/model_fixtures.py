@@ -58,6 +58,28 @@ def make_tiny_tokenizer():
     return tok
 
 
+SPM_SPECIALS = ["<unk>", "<s>", "</s>"]
+
+
+def make_spm_vocab(vocab_size: int = 600):
+    """A SentencePiece-style ("llama") vocabulary trained on CORPUS, laid out as llama.cpp writes
+    one: <unk> <s> </s>, the 256 byte-fallback tokens <0x00>..<0xFF>, then pieces ("▁the") scored
+    by merge rank, and one user-defined token. Returns (tokens, scores, token_types)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPM_SPECIALS + byte_tokens,
+                                  show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    by_id = {i: t for t, i in tok.get_vocab().items()}
+    tokens = [by_id[i] for i in range(len(by_id))] + ["<tool_call>"]
+    types = [2, 3, 3] + [6] * 256 + [1] * (len(tokens) - 260) + [4]
+    scores = [0.0] * 259 + [-float(i) for i in range(len(tokens) - 260)] + [0.0]
+    return tokens, scores, types
+
+
 def write_tokenizer_files(d: Path, tok, chat_template: str | None = CHATML_TEMPLATE) -> None:
     tok.save(str(d / "tokenizer.json"))
     cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
@@ -96,9 +118,10 @@ def save_tiny_hf(d: Path, model, tok, chat_template: str | None = CHATML_TEMPLAT
 
 def write_gguf(path: Path, model, tok, *, quant: dict[str, str] | None = None, pre: str = "qwen2",
                chat_template: str | None = CHATML_TEMPLATE, arch: str | None = None,
-               skip: tuple[str, ...] = (), permute: bool | None = None) -> Path:
+               skip: tuple[str, ...] = (), permute: bool | None = None, spm=None) -> Path:
     """Write `model` (a transformers model) as llama.cpp's converter would: names, llama q/k permutation,
-    tokenizer as gpt2 BPE metadata. `quant` maps HF names to ggml type names (default F32)."""
+    tokenizer as gpt2 BPE metadata, or with `spm=(tokens, scores, types)` as a SentencePiece
+    ("llama") vocabulary without merges. `quant` maps HF names to ggml type names (default F32)."""
     import gguf
     from gguf import GGMLQuantizationType as Q
 
@@ -123,28 +146,38 @@ def write_gguf(path: Path, model, tok, *, quant: dict[str, str] | None = None, p
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_vocab_size(cfg.vocab_size)
 
-    vocab = tok.get_vocab(with_added_tokens=True)
-    by_id = {i: t for t, i in vocab.items()}
-    tokens, types = [], []
-    for i in range(cfg.vocab_size):
-        if i in by_id:
-            t = by_id[i]
-            tokens.append(t)
-            types.append(3 if t in SPECIALS else 4 if t in USER_DEFINED else 1)
-        else:
-            tokens.append(f"[PAD{i}]")
-            types.append(5)
-    merges = json.loads(tok.to_str())["model"]["merges"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(vocab["<|endoftext|>"])
-    w.add_eos_token_id(vocab["<|im_end|>"])
-    w.add_pad_token_id(vocab["<|endoftext|>"])
-    w.add_add_bos_token(False)
+    if spm is not None:
+        tokens, scores, types = spm
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_unk_token_id(0)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+    else:
+        vocab = tok.get_vocab(with_added_tokens=True)
+        by_id = {i: t for t, i in vocab.items()}
+        tokens, types = [], []
+        for i in range(cfg.vocab_size):
+            if i in by_id:
+                t = by_id[i]
+                tokens.append(t)
+                types.append(3 if t in SPECIALS else 4 if t in USER_DEFINED else 1)
+            else:
+                tokens.append(f"[PAD{i}]")
+                types.append(5)
+        merges = json.loads(tok.to_str())["model"]["merges"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(vocab["<|endoftext|>"])
+        w.add_eos_token_id(vocab["<|im_end|>"])
+        w.add_pad_token_id(vocab["<|endoftext|>"])
+        w.add_add_bos_token(False)
     if chat_template is not None:
         w.add_chat_template(chat_template)
 

@@ -15,7 +15,7 @@ from engine.models.loader import load_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
-from model_fixtures import CHATML_TEMPLATE, make_tiny_hf, write_gguf  # noqa: E402
+from model_fixtures import CHATML_TEMPLATE, make_spm_vocab, make_tiny_hf, write_gguf  # noqa: E402
 
 # q/k of layer 0 quantized (permutation applied to dequantized rows), a mix of types elsewhere
 LLAMA_QUANT = {
@@ -278,9 +278,71 @@ def test_gguf_unsupported_tokenizer_model(tmp_path, tiny_tokenizer):
     path = write_gguf(tmp_path / "m.gguf", model, tiny_tokenizer)
     r = gguf_loader.open_gguf(path)
     meta = gguf_loader.read_metadata(r)
-    meta["tokenizer.ggml.model"] = "llama"
-    with pytest.raises(ValueError, match="tokenizer model 'llama' is not supported"):
+    meta["tokenizer.ggml.model"] = "t5"
+    with pytest.raises(ValueError, match="tokenizer model 't5' is not supported"):
         gguf_loader.tokenizer_from_gguf(meta, str(path))
+
+
+# ------------------------------------------------------------------------- SentencePiece ("llama") GGUF
+@pytest.fixture(scope="module")
+def spm_gguf(tmp_path_factory):
+    spm = make_spm_vocab()
+    model = make_tiny_hf("llama", seed=21, vocab_size=len(spm[0]))
+    path = write_gguf(tmp_path_factory.mktemp("spm") / "spm.gguf", model, None, spm=spm, chat_template=None)
+    return path, spm
+
+
+SPM_STRINGS = STRINGS + [" x", "\n\nStep 2: 5 * 4 = 20.", "two  spaces", "\u2581literal", "<s>hi</s>"]
+
+
+def test_sentencepiece_gguf_tokenizer_matches_transformers(spm_gguf, tmp_path):
+    path, (tokens, _, _) = spm_gguf
+    ck = load_checkpoint(path, dtype=torch.float32, cache_dir=tmp_path / "c")
+    ours = ck.get_tokenizer()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    for s in SPM_STRINGS:
+        ids = ours.encode(s)
+        assert ids == hf_tok.encode(s, add_special_tokens=False), s
+        assert ours.encode(s, add_special_tokens=True) == hf_tok.encode(s), s  # BOS, as llama.cpp adds it
+        assert ours.decode(ids) == hf_tok.decode(ids), s
+    fallback = ours.encode("語☃")  # characters the corpus never had: their UTF-8 bytes, 3 + 3
+    assert sum(tokens[i].startswith("<0x") for i in fallback) == 6
+    for s in ("Ünïcödé 中文 🙂 語☃", "Step 1: 2 + 3 = 5.", "a\n\nb"):
+        assert ours.decode(ours.encode(s)) == s
+    assert len(ours.encode("The quick brown fox")) < len("The quick brown fox") // 2  # merges were recovered
+    assert ck.config.eos_token_ids == [2]
+    assert ours.special_tokens["bos_token"] == "<s>" and ours.special_tokens["unk_token"] == "<unk>"
+
+
+def test_prompts_of_a_bos_model_start_with_bos(spm_gguf, tmp_path):
+    """A SentencePiece GGUF adds BOS (llama.cpp's default): plain prompts, the search root and the
+    completions server all start with it, once; text pieces (stop strings) do not."""
+    import asyncio
+
+    from engine.engine import Engine
+    from engine.scheduler import Scheduler
+    from engine.search.actions import EngineBackend
+    from engine.search.config import SearchConfig
+    from engine.server.engine_backend import EngineCompletionBackend
+
+    path, _ = spm_gguf
+    eng = Engine.from_pretrained(str(path), dtype="float32", num_blocks=64, cache_dir=str(tmp_path / "c"))
+    tok = eng.role("slm").tokenizer
+    assert tok.encode_prompt("Hello world") == [1] + tok.encode("Hello world")
+    be = EngineBackend(eng, Scheduler(eng), SearchConfig())
+    root = asyncio.run(be.root("What is 2+3?"))
+    assert root.slm.token_ids[:1] == [1] and root.slm.token_ids.count(1) == 1
+    be.release(root)
+    srv = EngineCompletionBackend(eng, Scheduler(eng), model_name="spm")
+    assert srv.encode_prompt("abc")[0] == 1 and 1 not in srv.encode("abc")
+
+
+def test_merges_from_scores_prefer_the_best_scored_token():
+    from engine.models.gguf_tokenizer import merges_from_scores
+    tokens = ["a", "b", "c", "ab", "bc", "abc"]
+    scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0]
+    # bc (score -1) before ab (-2) before abc's splits (-3), the longer left piece first
+    assert merges_from_scores(tokens, scores) == [("b", "c"), ("a", "b"), ("ab", "c"), ("a", "bc")]
 
 
 # ------------------------------------------------------------------------------------ real 0.5B demo

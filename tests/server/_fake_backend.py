@@ -58,6 +58,8 @@ class FakeBackend:
         except KeyError as e:
             raise BackendInputError(f"character {e.args[0]!r} is not in the vocabulary") from None
 
+    encode_prompt = encode  # no BOS in this vocabulary
+
     def decode(self, ids: list[int]) -> str:
         return "".join(ALPHABET[i] for i in ids if i != self.eos_id)
 

@@ -78,14 +78,7 @@ def build_byte_level_bpe(
         if not set(token) <= alphabet:  # stored as raw text: respell its bytes
             token = "".join(spelling[b] for b in token.encode("utf-8"))
         vocab[token] = index
-    merge_pairs = []
-    for m in merges:
-        a, sep, b = m.partition(" ")
-        if not sep:
-            raise ValueError(f"malformed BPE merge {m!r} in GGUF tokenizer")
-        merge_pairs.append((a, b))
-
-    tok = Tokenizer(BPE(vocab=vocab, merges=merge_pairs, dropout=None, continuing_subword_prefix="",
+    tok = Tokenizer(BPE(vocab=vocab, merges=_merge_pairs(merges), dropout=None, continuing_subword_prefix="",
                         end_of_word_suffix="", fuse_unk=False))
     if pre in PRE_TOKENIZER_SPLITS:
         tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -116,6 +109,17 @@ def build_byte_level_bpe(
     tok.post_processor = _bos_eos_template(tokens, bos_token_id if add_bos else None,
                                            eos_token_id if add_eos else None)
     return tok
+
+
+def _merge_pairs(merges: list[str]) -> list[tuple[str, str]]:
+    """GGUF's "a b" merge strings as pairs."""
+    pairs = []
+    for m in merges:
+        a, sep, b = m.partition(" ")
+        if not sep:
+            raise ValueError(f"malformed BPE merge {m!r} in GGUF tokenizer")
+        pairs.append((a, b))
+    return pairs
 
 
 def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
@@ -152,12 +156,7 @@ def build_sentencepiece_bpe(
 
     vocab = {t: i for i, t in enumerate(tokens)}
     if merges:
-        pairs = []
-        for m in merges:
-            a, sep, b = m.partition(" ")
-            if not sep:
-                raise ValueError(f"malformed BPE merge {m!r} in GGUF tokenizer")
-            pairs.append((a, b))
+        pairs = _merge_pairs(merges)
     else:
         if scores is None or len(scores) != len(tokens):
             raise ValueError("SentencePiece GGUF tokenizer without merges needs one score per token")

@@ -47,13 +47,25 @@ def _search_config(args):
     return cfg
 
 
-async def _stack(args, cfg):
+async def _stack(args, cfg, check: bool = True):
+    """The stack for ``cfg``; with ``check`` a config it cannot run is refused (ConfigError, exit 2)
+    -- serve checks each request's config instead."""
     from engine.search.actions import BackendOptions
+    from engine.search.config import ConfigError
     from engine.stack import build_stack
+    if check and cfg.fusion_rule == "proxy" and not args.base:  # before minutes of model loading
+        raise ConfigError("fusion_rule='proxy' needs the SLM's base model: pass --base MODEL")
     llm = None if args.llm in (None, "", "none") else args.llm
-    return await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
-                             dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
-                             options=BackendOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault))
+    stack = await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
+                              dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
+                              options=BackendOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault))
+    if check:
+        try:
+            stack.backend.check_config(cfg)
+        except BaseException:
+            await stack.aclose()
+            raise
+    return stack
 
 
 # -- generate -------------------------------------------------------------------------------
@@ -161,7 +173,7 @@ def cmd_serve(args) -> int:
         async def main():
             from engine.server.app import aserve, create_app
             # the stack is built on the loop that serves it (scheduler and LLM client bind to it)
-            stack = await _stack(args, cfg)
+            stack = await _stack(args, cfg, check=False)
             try:
                 backend = EngineCompletionBackend(stack.engine, stack.scheduler,
                                                   model_name=args.served_name or args.slm)

@@ -82,6 +82,19 @@ def test_bad_inputs_give_clear_errors(tiny_dir, tmp_path):
     assert p.returncode == 2 and "exceeds" in p.stderr
 
 
+def test_proxy_fusion_needs_and_uses_a_base_model(tiny_dir, tmp_path):
+    cfg = tmp_path / "proxy.json"
+    cfg.write_text(json.dumps({"fusion_rule": "proxy", "fusion_alpha": 1.0, "max_step_tokens": 6, "max_depth": 2}))
+    models = ("--slm", tiny_dir, "--llm", tiny_dir, "--prm-kind", "token_pair", "--dtype", "float32")
+    p = gboost("solve", *models, "--method", "fusion", "--config", cfg, "q", check=False)
+    assert p.returncode == 2 and "--base" in p.stderr and "Traceback" not in p.stderr
+    p = gboost("solve", *models, "--llm", "none", "--method", "fusion", "q", check=False)
+    assert p.returncode == 2 and "needs a general LLM" in p.stderr
+    out = json.loads(gboost("solve", *models, "--base", tiny_dir, "--method", "fusion", "--config", cfg,
+                            "--json", "What is 2+2?").stdout)
+    assert out["steps"] and out["cost"]["base_tokens"] > 0 and out["cost"]["llm_tokens"] > 0
+
+
 def free_port():
     import socket
     with socket.socket() as s:

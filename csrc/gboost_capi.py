@@ -37,6 +37,7 @@ CONFIG_KEYS = {
     "llm": "general LLM: model name/path (resident), http(s) URL (OpenAI-compatible) or null",
     "prm": "PRM model (null: the local LLM, else the SLM)",
     "prm_kind": "judge | token_pair | two_class",
+    "base": "the SLM's untuned base model, for search fusion_rule 'proxy' (null: none)",
     "dtype": "bfloat16 | float16 | float32",
     "device": "cpu | cuda | cuda:N",
     "kv_memory_gb": "KV pool size in GiB",
@@ -192,7 +193,7 @@ class EngineHandle:
         llm = cfg.get("llm")
         if llm in ("", "none"):
             llm = None
-        for key in ("llm", "prm"):
+        for key in ("llm", "prm", "base"):
             v = llm if key == "llm" else cfg.get(key)
             if v is not None and not isinstance(v, str):
                 raise ValueError(f"config_json: '{key}' must be a string or null")

@@ -53,7 +53,7 @@ async def _stack(args, cfg, check: bool = True):
     from engine.search.actions import BackendOptions
     from engine.search.config import ConfigError
     from engine.stack import build_stack
-    if check and cfg.fusion_rule == "proxy" and not args.base:  # before minutes of model loading
+    if check and cfg.fusion_rule == "proxy" and cfg.fuses() and not args.base:  # before minutes of loading
         raise ConfigError("fusion_rule='proxy' needs the SLM's base model: pass --base MODEL")
     llm = None if args.llm in (None, "", "none") else args.llm
     stack = await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,

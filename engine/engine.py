@@ -110,6 +110,9 @@ class Engine:
                 if a is not b and not a.tokenizer.same_vocab(b.tokenizer):
                     raise ValueError(f"SLM {a.key!r} and {what} {b.key!r} use different vocabularies; "
                                      "token-level fusion needs one tokenizer")
+                if role == "base" and a.config.vocab_size != b.config.vocab_size:  # rows are fused as-is
+                    raise ValueError(f"SLM {a.key!r} has {a.config.vocab_size} logits, its base model "
+                                     f"{b.key!r} {b.config.vocab_size}; proxy fusion needs the same")
 
     def role(self, role: str) -> ResidentModel:
         if role not in self.roles:

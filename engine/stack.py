@@ -27,11 +27,15 @@ class Stack:
     llm: object | None
 
     async def aclose(self) -> None:
-        if self.llm is not None:
-            await self.llm.aclose()
-        if self.backend.base is not None:
-            await self.backend.base.aclose()
-        self.scheduler.close()
+        try:
+            if self.llm is not None:
+                await self.llm.aclose()
+        finally:
+            try:
+                if self.backend.base is not None:
+                    await self.backend.base.aclose()
+            finally:
+                self.scheduler.close()
 
 
 async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | None = DEFAULT_LLM,

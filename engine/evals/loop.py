@@ -77,7 +77,8 @@ class EvalReport:
             "accuracy": self.accuracy, "ci95": list(self.ci95), "errors": self.errors,
             "cost": self.cost.to_dict(), "backend_cost": self.backend_cost,
             "per_question": {"slm_tokens": self.cost.slm_tokens / n, "llm_tokens": self.cost.llm_tokens / n,
-                             "llm_calls": self.cost.llm_calls / n, "prm_tokens": self.cost.prm_tokens / n},
+                             "llm_calls": self.cost.llm_calls / n, "prm_tokens": self.cost.prm_tokens / n,
+                             "base_tokens": self.cost.base_tokens / n},
             "wall_s": round(self.wall_s, 4), "config": self.config, "out_path": self.out_path,
             "resumed": self.resumed,
         }

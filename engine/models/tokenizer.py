@@ -57,6 +57,7 @@ class Tokenizer:
         self.special_tokens: dict[str, str | None] = dict(special_tokens or {})
         self.bos_token_id = bos_token_id
         self._fingerprint: str | None = None
+        self._piece = None  # backend for encode_piece (built on first use)
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> "Tokenizer":
@@ -87,6 +88,16 @@ class Tokenizer:
         tokenizer adds (Llama, SentencePiece GGUFs with add_bos), nothing extra for Qwen. Chat
         prompts use ``encode_chat`` instead: their template writes any BOS itself."""
         return self.encode(text, add_special_tokens=True)
+
+    def encode_piece(self, text: str) -> list[int]:
+        """Text that continues a sequence (a step, a judge question, a stop string): no BOS and
+        no SentencePiece dummy-prefix "▁", which a tokenizer puts in front of a whole text only."""
+        return list(self._piece_backend().encode(text, add_special_tokens=False).ids)
+
+    def _piece_backend(self):
+        if self._piece is None:
+            self._piece = _without_dummy_prefix(self.backend)
+        return self._piece
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
         return [list(e.ids) for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
@@ -149,3 +160,45 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, eos_token_ids={self.eos_token_ids}, "
                 f"chat_template={'yes' if self.chat_template else 'no'})")
+
+
+def _without_dummy_prefix(backend):
+    """``backend`` itself, or a copy that does not prepend "▁" to the text (Metaspace
+    pre-tokenizers with a prepend scheme; legacy Llama's Prepend normalizer)."""
+    import json
+
+    from tokenizers import Tokenizer as _T
+
+    spec = json.loads(backend.to_str())
+    changed = False
+
+    def fix_pre(p):
+        nonlocal changed
+        if not isinstance(p, dict):
+            return p
+        if p.get("type") == "Metaspace" and p.get("prepend_scheme", "always") != "never":
+            changed = True
+            q = {**p, "prepend_scheme": "never"}
+            if "add_prefix_space" in q:  # older serialisations
+                q["add_prefix_space"] = False
+            return q
+        if p.get("type") == "Sequence":
+            return {**p, "pretokenizers": [fix_pre(q) for q in p.get("pretokenizers", [])]}
+        return p
+
+    def fix_norm(n):
+        nonlocal changed
+        if not isinstance(n, dict):
+            return n
+        if n.get("type") == "Prepend":
+            changed = True
+            return None
+        if n.get("type") == "Sequence":
+            kept = [m for m in (fix_norm(q) for q in n.get("normalizers", [])) if m is not None]
+            return {**n, "normalizers": kept}
+        return n
+
+    spec["pre_tokenizer"] = fix_pre(spec.get("pre_tokenizer"))
+    spec["normalizer"] = fix_norm(spec.get("normalizer"))
+    return _T.from_str(json.dumps(spec)) if changed else backend
+

@@ -112,7 +112,7 @@ class EngineBackend:
         if needs_llm and self.llm is None:
             what = f"method={cfg.method}" + (" with collab_width > 0" if cfg.method == "gboost" else "")
             raise ConfigError(f"{what} needs a general LLM, and this stack has none")
-        if cfg.fusion_rule == "proxy" and self.base is None:
+        if cfg.fusion_rule == "proxy" and cfg.fuses() and self.base is None:
             raise ConfigError("fusion_rule='proxy' needs the SLM's base model, which this stack does not "
                               "load (pass --base / base=...); or use 'loglinear'")
 

@@ -157,6 +157,10 @@ class SearchConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    def fuses(self) -> bool:
+        """Whether this config samples from a fusion of SLM and LLM (collab steps)."""
+        return self.method == "fusion" or (self.method == "gboost" and self.collab_width > 0)
+
     def validate(self) -> None:
         for f in fields(self):
             v = _check_type(f.name, getattr(self, f.name), f.type)

@@ -54,7 +54,7 @@ class PRMScorer:
         k = self.spec.kind
         if k == "judge":
             self.yes_id = single_token(self.tok, self.spec.yes_token, "yes-token")
-            self._suffix = self.tok.encode(self._judge_tail())
+            self._suffix = self.tok.encode_piece(self._judge_tail())
         elif k == "token_pair":
             self.tag_id = single_token(self.tok, self.spec.step_tag, "step tag")
             self.good_id = single_token(self.tok, self.spec.good_token, "good token")
@@ -86,7 +86,7 @@ class PRMScorer:
 
     def step_ids(self, step_text: str, first: bool) -> list[int]:
         join = "" if first else self.spec.step_join
-        ids = self.tok.encode(join + step_text)
+        ids = self.tok.encode_piece(join + step_text)
         if self.spec.kind == "token_pair":
             ids.append(self.tag_id)
         elif self.spec.kind == "two_class":

@@ -16,7 +16,7 @@ Conventions
   entries; with ``top_k = 0`` a row holds only the actual token (or nothing for
   the last prompt row, whose "actual token" is not known yet). A backend may
   return more (a full row, ``full=True``); the server sorts and truncates.
-* ``encode`` / ``decode`` may be called from worker threads and must be
+* ``encode`` / ``encode_prompt`` / ``decode`` may be called from worker threads and must be
   thread-safe (HF ``tokenizers`` are). ``decode`` should skip special tokens
   such as EOS.
 * ``prompt_logprobs`` and ``generate`` are coroutines. Model inference is

@@ -31,7 +31,7 @@ class EngineCompletionBackend:
         self.eos_token_ids = list(self.m.eos_token_ids)
 
     def encode(self, text: str) -> list[int]:
-        return self.m.tokenizer.encode(text)
+        return self.m.tokenizer.encode_piece(text)
 
     def encode_prompt(self, text: str) -> list[int]:
         return self.m.tokenizer.encode_prompt(text)

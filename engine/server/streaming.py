@@ -71,6 +71,7 @@ class _Choice:
 
     def logprobs_upto(self, backend: CompletionBackend, m: int, req: CompletionRequest) -> dict:
         """The logprobs entries of tokens [n_lp, m), with the same offsets the plain answer has."""
+        m = min(m, len(self.rows))  # mid-stream, only tokens whose row has come
         ids, offsets = self.ids[self.n_lp:m], []
         for t in ids:
             offsets.append(self.offset)
@@ -101,12 +102,14 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
 
     async def run(index, p, max_tokens, j):
         if max_tokens == 0:
-            return []
+            return [], []
         seed = None if req.seed is None else req.seed + j
-        ids, _ = await backend.generate(p.ids, max_tokens, req.temperature, req.top_p, seed, prep.stop_ids,
-                                        0 if prep.top_k is None else max(prep.top_k, 1),  # 0: not asked
-                                        on_token=lambda t, row: queue.put_nowait(("token", index, (t, row))))
-        return [int(t) for t in ids]
+        ids, rows = await backend.generate(p.ids, max_tokens, req.temperature, req.top_p, seed, prep.stop_ids,
+                                           0 if prep.top_k is None else max(prep.top_k, 1),  # 0: not asked
+                                           on_token=lambda t, row: queue.put_nowait(("token", index, (t, row))))
+        if prep.top_k is not None and len(rows) < len(ids):
+            raise RuntimeError(f"backend returned {len(rows)} logprob rows for {len(ids)} tokens")
+        return [int(t) for t in ids], list(rows)
 
     for index, p, mt, j in prep.choices(req.n):
         choices[index] = _Choice(index, prep)
@@ -154,8 +157,8 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
                     raise RuntimeError(f"generation of choice {index} was cancelled")
                 if item.exception() is not None:
                     raise item.exception()
-                c.ids = item.result()
-                c.rows = c.rows[:len(c.ids)]
+                ids, rows = item.result()
+                c.ids, c.rows = ids, rows[:len(ids)]
                 yield await finish(c, None)
             for index, c in touched.items():
                 new, stopped = c.releasable(await asyncio.to_thread(c.text, backend))

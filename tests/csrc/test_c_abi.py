@@ -424,3 +424,17 @@ def test_error_messages_are_redacted(monkeypatch):
     assert msgs[0].startswith("RuntimeError: request to http://***@h/v1")
     assert msgs[3] == "KeyError: no model for role 'x'"
     assert g._dumps({"x": float("nan"), "y": [float("inf"), 1.5]}) == '{"x": null, "y": [null, 1.5]}'
+
+
+def test_handle_with_a_base_model_runs_proxy_fusion(tiny_ckpt):
+    """The engine config's "base" loads the SLM's base model; a proxy-fusion solve then charges it."""
+    EngineHandle = _glue().EngineHandle
+    h = EngineHandle(json.dumps(engine_config(tiny_ckpt, base=str(tiny_ckpt))))
+    try:
+        assert json.loads(h.info())["roles"]["base"] == str(tiny_ckpt)
+        out = json.loads(h.solve("What is 2+2?", json.dumps({"method": "fusion", "fusion_rule": "proxy"})))
+        assert out["steps"] and out["cost"]["base_tokens"] > 0
+    finally:
+        h.close()
+    with pytest.raises(ValueError, match="'base' must be a string or null"):
+        EngineHandle(json.dumps(engine_config(tiny_ckpt, base=3)))

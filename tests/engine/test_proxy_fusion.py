@@ -99,6 +99,22 @@ def test_a_base_model_with_another_vocabulary_is_refused():
         eng.check_vocabularies()
 
 
+def test_a_base_model_with_another_logit_width_is_refused():
+    from engine.testing import tiny_config
+    eng = tiny_engine({"slm": 1, "base": 4}, configs={"base": tiny_config(vocab=264)})
+    with pytest.raises(ValueError, match="260 logits.*264"):
+        eng.check_vocabularies()
+
+
+def test_methods_that_never_fuse_run_without_a_base():
+    eng = tiny_engine({"slm": 1, "llm": 2})
+    sched = Scheduler(eng)
+    be = EngineBackend(eng, sched, SearchConfig(), llm=LocalLLM(eng, sched))
+    for cfg in (SearchConfig(fusion_rule="proxy", method="slm"), SearchConfig(fusion_rule="proxy", method="llm"),
+                SearchConfig(fusion_rule="proxy", collab_width=0)):
+        be.with_config(cfg)  # no error: nothing is fused
+
+
 def test_stack_refuses_a_remote_base():
     with pytest.raises(ValueError, match="base model must be a local checkpoint"):
         asyncio.run(build_stack(SearchConfig(), slm="x", llm=None, base="http://127.0.0.1:9/v1"))

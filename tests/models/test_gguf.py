@@ -335,6 +335,11 @@ def test_prompts_of_a_bos_model_start_with_bos(spm_gguf, tmp_path):
     be.release(root)
     srv = EngineCompletionBackend(eng, Scheduler(eng), model_name="spm")
     assert srv.encode_prompt("abc")[0] == 1 and 1 not in srv.encode("abc")
+    # a piece that continues a sequence gets no dummy-prefix "▁" (it would add a space)
+    piece = tok.encode_piece("\n\nStep 2")
+    assert tok.decode(piece) == "\n\nStep 2" and not tok.id_to_token(piece[0]).startswith("\u2581")
+    assert tok.id_to_token(tok.encode("\n\nStep 2")[0]).startswith("\u2581")
+    assert tok.encode_prompt("Step 1") + tok.encode_piece(" and more") == tok.encode_prompt("Step 1 and more")
 
 
 def test_merges_from_scores_prefer_the_best_scored_token():

@@ -125,3 +125,25 @@ def test_same_vocab(tiny_tokenizer, tok):
     swapped = HFTokenizer.from_str(json.dumps(j))  # same size, two ids exchanged
     assert swapped.get_vocab_size() == tiny_tokenizer.get_vocab_size()
     assert not a.same_vocab(Tokenizer(swapped))
+
+
+def test_encode_piece_is_encode_for_byte_level_bpe(tok):
+    assert tok._piece_backend() is tok.backend  # nothing to strip: the same tokenizer
+    for s in ("\n\nStep 2: 5 * 4 = 20.", " Yes", "<|im_end|>"):
+        assert tok.encode_piece(s) == tok.encode(s)
+
+
+def test_encode_piece_drops_a_legacy_prepend_normalizer():
+    """Llama-2-style tokenizer.json: the dummy "▁" comes from a Prepend normalizer."""
+    from tokenizers import Tokenizer as HF, decoders, normalizers
+    from tokenizers.models import BPE
+
+    vocab = {"<unk>": 0, "\u2581": 1, "a": 2, "b": 3, "\u2581a": 4}
+    hf = HF(BPE(vocab=vocab, merges=[("\u2581", "a")], unk_token="<unk>"))
+    hf.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    hf.decoder = decoders.Replace("\u2581", " ")
+    t = Tokenizer(hf)
+    assert t.encode("ab") == [4, 3]          # "▁a" "b": the whole text gets the dummy prefix
+    assert t.encode_piece("ab") == [2, 3]    # a continuation does not
+    assert t.encode_piece(" ab") == [4, 3]   # a real space still merges
+    assert t.encode("ab") == [4, 3]          # the original tokenizer is untouched

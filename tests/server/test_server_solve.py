@@ -246,7 +246,8 @@ class NoLLM(ToyBackend):
 
 @pytest.mark.parametrize("body, ok", [({"method": "fusion"}, False), ({"method": "slm"}, True),
                                       ({"config": {"collab_width": 0}}, True), ({}, False),
-                                      ({"config": {"fusion_rule": "proxy"}, "method": "slm"}, False)])
+                                      ({"config": {"fusion_rule": "proxy"}, "method": "slm"}, True),  # never fuses
+                                      ({"config": {"fusion_rule": "proxy", "collab_width": 0}}, True)])
 def test_configs_the_stack_cannot_run_are_400(solve_server, body, ok):
     srv = solve_server(NoLLM(chain_step))
     r = post(srv, {"question": Q, **body})

@@ -102,7 +102,7 @@ async def main(argv=None) -> int:
     print(f"models loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     base = stack.backend
     backends = {m: EngineBackend(stack.engine, stack.scheduler, cfgs[m], llm=base.llm, prm=base.prm,
-                                 options=base.opt) for m in args.methods}
+                                 base=base.base, options=base.opt) for m in args.methods}
     done = {m: [0, 0] for m in args.methods}
 
     def progress(m):

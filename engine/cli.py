@@ -49,23 +49,15 @@ def _search_config(args):
 
 async def _stack(args, cfg, check: bool = True):
     """The stack for ``cfg``; with ``check`` a config it cannot run is refused (ConfigError, exit 2)
-    -- serve checks each request's config instead."""
-    from engine.search.actions import BackendOptions
-    from engine.search.config import ConfigError
+    before any model loads -- serve checks each request's config instead."""
+    from engine.search.actions import BackendOptions, check_stack_runs
     from engine.stack import build_stack
-    if check and cfg.fusion_rule == "proxy" and cfg.fuses() and not args.base:  # before minutes of loading
-        raise ConfigError("fusion_rule='proxy' needs the SLM's base model: pass --base MODEL")
     llm = None if args.llm in (None, "", "none") else args.llm
-    stack = await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
-                              dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
-                              options=BackendOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault))
     if check:
-        try:
-            stack.backend.check_config(cfg)
-        except BaseException:
-            await stack.aclose()
-            raise
-    return stack
+        check_stack_runs(cfg, has_llm=llm is not None, has_base=bool(args.base))
+    return await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
+                             dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
+                             options=BackendOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault))
 
 
 # -- generate -------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def build_byte_level_bpe(
     add_eos: bool = False,
 ):
     """A `tokenizers.Tokenizer` equal to what transformers builds from the same GGUF fields."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
 
     spelling = _bytes_to_unicode()
@@ -96,16 +96,9 @@ def build_byte_level_bpe(
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
 
-    if token_types is not None:
-        control = [AddedToken(t, normalized=False, special=True)
-                   for t, ty in zip(tokens, token_types) if ty == TOKEN_TYPE_CONTROL and set(t) <= alphabet]
-        if control:
-            tok.add_special_tokens(control)
-        user = [AddedToken(t, normalized=False, special=False)
-                for t, ty in zip(tokens, token_types) if ty == TOKEN_TYPE_USER_DEFINED and t in vocab]
-        if user:
-            tok.add_tokens(user)
-
+    # a control token outside the byte alphabet is a llama.cpp mislabel: adding it would grow the vocab
+    _add_marked_tokens(tok, tokens, token_types, control_ok=lambda t: set(t) <= alphabet,
+                       user_ok=vocab.__contains__)
     tok.post_processor = _bos_eos_template(tokens, bos_token_id if add_bos else None,
                                            eos_token_id if add_eos else None)
     return tok
@@ -151,7 +144,7 @@ def build_sentencepiece_bpe(
 ):
     """A `tokenizers.Tokenizer` for a SentencePiece ("llama") GGUF vocabulary, as transformers'
     LlamaTokenizer builds it: BPE with byte fallback, `▁` prepended to the first word only."""
-    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
 
     vocab = {t: i for i, t in enumerate(tokens)}
@@ -166,18 +159,27 @@ def build_sentencepiece_bpe(
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPIECE_SPACE, prepend_scheme="first", split=False)
     tok.decoder = decoders.Sequence([decoders.Replace(SPIECE_SPACE, " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(content=" ", left=1)])
-    if token_types is not None:
-        control = [AddedToken(t, normalized=False, special=True)
-                   for t, ty in zip(tokens, token_types) if ty == TOKEN_TYPE_CONTROL]
-        if control:
-            tok.add_special_tokens(control)
-        user = [AddedToken(t, normalized=False, special=False)
-                for t, ty in zip(tokens, token_types) if ty == TOKEN_TYPE_USER_DEFINED]
-        if user:
-            tok.add_tokens(user)
+    _add_marked_tokens(tok, tokens, token_types)
     tok.post_processor = _bos_eos_template(tokens, bos_token_id if add_bos else None,
                                            eos_token_id if add_eos else None)
     return tok
+
+
+def _add_marked_tokens(tok, tokens: list[str], token_types: list[int] | None,
+                       control_ok=lambda t: True, user_ok=lambda t: True) -> None:
+    """Tokens the file marks control as special added tokens, user-defined ones as plain added
+    tokens (llama.cpp matches both whole in the text), as transformers' GGUF loading does."""
+    from tokenizers import AddedToken
+    if token_types is None:
+        return
+    control = [AddedToken(t, normalized=False, special=True)
+               for t, ty in zip(tokens, token_types) if ty == TOKEN_TYPE_CONTROL and control_ok(t)]
+    if control:
+        tok.add_special_tokens(control)
+    user = [AddedToken(t, normalized=False, special=False)
+            for t, ty in zip(tokens, token_types) if ty == TOKEN_TYPE_USER_DEFINED and user_ok(t)]
+    if user:
+        tok.add_tokens(user)
 
 
 def _bos_eos_template(tokens: list[str], bos: int | None, eos: int | None):

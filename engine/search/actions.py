@@ -69,6 +69,18 @@ async def gather_all(*aws):
     return res
 
 
+def check_stack_runs(cfg: SearchConfig, *, has_llm: bool, has_base: bool) -> None:
+    """Raise ConfigError if a stack with (or without) a general LLM and a base model cannot run
+    ``cfg`` -- callable before any model is loaded."""
+    needs_llm = cfg.method in ("llm", "fusion", "rsd") or (cfg.method == "gboost" and cfg.collab_width > 0)
+    if needs_llm and not has_llm:
+        what = f"method={cfg.method}" + (" with collab_width > 0" if cfg.method == "gboost" else "")
+        raise ConfigError(f"{what} needs a general LLM, and this stack has none")
+    if cfg.fusion_rule == "proxy" and cfg.fuses() and not has_base:
+        raise ConfigError("fusion_rule='proxy' needs the SLM's base model, which this stack does not "
+                          "load (pass --base / base=...); or use 'loglinear'")
+
+
 class _SharedCount:
     """An int kept in ``obj._counts``, so every per-request view of a backend adds to one total."""
 
@@ -108,13 +120,7 @@ class EngineBackend:
 
     def check_config(self, cfg: SearchConfig) -> None:
         """Raise ConfigError if this backend cannot run ``cfg`` (before any state exists)."""
-        needs_llm = cfg.method in ("llm", "fusion", "rsd") or (cfg.method == "gboost" and cfg.collab_width > 0)
-        if needs_llm and self.llm is None:
-            what = f"method={cfg.method}" + (" with collab_width > 0" if cfg.method == "gboost" else "")
-            raise ConfigError(f"{what} needs a general LLM, and this stack has none")
-        if cfg.fusion_rule == "proxy" and cfg.fuses() and self.base is None:
-            raise ConfigError("fusion_rule='proxy' needs the SLM's base model, which this stack does not "
-                              "load (pass --base / base=...); or use 'loglinear'")
+        check_stack_runs(cfg, has_llm=self.llm is not None, has_base=self.base is not None)
 
     def with_config(self, cfg: SearchConfig) -> "EngineBackend":
         """This backend generating with one request's ``cfg`` (sampling, fusion, step rules);
@@ -280,9 +286,8 @@ class EngineBackend:
             return None
         if self.base is None:
             raise ConfigError("fusion_rule='proxy' needs the SLM's base model")
-        if n_rows == 1:
-            return [await self.base.next_logprobs(ids)]
-        return await self.base.score(ids[:len(ids) - n_rows + 1], ids[len(ids) - n_rows + 1:])
+        cut = len(ids) - n_rows + 1  # rows after ids[cut-1] and after each later token
+        return await self.base.score(ids[:cut], ids[cut:])
 
     async def _llm_rows(self, coro, n_tokens: int):
         self.llm_rounds += 1

@@ -8,10 +8,23 @@ import pytest
 
 from _fake_backend import FakeBackend
 from engine.scheduler import Scheduler
+from engine.server.app import create_app
+from engine.server.runner import BackgroundServer
 from engine.server.engine_backend import EngineCompletionBackend
 from engine.testing import tiny_engine
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def trickle_server():
+    """Tokens 5 ms apart, so chunking is not left to the event loop's timing (with no pause a
+    loaded machine may drain a whole answer into one or two chunks)."""
+    backend = FakeBackend(token_latency_s=0.005)
+    srv = BackgroundServer(create_app(backend, backend.model_name, max_logprobs=64), graceful_shutdown_s=0.5)
+    srv.start()
+    yield srv
+    srv.stop()
 
 
 def completion(srv, body):
@@ -73,8 +86,8 @@ def same_as_plain(srv, body):
      "stop": ["e"], "return_tokens_as_token_ids": False},
     {"prompt": "ab", "max_tokens": 0},
 ])
-def test_streamed_text_equals_the_plain_answer(server, body):
-    want, chunks = same_as_plain(server, body)
+def test_streamed_text_equals_the_plain_answer(trickle_server, body):
+    want, chunks = same_as_plain(trickle_server, body)
     if body["max_tokens"] >= 12:
         assert len(chunks) > len(want["choices"]) + 1  # text came in pieces, not in one final chunk
     if body.get("logprobs") is not None:  # and so did the logprobs, with the text they belong to

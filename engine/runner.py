@@ -33,15 +33,20 @@ class ModelRunner:
             raise PromptTooLong(f"sequence of {len(seq.token_ids)} tokens exceeds the model's "
                                 f"{self.model.max_positions} positions")
 
-    def prepare(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, Context, list[int]]:
+    def prepare(self, seqs: list[Sequence], wants: list[Want] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, Context, list[int]]:
         if len({s.seq_id for s in seqs}) != len(seqs):
             raise ValueError("a sequence appears twice in one batch")
-        for s in seqs:
+        for i, s in enumerate(seqs):
             if s.model != self.name:
                 raise ValueError(f"sequence of model {s.model!r} given to runner {self.name!r}")
             if not s.token_ids:
                 raise ValueError("cannot run an empty sequence")
             self.check_fits(s)
+            if s.rematch and wants is not None and wants[i] == "last":
+                # only the last row is wanted, so cached blocks can stand in for computing; a
+                # sequence that has run is left alone, so a repeated request repeats bit for bit
+                self.cache.late_hit_tokens += self.cache.match_cached_prefix(s)
             if s.num_pending == 0:
                 self.cache.rewind(s, s.num_computed - 1)  # logits wanted but all K/V cached: redo the last token
         if not self.cache.can_reserve([(s, s.num_pending) for s in seqs]):
@@ -72,12 +77,20 @@ class ModelRunner:
                 torch.tensor(pos, dtype=torch.int64, device=dev), ctx, cu)
 
     # -- execution ----------------------------------------------------------------
-    @torch.inference_mode()
     def run(self, seqs: list[Sequence], want: Want | list[Want] = "last") -> list[torch.Tensor | None]:
         """Compute every pending token; return per sequence the logits of its last row
         ([V]), of all its new rows ([n, V]), or None."""
         wants = [want] * len(seqs) if isinstance(want, str) else list(want)
-        input_ids, positions, ctx, cu = self.prepare(seqs)
+        batch = self.prepare(seqs, wants)
+        out = self.compute(batch, wants)
+        self.finish(seqs, batch[3])
+        return out
+
+    @torch.inference_mode()
+    def compute(self, batch, wants: list[Want]) -> list[torch.Tensor | None]:
+        """The forward pass of a prepared batch; touches no bookkeeping, so the scheduler runs it
+        in a worker thread while the event loop keeps the block tables to itself."""
+        input_ids, positions, ctx, cu = batch
         with use_context(ctx):
             hidden = self.model(input_ids, positions)
         rows, spans = [], []
@@ -87,11 +100,16 @@ class ModelRunner:
             spans.append((len(rows), len(rows) + len(sel), w))
             rows += sel
         logits = self.model.compute_logits(hidden[rows]) if rows else None
-        for i, s in enumerate(seqs):
-            if not s.freed:  # a cancelled request may free its sequence while the batch runs
-                self.cache.commit(s, cu[i + 1] - cu[i])
-        self.tokens_computed += cu[-1]
         out: list[torch.Tensor | None] = []
         for a, b, w in spans:
             out.append(None if w == "none" else logits[a] if w == "last" else logits[a:b])
         return out
+
+    def finish(self, seqs: list[Sequence], cu: list[int]) -> None:
+        """Commit what the forward wrote (publishing full blocks) after `compute` returned."""
+        self.cache.runs += 1
+        for i, s in enumerate(seqs):
+            if not s.freed:  # a cancelled request may free its sequence while the batch runs
+                self.cache.commit(s, cu[i + 1] - cu[i])
+                s.last_run, s.rematch, s.preempted = self.cache.runs, False, False
+        self.tokens_computed += cu[-1]

@@ -3,8 +3,16 @@
 Search coroutines call `await scheduler.forward(seq)`; the scheduler collects whatever all
 live requests are waiting on, runs it as one batch per model in a worker thread (so the
 event loop keeps serving HTTP calls to a remote LLM meanwhile) and hands each coroutine its
-logits. A batch that does not fit in the KV pool is shrunk; work that cannot fit while
-nothing else runs fails with KVPoolExhausted instead of waiting forever.
+logits. Block tables change only on the event loop (`prepare` and `finish`); the worker
+thread runs the forward alone.
+
+A batch that does not fit in the KV pool is shrunk. When nothing fits at all, the oldest
+waiting sequence is served next and room is made for it by preemption (vLLM's recompute
+mode, at block granularity, so a fork's shared prefix is never dropped): idle sequences
+(not waiting on a forward) first, least recently run first, then waiting sequences newer
+than it. A preempted sequence keeps its tokens; its next forward recomputes them or
+matches them again from the prefix cache. Only work that cannot fit even so fails, alone,
+with KVPoolExhausted: never a hang, and age decides, so two requests cannot thrash.
 """
 from __future__ import annotations
 
@@ -27,8 +35,10 @@ class _Work:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, max_batch_tokens: int = 8192, gather_yields: int = 4):
+    def __init__(self, engine: Engine, max_batch_tokens: int = 8192, gather_yields: int = 4,
+                 preempt: bool = True):
         self.engine = engine
+        self.preempt = preempt  # False: fail fast (the oldest waiting work) rather than recompute
         self.max_batch_tokens = max_batch_tokens
         self.gather_yields = gather_yields  # event-loop turns to wait for more work before a tick
         self.pending: dict[str, list[_Work]] = {}
@@ -36,18 +46,30 @@ class Scheduler:
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gboost-forward")
         self.batches = 0            # forward batches run (for tests and metrics)
+        self.preemptions = 0        # sequences cut back to free blocks
+        self.preempted_tokens = 0   # computed tokens they dropped (recomputed unless re-matched)
         self.batch_sizes: deque[int] = deque(maxlen=4096)  # recent batches only: a server runs for days
 
     async def forward(self, seq: Sequence, want: str = "last") -> torch.Tensor | None:
         """Compute seq's pending tokens in the next batch of its model; logits per `want`."""
+        return await self._submit(seq, want)
+
+    async def forward_many(self, seqs: list[Sequence], want: str = "last") -> list:
+        # queued at once, so no tick can see (and preempt) a sequence its caller already counted
+        return list(await asyncio.gather(*[self._submit(s, want) for s in seqs]))
+
+    def _submit(self, seq: Sequence, want: str) -> asyncio.Future:
         self._ensure_running()
         fut = asyncio.get_running_loop().create_future()
         self.pending.setdefault(seq.model, []).append(_Work(seq, want, fut))
         self._wake.set()
-        return await fut
+        return fut
 
-    async def forward_many(self, seqs: list[Sequence], want: str = "last") -> list:
-        return list(await asyncio.gather(*(self.forward(s, want) for s in seqs)))
+    def kv_stats(self) -> dict[str, int]:
+        """Pool occupancy and preemption counters (for /metrics and benchmarks)."""
+        blocks = self.engine.cache.blocks
+        return {"blocks_total": blocks.num_blocks, "blocks_free": blocks.num_free(),
+                "preemptions": self.preemptions, "preempted_tokens": self.preempted_tokens}
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
@@ -69,13 +91,17 @@ class Scheduler:
                     continue
                 ran = True
                 runner = self.engine.models[key].runner
+                seqs, wants = [w.seq for w in batch], [w.want for w in batch]
                 try:
-                    outs = await loop.run_in_executor(self._pool, runner.run,
-                                                      [w.seq for w in batch], [w.want for w in batch])
+                    prepared = runner.prepare(seqs, wants)
+                    outs = await loop.run_in_executor(self._pool, runner.compute, prepared, wants)
+                    runner.finish(seqs, prepared[3])
                 except BaseException as e:  # every waiter learns the failure; the loop lives on
                     for w in batch:
                         if not w.fut.done():
                             w.fut.set_exception(e)
+                    if isinstance(e, asyncio.CancelledError):
+                        raise  # close(): the loop itself is being stopped
                     continue
                 self.batches += 1
                 self.batch_sizes.append(len(batch))
@@ -83,13 +109,25 @@ class Scheduler:
                     if not w.fut.done():
                         w.fut.set_result(o)
             if not ran:
-                self._fail_unfittable()
+                try:
+                    self._make_room()
+                except Exception as e:  # a bookkeeping bug must fail the waiters, not hang them
+                    for items in self.pending.values():
+                        for w in items:
+                            if not w.fut.done():
+                                w.fut.set_exception(e)
+                        items.clear()
             if any(self.pending.values()):
                 self._wake.set()
 
     def _pick(self, key: str) -> tuple[list[_Work], list[_Work]]:
         """The longest prefix of the queue that fits the KV pool and the token budget."""
-        items = [w for w in self.pending.get(key, []) if not w.fut.cancelled()]
+        items = []
+        for w in self.pending.get(key, []):
+            if w.seq.freed:  # its request ended (e.g. a sibling forward failed): nobody waits for it
+                w.fut.cancel()
+            if not w.fut.done():
+                items.append(w)
         cache, batch, claims, tokens = self.engine.cache, [], [], 0
         seen: set[int] = set()
         for i, w in enumerate(items):
@@ -106,15 +144,49 @@ class Scheduler:
             tokens += n
         return batch, []
 
-    def _fail_unfittable(self) -> None:
-        # Nothing ran this tick, so no block will be freed by waiting: fail what cannot fit.
-        for key, items in self.pending.items():
-            for w in items:
-                if not w.fut.done():
-                    w.fut.set_exception(KVPoolExhausted(
-                        f"KV pool exhausted: {w.seq.num_pending} tokens for {key!r} cannot fit in "
-                        f"{self.engine.cache.blocks.num_free()} free blocks"))
-            items.clear()
+    def _make_room(self) -> None:
+        """Nothing fit this tick. If idle sequences can give back enough blocks (their unshared
+        tails, least recently run first) for a queue's first work, they do. Otherwise the
+        oldest waiting sequence is served next: waiting sequences newer than it give back
+        blocks too (newest first); if even that is not enough, its work fails alone."""
+        cache = self.engine.cache
+        waiting = [w for items in self.pending.values() for w in items if not w.fut.done()]
+        if not waiting:
+            return
+        busy = {w.seq.seq_id: w.seq for w in waiting}
+        idle = sorted((s for s in cache.live.values() if s.seq_id not in busy and cache.preemptible_blocks(s)),
+                      key=lambda s: s.last_run)
+
+        def need(w: _Work) -> int:
+            return cache.blocks_needed(w.seq, max(w.seq.num_pending, 1))
+
+        def preempt_until(victims: list[Sequence], n: int) -> None:
+            for s in victims:
+                if cache.blocks.can_allocate(n):
+                    return
+                self.preempted_tokens += cache.preempt(s)
+                self.preemptions += 1
+
+        heads = [w for items in self.pending.values() for w in items[:1] if not w.fut.done()]
+        n_head = min((need(w) for w in heads), default=None)
+        idle_room = sum(map(cache.preemptible_blocks, idle))
+        if self.preempt and n_head is not None and cache.blocks.num_free() + idle_room >= n_head:
+            preempt_until(idle, n_head)  # queue order kept: the batches stay as the queues made them
+            return
+        oldest = min(waiting, key=lambda w: w.seq.seq_id)  # seq ids grow with arrival: age is priority
+        newer = sorted((s for i, s in busy.items() if i > oldest.seq.seq_id and cache.preemptible_blocks(s)),
+                       key=lambda s: -s.seq_id)
+        queue = self.pending[oldest.seq.model]
+        queue.remove(oldest)
+        room = sum(map(cache.preemptible_blocks, idle + newer)) if self.preempt else 0
+        if cache.blocks.num_free() + room < need(oldest):
+            oldest.fut.set_exception(KVPoolExhausted(  # could never fit: keep everyone else's work
+                f"KV pool exhausted: {oldest.seq.num_pending} tokens for {oldest.seq.model!r} cannot fit in "
+                f"{cache.blocks.num_blocks} blocks beside the work of older requests"
+                + ("" if self.preempt else " (preemption is off)")))
+            return
+        preempt_until(idle + newer, need(oldest))
+        queue.insert(0, oldest)  # first in the next tick's batch, before any newer work
 
     def close(self) -> None:
         if self._task is not None:

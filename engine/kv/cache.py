@@ -43,6 +43,11 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)  # chained hash of each full computed block
     cached_tokens: int = 0  # tokens served from the prefix cache at creation
+    last_run: int = 0       # cache.runs when a forward last computed this sequence (preemption is LRU)
+    # never run since creation, or cut back by `preempt`: its next forward first extends its
+    # computed prefix from the prefix cache (blocks published since, e.g. by a concurrent twin)
+    rematch: bool = False
+    preempted: bool = False  # cut back by `preempt` since it last ran (its forks inherit `rematch`)
     freed: bool = False
 
     def __len__(self) -> int:
@@ -77,6 +82,8 @@ class KVCache:
         self.blocks = BlockPool(num_blocks)
         self._ids = count()
         self.live: dict[int, Sequence] = {}
+        self.runs = 0  # forward passes over this pool; stamps Sequence.last_run
+        self.late_hit_tokens = 0  # tokens matched when a sequence ran rather than when it was made
 
     # -- views for the attention layers ----------------------------------------
     def view(self, model: str) -> torch.Tensor:
@@ -92,9 +99,23 @@ class KVCache:
         if model not in self.specs:
             raise KeyError(f"unknown model {model!r}; resident: {sorted(self.specs)}")
         seq = Sequence(next(self._ids), model, list(token_ids))
-        bs, parent = self.block_size, self._root_hash(model)
-        for i in range((len(token_ids) - 1) // bs if token_ids else 0):
-            key = (parent, tuple(token_ids[i * bs:(i + 1) * bs]))
+        seq.cached_tokens = self.match_cached_prefix(seq)
+        seq.rematch = True
+        self.live[seq.seq_id] = seq
+        return seq
+
+    def match_cached_prefix(self, seq: Sequence) -> int:
+        """Extend seq's computed prefix with published blocks of the same tokens (never its last
+        token); returns the tokens gained. Only from a block boundary with no partial block, e.g.
+        a new sequence or one cut back by `preempt`."""
+        bs = self.block_size
+        self._check_live(seq)
+        if seq.num_computed != len(seq.block_table) * bs or len(seq.block_hashes) != len(seq.block_table):
+            return 0
+        parent = seq.block_hashes[-1] if seq.block_hashes else self._root_hash(seq.model)
+        start = len(seq.block_table)
+        for i in range(start, (len(seq.token_ids) - 1) // bs if seq.token_ids else 0):
+            key = (parent, tuple(seq.token_ids[i * bs:(i + 1) * bs]))
             h = hash(key)
             b = self.blocks.lookup(h, key)
             if b is None:
@@ -103,9 +124,32 @@ class KVCache:
             seq.block_table.append(b)
             seq.block_hashes.append(h)
             parent = h
-        seq.num_computed = seq.cached_tokens = len(seq.block_table) * bs
-        self.live[seq.seq_id] = seq
-        return seq
+        gained = (len(seq.block_table) - start) * bs
+        seq.num_computed += gained
+        return gained
+
+    def preemptible_blocks(self, seq: Sequence) -> int:
+        """Blocks `preempt(seq)` would give back: the tail that no other sequence holds."""
+        n = 0
+        for b in reversed(seq.block_table):
+            if self.blocks.ref[b] > 1:
+                break
+            n += 1
+        return n
+
+    def preempt(self, seq: Sequence) -> int:
+        """Give back seq's unshared tail blocks, keeping its token ids: the dropped tokens become
+        pending and are recomputed (or matched again from the prefix cache, since published
+        blocks stay cached until evicted) by its next forward. Returns the tokens dropped."""
+        self._check_live(seq)
+        n = self.preemptible_blocks(seq)
+        if n == 0:
+            return 0
+        keep = (len(seq.block_table) - n) * self.block_size
+        before = seq.num_computed
+        self.rewind(seq, keep)
+        seq.rematch = seq.preempted = True
+        return before - seq.num_computed
 
     def blocks_needed(self, seq: Sequence, n_new: int) -> int:
         """Fresh blocks that `reserve(seq, n_new)` would take (including a copy-on-write)."""
@@ -154,6 +198,9 @@ class KVCache:
         keep = -(-seq.num_computed // self.block_size)  # reserved-but-unwritten blocks stay with the parent
         child = Sequence(next(self._ids), seq.model, list(seq.token_ids), seq.num_computed,
                          list(seq.block_table[:keep]), list(seq.block_hashes))
+        # what a preempted parent lost may still be cached for the child; a fresh parent's child
+        # is not re-matched, so a repeated request computes the same chunks and repeats exactly
+        child.rematch = child.preempted = seq.preempted
         for b in child.block_table:
             self.blocks.incref(b)
         self.live[child.seq_id] = child
@@ -167,7 +214,7 @@ class KVCache:
         del seq.token_ids[n:]
         seq.num_computed = min(seq.num_computed, n)
         keep = -(-seq.num_computed // self.block_size)
-        for b in seq.block_table[keep:]:
+        for b in reversed(seq.block_table[keep:]):  # tail first: see free()
             self.blocks.decref(b)
         del seq.block_table[keep:]
         del seq.block_hashes[seq.num_computed // self.block_size:]
@@ -184,7 +231,9 @@ class KVCache:
     def free(self, seq: Sequence) -> None:
         if seq.freed:
             return
-        for b in seq.block_table:
+        # Tail first, so LRU evicts a chain's tail before its head: a lookup stops at the first
+        # missing block, so an evicted head would strand every cached block after it.
+        for b in reversed(seq.block_table):
             self.blocks.decref(b)
         seq.block_table.clear()
         seq.block_hashes.clear()

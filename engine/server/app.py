@@ -102,7 +102,9 @@ def create_app(
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_route() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(faults.injected, solver))
+        sched = getattr(backend, "scheduler", None)
+        kv = sched.kv_stats() if hasattr(sched, "kv_stats") else None
+        return PlainTextResponse(metrics.render(faults.injected, solver, kv))
 
     async def json_body(request: Request):
         raw = await request.body()

@@ -40,7 +40,7 @@ class Metrics:
             if not held.kept:
                 held.release()
 
-    def render(self, faults: Counter[str] | None = None, solver=None) -> str:
+    def render(self, faults: Counter[str] | None = None, solver=None, kv: dict | None = None) -> str:
         out: list[str] = []
 
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
@@ -72,6 +72,15 @@ class Metrics:
         if solver is not None:
             metric("gboost_solves_total", "counter", "Solve requests answered.", [("", solver.solves)])
             metric("gboost_solves_in_flight", "gauge", "Solve requests running.", [("", solver.in_flight)])
+        if kv is not None:  # Scheduler.kv_stats() of an engine-backed server
+            metric("gboost_kv_blocks_total", "gauge", "KV blocks in the shared pool.", [("", kv["blocks_total"])])
+            metric("gboost_kv_blocks_free", "gauge", "KV blocks free or holding evictable cached prefixes.",
+                   [("", kv["blocks_free"])])
+            metric("gboost_kv_preemptions_total", "counter", "Idle sequences cut back to free KV blocks.",
+                   [("", kv["preemptions"])])
+            metric("gboost_kv_preempted_tokens_total", "counter",
+                   "Computed tokens dropped by preemption (recomputed or re-matched later).",
+                   [("", kv["preempted_tokens"])])
         if faults is not None:
             metric(
                 "gboost_faults_injected_total",

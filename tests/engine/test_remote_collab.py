@@ -149,11 +149,11 @@ def test_slm_and_prm_work_goes_on_while_llm_calls_are_in_flight(server):
         llm.score = lambda p, d: counted(orig_score(p, d))
         for key in eng.models:
             runner = eng.models[key].runner
-            run = runner.run
-            def spy(seqs, want, run=run, key=key):
+            compute = runner.compute  # what the scheduler's worker thread runs
+            def spy(batch, wants, compute=compute, key=key):
                 during.append((key, inflight["n"] > 0))
-                return run(seqs, want)
-            runner.run = spy
+                return compute(batch, wants)
+            runner.compute = spy
         c = SearchConfig(method="gboost", num_simulations=2, max_step_tokens=6, max_depth=2, temperature=0.8)
         be = EngineBackend(eng, sched, c, llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
                            options=BackendOptions(collab_mode="exact"))

@@ -155,3 +155,55 @@ def test_rewind_keeps_tokens_and_recomputes_into_a_private_block():
     assert read(cache, b) == read(cache, a) == list(range(1, 9))
     assert b.block_table[1] != a.block_table[1]
     cache.check_refcounts()
+
+
+def test_eviction_takes_a_freed_chain_tail_first():
+    # A head evicted first would strand the rest of the chain: lookups stop at the first miss.
+    cache = make_cache(num_blocks=5)
+    a = cache.new_sequence("a", list(range(17)))      # 4 full blocks + 1 token
+    write(cache, a)
+    cache.free(a)                                       # 4 cached blocks, 1 free
+    b = cache.new_sequence("a", list(range(200, 208)))  # takes the free block and evicts one cached
+    write(cache, b)
+    assert cache.new_sequence("a", list(range(17))).cached_tokens == 12
+    # truncate gives its blocks back tail first too
+    c = make_cache(num_blocks=5)
+    d = c.new_sequence("a", list(range(17)))
+    write(c, d)
+    e = c.fork(d)
+    c.truncate(e, 0)                                     # nothing freed: d still holds every block
+    c.truncate(d, 0)                                     # d's 5 blocks back: 4 cached, 1 free
+    f = c.new_sequence("a", list(range(300, 308)))
+    write(c, f)
+    assert c.new_sequence("a", list(range(17))).cached_tokens == 12
+    c.check_refcounts()
+
+
+def test_preempt_gives_back_only_the_unshared_tail_and_the_prefix_cache_restores_it():
+    cache = make_cache(num_blocks=16)
+    a = cache.new_sequence("a", list(range(1, 11)))          # blocks: [1-4] [5-8] [9,10]
+    write(cache, a)
+    b = cache.fork(a)
+    b.token_ids += [20, 21, 22, 23, 24]                       # b: CoW of [9,10] + one more block
+    write(cache, b)
+    shared = a.block_table[:2]
+    assert cache.preemptible_blocks(b) == 2 and cache.preemptible_blocks(a) == 1
+    free_before = cache.blocks.num_free()
+    assert cache.preempt(b) == 7                              # back to the shared 8 tokens
+    assert b.num_computed == 8 and b.block_table == shared and len(b) == 15
+    assert cache.blocks.num_free() == free_before + 2
+    assert read(cache, a) == list(range(1, 11))               # the other holder is untouched
+    cache.check_refcounts()
+    # b's dropped full block [9,10,20,21] was published: matching gets it back (not the last token)
+    assert cache.match_cached_prefix(b) == 4 and b.num_computed == 12
+    write(cache, b)
+    assert read(cache, b) == list(range(1, 11)) + [20, 21, 22, 23, 24]
+    # a partial last block blocks matching (its K/V is not in any published block)
+    c = cache.new_sequence("a", list(range(1, 7)))
+    write(cache, c)
+    assert c.num_computed == 6 and cache.match_cached_prefix(c) == 0
+    assert cache.preempt(cache.fork(a)) == 0                   # everything shared: nothing to give
+    for s in list(cache.live.values()):
+        cache.free(s)
+    cache.check_refcounts()
+    assert all(r == 0 for r in cache.blocks.ref)

@@ -214,3 +214,8 @@ def test_engine_backend_stream_holds_back_partial_utf8(make_server):
         same_as_plain(srv, body)
     assert eng.cache.live == {}
     eng.cache.check_refcounts()
+    kv = {line.split()[0]: float(line.split()[1]) for line in httpx.get(srv.url + "/metrics").text.splitlines()
+          if line.startswith("gboost_kv_")}
+    n = eng.cache.blocks.num_blocks
+    assert kv == {"gboost_kv_blocks_total": n, "gboost_kv_blocks_free": n,  # cached blocks count as free
+                  "gboost_kv_preemptions_total": 0, "gboost_kv_preempted_tokens_total": 0}

@@ -43,10 +43,12 @@ class ModelRunner:
             if not s.token_ids:
                 raise ValueError("cannot run an empty sequence")
             self.check_fits(s)
+            s.last_hit = 0
             if s.rematch and wants is not None and wants[i] == "last":
-                # only the last row is wanted, so cached blocks can stand in for computing; a
-                # sequence that has run is left alone, so a repeated request repeats bit for bit
-                self.cache.late_hit_tokens += self.cache.match_cached_prefix(s)
+                # only the last row is wanted, so cached blocks can stand in for computing (a
+                # sequence that has run, or a fork of one, is not re-matched)
+                s.last_hit = self.cache.match_cached_prefix(s)
+                self.cache.late_hit_tokens += s.last_hit
             if s.num_pending == 0:
                 self.cache.rewind(s, s.num_computed - 1)  # logits wanted but all K/V cached: redo the last token
         if not self.cache.can_reserve([(s, s.num_pending) for s in seqs]):
@@ -54,6 +56,7 @@ class ModelRunner:
                                   f"does not fit in {self.cache.blocks.num_free()} free blocks")
         ids, pos, slots, lens, cu = [], [], [], [], [0]
         for s in seqs:
+            s.batch_version = s.version  # finish() commits only onto the table reserved here
             n = s.num_pending
             slots += self.cache.reserve(s, n)
             ids += s.token_ids[s.num_computed:]
@@ -109,7 +112,10 @@ class ModelRunner:
         """Commit what the forward wrote (publishing full blocks) after `compute` returned."""
         self.cache.runs += 1
         for i, s in enumerate(seqs):
-            if not s.freed:  # a cancelled request may free its sequence while the batch runs
-                self.cache.commit(s, cu[i + 1] - cu[i])
+            s.last_computed = cu[i + 1] - cu[i]
+            # a request cancelled while the batch ran may have freed or cut back its sequence:
+            # its new K/V went to blocks it no longer holds, so nothing is committed
+            if not s.freed and s.version == s.batch_version:
+                self.cache.commit(s, s.last_computed)
                 s.last_run, s.rematch, s.preempted = self.cache.runs, False, False
         self.tokens_computed += cu[-1]

@@ -6,13 +6,14 @@ event loop keeps serving HTTP calls to a remote LLM meanwhile) and hands each co
 logits. Block tables change only on the event loop (`prepare` and `finish`); the worker
 thread runs the forward alone.
 
-A batch that does not fit in the KV pool is shrunk. When nothing fits at all, the oldest
-waiting sequence is served next and room is made for it by preemption (vLLM's recompute
-mode, at block granularity, so a fork's shared prefix is never dropped): idle sequences
-(not waiting on a forward) first, least recently run first, then waiting sequences newer
-than it. A preempted sequence keeps its tokens; its next forward recomputes them or
-matches them again from the prefix cache. Only work that cannot fit even so fails, alone,
-with KVPoolExhausted: never a hang, and age decides, so two requests cannot thrash.
+A batch that does not fit in the KV pool is shrunk. When nothing fits at all, room is made
+by preemption (vLLM's recompute mode, at block granularity, so a fork's shared prefix is
+never dropped): if idle sequences (not waiting on a forward) can give enough, they do, least
+recently run first; otherwise the work of the oldest request (`Sequence.born`, inherited by
+forks) goes first, and idle sequences, then waiting ones of newer requests, make room for it.
+A preempted sequence keeps its tokens; its next forward recomputes them or matches them again
+from the prefix cache, and callers charge what the forward computed (`last_computed`). Work
+that cannot fit even so fails alone with KVPoolExhausted. Never a hang; age decides who waits.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Scheduler:
                  preempt: bool = True):
         self.engine = engine
         self.preempt = preempt  # False: fail fast (the oldest waiting work) rather than recompute
+        self._first: str | None = None  # the model whose queue goes first next tick
         self.max_batch_tokens = max_batch_tokens
         self.gather_yields = gather_yields  # event-loop turns to wait for more work before a tick
         self.pending: dict[str, list[_Work]] = {}
@@ -84,7 +86,9 @@ class Scheduler:
             for _ in range(self.gather_yields):
                 await asyncio.sleep(0)
             ran = False
-            for key in list(self.pending):
+            keys = sorted(self.pending, key=lambda k: k != self._first)  # room was made for its work
+            self._first = None
+            for key in keys:
                 batch, rest = self._pick(key)
                 self.pending[key] = rest
                 if not batch:
@@ -98,6 +102,8 @@ class Scheduler:
                     runner.finish(seqs, prepared[3])
                 except BaseException as e:  # every waiter learns the failure; the loop lives on
                     for w in batch:
+                        if not w.seq.freed:  # give back what was reserved and never written
+                            self.engine.cache.truncate(w.seq, len(w.seq.token_ids))
                         if not w.fut.done():
                             w.fut.set_exception(e)
                     if isinstance(e, asyncio.CancelledError):
@@ -124,8 +130,8 @@ class Scheduler:
         """The longest prefix of the queue that fits the KV pool and the token budget."""
         items = []
         for w in self.pending.get(key, []):
-            if w.seq.freed:  # its request ended (e.g. a sibling forward failed): nobody waits for it
-                w.fut.cancel()
+            if w.seq.freed and not w.fut.done():  # its request ended (e.g. a sibling forward failed)
+                w.fut.set_exception(RuntimeError(f"sequence {w.seq.seq_id} was freed while waiting"))
             if not w.fut.done():
                 items.append(w)
         cache, batch, claims, tokens = self.engine.cache, [], [], 0
@@ -173,20 +179,23 @@ class Scheduler:
         if self.preempt and n_head is not None and cache.blocks.num_free() + idle_room >= n_head:
             preempt_until(idle, n_head)  # queue order kept: the batches stay as the queues made them
             return
-        oldest = min(waiting, key=lambda w: w.seq.seq_id)  # seq ids grow with arrival: age is priority
-        newer = sorted((s for i, s in busy.items() if i > oldest.seq.seq_id and cache.preemptible_blocks(s)),
-                       key=lambda s: -s.seq_id)
+        age = lambda q: (q.born, q.seq_id)  # noqa: E731 -- forks keep their request's birth
+        oldest = min(waiting, key=lambda w: age(w.seq))
+        newer = sorted((q for q in busy.values() if q.born > oldest.seq.born and cache.preemptible_blocks(q)),
+                       key=age, reverse=True)
         queue = self.pending[oldest.seq.model]
-        queue.remove(oldest)
+        del queue[next(i for i, w in enumerate(queue) if w is oldest)]
         room = sum(map(cache.preemptible_blocks, idle + newer)) if self.preempt else 0
         if cache.blocks.num_free() + room < need(oldest):
             oldest.fut.set_exception(KVPoolExhausted(  # could never fit: keep everyone else's work
-                f"KV pool exhausted: {oldest.seq.num_pending} tokens for {oldest.seq.model!r} cannot fit in "
-                f"{cache.blocks.num_blocks} blocks beside the work of older requests"
-                + ("" if self.preempt else " (preemption is off)")))
+                f"KV pool exhausted: {oldest.seq.num_pending} tokens for {oldest.seq.model!r} need "
+                f"{need(oldest)} blocks; {cache.blocks.num_free()} of {cache.blocks.num_blocks} are free"
+                + (" and the rest are in use by this request or shared" if self.preempt
+                   else " (preemption is off)")))
             return
         preempt_until(idle + newer, need(oldest))
         queue.insert(0, oldest)  # first in the next tick's batch, before any newer work
+        self._first = oldest.seq.model
 
     def close(self) -> None:
         if self._task is not None:

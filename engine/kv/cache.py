@@ -44,6 +44,11 @@ class Sequence:
     block_hashes: list[int] = field(default_factory=list)  # chained hash of each full computed block
     cached_tokens: int = 0  # tokens served from the prefix cache at creation
     last_run: int = 0       # cache.runs when a forward last computed this sequence (preemption is LRU)
+    born: int = 0           # seq_id of the new_sequence it descends from (forks inherit): request age
+    version: int = 0        # bumped by truncate/rewind/preempt/free: a batch never commits onto a changed table
+    last_computed: int = 0  # tokens its latest forward computed (callers charge this after the forward)
+    last_hit: int = 0       # tokens its latest forward took from the prefix cache instead (late match)
+    batch_version: int = -1  # version when its current batch was prepared
     # never run since creation, or cut back by `preempt`: its next forward first extends its
     # computed prefix from the prefix cache (blocks published since, e.g. by a concurrent twin)
     rematch: bool = False
@@ -99,6 +104,7 @@ class KVCache:
         if model not in self.specs:
             raise KeyError(f"unknown model {model!r}; resident: {sorted(self.specs)}")
         seq = Sequence(next(self._ids), model, list(token_ids))
+        seq.born = seq.seq_id
         seq.cached_tokens = self.match_cached_prefix(seq)
         seq.rematch = True
         self.live[seq.seq_id] = seq
@@ -145,9 +151,10 @@ class KVCache:
         n = self.preemptible_blocks(seq)
         if n == 0:
             return 0
-        keep = (len(seq.block_table) - n) * self.block_size
-        before = seq.num_computed
-        self.rewind(seq, keep)
+        before, tokens = seq.num_computed, list(seq.token_ids)
+        # cut to the kept blocks; blocks reserved past num_computed (a failed batch) go too
+        self.truncate(seq, min(before, (len(seq.block_table) - n) * self.block_size))
+        seq.token_ids = tokens
         seq.rematch = seq.preempted = True
         return before - seq.num_computed
 
@@ -201,6 +208,7 @@ class KVCache:
         # what a preempted parent lost may still be cached for the child; a fresh parent's child
         # is not re-matched, so a repeated request computes the same chunks and repeats exactly
         child.rematch = child.preempted = seq.preempted
+        child.born = seq.born
         for b in child.block_table:
             self.blocks.incref(b)
         self.live[child.seq_id] = child
@@ -211,6 +219,7 @@ class KVCache:
         self._check_live(seq)
         if not 0 <= n <= len(seq.token_ids):
             raise ValueError(f"cannot truncate a {len(seq.token_ids)}-token sequence to {n}")
+        seq.version += 1
         del seq.token_ids[n:]
         seq.num_computed = min(seq.num_computed, n)
         keep = -(-seq.num_computed // self.block_size)
@@ -238,6 +247,7 @@ class KVCache:
         seq.block_table.clear()
         seq.block_hashes.clear()
         seq.freed = True
+        seq.version += 1
         self.live.pop(seq.seq_id, None)
 
     # -- checks -----------------------------------------------------------------

@@ -45,10 +45,10 @@ class LocalLLM:
         cache = self.engine.cache
         try:
             cache.rewind(seq, len(ids) - n_rows)  # the last n_rows positions must be computed now
-            before = seq.num_computed
-            charge(self.cost, **{self.charge_as: len(ids) - before}, prefix_cache_tokens=before)
             logits = await self.scheduler.forward(seq, "all")
-            self.tokens_computed += len(ids) - before
+            computed = seq.last_computed  # not len(ids) - num_computed before: it may be preempted
+            charge(self.cost, **{self.charge_as: computed}, prefix_cache_tokens=len(ids) - computed)
+            self.tokens_computed += computed
         except BaseException:
             cache.free(seq)
             raise

@@ -252,8 +252,10 @@ class EngineBackend:
                 break
 
     async def _slm_forward(self, seq: Sequence):
-        charge(self.cost, slm_tokens=max(seq.num_pending, 1))  # what this forward computes for us
-        return await self.scheduler.forward(seq)
+        logits = await self.scheduler.forward(seq)
+        # what the forward computed: preemption or a late prefix-cache match may have changed it
+        charge(self.cost, slm_tokens=seq.last_computed, prefix_cache_tokens=seq.last_hit)
+        return logits
 
     # -- fusion -----------------------------------------------------------------------------
     def _fused_logp(self, slm_logits: torch.Tensor, llm_rows: list[TokenLogprobs], alpha: float | None,

@@ -100,17 +100,17 @@ class PRMScorer:
         if self.spec.kind == "judge":
             for s in seqs:
                 s.token_ids += self._suffix
-        before = sum(s.num_computed for s in seqs)
         try:
             rows = await self.scheduler.forward_many(seqs, "last")
+            computed = sum(s.last_computed for s in seqs)  # preemption and late matches included
+            hits = sum(s.last_hit for s in seqs)
         finally:
             if self.spec.kind == "judge":
                 for s, n in zip(seqs, lens):  # drop the judge suffix: children append after the step
                     if not s.freed:
                         self.engine.cache.truncate(s, n)
-        computed = sum(lens) + (len(self._suffix) * len(seqs) if self.spec.kind == "judge" else 0) - before
         self.tokens_computed += computed
-        charge(self.cost, prm_tokens=computed)
+        charge(self.cost, prm_tokens=computed, prefix_cache_tokens=hits)
         scores = torch.stack(rows)
         idx = torch.arange(len(seqs), device=scores.device)
         k = self.spec.kind

@@ -76,7 +76,7 @@ class Metrics:
             metric("gboost_kv_blocks_total", "gauge", "KV blocks in the shared pool.", [("", kv["blocks_total"])])
             metric("gboost_kv_blocks_free", "gauge", "KV blocks free or holding evictable cached prefixes.",
                    [("", kv["blocks_free"])])
-            metric("gboost_kv_preemptions_total", "counter", "Idle sequences cut back to free KV blocks.",
+            metric("gboost_kv_preemptions_total", "counter", "Sequences cut back to free KV blocks (recomputed later).",
                    [("", kv["preemptions"])])
             metric("gboost_kv_preempted_tokens_total", "counter",
                    "Computed tokens dropped by preemption (recomputed or re-matched later).",

@@ -2,6 +2,7 @@
 
     python benchmarks/kv_pressure.py                 # pools 4000 2000 1200 600 300 200 blocks
     python benchmarks/kv_pressure.py --blocks 600 --requests 12
+    python benchmarks/kv_pressure.py --demo --kv-gb 2 0.05 --requests 6   # the demo pair, GSM8K (minutes)
     # the same workload on a checkout from before preemption (673ba80), for the baseline:
     git worktree add /tmp/before 673ba80 && (cd /tmp/before && PYTHONPATH=. python /path/to/benchmarks/kv_pressure.py)
 
@@ -57,13 +58,49 @@ def run(num_blocks: int, requests: int, preempt: bool) -> dict:
             "computed": sum(m.runner.tokens_computed for m in eng.models.values()), "wall": wall}
 
 
+def run_demo(kv_gb: float, requests: int) -> dict:
+    """The demo pair (0.5B SLM, 1.5B LLM and judge PRM, bf16) on the first GSM8K questions."""
+    import json
+    from pathlib import Path
+
+    from engine.stack import build_stack
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
+    qs = [json.loads(line)["question"] for line in data.open()][:requests]
+    cfg = SearchConfig(method="gboost", num_simulations=3, max_depth=4, max_step_tokens=48, seed=0)
+
+    async def main():
+        st = await build_stack(cfg, kv_memory_gb=kv_gb)
+        t0 = time.perf_counter()
+        res = await asyncio.gather(*(solve(q, st.backend, cfg) for q in qs), return_exceptions=True)
+        wall = time.perf_counter() - t0
+        st.engine.cache.check_refcounts()
+        assert not st.engine.cache.live, "a request leaked KV blocks"
+        stats = getattr(st.scheduler, "kv_stats", lambda: {"blocks_total": st.engine.cache.blocks.num_blocks,
+                                                            "preemptions": 0, "preempted_tokens": 0})()
+        computed = sum(m.runner.tokens_computed for m in st.engine.models.values())
+        await st.aclose()
+        return {"blocks": stats["blocks_total"], "mode": f"demo, {kv_gb} GB",
+                "done": sum(not isinstance(r, BaseException) for r in res), "requests": requests,
+                "preemptions": stats["preemptions"], "dropped": stats["preempted_tokens"],
+                "computed": computed, "wall": wall}
+    return asyncio.run(main())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", type=int, nargs="+", default=[4000, 2000, 1200, 600, 300, 200])
     ap.add_argument("--requests", type=int, default=12)
+    ap.add_argument("--demo", action="store_true", help="the demo models instead of tiny ones")
+    ap.add_argument("--kv-gb", type=float, nargs="+", default=[2.0, 0.05], help="--demo pool sizes")
     args = ap.parse_args()
     print("| pool blocks | scheduler | completed | preemptions | tokens dropped | tokens computed | wall s |")
     print("|---|---|---|---|---|---|---|")
+    if args.demo:
+        for gb in args.kv_gb:
+            r = run_demo(gb, args.requests)
+            print(f"| {r['blocks']} | {r['mode']} | {r['done']}/{r['requests']} | {r['preemptions']} | "
+                  f"{r['dropped']:,} | {r['computed']:,} | {r['wall']:.1f} |", flush=True)
+        return
     for nb in args.blocks:
         for preempt in (True, False):
             r = run(nb, args.requests, preempt)

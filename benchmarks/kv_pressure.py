@@ -86,6 +86,11 @@ def run_demo(kv_gb: float, requests: int) -> dict:
     return asyncio.run(main())
 
 
+def print_row(r: dict) -> None:
+    print(f"| {r['blocks']} | {r['mode']} | {r['done']}/{r['requests']} | {r['preemptions']} | "
+          f"{r['dropped']:,} | {r['computed']:,} | {r['wall']:.1f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", type=int, nargs="+", default=[4000, 2000, 1200, 600, 300, 200])
@@ -97,15 +102,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     if args.demo:
         for gb in args.kv_gb:
-            r = run_demo(gb, args.requests)
-            print(f"| {r['blocks']} | {r['mode']} | {r['done']}/{r['requests']} | {r['preemptions']} | "
-                  f"{r['dropped']:,} | {r['computed']:,} | {r['wall']:.1f} |", flush=True)
+            print_row(run_demo(gb, args.requests))
         return
     for nb in args.blocks:
         for preempt in (True, False):
             r = run(nb, args.requests, preempt)
-            print(f"| {r['blocks']} | {r['mode']} | {r['done']}/{r['requests']} | {r['preemptions']} | "
-                  f"{r['dropped']:,} | {r['computed']:,} | {r['wall']:.1f} |", flush=True)
+            print_row(r)
             if r["mode"] == "before preemption":
                 break  # that checkout has one mode
 

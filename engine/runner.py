@@ -33,7 +33,7 @@ class ModelRunner:
             raise PromptTooLong(f"sequence of {len(seq.token_ids)} tokens exceeds the model's "
                                 f"{self.model.max_positions} positions")
 
-    def prepare(self, seqs: list[Sequence], wants: list[Want] | None = None
+    def prepare(self, seqs: list[Sequence], wants: list[Want]
                 ) -> tuple[torch.Tensor, torch.Tensor, Context, list[int]]:
         if len({s.seq_id for s in seqs}) != len(seqs):
             raise ValueError("a sequence appears twice in one batch")
@@ -44,7 +44,7 @@ class ModelRunner:
                 raise ValueError("cannot run an empty sequence")
             self.check_fits(s)
             s.last_hit = 0
-            if s.rematch and wants is not None and wants[i] == "last":
+            if s.rematch and wants[i] == "last":
                 # only the last row is wanted, so cached blocks can stand in for computing (a
                 # sequence that has run, or a fork of one, is not re-matched)
                 s.last_hit = self.cache.match_cached_prefix(s)

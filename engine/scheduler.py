@@ -26,6 +26,7 @@ import torch
 
 from engine.engine import Engine
 from engine.kv.cache import KVPoolExhausted, Sequence
+from engine.runner import PromptTooLong
 
 
 @dataclass
@@ -129,9 +130,15 @@ class Scheduler:
     def _pick(self, key: str) -> tuple[list[_Work], list[_Work]]:
         """The longest prefix of the queue that fits the KV pool and the token budget."""
         items = []
+        runner = self.engine.models[key].runner
         for w in self.pending.get(key, []):
             if w.seq.freed and not w.fut.done():  # its request ended (e.g. a sibling forward failed)
                 w.fut.set_exception(RuntimeError(f"sequence {w.seq.seq_id} was freed while waiting"))
+            if not w.fut.done():
+                try:  # one request's over-long sequence fails alone, not the batch it would join
+                    runner.check_fits(w.seq)
+                except PromptTooLong as e:
+                    w.fut.set_exception(e)
             if not w.fut.done():
                 items.append(w)
         cache, batch, claims, tokens = self.engine.cache, [], [], 0

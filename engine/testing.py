@@ -55,3 +55,33 @@ def tiny_engine(roles: dict[str, int], *, num_blocks: int = 512, block_size: int
             by_seed[seed] = ResidentModel(f"tiny-{seed}", cfg, tiny_model(cfg, seed, dtype), tok, None, [256])
     return Engine(list(by_seed.values()), {r: f"tiny-{s}" for r, s in roles.items()},
                   block_size=block_size, num_blocks=num_blocks, dtype=dtype)
+
+
+def tiny_stack(cfg=None, *, num_blocks: int = 512, llm: bool = True, prm_kind: str = "token_pair",
+               configs: dict[str, ModelConfig] | None = None, options=None):
+    """A whole serving stack on tiny random models: SLM (seed 1), a resident general LLM (seed 2,
+    unless ``llm=False``) and a PRM (seed 3) on one KV pool, wired as ``engine.stack.build_stack``
+    wires real checkpoints. For in-process servers in tests, fuzzing and benchmarks."""
+    from engine.llm.local import LocalLLM
+    from engine.scheduler import Scheduler
+    from engine.search.actions import BackendOptions, EngineBackend
+    from engine.search.config import SearchConfig
+    from engine.search.prm import PRMScorer, PRMSpec
+    from engine.stack import Stack
+    cfg = cfg or SearchConfig(max_step_tokens=6, max_depth=3, num_simulations=3)
+    eng = tiny_engine({"slm": 1, **({"llm": 2} if llm else {}), "prm": 3}, num_blocks=num_blocks,
+                      configs=configs)
+    sched = Scheduler(eng)
+    general = LocalLLM(eng, sched) if llm else None
+    prm = PRMScorer(eng, sched, PRMSpec(kind=prm_kind, yes_token="Y"))
+    backend = EngineBackend(eng, sched, cfg, llm=general, prm=prm, options=options or BackendOptions(max_draft=4))
+    return Stack(eng, sched, backend, general)
+
+
+def tiny_app(stack, **create_app_kw):
+    """``gboost serve --solve`` on a :func:`tiny_stack`: /v1/solve and the SLM's /v1/completions."""
+    from engine.server.app import create_app
+    from engine.server.engine_backend import EngineCompletionBackend
+    from engine.server.solve import Solver
+    backend = EngineCompletionBackend(stack.engine, stack.scheduler, model_name="tiny")
+    return create_app(backend, solver=Solver(stack.backend, stack.backend.cfg), **create_app_kw)

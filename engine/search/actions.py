@@ -25,6 +25,7 @@ import torch
 from engine.kv.cache import Sequence
 from engine.llm.base import LLMError, TokenLogprobs
 from engine.llm.topk import union_support
+from engine.runner import PromptTooLong
 from engine.sampling import processed_probs
 from engine.search.backend import StepOut, settle
 from engine.search.config import ConfigError, SearchConfig
@@ -81,6 +82,13 @@ def check_stack_runs(cfg: SearchConfig, *, has_llm: bool, has_base: bool) -> Non
                           "load (pass --base / base=...); or use 'loglinear'")
 
 
+def _check_fits(m, ids: list[int], what: str) -> None:
+    """PromptTooLong (a 400 on the server) if ``ids`` exceed resident model ``m``'s positions."""
+    if len(ids) > m.model.max_positions:
+        raise PromptTooLong(f"{what} is {len(ids)} tokens with its prompt template, more than the "
+                            f"{m.model.max_positions} positions of model {m.key!r}")
+
+
 class _SharedCount:
     """An int kept in ``obj._counts``, so every per-request view of a backend adds to one total."""
 
@@ -132,17 +140,28 @@ class EngineBackend:
 
     # -- protocol ----------------------------------------------------------------------
     async def root(self, question: str) -> NodeState:
-        msgs = [{"role": "system", "content": SLM_SYSTEM}, {"role": "user", "content": question}]
-        ids = self.tok.encode_chat(msgs) if self.tok.chat_template else self.tok.encode_prompt(question + "\n\n")
+        # tokenized off the event loop (a question may be megabytes), and both prompts checked
+        # before any sequence exists: a new sequence takes references on cached prefix blocks, so
+        # one made and then refused would pin them (and its token list) for good
+        ids, prm_ids = await asyncio.to_thread(self._root_ids, question)
+        _check_fits(self.slm, ids, "question")
+        if prm_ids is not None:
+            _check_fits(self.prm.model, prm_ids, "the PRM's prompt for the question")
         cache = self.engine.cache
         slm = cache.new_sequence(self.slm.key, ids)
-        self.slm.runner.check_fits(slm)
-        prm = None
-        if self.prm is not None:
-            prm = cache.new_sequence(self.prm.model.key, self.prm.root_ids(question))
+        try:
+            prm = None if prm_ids is None else cache.new_sequence(self.prm.model.key, prm_ids)
+        except BaseException:
+            cache.free(slm)
+            raise
         charge(self.cost, prefix_cache_tokens=slm.cached_tokens + (prm.cached_tokens if prm else 0))
         self.live_states += 1
         return NodeState(slm, prm, 0, ())
+
+    def _root_ids(self, question: str) -> tuple[list[int], list[int] | None]:
+        msgs = [{"role": "system", "content": SLM_SYSTEM}, {"role": "user", "content": question}]
+        ids = self.tok.encode_chat(msgs) if self.tok.chat_template else self.tok.encode_prompt(question + "\n\n")
+        return ids, None if self.prm is None else self.prm.root_ids(question)
 
     async def expand(self, state: NodeState, action: str, n: int) -> list[StepOut]:
         if action not in ("slm", "collab", "llm"):
@@ -186,7 +205,7 @@ class EngineBackend:
         key = parent.key + ((action, i),)
         seq = cache.fork(parent.slm)
         start = len(seq.token_ids)
-        fault = None
+        fault = prm = None
         try:
             gen = self._generator(key)
             with self.cost.timed(f"expand_{action}"):
@@ -204,15 +223,16 @@ class EngineBackend:
                     self.cost.add_fault(fault)
                     cache.truncate(seq, start)  # throw the partial step away: redo it with the SLM
                     await self._slm_step(seq, self._generator(key + ("fallback",)))
+            toks = seq.token_ids[start:]
+            text = self._step_text(toks)
+            if parent.prm is not None:
+                prm = cache.fork(parent.prm)
+                prm.token_ids += self.prm.step_ids(text, first=parent.depth == 0)
         except BaseException:
             cache.free(seq)
+            if prm is not None:
+                cache.free(prm)
             raise
-        toks = seq.token_ids[start:]
-        text = self._step_text(toks)
-        prm = None
-        if parent.prm is not None:
-            prm = cache.fork(parent.prm)
-            prm.token_ids += self.prm.step_ids(text, first=parent.depth == 0)
         ended_eos = bool(toks) and toks[-1] in self.eos
         depth = parent.depth + 1
         terminal = ended_eos or bool(self.answer_re.search(text)) or depth >= self.cfg.max_depth \

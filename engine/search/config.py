@@ -44,9 +44,12 @@ import difflib
 import json
 import math
 import re
+import reprlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from engine.sampling import check_seed
 
 __all__ = ["SearchConfig", "ConfigError", "METHODS", "ACTION_POLICIES", "FINAL_CHOICES",
            "PRM_AGGREGATIONS", "FUSION_RULES"]
@@ -150,7 +153,8 @@ class SearchConfig:
     temperature: float = 0.7
     #: nucleus sampling mass
     top_p: float = 0.95
-    #: seed for the search's tie-breaking and for the backend's sampling
+    #: seed for the search's tie-breaking and for the backend's sampling: an integer in
+    #: [-2**63, 2**64 - 1], the seeds torch.Generator accepts (engine.sampling.check_seed)
     seed: int = 0
 
     # ------------------------------------------------------------------------------ checks
@@ -169,7 +173,7 @@ class SearchConfig:
 
         def need(ok: bool, key: str, msg: str) -> None:
             if not ok:
-                raise ConfigError(f"{key}={getattr(self, key)!r}: {msg}")
+                raise ConfigError(f"{key}={_show(getattr(self, key))}: {msg}")
 
         for key, allowed in (("method", METHODS), ("action_policy", ACTION_POLICIES),
                              ("final_choice", FINAL_CHOICES), ("prm_aggregation", PRM_AGGREGATIONS),
@@ -195,7 +199,7 @@ class SearchConfig:
         try:
             re.compile(self.answer_pattern)
         except re.error as e:
-            raise ConfigError(f"answer_pattern={self.answer_pattern!r}: not a valid regex ({e})") from None
+            raise ConfigError(f"answer_pattern={_show(self.answer_pattern)}: not a valid regex ({e})") from None
         for key in ("max_llm_tokens", "max_llm_calls", "max_llm_faults"):
             v = getattr(self, key)
             need(v is None or v >= 0, key, "must be >= 0 or None (unlimited)")
@@ -205,6 +209,10 @@ class SearchConfig:
         need(0.0 <= self.fusion_alpha <= 1.0, "fusion_alpha", "must be in [0, 1]")
         need(math.isfinite(self.temperature) and self.temperature >= 0, "temperature", "must be >= 0")
         need(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
+        try:
+            check_seed(self.seed)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     # -------------------------------------------------------------------------- convert
     @classmethod
@@ -217,7 +225,7 @@ class SearchConfig:
             hints = []
             for k in unknown:
                 close = difflib.get_close_matches(str(k), names, n=1)
-                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                hints.append(_show(k) + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError(f"unknown search config key(s): {', '.join(hints)}; "
                               f"valid keys: {', '.join(names)}")
         return cls(**d)
@@ -265,6 +273,17 @@ class SearchConfig:
         }
 
 
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 80
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict = 3, 6, 6
+
+
+def _show(value: Any) -> str:
+    """repr for error messages, cut short: a config may come from a client (a megabyte string or a
+    deeply nested list must not come back whole in the 400, nor recurse without bound)."""
+    return _SHOW.repr(value)
+
+
 def _check_type(name: str, value: Any, annotation: Any) -> Any:
     ann = str(annotation)
     optional = "None" in ann
@@ -287,7 +306,7 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     else:  # pragma: no cover - every field has one of the annotations above
         return value
     if not ok:
-        raise ConfigError(f"{name}={value!r}: must be {want}" + (" or None" if optional else ""))
+        raise ConfigError(f"{name}={_show(value)}: must be {want}" + (" or None" if optional else ""))
     if ann.startswith("float") and not isinstance(value, float):
         return float(value)
     return value

@@ -25,6 +25,7 @@ import asyncio
 import hmac
 import json
 import logging
+import sys
 import time
 from typing import Optional
 
@@ -107,11 +108,7 @@ def create_app(
         return PlainTextResponse(metrics.render(faults.injected, solver, kv))
 
     async def json_body(request: Request):
-        raw = await request.body()
-        try:
-            return json.loads(raw) if raw else None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"request body is not valid JSON: {e}") from None
+        return parse_json_body(await request.body())
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -158,6 +155,46 @@ def create_app(
             return SSEResponse(out)
 
     return app
+
+
+#: deepest JSON nesting a body may have (ours need 3). Deeper values would reach code that recurses
+#: (pydantic, repr in error messages) on the event loop's already deep stack.
+MAX_JSON_DEPTH = 32
+_TOO_DEEP = f"request body is not valid JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+
+
+def parse_json_body(raw: bytes):
+    """The decoded body (None if empty). Anything json.loads refuses is a 400, never a 500: syntax,
+    encoding, nesting deeper than the interpreter's recursion limit (RecursionError), and integer
+    literals longer than Python's digit limit (ValueError); so is nesting past MAX_JSON_DEPTH."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise APIError(400, _TOO_DEEP) from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        msg = str(e)
+        if "integer string conversion" in msg:  # Python's own message names sys.set_int_max_str_digits
+            msg = f"an integer literal has more than {sys.get_int_max_str_digits()} digits"
+        raise APIError(400, f"request body is not valid JSON: {msg}") from None
+    if _depth_exceeds(data, MAX_JSON_DEPTH):
+        raise APIError(400, _TOO_DEEP)
+    return data
+
+
+def _depth_exceeds(obj, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` deep (iterative: no recursion to exhaust)."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        items = o.values() if isinstance(o, dict) else o if isinstance(o, list) else None
+        if items is None:
+            continue
+        if d > limit:
+            return True
+        stack.extend((v, d + 1) for v in items if isinstance(v, (dict, list)))
+    return False
 
 
 def serve(

@@ -17,7 +17,8 @@ Semantics worth knowing:
   ``text`` before it and ``tokens`` after the token that completed it.
   Single-token stop strings also stop generation early; longer ones are applied
   after generation.
-* ``seed`` with ``n > 1`` uses ``seed + j`` for choice ``j``.
+* ``seed`` with ``n > 1`` uses ``seed + j`` for choice ``j`` (wrapped to 64 bits, as
+  ``torch.Generator.manual_seed`` wraps seeds; see :data:`engine.sampling.SEED_RANGE`).
 * ``stream=true`` is answered by :mod:`engine.server.streaming` on the same validation
   (:func:`prepare_completion`) and the same choice building.
 """
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from engine.llm.base import TokenLogprobs
+from engine.sampling import offset_seed
 
 from .backend import CompletionBackend
 from .errors import APIError
@@ -259,7 +261,7 @@ async def create_completion(
         gen_ids: list[int] = []
         gen_rows: list[TokenLogprobs] = []
         if max_tokens > 0:
-            seed = None if req.seed is None else req.seed + j
+            seed = offset_seed(req.seed, j)
             # logprobs=0 still needs each sampled token's log-prob: ask for >= 1 entry
             # (a backend may return no rows for top_k_logprobs=0, meaning "not requested").
             gen_ids, gen_rows = await backend.generate(

@@ -79,6 +79,7 @@ def error_response(
                         headers=headers)
 
 
+_OBJECT_FIELDS = ("stream_options",)  # request fields holding an object whose keys are checked
 _PROMPT_HELP = "must be a string, a list of token ids, a list of strings or a list of token-id lists"
 
 
@@ -95,12 +96,14 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]
     for e in errs:
         loc = [str(p) for p in e.get("loc", ()) if p != "body"]
         field = loc[0] if loc else "body"
+        if field in _OBJECT_FIELDS:  # name the key inside the object (stream_options.include_usage)
+            field = ".".join(loc)
         if e.get("type") == "missing":
             msg = "field required"
         elif field == "prompt":
             msg = _PROMPT_HELP
         else:
-            msg = e.get("msg", "invalid value")
+            msg = e.get("msg", "invalid value").removeprefix("Value error, ")
         seen.setdefault(field, msg)
     msgs = [f"{k}: {m}" for k, m in list(seen.items())[:5]]
     return "invalid request: " + "; ".join(msgs), next(iter(seen))

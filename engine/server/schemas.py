@@ -7,15 +7,29 @@ model call for small models.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-__all__ = ["CompletionRequest", "ErrorBody", "ErrorResponse", "ModelCard", "ModelList"]
+from engine.sampling import SEED_RANGE, check_seed
+
+__all__ = ["CompletionRequest", "StreamOptions", "Seed", "ErrorBody", "ErrorResponse", "ModelCard", "ModelList"]
+
+#: a sampling seed: what torch.Generator accepts, checked by the one function every route uses
+Seed = Annotated[Optional[StrictInt], AfterValidator(check_seed),
+                 Field(description=f"sampling seed, an integer in {SEED_RANGE}")]
 
 # Strict element types so that e.g. ["1", "2"] is a batch of text prompts rather
 # than token ids, and [1.5] is rejected instead of truncated.
 PromptType = Union[StrictStr, list[StrictInt], list[StrictStr], list[list[StrictInt]]]
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``; other keys (vLLM's, newer OpenAI ones) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: Optional[StrictBool] = None  # a last chunk with usage
 
 
 class CompletionRequest(BaseModel):
@@ -32,13 +46,13 @@ class CompletionRequest(BaseModel):
     max_tokens: Optional[int] = Field(16, ge=0, description="None: up to the context length")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: Optional[int] = None
+    seed: Seed = None
     n: int = Field(1, ge=1, le=16)
     stop: Optional[Union[StrictStr, list[StrictStr]]] = None
     logprobs: Optional[int] = Field(None, ge=0)
     echo: bool = False
     stream: bool = False
-    stream_options: Optional[dict] = None  # {"include_usage": true}: a last chunk with usage
+    stream_options: Optional[StreamOptions] = None
     # vLLM extras
     stop_token_ids: Optional[list[StrictInt]] = None
     return_tokens_as_token_ids: Optional[bool] = None

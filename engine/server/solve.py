@@ -4,7 +4,7 @@ Request body (JSON object; unknown keys are refused)::
 
     {"question": "...",            # required, non-empty
      "method": "gboost",           # optional: gboost | slm | llm | fusion | bon | beam | rsd
-     "seed": 0,                    # optional
+     "seed": 0,                    # optional, an integer in [-2**63, 2**64 - 1]
      "config": {"num_simulations": 8, ...},   # optional SearchConfig overrides (validated)
      "stream": false,              # true: Server-Sent Events, one per decided step
      "include_tree": false}        # true: the whole search tree in the result
@@ -45,6 +45,7 @@ from engine.search.api import solve
 from engine.search.config import ConfigError, SearchConfig
 
 from .errors import APIError
+from .schemas import Seed
 from .sse import SSE_DONE, cancel_and_wait, sse_event
 
 __all__ = ["Solver", "SolveRequest", "handle_solve", "CAPPED", "FIXED"]
@@ -63,7 +64,7 @@ class SolveRequest(BaseModel):
 
     question: str = Field(min_length=1)
     method: Optional[str] = None
-    seed: Optional[int] = None
+    seed: Seed = None
     config: dict[str, Any] = Field(default_factory=dict)
     stream: bool = False
     include_tree: bool = False
@@ -116,7 +117,8 @@ def parse_request(data: Any) -> SolveRequest:
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         field = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        msg = "field required" if first.get("type") == "missing" else first.get("msg", "invalid value")
+        msg = "field required" if first.get("type") == "missing" else \
+            first.get("msg", "invalid value").removeprefix("Value error, ")
         raise APIError(400, f"invalid request: {field}: {msg}", param=field) from None
 
 

@@ -20,6 +20,8 @@ import time
 import uuid
 from typing import AsyncIterator
 
+from engine.sampling import offset_seed
+
 from .backend import BackendInputError, CompletionBackend
 from .completions import Prepared, _build_choice, _first_stop, prepare_completion, usage
 from .wire import build_logprobs
@@ -103,7 +105,7 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
     async def run(index, p, max_tokens, j):
         if max_tokens == 0:
             return [], []
-        seed = None if req.seed is None else req.seed + j
+        seed = offset_seed(req.seed, j)
         ids, rows = await backend.generate(p.ids, max_tokens, req.temperature, req.top_p, seed, prep.stop_ids,
                                            0 if prep.top_k is None else max(prep.top_k, 1),  # 0: not asked
                                            on_token=lambda t, row: queue.put_nowait(("token", index, (t, row))))
@@ -172,7 +174,7 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
                         lp = await asyncio.to_thread(lambda c=c: c.logprobs_upto(backend, c.covered(backend), req))
                     yield chunk(index, new, None, lp)
         n_prompt = sum(len(p.ids) for p in prep.prompts)
-        if req.stream_options and req.stream_options.get("include_usage"):
+        if req.stream_options and req.stream_options.include_usage:
             yield sse_event({**head, "choices": [], "usage": usage(n_prompt, n_completion)})
         if on_done is not None:
             on_done(n_prompt, n_completion)

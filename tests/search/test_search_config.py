@@ -119,3 +119,21 @@ def test_count_step_conventions():
     with c.timed("x"):
         pass
     assert c.wall_s["x"] >= 0
+
+
+@pytest.mark.parametrize("seed, ok", [(0, True), (-1, True), (2**64 - 1, True), (-(2**63), True),
+                                      (2**64, False), (-(2**63) - 1, False), (2**70, False), (True, False)])
+def test_seeds_are_what_torch_generators_take(seed, ok):
+    """One check (engine.sampling.check_seed) for SearchConfig, SamplingParams and every route."""
+    import torch
+
+    from engine.sampling import SamplingParams
+    if ok:
+        SearchConfig(seed=seed)
+        SamplingParams(seed=seed).generator()   # and torch agrees
+        torch.Generator().manual_seed(seed)
+        return
+    with pytest.raises(ConfigError, match=r"seed.*integer" + (r".*\[-2\*\*63, 2\*\*64 - 1\]" if seed is not True else "")):
+        SearchConfig(seed=seed)
+    with pytest.raises(ValueError, match="seed"):
+        SamplingParams(seed=seed)

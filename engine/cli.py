@@ -1,4 +1,4 @@
-"""gboost command line: generate, solve, eval, serve, trace, models."""
+"""gboost command line: generate, solve, eval, train-prm, serve, trace, models."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,8 @@ def _add_stack_args(p):
     p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")
     p.add_argument("--llm", default=DEFAULT_LLM,
                    help="general LLM: model name/path (resident) or http(s)://HOST:PORT/v1 endpoint; 'none' to disable")
-    p.add_argument("--prm", default=None, help="PRM model (default: the local LLM as a judge, else the SLM)")
+    p.add_argument("--prm", default=None, help="PRM model (default: the local LLM as a judge, else the SLM), "
+                                                "or value-head:DIR (a head from `gboost train-prm`)")
     p.add_argument("--prm-kind", default="judge", choices=["judge", "token_pair", "two_class"])
     p.add_argument("--base", default=None,
                    help="the SLM's untuned base model (same tokenizer): needed by fusion_rule = \"proxy\"")
@@ -144,6 +145,73 @@ def cmd_eval(args) -> int:
     return asyncio.run(main())
 
 
+# -- train-prm ------------------------------------------------------------------------------
+def parse_lines(spec: str | None) -> tuple[int, int] | None:
+    """'201-1000' -> (201, 1000): 1-based, inclusive line numbers of a data file."""
+    if spec is None:
+        return None
+    a, sep, b = spec.partition("-")
+    try:
+        lo, hi = int(a), int(b) if sep else int(a)
+    except ValueError:
+        raise ValueError(f"--lines {spec!r}: expected FIRST-LAST, e.g. 201-1000") from None
+    if not 1 <= lo <= hi:
+        raise ValueError(f"--lines {spec!r}: need 1 <= FIRST <= LAST")
+    return lo, hi
+
+
+def load_lines(path: str, lines: tuple[int, int] | None, limit: int | None = None):
+    from engine.evals.datasets import load_rows
+    rows = load_rows(path)
+    if lines is not None:
+        lo, hi = lines
+        if hi > len(rows):
+            raise ValueError(f"--lines {lo}-{hi}: {path} has {len(rows)} rows")
+        rows = rows[lo - 1:hi]
+    return rows[:limit] if limit is not None else rows
+
+
+def cmd_train_prm(args) -> int:
+    from pathlib import Path
+
+    from engine.prm_train.fit import FitConfig
+    from engine.prm_train.pipeline import TrainPlan, train_prm
+    from engine.prm_train.rollouts import RolloutPlan
+    from engine.search.config import SearchConfig
+    plan = TrainPlan(RolloutPlan(samples=args.samples, collab_share=args.collab_share, mc_rollouts=args.mc_rollouts,
+                                 concurrency=args.concurrency),
+                     features=args.features, layers=args.layers, labels=args.labels,
+                     fit=FitConfig(mlp_hidden=args.mlp_hidden, seed=args.seed))
+    plan.validate()
+    lines = parse_lines(args.lines)
+    rows = load_lines(args.data, lines, args.limit)
+    cfg = SearchConfig.from_file(args.config) if args.config else SearchConfig(temperature=0.7, top_p=0.95)
+    cfg = cfg.replace(seed=args.seed)
+    llm = None if args.llm in (None, "", "none") else args.llm
+    if plan.rollouts.collab_share > 0 and llm is None:
+        raise ValueError("collaborative rollout steps need a general LLM: pass --llm, or --collab-share 0")
+
+    async def main():
+        from engine.search.actions import BackendOptions
+        from engine.stack import build_stack
+        stack = await build_stack(cfg, slm=args.slm, llm=llm, prm=None, dtype=args.dtype, device=args.device,
+                                  kv_memory_gb=args.kv_memory_gb, options=BackendOptions(collab_mode=args.collab_mode))
+        stack.backend.prm = None  # rollouts are not scored
+        try:
+            desc = {"path": str(Path(args.data).resolve()), "lines": list(lines) if lines else None}
+            card, records = await train_prm(stack.backend, cfg, rows, args.out, plan, data_desc=desc)
+        finally:
+            await stack.aclose()
+        m = card.metrics
+        print(f"{len(records)} solutions of {len(rows)} questions, "
+              f"{sum(r['correct'] for r in records)} right; head on {card.base_model} layer {card.layer}: "
+              f"held-out AUROC {m['auroc_val_steps']:.3f} (steps), {m.get('auroc_val_last_step', float('nan')):.3f} "
+              f"(last steps)")
+        print(f"use it with: --prm value-head:{args.out}")
+        return 0
+    return asyncio.run(main())
+
+
 # -- serve ----------------------------------------------------------------------------------
 def cmd_serve(args) -> int:
     import os
@@ -233,6 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(e)
     e.set_defaults(fn=cmd_eval)
 
+    r = sub.add_parser("train-prm", help="train a step-value head (a PRM) from sampled solutions of a data set")
+    r.add_argument("--data", required=True, help="JSONL of questions with gold answers (GSM8K, MATH, or plain)")
+    r.add_argument("--out", required=True, help="directory for rollouts, features and the head (resumable)")
+    r.add_argument("--lines", default=None, help="1-based inclusive line range of --data, e.g. 201-1000")
+    r.add_argument("--limit", type=int, default=None)
+    r.add_argument("--samples", type=int, default=4, help="solutions sampled per question")
+    r.add_argument("--collab-share", type=float, default=0.3, help="share of collaborative rollout steps")
+    r.add_argument("--mc-rollouts", type=int, default=0, help="SLM completions per step for soft (mc) labels")
+    r.add_argument("--labels", default="outcome", choices=["outcome", "mc"])
+    r.add_argument("--features", default="slm", choices=["slm", "llm"], help="whose hidden rows the head reads")
+    r.add_argument("--layers", type=int, nargs="+", default=None, help="candidate decoder layers (1-based)")
+    r.add_argument("--mlp-hidden", type=int, default=0, help="0: logistic regression; else an MLP of this width")
+    r.add_argument("--concurrency", type=int, default=16)
+    r.add_argument("--seed", type=int, default=0)
+    _add_stack_args(r)
+    _add_runtime_args(r, kv_gb=3.0)
+    r.set_defaults(fn=cmd_train_prm)
+
     v = sub.add_parser("serve", help="OpenAI-compatible /v1/completions for one model, or "
                                       "/v1/solve (G-Boost, JSON or SSE) with --solve")
     v.add_argument("--model", default=None, help="serve this model's /v1/completions")
@@ -262,12 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.cmd in ("serve", "eval", "solve"):
+    if args.cmd in ("serve", "eval", "solve", "train-prm"):
         from engine.engine import tune_malloc_for_long_runs
         tune_malloc_for_long_runs()
+    from engine.llm.base import LLMError
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except LLMError as e:  # start-up check of a remote LLM: unreachable, 401, other vocabulary
+        print(f"error: general LLM: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,7 @@ import torch
 from engine.context import Context, use_context
 from engine.kv.cache import KVCache, KVPoolExhausted, Sequence
 
-Want = Literal["last", "all", "none"]
+Want = Literal["last", "all", "none", "hidden"]  # hidden: (last logits row, its feature row)
 
 
 class PromptTooLong(ValueError):
@@ -44,7 +44,7 @@ class ModelRunner:
                 raise ValueError("cannot run an empty sequence")
             self.check_fits(s)
             s.last_hit = 0
-            if s.rematch and wants[i] == "last":
+            if s.rematch and wants[i] in ("last", "hidden"):
                 # only the last row is wanted, so cached blocks can stand in for computing (a
                 # sequence that has run, or a fork of one, is not re-matched)
                 s.last_hit = self.cache.match_cached_prefix(s)
@@ -99,13 +99,17 @@ class ModelRunner:
         rows, spans = [], []
         for i, w in enumerate(wants):
             a, b = cu[i], cu[i + 1]
-            sel = [b - 1] if w == "last" else list(range(a, b)) if w == "all" else []
+            sel = [b - 1] if w in ("last", "hidden") else list(range(a, b)) if w == "all" else []
             spans.append((len(rows), len(rows) + len(sel), w))
             rows += sel
         logits = self.model.compute_logits(hidden[rows]) if rows else None
-        out: list[torch.Tensor | None] = []
+        if "hidden" in wants:  # the captured layer's row (value-head features), else the final one
+            feats = (hidden if self.model.capture_layer is None else self.model.captured)[rows].float()
+        self.model.captured = None  # do not keep a whole batch's activations alive until the next one
+        out: list = []
         for a, b, w in spans:
-            out.append(None if w == "none" else logits[a] if w == "last" else logits[a:b])
+            out.append(None if w == "none" else logits[a] if w == "last" else
+                       (logits[a], feats[a]) if w == "hidden" else logits[a:b])
         return out
 
     def finish(self, seqs: list[Sequence], cu: list[int]) -> None:

@@ -13,6 +13,7 @@ from engine.search.prm import PRMScorer, PRMSpec
 
 DEFAULT_SLM = "qwen2.5-coder-0.5b"
 DEFAULT_LLM = "qwen2.5-coder-1.5b"
+VALUE_HEAD = "value-head:"  # --prm value-head:DIR: a head trained by `gboost train-prm`
 
 
 def is_url(s: str | None) -> bool:
@@ -45,12 +46,18 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
                       options: BackendOptions | None = None, llm_timeout_s: float = 60.0,
                       llm_top_logprobs: int = 20) -> Stack:
     """`llm` is a model name/path (resident, shares the pool) or an http(s) URL of an
-    OpenAI-compatible endpoint. The PRM defaults to the local LLM (judge), else the SLM.
+    OpenAI-compatible endpoint. The PRM defaults to the local LLM (judge), else the SLM;
+    `prm="value-head:DIR"` scores with a trained value head on the resident model it was trained on.
     `base`: the SLM's untuned base model (resident, same tokenizer), needed by fusion_rule="proxy"."""
     remote = is_url(llm)
     if is_url(base):
         raise ValueError(f"base={base!r}: the proxy-tuning base model must be a local checkpoint, not a URL")
-    if prm is None:
+    head_dir = prm[len(VALUE_HEAD):] if prm and prm.startswith(VALUE_HEAD) else None
+    if head_dir is not None:
+        from engine.models.value_head import load_head
+        load_head(head_dir)  # a missing or broken head fails before any model loads
+        prm = None           # the head reads a resident model's rows: no PRM model of its own
+    elif prm is None:
         prm = llm if (llm and not remote) else slm
     engine = await asyncio.to_thread(
         Engine.from_pretrained, slm, None if remote else llm, prm, base=base, dtype=dtype, device=device,
@@ -63,11 +70,20 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
         general = RemoteLLM(llm, timeout_s=llm_timeout_s, top_logprobs=llm_top_logprobs,
                             token_to_id=tok.token_to_id)
         probe = tok.encode("Step 1: 2 + 3 = 5.")
-        await general.check(engine.role("slm").config.vocab_size, probe, tok.decode(probe))
+        try:
+            await general.check(engine.role("slm").config.vocab_size, probe, tok.decode(probe))
+        except BaseException:  # nothing half-built outlives a failed start-up check
+            await general.aclose()
+            sched.close()
+            raise
     elif llm:
         from engine.llm.local import LocalLLM
         general = LocalLLM(engine, sched)
-    scorer = PRMScorer(engine, sched, PRMSpec(kind=prm_kind)) if prm else None
+    if head_dir is not None:
+        from engine.search.value_prm import ValueHeadScorer
+        scorer = ValueHeadScorer(engine, sched, head_dir)
+    else:
+        scorer = PRMScorer(engine, sched, PRMSpec(kind=prm_kind)) if prm else None
     base_lm = None
     if base:
         from engine.llm.local import LocalLLM

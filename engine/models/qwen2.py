@@ -57,10 +57,16 @@ class CausalLM(nn.Module):
     def max_positions(self) -> int:
         return self.model.rotary.cos.shape[0]
 
+    #: 1-based decoder layer whose output `forward` keeps in `captured` (value-head features), or None
+    capture_layer: int | None = None
+    captured: torch.Tensor | None = None
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         h = self.model.embed_tokens(input_ids)
-        for layer in self.model.layers:
+        for i, layer in enumerate(self.model.layers, 1):
             h = layer(positions, h)
+            if i == self.capture_layer:
+                self.captured = h
         return self.model.norm(h)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

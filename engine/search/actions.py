@@ -42,6 +42,10 @@ class NodeState:
     depth: int
     key: tuple               # path of (action, index) from the root: seeds the node's sampling
     steps: list[str] = field(default_factory=list)
+    step_tokens: int = 0     # tokens of the newest step
+    # SLM logits after the last token, once a value head's score computed that token: the
+    # children's first draw reads them instead of computing the token again
+    ready: torch.Tensor | None = None
 
 
 @dataclass
@@ -89,6 +93,12 @@ def _check_fits(m, ids: list[int], what: str) -> None:
                             f"{m.model.max_positions} positions of model {m.key!r}")
 
 
+def slm_prompt_ids(tok, question: str) -> list[int]:
+    """The SLM's prompt for a question (the value head's `text` layout starts the same way)."""
+    msgs = [{"role": "system", "content": SLM_SYSTEM}, {"role": "user", "content": question}]
+    return tok.encode_chat(msgs) if tok.chat_template else tok.encode_prompt(question + "\n\n")
+
+
 class _SharedCount:
     """An int kept in ``obj._counts``, so every per-request view of a backend adds to one total."""
 
@@ -125,6 +135,7 @@ class EngineBackend:
             if lm is not None and hasattr(lm, "cost"):
                 lm.cost = self.cost         # a local LLM (or base) charges what it computes itself
         self._counts = dict.fromkeys(("live_states", "llm_rounds", "draft_proposed", "draft_accepted"), 0)
+        self._ready: dict[int, tuple[int, torch.Tensor]] = {}  # child seq_id -> (length, parent's ready logits)
 
     def check_config(self, cfg: SearchConfig) -> None:
         """Raise ConfigError if this backend cannot run ``cfg`` (before any state exists)."""
@@ -159,9 +170,7 @@ class EngineBackend:
         return NodeState(slm, prm, 0, ())
 
     def _root_ids(self, question: str) -> tuple[list[int], list[int] | None]:
-        msgs = [{"role": "system", "content": SLM_SYSTEM}, {"role": "user", "content": question}]
-        ids = self.tok.encode_chat(msgs) if self.tok.chat_template else self.tok.encode_prompt(question + "\n\n")
-        return ids, None if self.prm is None else self.prm.root_ids(question)
+        return slm_prompt_ids(self.tok, question), None if self.prm is None else self.prm.root_ids(question)
 
     async def expand(self, state: NodeState, action: str, n: int) -> list[StepOut]:
         if action not in ("slm", "collab", "llm"):
@@ -182,6 +191,8 @@ class EngineBackend:
         if self.prm is None:
             raise ValueError("no PRM configured")
         with self.cost.timed("score"):
+            if getattr(self.prm, "reads_slm", False):  # a value head on the SLM's own rows
+                return await self.prm.score_slm(states)
             return await self.prm.score([s.prm for s in states])
 
     def release(self, state: NodeState) -> None:
@@ -206,6 +217,8 @@ class EngineBackend:
         seq = cache.fork(parent.slm)
         start = len(seq.token_ids)
         fault = prm = None
+        if parent.ready is not None:
+            self._ready[seq.seq_id] = (start, parent.ready)
         try:
             gen = self._generator(key)
             with self.cost.timed(f"expand_{action}"):
@@ -233,6 +246,8 @@ class EngineBackend:
             if prm is not None:
                 cache.free(prm)
             raise
+        finally:
+            self._ready.pop(seq.seq_id, None)
         ended_eos = bool(toks) and toks[-1] in self.eos
         depth = parent.depth + 1
         terminal = ended_eos or bool(self.answer_re.search(text)) or depth >= self.cfg.max_depth \
@@ -240,7 +255,8 @@ class EngineBackend:
         self.live_states += 1
         if action != "slm" and fault is None:
             self.cost.llm_calls += 1
-        return StepOut(text, toks, NodeState(seq, prm, depth, key, parent.steps + [text]), terminal, action, fault)
+        state = NodeState(seq, prm, depth, key, parent.steps + [text], step_tokens=len(toks))
+        return StepOut(text, toks, state, terminal, action, fault)
 
     def _step_text(self, toks: list[int]) -> str:
         text = self.tok.decode([t for t in toks if t not in self.eos], skip_special_tokens=True)
@@ -272,6 +288,9 @@ class EngineBackend:
                 break
 
     async def _slm_forward(self, seq: Sequence):
+        ready = self._ready.get(seq.seq_id)
+        if ready is not None and ready[0] == len(seq.token_ids):  # same tokens as when it was computed
+            return ready[1]
         logits = await self.scheduler.forward(seq)
         # what the forward computed: preemption or a late prefix-cache match may have changed it
         charge(self.cost, slm_tokens=seq.last_computed, prefix_cache_tokens=seq.last_hit)

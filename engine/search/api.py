@@ -95,8 +95,9 @@ async def solve(question: str, backend: Any, cfg: SearchConfig | None = None,
         if getattr(backend, "measures_request_cost", False):
             # The backend counted what it really computed (prefill, drafts, judge suffixes,
             # prefix-cache hits): report that instead of the search's step-token estimate.
-            for k in ("slm_tokens", "llm_tokens", "prm_tokens", "base_tokens", "prefix_cache_tokens"):
+            for k in ("slm_tokens", "llm_tokens", "prm_tokens", "base_tokens", "prefix_cache_tokens", "prm_tokens_saved"):
                 setattr(ctx.cost, k, getattr(measured, k))
+        ctx.cost.llm_retries = measured.llm_retries  # only the LLM client charges these
         chosen = end.path() if end is not None else []
         if not ctx.streamed:
             for node in chosen:

@@ -9,7 +9,9 @@ One :class:`CostRecord` type is used at two levels:
   from the :class:`~engine.search.backend.StepOut` objects it received (see
   :func:`count_step`).  Per-request budgets (``max_llm_tokens``,
   ``max_llm_calls``) are enforced against this record, because the backend's
-  record is shared by all concurrent requests.
+  record is shared by all concurrent requests.  ``llm_retries`` counts the remote LLM's
+  retried attempts for the request (charged by :mod:`engine.llm.remote` through
+  :func:`charge`), whatever the backend.
 
 Token conventions used by the search for a generated step of ``k`` tokens:
 
@@ -38,7 +40,8 @@ from typing import Any, Iterator
 
 __all__ = ["CostRecord", "count_step", "request_scope", "charge"]
 
-_INT_FIELDS = ("slm_tokens", "llm_tokens", "prm_tokens", "base_tokens", "prefix_cache_tokens", "llm_calls")
+_INT_FIELDS = ("slm_tokens", "llm_tokens", "prm_tokens", "base_tokens", "prefix_cache_tokens", "llm_calls",
+               "prm_tokens_saved", "llm_retries")
 
 
 @dataclass
@@ -50,7 +53,11 @@ class CostRecord:
     prm_tokens: int = 0           #: tokens run through the process reward model
     base_tokens: int = 0          #: tokens computed by the SLM's base model (fusion_rule "proxy")
     prefix_cache_tokens: int = 0  #: tokens served from a prefix cache instead of being recomputed
+    prm_tokens_saved: int = 0     #: step tokens a value head scored from the SLM's own rows (no PRM forward)
     llm_calls: int = 0            #: LLM-involving step generations (one per collab/llm child)
+    #: HTTP attempts to a remote LLM that failed and were retried (a retry that then succeeded
+    #: leaves no fault, so this is where an unreliable endpoint shows); charged by the client
+    llm_retries: int = 0
     llm_faults: dict[str, int] = field(default_factory=dict)  #: fault kind -> count (e.g. "llm_timeout")
     wall_s: dict[str, float] = field(default_factory=dict)    #: phase -> seconds (select/expand/score/...)
 

@@ -1,0 +1,86 @@
+"""Stage 2 of `gboost train-prm`: hidden rows at each step's last token, from one resident model.
+
+Each solution runs as one prefill (prompt and every step), and forward hooks keep the chosen
+decoder layers' rows at the step ends, so several layers are read in one pass and the best one
+can be picked on held-out questions. The token sequences are the ones the search scores at run
+time (`engine/search/value_prm.py`): the SLM's own tokens, or the `text` layout of another model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.search.value_prm import text_root_ids, text_step_ids
+
+
+@dataclass
+class Solution:
+    ids: list[int]    # the whole token sequence
+    ends: list[int]   # position of each step's last token
+
+
+def slm_solution(rec: dict) -> Solution:
+    """The SLM's own tokens of a rollout record: prompt, then every generated step token."""
+    ids, ends = list(rec["prompt_ids"]), []
+    for s in rec["steps"]:
+        ids += s["token_ids"]
+        ends.append(len(ids) - 1)
+    return Solution(ids, ends)
+
+
+def text_solution(tok, rec: dict) -> Solution:
+    ids, ends = text_root_ids(tok, rec["question"]), []
+    for s in rec["steps"]:
+        ids += text_step_ids(tok, s["text"])
+        ends.append(len(ids) - 1)
+    return Solution(ids, ends)
+
+
+@torch.inference_mode()
+def extract(resident, cache, sols: list[Solution], layers: list[int], batch_tokens: int = 4096,
+            progress: bool = False) -> dict[int, list[torch.Tensor]]:
+    """layer -> per solution, its step-end rows [n_steps, H] (fp32, on the CPU). Every token is
+    computed (no prefix-cache hit), as a from-scratch forward of the full sequence."""
+    runner, blocks = resident.runner, resident.model.model.layers
+    out: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    groups, cur, n = [], [], 0
+    for s in sols:
+        if cur and n + len(s.ids) > batch_tokens:
+            groups.append(cur)
+            cur, n = [], 0
+        cur.append(s)
+        n += len(s.ids)
+    if cur:
+        groups.append(cur)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(sols), desc=f"features ({resident.key})", unit="solution", dynamic_ncols=True)
+    for group in groups:
+        seqs = [cache.new_sequence(resident.key, s.ids) for s in group]
+        try:
+            for q in seqs:
+                cache.rewind(q, 0)
+            batch = runner.prepare(seqs, ["none"] * len(seqs))
+            cu = batch[3]
+            rows = [cu[i] + e for i, s in enumerate(group) for e in s.ends]
+            got: dict[int, torch.Tensor] = {}
+            hooks = [blocks[l - 1].register_forward_hook(
+                lambda _m, _i, h, l=l: got.__setitem__(l, h[rows].float().cpu())) for l in layers]
+            try:
+                runner.compute(batch, ["none"] * len(seqs))
+            finally:
+                for h in hooks:
+                    h.remove()
+            runner.finish(seqs, cu)
+        finally:
+            for q in seqs:
+                cache.free(q)
+        for l in layers:
+            out[l] += list(torch.split(got[l], [len(s.ends) for s in group]))
+        if bar is not None:
+            bar.update(len(group))
+    if bar is not None:
+        bar.close()
+    return out

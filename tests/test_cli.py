@@ -197,3 +197,32 @@ def test_malloc_tuning_respects_the_environment():
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"   # the user's own setting wins
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env).stdout.strip() == "False"
+
+
+def test_remote_llm_start_up_errors_are_one_line_and_rc_2(tiny_dir, tmp_path, capsys):
+    """A general LLM that cannot be used (nobody listening, 401, another vocabulary) stops
+    `gboost solve` with one line naming it, exit status 2, no traceback."""
+    from engine.cli import main
+    from engine.server.app import create_app
+    from engine.server.engine_backend import EngineCompletionBackend
+    from engine.server.runner import BackgroundServer
+    from engine.scheduler import Scheduler
+    from engine.testing import tiny_config, tiny_engine
+    solve = ("solve", "--slm", tiny_dir, "--prm-kind", "token_pair", "--dtype", "float32", "q")
+    # nobody listens: through the real command line, as a user would run it
+    p = gboost(*solve, "--llm", f"http://127.0.0.1:{free_port()}/v1", check=False)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith("error: general LLM: [connect]") and "127.0.0.1" in p.stderr
+
+    def run(app, needle):
+        with BackgroundServer(app) as srv:
+            rc = main([*map(str, solve), "--llm", srv.url + "/v1"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and err.startswith("error: general LLM:"), err
+        assert needle in err and "Traceback" not in err
+
+    eng = tiny_engine({"slm": 1})
+    run(create_app(EngineCompletionBackend(eng, Scheduler(eng), model_name="m"), api_key="secret"), "HTTP 401")
+    small = tiny_engine({"slm": 1}, configs={"slm": tiny_config(vocab=200)})  # 200 logits < 259 tokens
+    run(create_app(EngineCompletionBackend(small, Scheduler(small), model_name="m")), "[vocab_mismatch]")

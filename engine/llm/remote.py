@@ -65,10 +65,13 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
 import httpx
 import torch
+
+from engine.search.cost import charge
 
 from .base import LLMError, TokenLogprobs
 
@@ -205,6 +208,8 @@ class RemoteLLM:
         )
         self.remote_vocab_size: Optional[int] = None
         self.stats: dict[str, int] = {"requests": 0, "attempts": 0, "retries": 0, "dropped_ids": 0}
+        self.retries_by_kind: Counter[str] = Counter()  # failed attempts that were retried
+        self.errors_by_kind: Counter[str] = Counter()   # LLMErrors raised to callers (after retries)
 
     # ------------------------------------------------------------------ misc
     def __repr__(self) -> str:
@@ -258,8 +263,11 @@ class RemoteLLM:
         return self._redact(msg)
 
     # -------------------------------------------------------------- transport
-    async def _request(self, method: str, path: str, body: Optional[dict] = None) -> Any:
-        """One logical request with retries; returns the decoded JSON body."""
+    async def _request(self, method: str, path: str, body: Optional[dict] = None, *,
+                       log_retries: bool = True) -> Any:
+        """One logical request with retries; returns the decoded JSON body. Each retry is counted
+        (``retries_by_kind``, and ``llm_retries`` of the current request's cost record), so faults
+        that a retry hid stay visible."""
         self.stats["requests"] += 1
         what = f"{method} {self.display_url}{path}"
         attempt = 0
@@ -305,7 +313,10 @@ class RemoteLLM:
                 raise err
             delay = min(retry_after, self.max_retry_after_s) if retry_after is not None else self._backoff(attempt)
             self.stats["retries"] += 1
-            log.warning("%s failed (%s); retry %d/%d in %.2fs", what, err.kind, attempt, self.max_retries, delay)
+            self.retries_by_kind[err.kind] += 1
+            charge(None, llm_retries=1)
+            log.log(logging.WARNING if log_retries else logging.DEBUG,
+                    "%s failed (%s); retry %d/%d in %.2fs", what, err.kind, attempt, self.max_retries, delay)
             await self._sleep(delay)
 
     # ---------------------------------------------------------------- parsing
@@ -439,7 +450,46 @@ class RemoteLLM:
             raise ValueError(f"{name}: negative token id")
         return out
 
+    def metrics(self) -> dict[str, Any]:
+        """Counters for ``/metrics``: logical requests, retries and errors by kind."""
+        return {"requests": self.stats["requests"], "retries": dict(self.retries_by_kind),
+                "errors": dict(self.errors_by_kind)}
+
+    async def _counted(self, coro: Awaitable[Any]) -> Any:
+        try:
+            return await coro
+        except LLMError as e:
+            self.errors_by_kind[e.kind] += 1
+            raise
+
     async def next_logprobs(self, token_ids: list[int]) -> TokenLogprobs:
+        return await self._counted(self._next_logprobs(token_ids))
+
+    async def score(self, prefix_ids: list[int], draft_ids: list[int]) -> list[TokenLogprobs]:
+        return await self._counted(self._score(prefix_ids, draft_ids))
+
+    async def check(
+        self, tokenizer_vocab_size: int, probe_ids: Sequence[int], probe_text: Optional[str] = None
+    ) -> dict[str, Any]:
+        """Start-up check: endpoint reachable, model served, vocabulary compatible.
+
+        ``tokenizer_vocab_size``: number of tokens of the local tokenizer
+        (``len(tokenizer)``). The endpoint's reported ``vocab_size`` (gboost's
+        ``/v1/models`` card; a logits width, possibly padded) must be at least that.
+        ``probe_ids``: a few ordinary token ids, echoed by the endpoint; the echo
+        must return the same ids. ``probe_text``: the local tokenizer's decoding
+        of ``probe_ids``; when given, the endpoint's echoed text must start with
+        it. This is the check that catches a different tokenizer of the same or a
+        larger size, so pass it when you can.
+
+        Raises ``LLMError`` (``vocab_mismatch`` with an explanatory message,
+        ``http_4xx`` for an unknown model, or transport kinds). Returns what was
+        learnt: ``{"model", "remote_vocab_size", "health"}``. Retries are logged at
+        DEBUG here: the error, if any, says how many attempts were made.
+        """
+        return await self._counted(self._check(tokenizer_vocab_size, probe_ids, probe_text))
+
+    async def _next_logprobs(self, token_ids: list[int]) -> TokenLogprobs:
         ids = self._check_ids(token_ids, "token_ids")
         if not ids:
             raise ValueError("next_logprobs needs at least one token")
@@ -449,7 +499,7 @@ class RemoteLLM:
             raise self._malformed("no log-probs for the generated position")
         return rows[0]
 
-    async def score(self, prefix_ids: list[int], draft_ids: list[int]) -> list[TokenLogprobs]:
+    async def _score(self, prefix_ids: list[int], draft_ids: list[int]) -> list[TokenLogprobs]:
         prefix = self._check_ids(prefix_ids, "prefix_ids")
         draft = self._check_ids(draft_ids, "draft_ids")
         if not prefix:
@@ -470,24 +520,8 @@ class RemoteLLM:
             raise self._malformed("missing prompt log-probs in the echo (endpoint ignored echo logprobs?)")
         return out  # type: ignore[return-value]
 
-    async def check(
-        self, tokenizer_vocab_size: int, probe_ids: Sequence[int], probe_text: Optional[str] = None
-    ) -> dict[str, Any]:
-        """Start-up check: endpoint reachable, model served, vocabulary compatible.
-
-        ``tokenizer_vocab_size``: number of tokens of the local tokenizer
-        (``len(tokenizer)``). The endpoint's reported ``vocab_size`` (gboost's
-        ``/v1/models`` card; a logits width, possibly padded) must be at least that.
-        ``probe_ids``: a few ordinary token ids, echoed by the endpoint; the echo
-        must return the same ids. ``probe_text``: the local tokenizer's decoding
-        of ``probe_ids``; when given, the endpoint's echoed text must start with
-        it. This is the check that catches a different tokenizer of the same or a
-        larger size, so pass it when you can.
-
-        Raises ``LLMError`` (``vocab_mismatch`` with an explanatory message,
-        ``http_4xx`` for an unknown model, or transport kinds). Returns what was
-        learnt: ``{"model", "remote_vocab_size", "health"}``.
-        """
+    async def _check(self, tokenizer_vocab_size: int, probe_ids: Sequence[int],
+                     probe_text: Optional[str]) -> dict[str, Any]:
         probe = self._check_ids(probe_ids, "probe_ids")
         if not probe:
             raise ValueError("probe_ids must not be empty")
@@ -496,7 +530,7 @@ class RemoteLLM:
 
         health = HEALTH_PATH
         try:
-            await self._request("GET", HEALTH_PATH)
+            await self._request("GET", HEALTH_PATH, log_retries=False)
         except LLMError as e:
             if e.kind != "http_4xx" and e.kind != "malformed":
                 raise
@@ -504,7 +538,7 @@ class RemoteLLM:
 
         models = None
         try:
-            models = await self._request("GET", MODELS_PATH)
+            models = await self._request("GET", MODELS_PATH, log_retries=False)
         except LLMError as e:
             if health == MODELS_PATH or e.kind not in ("http_4xx", "malformed"):
                 raise
@@ -531,7 +565,7 @@ class RemoteLLM:
         if self.vocab_size is None:
             self.vocab_size = tokenizer_vocab_size
 
-        data = await self._request("POST", COMPLETIONS_PATH, self._payload(probe, echo=True, k=1))
+        data = await self._request("POST", COMPLETIONS_PATH, self._payload(probe, echo=True, k=1), log_retries=False)
         rows, tok_ids, text = self._parse(data)
         if tok_ids is not None and tok_ids[: len(probe)] != probe:
             raise LLMError(

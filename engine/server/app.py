@@ -105,7 +105,9 @@ def create_app(
     async def metrics_route() -> PlainTextResponse:
         sched = getattr(backend, "scheduler", None)
         kv = sched.kv_stats() if hasattr(sched, "kv_stats") else None
-        return PlainTextResponse(metrics.render(faults.injected, solver, kv))
+        llm = getattr(getattr(solver, "backend", None), "llm", None)
+        return PlainTextResponse(metrics.render(faults.injected, solver, kv,
+                                                llm.metrics() if hasattr(llm, "metrics") else None))
 
     async def json_body(request: Request):
         return parse_json_body(await request.body())

@@ -40,7 +40,8 @@ class Metrics:
             if not held.kept:
                 held.release()
 
-    def render(self, faults: Counter[str] | None = None, solver=None, kv: dict | None = None) -> str:
+    def render(self, faults: Counter[str] | None = None, solver=None, kv: dict | None = None,
+               llm: dict | None = None) -> str:
         out: list[str] = []
 
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
@@ -81,6 +82,22 @@ class Metrics:
             metric("gboost_kv_preempted_tokens_total", "counter",
                    "Computed tokens dropped by preemption (recomputed or re-matched later).",
                    [("", kv["preempted_tokens"])])
+        if llm is not None:  # RemoteLLM.metrics(): retries hide faults, so count them
+            from engine.llm.base import LLM_ERROR_KINDS
+            kinds = sorted(LLM_ERROR_KINDS)
+            metric("gboost_llm_requests_total", "counter", "Requests to the general LLM endpoint (retries not counted).",
+                   [("", llm["requests"])])
+            metric("gboost_llm_retries_total", "counter",
+                   "Failed attempts to the general LLM that were retried, by error kind.",
+                   [(f'{{kind="{k}"}}', llm["retries"].get(k, 0)) for k in kinds])
+            metric("gboost_llm_errors_total", "counter",
+                   "General LLM calls that failed after their retries, by error kind.",
+                   [(f'{{kind="{k}"}}', llm["errors"].get(k, 0)) for k in kinds])
+        if solver is not None and hasattr(getattr(solver, "backend", None), "cost"):
+            absorbed = solver.backend.cost.llm_faults
+            metric("gboost_llm_fallbacks_total", "counter",
+                   "Collaborative steps whose LLM failed and the SLM redid (on_llm_fault=fallback), by fault.",
+                   [(f'{{kind="{k}"}}', n) for k, n in sorted(absorbed.items())])
         if faults is not None:
             metric(
                 "gboost_faults_injected_total",

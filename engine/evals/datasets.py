@@ -2,6 +2,8 @@
 
 * GSM8K rows: ``{"question": ..., "answer": "...worked solution...\\n#### 18"}``;
   the gold is the normalised number after ``####``.
+* plain rows: ``{"question": ..., "answer": "18"}`` (no ``####``): a number is graded as GSM8K,
+  anything else as a MATH answer.
 * MATH rows: ``{"problem": ..., "solution": ..., "answer": "\\frac{1}{2}", ...}``;
   the gold is ``answer`` (or the last ``\\boxed{}`` of ``solution``).  ``level``,
   ``subject`` and ``unique_id`` are kept in ``meta``.
@@ -12,15 +14,17 @@ array.  The data is read from where it lives (e.g. ``../shared/data/``), never c
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from engine.search.answer import extract_gsm8k_gold, extract_math_gold
+from engine.search.answer import extract_gsm8k_gold, extract_math_gold, normalize_number
 
 __all__ = ["EvalRow", "load_rows", "rows_from_dicts", "detect_kind", "DatasetError", "KINDS"]
 
 KINDS = ("gsm8k", "math")
+_PLAIN_NUMBER = re.compile(r"\s*[-+]?\$?\d[\d,]*(\.\d+)?\s*%?\s*")
 
 
 class DatasetError(ValueError):
@@ -55,14 +59,20 @@ def _row(obj: dict[str, Any], idx: int, kind: str) -> EvalRow:
         q, a = obj.get("question"), obj.get("answer")
         if not isinstance(q, str) or not q.strip():
             raise DatasetError("GSM8K row: 'question' must be a non-empty string")
-        if not isinstance(a, str):
-            raise DatasetError("GSM8K row: 'answer' must be a string ending in '#### <number>'")
+        if isinstance(a, (int, float)) and not isinstance(a, bool):
+            a = str(a)
+        if not isinstance(a, str) or not a.strip():
+            raise DatasetError("'answer' must be a GSM8K solution ending in '#### <number>', or a plain answer")
+        meta = {k: v for k, v in obj.items() if k not in ("question", "answer")}
+        rid = str(obj["id"]) if "id" in obj else None
+        if "####" not in a:  # plain {"question", "answer"}: a number is graded as GSM8K, else as MATH
+            num = normalize_number(a) if _PLAIN_NUMBER.fullmatch(a) else None
+            return EvalRow(idx, q, num, "gsm8k", rid, meta) if num is not None else EvalRow(idx, q, a.strip(), "math", rid, meta)
         try:
             gold = extract_gsm8k_gold(a)
         except ValueError as e:
             raise DatasetError(f"GSM8K row: {e}") from None
-        meta = {k: v for k, v in obj.items() if k not in ("question", "answer")}
-        return EvalRow(idx, q, gold, "gsm8k", str(obj["id"]) if "id" in obj else None, meta)
+        return EvalRow(idx, q, gold, "gsm8k", rid, meta)
     if kind == "math":
         q = obj.get("problem")
         if not isinstance(q, str) or not q.strip():

@@ -44,7 +44,9 @@ def test_load_math_and_json_array(tmp_path):
     ("", "file is empty"),
     ('{"question": "q", "answer": "#### 1"}\n{oops\n', r"g\.jsonl:2: invalid JSON"),
     ('{"text": "hello"}\n', r"row 1: unknown row format with keys \['text'\]"),
-    ('{"question": "q", "answer": "1"}\n', r"row 1: GSM8K row: GSM8K answer has no '#### <number>'"),
+    ('{"question": "q", "answer": "#### x"}\n', r"row 1: GSM8K row: GSM8K answer: no number after '####'"),
+    ('{"question": "q", "answer": "  "}\n', r"row 1: 'answer' must be a GSM8K solution .* or a plain answer"),
+    ('{"question": "q"}\n', r"row 1: unknown row format"),
     ('{"question": "", "answer": "#### 1"}\n', "'question' must be a non-empty string"),
     ('{"question": "q", "answer": "#### 1"}\n{"problem": "p", "answer": "2"}\n', "row 2: looks like math"),
     ('{"problem": "p", "solution": "no box"}\n', "MATH row has no 'answer'"),
@@ -55,6 +57,14 @@ def test_clear_errors(tmp_path, content, msg):
     p.write_text(content)
     with pytest.raises(DatasetError, match=msg):
         load_rows(p)
+
+
+def test_plain_question_answer_rows(tmp_path):
+    p = tmp_path / "plain.jsonl"
+    p.write_text('{"question": "q1", "answer": "1,200"}\n{"question": "q2", "answer": 7}\n'
+                 '{"question": "q3", "answer": "\\\\frac{1}{2}"}\n{"question": "q4", "answer": "x^2 + 1"}\n')
+    rows = load_rows(p)
+    assert [(r.kind, r.gold) for r in rows] == [("gsm8k", "1200"), ("gsm8k", "7"), ("math", "\\frac{1}{2}"), ("math", "x^2 + 1")]
 
 
 def test_missing_file_and_bad_kind(tmp_path):

@@ -21,7 +21,8 @@ def _add_stack_args(p):
                    help="general LLM: model name/path (resident) or http(s)://HOST:PORT/v1 endpoint; 'none' to disable")
     p.add_argument("--prm", default=None, help="PRM model (default: the local LLM as a judge, else the SLM), "
                                                 "or value-head:DIR (a head from `gboost train-prm`)")
-    p.add_argument("--prm-kind", default="judge", choices=["judge", "token_pair", "two_class"])
+    p.add_argument("--prm-kind", default="judge", choices=["judge", "token_pair", "two_class", "value_head"],
+                   help="value_head: --prm names a directory written by `gboost train-prm`")
     p.add_argument("--base", default=None,
                    help="the SLM's untuned base model (same tokenizer): needed by fusion_rule = \"proxy\"")
     p.add_argument("--config", default=None, help="SearchConfig file (.json or .toml)")
@@ -194,9 +195,8 @@ def cmd_train_prm(args) -> int:
     async def main():
         from engine.search.actions import BackendOptions
         from engine.stack import build_stack
-        stack = await build_stack(cfg, slm=args.slm, llm=llm, prm=None, dtype=args.dtype, device=args.device,
+        stack = await build_stack(cfg, slm=args.slm, llm=llm, prm="none", dtype=args.dtype, device=args.device,
                                   kv_memory_gb=args.kv_memory_gb, options=BackendOptions(collab_mode=args.collab_mode))
-        stack.backend.prm = None  # rollouts are not scored
         try:
             desc = {"path": str(Path(args.data).resolve()), "lines": list(lines) if lines else None}
             card, records = await train_prm(stack.backend, cfg, rows, args.out, plan, data_desc=desc)

@@ -53,10 +53,16 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
     if is_url(base):
         raise ValueError(f"base={base!r}: the proxy-tuning base model must be a local checkpoint, not a URL")
     head_dir = prm[len(VALUE_HEAD):] if prm and prm.startswith(VALUE_HEAD) else None
+    if prm_kind == "value_head":
+        if not (head_dir or prm):
+            raise ValueError("prm_kind='value_head' needs the head's directory as the PRM (value-head:DIR)")
+        head_dir = head_dir or prm
     if head_dir is not None:
         from engine.models.value_head import load_head
         load_head(head_dir)  # a missing or broken head fails before any model loads
         prm = None           # the head reads a resident model's rows: no PRM model of its own
+    elif prm == "none":  # no step scoring (chain methods, `gboost train-prm` rollouts)
+        prm = None
     elif prm is None:
         prm = llm if (llm and not remote) else slm
     engine = await asyncio.to_thread(

@@ -85,3 +85,26 @@ def tiny_app(stack, **create_app_kw):
     from engine.server.solve import Solver
     backend = EngineCompletionBackend(stack.engine, stack.scheduler, model_name="tiny")
     return create_app(backend, solver=Solver(stack.backend, stack.backend.cfg), **create_app_kw)
+
+
+def write_tiny_checkpoint(d, seed: int = 1, cfg: ModelConfig | None = None):
+    """A Hugging Face style directory (config.json, model.safetensors, tokenizer.json) holding
+    tiny_model(cfg, seed), for tests that load checkpoints by path as users do."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = cfg or tiny_config()
+    model = tiny_model(cfg, seed=seed)
+    hf_cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": cfg.vocab_size,
+              "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+              "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
+              "num_key_value_heads": cfg.num_key_value_heads, "max_position_embeddings": 1024,
+              "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta, "tie_word_embeddings": False,
+              "eos_token_id": 256, "hidden_act": "silu", "torch_dtype": "float32"}
+    (d / "config.json").write_text(json.dumps(hf_cfg))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
+    byte_tokenizer().backend.save(str(d / "tokenizer.json"))
+    return d

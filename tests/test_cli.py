@@ -6,26 +6,13 @@ from contextlib import contextmanager
 
 import pytest
 
-from engine.testing import byte_tokenizer, tiny_config, tiny_model
+from engine.testing import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A Hugging Face style directory: config.json, model.safetensors, tokenizer.json."""
-    from safetensors.torch import save_file
-    d = tmp_path_factory.mktemp("tiny-hf")
-    cfg = tiny_config()
-    model = tiny_model(cfg, seed=1)
-    hf_cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": cfg.vocab_size,
-              "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
-              "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
-              "num_key_value_heads": cfg.num_key_value_heads, "max_position_embeddings": 1024,
-              "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta, "tie_word_embeddings": False,
-              "eos_token_id": 256, "hidden_act": "silu", "torch_dtype": "float32"}
-    (d / "config.json").write_text(json.dumps(hf_cfg))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
-    byte_tokenizer().backend.save(str(d / "tokenizer.json"))
-    return d
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-hf"), seed=1)
 
 
 def gboost(*args, check=True):
@@ -226,3 +213,53 @@ def test_remote_llm_start_up_errors_are_one_line_and_rc_2(tiny_dir, tmp_path, ca
     run(create_app(EngineCompletionBackend(eng, Scheduler(eng), model_name="m"), api_key="secret"), "HTTP 401")
     small = tiny_engine({"slm": 1}, configs={"slm": tiny_config(vocab=200)})  # 200 logits < 259 tokens
     run(create_app(EngineCompletionBackend(small, Scheduler(small), model_name="m")), "[vocab_mismatch]")
+
+
+def test_ctrl_c_on_serve_solve_cancels_frees_and_exits_130_with_one_line(tiny_dir, tmp_path):
+    """SIGINT while a search runs: the search is cancelled after the grace (its client gets a 503 in
+    the error shape), every KV block is free, and the server ends with one line and status 130."""
+    import signal
+    import threading
+    import time
+
+    import httpx
+    conf = tmp_path / "long.json"   # a search that would run for minutes
+    conf.write_text(json.dumps({"num_simulations": 5000, "max_step_tokens": 16, "max_depth": 50}))
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--solve", "--slm", tiny_dir, "--llm",
+                            tiny_dir, "--prm-kind", "token_pair", "--dtype", "float32", "--config", conf,
+                            "--port", str(port), "--shutdown-grace", "0.2"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url, answer = f"http://127.0.0.1:{port}", {}
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            assert srv.poll() is None, srv.stderr.read()
+
+        def client():
+            answer["r"] = httpx.post(url + "/v1/solve", json={"question": "What is 2+2?"}, timeout=120)
+        th = threading.Thread(target=client)
+        th.start()
+        while "gboost_solves_in_flight 1" not in httpx.get(url + "/metrics").text:
+            assert th.is_alive() and srv.poll() is None
+            time.sleep(0.05)
+        srv.send_signal(signal.SIGINT)
+        _, err = srv.communicate(timeout=60)
+        th.join(60)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+    assert srv.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("gboost serve: stopped by SIGINT; 1 search still running after the 0.2 s grace "
+                           "cancelled;"), last
+    assert last.endswith("KV blocks free, 0 sequences live"), last
+    free, total = last.split("; ")[-1].split(" KV blocks free")[0].split(" of ")
+    assert free == total
+    r = answer["r"]
+    assert r.status_code == 503 and r.json()["error"]["code"] == "server_shutting_down"

@@ -99,6 +99,38 @@ def slm_prompt_ids(tok, question: str) -> list[int]:
     return tok.encode_chat(msgs) if tok.chat_template else tok.encode_prompt(question + "\n\n")
 
 
+def node_seed(seed: int, key: tuple) -> int:
+    """Seed of the sampling noise of the node at ``key`` (its path of (action, index) from the root)."""
+    return zlib.crc32(repr((seed,) + key).encode())
+
+
+def step_ends(tok, toks: list[int], seq_len: int, cfg: SearchConfig, eos, max_positions: int) -> bool:
+    """Does the step whose tokens so far are ``toks`` end with its last token? EOS, the step's token
+    cap, the model's last position (the sequence is ``seq_len`` long), or the step delimiter in the
+    step's text once its leading whitespace is skipped (a step may open with a blank line)."""
+    if toks[-1] in eos or len(toks) >= cfg.max_step_tokens:
+        return True
+    if seq_len >= max_positions - 1:
+        return True
+    tail = tok.decode(toks[-8:])
+    return cfg.step_delimiter in tail and cfg.step_delimiter in tok.decode(toks).lstrip()
+
+
+def step_text(tok, toks: list[int], cfg: SearchConfig, eos) -> str:
+    """A finished step's text: EOS and special tokens dropped, cut at the delimiter, stripped."""
+    text = tok.decode([t for t in toks if t not in eos], skip_special_tokens=True)
+    return text.split(cfg.step_delimiter)[0].strip()
+
+
+def step_terminal(text: str, toks: list[int], depth: int, seq_len: int, cfg: SearchConfig, eos,
+                  max_positions: int, answer_re: re.Pattern | None = None) -> bool:
+    """Is a finished step at ``depth`` the last of its path? EOS, a final answer, the depth cap, or
+    a sequence with no room for another token."""
+    answer_re = answer_re or re.compile(cfg.answer_pattern)
+    return (bool(toks) and toks[-1] in eos) or bool(answer_re.search(text)) or depth >= cfg.max_depth \
+        or seq_len >= max_positions - 1
+
+
 class _SharedCount:
     """An int kept in ``obj._counts``, so every per-request view of a backend adds to one total."""
 
@@ -208,7 +240,7 @@ class EngineBackend:
     # -- one child ------------------------------------------------------------------------
     def _generator(self, key: tuple) -> torch.Generator:
         g = torch.Generator(device=self.engine.cache.pool.device)
-        g.manual_seed(zlib.crc32(repr((self.cfg.seed,) + key).encode()))
+        g.manual_seed(node_seed(self.cfg.seed, key))
         return g
 
     async def _child(self, parent: NodeState, action: str, i: int) -> StepOut:
@@ -248,10 +280,9 @@ class EngineBackend:
             raise
         finally:
             self._ready.pop(seq.seq_id, None)
-        ended_eos = bool(toks) and toks[-1] in self.eos
         depth = parent.depth + 1
-        terminal = ended_eos or bool(self.answer_re.search(text)) or depth >= self.cfg.max_depth \
-            or len(seq.token_ids) >= self.slm.model.max_positions - 1
+        terminal = step_terminal(text, toks, depth, len(seq.token_ids), self.cfg, self.eos,
+                                 self.slm.model.max_positions, self.answer_re)
         self.live_states += 1
         if action != "slm" and fault is None:
             self.cost.llm_calls += 1
@@ -259,18 +290,12 @@ class EngineBackend:
         return StepOut(text, toks, state, terminal, action, fault)
 
     def _step_text(self, toks: list[int]) -> str:
-        text = self.tok.decode([t for t in toks if t not in self.eos], skip_special_tokens=True)
-        return text.split(self.cfg.step_delimiter)[0].strip()
+        return step_text(self.tok, toks, self.cfg, self.eos)
 
     def _ends(self, seq: Sequence, start: int) -> bool:
         """Does the step that began at `start` end with the last token of seq?"""
-        toks = seq.token_ids[start:]
-        if toks[-1] in self.eos or len(toks) >= self.cfg.max_step_tokens:
-            return True
-        if len(seq.token_ids) >= self.slm.model.max_positions - 1:
-            return True
-        tail = self.tok.decode(toks[-8:])
-        return self.cfg.step_delimiter in tail and self.cfg.step_delimiter in self.tok.decode(toks).lstrip()
+        return step_ends(self.tok, seq.token_ids[start:], len(seq.token_ids), self.cfg, self.eos,
+                         self.slm.model.max_positions)
 
     # -- SLM alone ---------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, gen: torch.Generator) -> int:

@@ -45,12 +45,13 @@ def single_token(tokenizer, text: str, what: str) -> int:
     return ids[0]
 
 
-class PRMScorer:
-    def __init__(self, engine, scheduler, spec: PRMSpec | None = None, role: str = "prm"):
-        self.engine, self.scheduler = engine, scheduler
+class PRMPrompts:
+    """The PRM's token sequences (root prompt, step pieces, judge suffix) for a tokenizer and spec.
+    Model-free, so a reference implementation (benchmarks/naive) builds exactly the same ids."""
+
+    def __init__(self, tok, spec: PRMSpec | None = None):
+        self.tok = tok
         self.spec = spec or PRMSpec()
-        self.model = engine.role(role)
-        self.tok = self.model.tokenizer
         k = self.spec.kind
         if k == "judge":
             self.yes_id = single_token(self.tok, self.spec.yes_token, "yes-token")
@@ -61,8 +62,6 @@ class PRMScorer:
             self.bad_id = single_token(self.tok, self.spec.bad_token, "bad token")
         else:
             self.sep_id = single_token(self.tok, self.spec.separator, "separator")
-        self.tokens_computed = 0
-        self.cost = None  # backend-wide CostRecord, set by the backend
 
     # -- sequence building (append-only) -------------------------------------------------
     def _judge_split(self) -> tuple[str, str]:
@@ -92,6 +91,15 @@ class PRMScorer:
         elif self.spec.kind == "two_class":
             ids.append(self.sep_id)
         return ids
+
+
+class PRMScorer(PRMPrompts):
+    def __init__(self, engine, scheduler, spec: PRMSpec | None = None, role: str = "prm"):
+        self.engine, self.scheduler = engine, scheduler
+        self.model = engine.role(role)
+        super().__init__(self.model.tokenizer, spec)
+        self.tokens_computed = 0
+        self.cost = None  # backend-wide CostRecord, set by the backend
 
     # -- scoring ------------------------------------------------------------------------
     async def score(self, seqs: list[Sequence]) -> list[float]:

@@ -232,23 +232,45 @@ def cmd_serve(args) -> int:
 
         async def main():
             from engine.server.app import aserve, create_app
+            from engine.server.sse import cancel_and_wait
             # the stack is built on the loop that serves it (scheduler and LLM client bind to it)
             stack = await _stack(args, cfg, check=False)
             try:
                 backend = EngineCompletionBackend(stack.engine, stack.scheduler,
                                                   model_name=args.served_name or args.slm)
-                app = create_app(backend, fault=fault if fault.active else None, api_key=api_key,
-                                 solver=Solver(stack.backend, cfg))
-                await aserve(app, host=args.host, port=args.port)
+                solver = Solver(stack.backend, cfg)
+                app = create_app(backend, fault=fault if fault.active else None, api_key=api_key, solver=solver)
+                seen = {}
+                sig = await aserve(app, host=args.host, port=args.port, graceful_shutdown_s=args.shutdown_grace,
+                                   on_signal=lambda: seen.setdefault("cancelled", solver.cancelled))
+                # a second Ctrl-C skips uvicorn's grace: cancel what still runs, so that its cleanup
+                # (every search frees its KV blocks) is done before the count below
+                await cancel_and_wait(*(asyncio.all_tasks() - {asyncio.current_task()}))
             finally:
                 await stack.aclose()
-        asyncio.run(main())
-        return 0
+            n = solver.cancelled - seen.get("cancelled", solver.cancelled)
+            return _stopped(sig, stack.engine.cache, f"{n} search{'' if n == 1 else 'es'} still running after "
+                                                     f"the {args.shutdown_grace:g} s grace cancelled")
+        return asyncio.run(main())
     eng = Engine.from_pretrained(args.model, dtype=args.dtype, device=args.device,
                                  kv_memory_bytes=int(args.kv_memory_gb * (1 << 30)))
     backend = EngineCompletionBackend(eng, Scheduler(eng), model_name=args.served_name or args.model)
-    serve(backend, host=args.host, port=args.port, fault=fault if fault.active else None, api_key=api_key)
-    return 0
+    sig = serve(backend, host=args.host, port=args.port, fault=fault if fault.active else None, api_key=api_key,
+                graceful_shutdown_s=args.shutdown_grace)
+    return _stopped(sig, eng.cache)
+
+
+def _stopped(sig, cache, what: str | None = None) -> int:
+    """The one line a signalled server ends with, and its exit status: 130 after SIGINT (Ctrl-C),
+    0 after SIGTERM (a requested stop), 0 if it stopped without a signal."""
+    if sig is None:
+        return 0
+    import signal
+    blocks = cache.blocks
+    print(f"gboost serve: stopped by {signal.Signals(sig).name}" + (f"; {what}" if what else "")
+          + f"; {blocks.num_free()} of {blocks.num_blocks} KV blocks free, {len(cache.live)} sequences live",
+          file=sys.stderr)
+    return 130 if sig == signal.SIGINT else 0
 
 
 # -- trace ----------------------------------------------------------------------------------
@@ -333,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--fault-error-rate", type=float, default=0.0)
     v.add_argument("--fault-malformed-rate", type=float, default=0.0)
     v.add_argument("--fault-status", type=int, default=503)
+    v.add_argument("--shutdown-grace", type=float, default=5.0,
+                   help="seconds requests in flight get to finish after SIGINT/SIGTERM before they are cancelled")
     _add_runtime_args(v, kv_gb=1.0)
     v.set_defaults(fn=cmd_serve)
 
@@ -360,6 +384,9 @@ def main(argv=None) -> int:
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a server runs (loading models, a solve, an eval)
+        print("gboost: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ async def settle(aws, on_orphan: Callable[[Any], None]) -> list:
     If the caller is cancelled while waiting, the pending awaitables are cancelled too, every one
     is waited for, each result that did arrive is handed to ``on_orphan`` (so states created by an
     ``expand`` that finished just in time are released, not leaked), and the cancellation goes on.
+    A second cancellation during that wait (a server cancelling at shutdown what its handlers are
+    already cancelling) does not cut it short: the results would be lost with their KV blocks.
     """
     tasks = [asyncio.ensure_future(a) for a in aws]
     try:
@@ -90,9 +92,16 @@ async def settle(aws, on_orphan: Callable[[Any], None]) -> list:
     except asyncio.CancelledError:
         for t in tasks:
             t.cancel()
-        for res in await asyncio.gather(*tasks, return_exceptions=True):
-            if not isinstance(res, BaseException):
-                on_orphan(res)
+        # test for done first: a caller cancelled on every loop turn (anyio re-delivers a cancelled
+        # scope's cancellation) would otherwise never get past the await below
+        while not all(t.done() for t in tasks):
+            try:
+                await asyncio.wait(tasks)
+            except asyncio.CancelledError:
+                pass  # already cancelling: keep waiting for the orphans, then re-raise below
+        for t in tasks:
+            if not t.cancelled() and t.exception() is None:
+                on_orphan(t.result())
         raise
 
 

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from .backend import BackendInputError, CompletionBackend
 from .completions import create_completion
-from .errors import APIError, install_error_handlers
+from .errors import APIError, error_response, install_error_handlers
 from .faults import FaultConfig, FaultInjector
 from .metrics import Metrics, MetricsMiddleware
 from .schemas import CompletionRequest, ModelCard, ModelList
@@ -77,8 +77,10 @@ def create_app(
     app.state.model_name = model_name
     app.state.metrics = metrics
     app.state.faults = faults
+    app.state.solver = solver
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(CancelledAtShutdown)
 
     def check_auth(request: Request) -> None:
         if api_key is None:
@@ -165,6 +167,42 @@ MAX_JSON_DEPTH = 32
 _TOO_DEEP = f"request body is not valid JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)"
 
 
+class CancelledAtShutdown:
+    """Outermost ASGI middleware: a request still running when a shutdown's grace ends is cancelled
+    by uvicorn. Its cleanup has run (a search frees its KV blocks); what is left is the answer:
+    a 503 ``server_shutting_down`` if nothing was sent yet, else the end of the stream -- instead of
+    uvicorn logging a CancelledError traceback and sending a bare 500."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and getattr(task, "cancelling", lambda: 1)() == 0:
+                raise  # not this task's own cancellation: not ours to end here
+            try:
+                if not started:
+                    await error_response(503, "server is shutting down; the request was cancelled",
+                                         code="server_shutting_down")(scope, receive, send)
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except Exception:  # the connection is gone too
+                pass
+
+
 def parse_json_body(raw: bytes):
     """The decoded body (None if empty). Anything json.loads refuses is a 400, never a 500: syntax,
     encoding, nesting deeper than the interpreter's recursion limit (RecursionError), and integer
@@ -209,17 +247,26 @@ def serve(
     api_key: Optional[str] = None,
     max_logprobs: int = DEFAULT_MAX_LOGPROBS,
     log_level: str = "info",
-) -> None:
-    """Serve ``backend`` with uvicorn (blocking). Binds 127.0.0.1 unless told otherwise."""
-    import uvicorn
-
+    graceful_shutdown_s: float = 5.0,
+) -> Optional[int]:
+    """Serve ``backend`` with uvicorn (blocking) until SIGINT or SIGTERM; returns that signal's
+    number (None if it stopped otherwise). Binds 127.0.0.1 unless told otherwise."""
     app = create_app(backend, model_name, fault, api_key=api_key, max_logprobs=max_logprobs)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    return asyncio.run(aserve(app, host, port, log_level, graceful_shutdown_s=graceful_shutdown_s))
 
 
-async def aserve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Serve ``app`` on the running event loop (for state that is bound to this loop)."""
+async def aserve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", *,
+                 graceful_shutdown_s: float = 5.0, on_signal=None) -> Optional[int]:
+    """Serve ``app`` on the running event loop (for state that is bound to this loop) until SIGINT
+    or SIGTERM, which is returned rather than raised again (no KeyboardInterrupt traceback).
+    Requests still running ``graceful_shutdown_s`` after the signal are cancelled (a cancelled
+    search frees its KV blocks); ``on_signal()`` runs when the signal arrives."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
-    await uvicorn.Server(config).serve()
+    from .runner import SignalServer
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=graceful_shutdown_s)
+    server = SignalServer(config, on_signal)
+    await server.serve()
+    return server.stopped_by

@@ -73,6 +73,8 @@ class Metrics:
         if solver is not None:
             metric("gboost_solves_total", "counter", "Solve requests answered.", [("", solver.solves)])
             metric("gboost_solves_in_flight", "gauge", "Solve requests running.", [("", solver.in_flight)])
+            metric("gboost_solves_cancelled_total", "counter",
+                   "Searches cancelled before they ended (client gone, or shutdown).", [("", solver.cancelled)])
         if kv is not None:  # Scheduler.kv_stats() of an engine-backed server
             metric("gboost_kv_blocks_total", "gauge", "KV blocks in the shared pool.", [("", kv["blocks_total"])])
             metric("gboost_kv_blocks_free", "gauge", "KV blocks free or holding evictable cached prefixes.",

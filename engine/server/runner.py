@@ -1,4 +1,5 @@
-"""Run an ASGI app with uvicorn in a background thread (tests, notebooks, demos).
+"""Run an ASGI app with uvicorn: in a background thread (tests, notebooks, demos), or in the
+foreground with signals reported rather than re-raised (:class:`SignalServer`, ``gboost serve``).
 
     with BackgroundServer(create_app(backend, "m")) as srv:
         llm = RemoteLLM(srv.url)
@@ -9,14 +10,48 @@ so ``url`` is valid immediately and there is no port race.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import uvicorn
 
-__all__ = ["BackgroundServer"]
+__all__ = ["BackgroundServer", "SignalServer"]
+
+
+class SignalServer(uvicorn.Server):
+    """uvicorn.Server that records the signal (SIGINT, SIGTERM) that stopped it instead of raising
+    it again after its graceful shutdown, as uvicorn does: under ``asyncio.run`` that re-raised
+    SIGINT became a CancelledError -> KeyboardInterrupt traceback. ``stopped_by`` is the signal
+    number (None if it stopped otherwise); ``on_signal()`` runs at the first one."""
+
+    def __init__(self, config: uvicorn.Config, on_signal: Optional[Callable[[], None]] = None) -> None:
+        super().__init__(config)
+        self.stopped_by: Optional[int] = None
+        self._on_signal = on_signal
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = sig
+            if self._on_signal is not None:
+                self._on_signal()
+        super().handle_exit(sig, frame)  # a second SIGINT forces the exit, as in uvicorn
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 class BackgroundServer:

@@ -77,6 +77,7 @@ class Solver:
     config: SearchConfig
     solves: int = 0           # finished solve requests (metrics)
     in_flight: int = 0        # searches running: counted from start to the end of their task
+    cancelled: int = 0        # searches cancelled before they ended (client gone, server shutting down)
 
     def start(self, question: str, cfg: SearchConfig, on_step=None) -> asyncio.Task:
         self.in_flight += 1
@@ -84,8 +85,10 @@ class Solver:
         task.add_done_callback(self._ended)
         return task
 
-    def _ended(self, _task: asyncio.Task) -> None:
+    def _ended(self, task: asyncio.Task) -> None:
         self.in_flight -= 1
+        if task.cancelled():
+            self.cancelled += 1
 
     def request_config(self, req: SolveRequest) -> SearchConfig:
         changes = dict(req.config)

@@ -183,3 +183,61 @@ def test_no_state_leaks_whenever_cancellation_lands(delay):
 
     run(main())
     assert not b.live and b.n_created == b.n_released
+
+
+@pytest.mark.parametrize("delay", [0.005, 0.012, 0.019, 0.026, 0.033, 0.041])
+def test_no_state_leaks_when_cancelled_twice(delay):
+    """A server at shutdown cancels a search that its handler is already cancelling: the second
+    cancellation lands while the first one's cleanup waits for expansions. Nothing may leak."""
+    b = ToyBackend(step, reward, latency_s=0.007)
+
+    async def main():
+        t = asyncio.create_task(solve("q", b, SearchConfig(num_simulations=50)))
+        await asyncio.sleep(delay)
+        t.cancel()
+        await asyncio.sleep(0)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+
+    run(main())
+    assert not b.live and b.n_created == b.n_released
+
+
+@pytest.mark.parametrize("turns", range(6))
+def test_nested_settle_keeps_every_result_when_cancelled_again_during_cleanup(turns):
+    """gboost's expand settles the backend's expands, which settle their children. A second
+    cancellation, landing ``turns`` event-loop turns after the first one's children have ended
+    (inside the inner settle's cleanup wait), must not drop a result that had already arrived."""
+    from engine.search.backend import settle
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        orphans, outer = [], None
+
+        async def done_early():
+            return "state"  # finished before any cancellation: must reach on_orphan
+
+        async def cancelled_leaf():
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                def later(n):  # the second cancel, n loop turns from now
+                    loop.call_soon(later, n - 1) if n else outer.cancel()
+                later(turns)
+                raise
+
+        async def inner():
+            return await settle([done_early(), cancelled_leaf()], orphans.append)
+
+        outer = asyncio.create_task(settle([inner()], orphans.append))
+        await asyncio.sleep(0.01)
+        outer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await outer
+        await asyncio.sleep(0.01)
+        return orphans
+
+    assert run(main()) == ["state"]
+
+

@@ -125,10 +125,10 @@ def cmd_eval(args) -> int:
     if args.resume and not args.out:
         raise SystemExit("error: --resume needs --out (the records to resume)")
 
+    rows = load_lines(args.data, parse_lines(args.lines))  # a bad file or range fails before loading
+
     async def main():
-        from engine.evals.datasets import load_rows
         from engine.evals.loop import run_eval
-        rows = load_rows(args.data)
         stack = await _stack(args, cfg)
         try:
             report = await run_eval(rows, stack.backend, cfg, limit=args.limit, out_path=args.out,
@@ -316,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="accuracy and cost on GSM8K / MATH-500 JSONL")
     e.add_argument("--data", required=True)
     e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--lines", default=None, help="1-based inclusive line range of --data, e.g. 1-100")
     e.add_argument("--out", default=None, help="per-question records (JSONL)")
     e.add_argument("--concurrency", type=int, default=4)
     e.add_argument("--resume", action="store_true",

@@ -174,6 +174,9 @@ def test_eval_out_then_resume(tiny_dir, tmp_path):
     assert [json.loads(l)["idx"] for l in out.read_text().splitlines()] == [0, 1, 2]
     p = gboost(*common[:-3], "--resume", check=False)  # no --out
     assert p.returncode != 0 and "--resume needs --out" in p.stderr
+    lines = tmp_path / "lines.jsonl"  # --lines: a 1-based range of the file; records keep file positions
+    part = json.loads(gboost(*common[:-3], "--out", lines, "--lines", "2-3", "--json").stdout)
+    assert part["n"] == 2 and [json.loads(l)["idx"] for l in lines.read_text().splitlines()] == [1, 2]
 
 
 def test_malloc_tuning_respects_the_environment():

@@ -205,8 +205,8 @@ def cmd_train_prm(args) -> int:
         m = card.metrics
         print(f"{len(records)} solutions of {len(rows)} questions, "
               f"{sum(r['correct'] for r in records)} right; head on {card.base_model} layer {card.layer}: "
-              f"held-out AUROC {m['auroc_val_steps']:.3f} (steps), {m.get('auroc_val_last_step', float('nan')):.3f} "
-              f"(last steps)")
+              f"held-out AUROC {m['auroc_val_steps']:.3f} (steps); paths by last/min/mean step "
+              + "/".join(f"{m[f'auroc_val_path_{a}']:.3f}" for a in ("last", "min", "mean")))
         print(f"use it with: --prm value-head:{args.out}")
         return 0
     return asyncio.run(main())

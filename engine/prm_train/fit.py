@@ -60,9 +60,10 @@ def split_groups(groups: list, val_share: float, seed: int) -> set:
 
 
 def fit_head(X: torch.Tensor, y: torch.Tensor, groups: list, cfg: FitConfig | None = None,
-             last: torch.Tensor | None = None) -> FitResult:
+             solutions: list | None = None) -> FitResult:
     """X [N, H] raw feature rows, y [N] labels in [0, 1], groups[N] question of each row;
-    `last` [N] bool marks each solution's last step (for the path-level AUROC)."""
+    `solutions[N]` the solution of each row, in step order (for path-level AUROCs: a held-out
+    solution's score aggregated over its steps, against its last step's label)."""
     cfg = cfg or FitConfig()
     if X.shape[0] != len(y) or len(y) != len(groups):
         raise ValueError("X, y and groups must have one entry per row")
@@ -101,7 +102,14 @@ def fit_head(X: torch.Tensor, y: torch.Tensor, groups: list, cfg: FitConfig | No
          "questions_train": len(set(groups)) - len(val_groups), "questions_val": len(val_groups),
          "positive_share": round(float((y >= 0.5).float().mean()), 4), "epochs": epoch + 1,
          "val_loss": round(best, 5), "auroc_train_steps": auroc(pt, yt), "auroc_val_steps": auroc(pv, yv)}
-    if last is not None:
-        lv = last[is_val]
-        m["auroc_val_last_step"] = auroc(pv[lv], yv[lv])
+    if solutions is not None:
+        paths: dict = {}
+        for i in torch.nonzero(is_val)[:, 0].tolist():
+            paths.setdefault(solutions[i], []).append((float(head.score(X[i])), float(y[i])))
+        for name, agg in PATH_AGGREGATIONS.items():
+            m[f"auroc_val_path_{name}"] = auroc([agg([s for s, _ in v]) for v in paths.values()],
+                                                [v[-1][1] for v in paths.values()])
     return FitResult(head, m)
+
+
+PATH_AGGREGATIONS = {"last": lambda v: v[-1], "min": min, "mean": lambda v: sum(v) / len(v)}

@@ -18,7 +18,7 @@ from engine.models.value_head import HeadCard, model_fingerprint, save_head
 from engine.search.config import SearchConfig
 
 from .features import extract, slm_solution, text_solution
-from .fit import FitConfig, auroc, fit_head
+from .fit import PATH_AGGREGATIONS, FitConfig, auroc, fit_head
 from .rollouts import Checker, RolloutPlan, default_checker, run_rollouts
 
 
@@ -94,8 +94,8 @@ async def train_prm(backend, cfg: SearchConfig, rows: list[EvalRow], out: str | 
     feats = _features(resident, engine.cache, records, plan, out / f"features.{role}.safetensors", layers, progress)
     y = torch.tensor([v for r in records for v in step_labels(r, plan.labels)])
     groups = [r["line"] for r in records for _ in r["steps"]]
-    last = torch.tensor([i == len(r["steps"]) - 1 for r in records for i in range(len(r["steps"]))])
-    fits = {l: fit_head(torch.cat(feats[l]), y, groups, plan.fit, last) for l in layers}
+    sols = [(r["line"], r["k"]) for r in records for _ in r["steps"]]
+    fits = {l: fit_head(torch.cat(feats[l]), y, groups, plan.fit, sols) for l in layers}
     best = max(layers, key=lambda l: (fits[l].metrics["auroc_val_steps"], -l))
     card = HeadCard(
         base_model=resident.key, fingerprint=model_fingerprint(resident.model),
@@ -113,5 +113,5 @@ async def train_prm(backend, cfg: SearchConfig, rows: list[EvalRow], out: str | 
 
 def path_auroc(scores_by_solution: list[list[float]], correct: list[bool], how: str) -> float:
     """AUROC, right against wrong solutions, of a path score aggregated over its step scores."""
-    agg = {"last": lambda v: v[-1], "min": min, "mean": lambda v: sum(v) / len(v)}[how]
+    agg = PATH_AGGREGATIONS[how]
     return auroc([agg(v) for v in scores_by_solution], [float(c) for c in correct])

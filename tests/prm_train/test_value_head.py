@@ -65,6 +65,17 @@ def test_mlp_head_and_held_out_questions_are_disjoint():
     assert m["auroc_val_steps"] > 0.9
 
 
+def test_path_aurocs_aggregate_held_out_solutions():
+    X, _, groups = _synthetic(n=1200, seed=6)
+    sols = [i // 3 for i in range(1200)]                    # 3 steps a solution, 2 solutions a question
+    w = torch.randn(X.shape[1], generator=torch.Generator().manual_seed(7))
+    good = (ValueHead.normalise(X) @ w).view(-1, 3)[:, -1] > 0  # a solution is right iff its last step says so
+    y = good.repeat_interleave(3).float()                   # outcome labels: every step takes its solution's
+    m = fit_head(X, y, groups, FitConfig(seed=1), sols).metrics
+    assert m["auroc_val_path_last"] > 0.9 > m["auroc_val_path_min"]  # earlier steps carry no signal here
+    assert all(0.0 <= m[f"auroc_val_path_{a}"] <= 1.0 for a in ("last", "min", "mean"))
+
+
 def test_saved_head_reloads_to_identical_scores(tmp_path):
     X, y, groups = _synthetic(n=600, seed=5)
     head = fit_head(X, y, groups, FitConfig(mlp_hidden=8, max_epochs=50)).head

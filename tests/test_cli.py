@@ -266,3 +266,37 @@ def test_ctrl_c_on_serve_solve_cancels_frees_and_exits_130_with_one_line(tiny_di
     assert free == total
     r = answer["r"]
     assert r.status_code == 503 and r.json()["error"]["code"] == "server_shutting_down"
+
+
+@pytest.mark.parametrize("kind, name, content, want", [
+    ("config", "c.json", '{\n  "num_simulations": 2,\n  "max_depth": 3,\n', r"c\.json:4: cannot parse JSON"),
+    ("config", "c.json", '{\n  "num_simulations": 2,\n  "uct": 0.1\n}', r"c\.json:3: unknown search config key\(s\): 'uct'"),
+    ("config", "c.json", '{\n  "num_simulations": "2"\n}', r"c\.json:2: num_simulations='2': must be an integer"),
+    ("config", "c.toml", 'num_simulations = [\n', r"c\.toml:1: cannot parse TOML"),
+    ("config", "missing.toml", None, r"config file not found: .*missing\.toml"),
+    ("data", "d.jsonl", '{"question": "q", "answer": "#### 1"}\n{"question": "q", "answer":\n',
+     r"d\.jsonl:2: invalid JSON"),
+    ("data", "d.jsonl", '{"question": "q", "answer": "#### 1"}\n\n{"answer": "#### 2"}\n', r"d\.jsonl:3: unknown row format"),
+    ("data", "d.jsonl", '{"question": "q"}\n', r"d\.jsonl:1: unknown row format"),
+    ("data", "d.jsonl", "", r"d\.jsonl: file is empty"),
+    ("data", "missing.jsonl", None, r"dataset not found: .*missing\.jsonl"),
+])
+def test_bad_config_and_data_files_are_one_line_and_rc_2(tiny_dir, tmp_path, capsys, kind, name, content, want):
+    """`gboost eval` (and solve) refuse a bad --config or --data file before loading any model."""
+    import re
+
+    from engine.cli import main
+    f = tmp_path / name
+    if content is not None:
+        f.write_text(content)
+    good_data = tmp_path / "ok.jsonl"
+    good_data.write_text('{"question": "What is 1 + 1?", "answer": "#### 2"}\n')
+    good_cfg = _cfg(tmp_path)
+    args = ["eval", "--data", f if kind == "data" else good_data, "--config", f if kind == "config" else good_cfg,
+            "--slm", tiny_dir, "--llm", "none", "--method", "slm", "--prm-kind", "token_pair", "--dtype", "float32"]
+    assert main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and re.search(want, err), err
+    if kind == "config":  # solve reads --config the same way
+        assert main([str(a) for a in ("solve", "--config", f, "--slm", tiny_dir, "--llm", "none", "q")]) == 2
+        assert re.search(want, capsys.readouterr().err)

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from engine.search.answer import extract_gsm8k_gold, extract_math_gold, normalize_number
 
-__all__ = ["EvalRow", "load_rows", "rows_from_dicts", "detect_kind", "DatasetError", "KINDS"]
+__all__ = ["EvalRow", "load_rows", "read_data_file", "rows_from_dicts", "detect_kind", "DatasetError", "KINDS"]
 
 KINDS = ("gsm8k", "math")
 _PLAIN_NUMBER = re.compile(r"\s*[-+]?\$?\d[\d,]*(\.\d+)?\s*%?\s*")
@@ -88,14 +88,15 @@ def _row(obj: dict[str, Any], idx: int, kind: str) -> EvalRow:
 
 
 def rows_from_dicts(dicts: Iterable[dict[str, Any]], kind: str = "auto", *,
-                    source: str = "<rows>") -> list[EvalRow]:
-    """Convert raw row objects; ``kind='auto'`` detects it from the first row and checks the rest."""
+                    source: str = "<rows>", lines: list[int] | None = None) -> list[EvalRow]:
+    """Convert raw row objects; ``kind='auto'`` detects it from the first row and checks the rest.
+    ``lines``: each row's line in ``source`` (errors then say ``source:LINE``, else ``row N``)."""
     out: list[EvalRow] = []
     fixed = None if kind == "auto" else kind
     if fixed is not None and fixed not in KINDS:
         raise DatasetError(f"unknown dataset kind {kind!r}; expected auto or one of {KINDS}")
     for i, obj in enumerate(dicts):
-        where = f"{source}: row {i + 1}"
+        where = f"{source}:{lines[i]}" if lines is not None else f"{source}: row {i + 1}"
         try:
             k = detect_kind(obj)
             if fixed is None:
@@ -108,34 +109,65 @@ def rows_from_dicts(dicts: Iterable[dict[str, Any]], kind: str = "auto", *,
     return out
 
 
-def load_rows(path: str | Path, kind: str = "auto", limit: int | None = None) -> list[EvalRow]:
-    """Read a GSM8K or MATH file (.jsonl, or a .json array); ``limit`` keeps the first rows."""
+def read_data_file(path: str | Path) -> tuple[list[Any], list[int] | None]:
+    """The raw records of a data file and the line each starts on (None for a JSON array file).
+
+    The one reader of data files (``gboost eval --data``, ``gboost train-prm --data``): every
+    problem is one ``DatasetError`` line naming the file, and the line where one applies --
+    missing file, a directory, not UTF-8, empty, a line that is not JSON (or nests too deeply,
+    or holds an integer past Python's digit limit), no rows."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"dataset not found: {p} (pass the path to e.g. gsm8k_test.jsonl)")
     if p.is_dir():
         raise DatasetError(f"{p} is a directory; pass a .jsonl file")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[:e.start].count(b"\n") + 1
+        raise DatasetError(f"{p}:{line}: not UTF-8 text ({e.reason})") from None
     if not text.strip():
         raise DatasetError(f"{p}: file is empty")
     if text.lstrip().startswith("["):
         try:
             objs = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DatasetError(f"{p}: invalid JSON array: {e}") from None
-    else:
-        objs = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                objs.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{p}:{lineno}: invalid JSON ({e.msg}); expected one object per line") from None
+            raise DatasetError(f"{p}:{e.lineno}: invalid JSON array ({e.msg}, column {e.colno})") from None
+        except (ValueError, RecursionError) as e:
+            raise DatasetError(f"{p}: invalid JSON array ({_json_problem(e)})") from None
+        return objs, None
+    objs, lines = [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            objs.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{p}:{lineno}: invalid JSON ({e.msg}, column {e.colno}); "
+                               "expected one object per line") from None
+        except (ValueError, RecursionError) as e:
+            raise DatasetError(f"{p}:{lineno}: invalid JSON ({_json_problem(e)})") from None
+        lines.append(lineno)
+    return objs, lines
+
+
+def _json_problem(e: BaseException) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return "an integer literal is too long" if "integer string conversion" in str(e) else str(e)
+
+
+def load_rows(path: str | Path, kind: str = "auto", limit: int | None = None) -> list[EvalRow]:
+    """Read a GSM8K or MATH file (.jsonl, or a .json array); ``limit`` keeps the first rows.
+    A bad file or row raises one ``DatasetError`` line naming the file and line (see
+    :func:`read_data_file`)."""
+    p = Path(path)
+    objs, lines = read_data_file(p)
     if limit is not None:
         if limit < 0:
             raise DatasetError(f"limit must be >= 0, got {limit}")
         objs = objs[:limit]
+        lines = None if lines is None else lines[:limit]
     if not objs:
         raise DatasetError(f"{p}: no rows")
-    return rows_from_dicts(objs, kind, source=str(p))
+    return rows_from_dicts(objs, kind, source=str(p), lines=lines)

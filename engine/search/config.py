@@ -62,7 +62,12 @@ FUSION_RULES = ("loglinear", "proxy")
 
 
 class ConfigError(ValueError):
-    """A bad value or an unknown key in a :class:`SearchConfig`."""
+    """A bad value or an unknown key in a :class:`SearchConfig`; ``key`` names it when known (a
+    config file's error then points at the key's line)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -173,7 +178,7 @@ class SearchConfig:
 
         def need(ok: bool, key: str, msg: str) -> None:
             if not ok:
-                raise ConfigError(f"{key}={_show(getattr(self, key))}: {msg}")
+                raise ConfigError(f"{key}={_show(getattr(self, key))}: {msg}", key)
 
         for key, allowed in (("method", METHODS), ("action_policy", ACTION_POLICIES),
                              ("final_choice", FINAL_CHOICES), ("prm_aggregation", PRM_AGGREGATIONS),
@@ -199,7 +204,8 @@ class SearchConfig:
         try:
             re.compile(self.answer_pattern)
         except re.error as e:
-            raise ConfigError(f"answer_pattern={_show(self.answer_pattern)}: not a valid regex ({e})") from None
+            raise ConfigError(f"answer_pattern={_show(self.answer_pattern)}: not a valid regex ({e})",
+                              "answer_pattern") from None
         for key in ("max_llm_tokens", "max_llm_calls", "max_llm_faults"):
             v = getattr(self, key)
             need(v is None or v >= 0, key, "must be >= 0 or None (unlimited)")
@@ -212,7 +218,7 @@ class SearchConfig:
         try:
             check_seed(self.seed)
         except ValueError as e:
-            raise ConfigError(str(e)) from None
+            raise ConfigError(str(e), "seed") from None
 
     # -------------------------------------------------------------------------- convert
     @classmethod
@@ -227,34 +233,48 @@ class SearchConfig:
                 close = difflib.get_close_matches(str(k), names, n=1)
                 hints.append(_show(k) + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError(f"unknown search config key(s): {', '.join(hints)}; "
-                              f"valid keys: {', '.join(names)}")
+                              f"valid keys: {', '.join(names)}", str(unknown[0]))
         return cls(**d)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "SearchConfig":
-        """Read a ``.json`` or ``.toml`` file (keys at top level or under ``search``)."""
+        """Read a ``.json`` or ``.toml`` file (keys at top level or under ``search``). Errors are
+        one line, ``FILE:LINE: what`` where a line applies (syntax, a bad or unknown key)."""
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a directory, not a config file")
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         suffix = p.suffix.lower()
+        if suffix not in (".json", ".toml"):
+            raise ConfigError(f"{p}: unsupported config format {suffix!r} (use .json or .toml)")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         try:
             if suffix == ".json":
-                data = json.loads(p.read_text())
-            elif suffix == ".toml":
-                import tomllib
-                data = tomllib.loads(p.read_text())
+                data = json.loads(text)
             else:
-                raise ConfigError(f"{p}: unsupported config format {suffix!r} (use .json or .toml)")
-        except (json.JSONDecodeError, ValueError) as e:
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"{p}: cannot parse: {e}") from None
+                import tomllib
+                data = tomllib.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{p}:{e.lineno}: cannot parse JSON: {e.msg} (column {e.colno})") from None
+        except (ValueError, RecursionError) as e:  # tomllib.TOMLDecodeError is a ValueError
+            m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+            where = f"{p}:{m.group(1)}" if m else str(p)
+            if "(at end of document)" in str(e):  # the file ends inside a value: its last line
+                where = f"{p}:{max(1, len(text.splitlines()))}"
+            msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e)) or type(e).__name__
+            raise ConfigError(f"{where}: cannot parse {suffix[1:].upper()}: {msg}"
+                              + (f" (column {m.group(2)})" if m else "")) from None
         if isinstance(data, dict) and set(data) == {"search"} and isinstance(data["search"], dict):
             data = data["search"]
         try:
             return cls.from_dict(data)
         except ConfigError as e:
-            raise ConfigError(f"{p}: {e}") from None
+            line = _key_line(text, e.key, suffix) if e.key else None
+            raise ConfigError(f"{p}{'' if line is None else f':{line}'}: {e}", e.key) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -271,6 +291,15 @@ class SearchConfig:
             "max_step_tokens": self.max_step_tokens, "step_delimiter": self.step_delimiter,
             "answer_pattern": self.answer_pattern, "max_depth": self.max_depth,
         }
+
+
+def _key_line(text: str, key: str, suffix: str) -> int | None:
+    """1-based line where a JSON or TOML config file sets ``key`` (its first mention)."""
+    pat = rf'"{re.escape(key)}"\s*:' if suffix == ".json" else rf'^\s*"?{re.escape(key)}"?\s*='
+    for i, line in enumerate(text.splitlines(), 1):
+        if re.search(pat, line):
+            return i
+    return None
 
 
 _SHOW = reprlib.Repr()
@@ -290,7 +319,7 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     if value is None:
         if optional:
             return value
-        raise ConfigError(f"{name}: must not be None")
+        raise ConfigError(f"{name}: must not be None", name)
     if ann.startswith("int"):
         ok = isinstance(value, int) and not isinstance(value, bool)
         want = "an integer"
@@ -306,7 +335,7 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     else:  # pragma: no cover - every field has one of the annotations above
         return value
     if not ok:
-        raise ConfigError(f"{name}={_show(value)}: must be {want}" + (" or None" if optional else ""))
+        raise ConfigError(f"{name}={_show(value)}: must be {want}" + (" or None" if optional else ""), name)
     if ann.startswith("float") and not isinstance(value, float):
         return float(value)
     return value

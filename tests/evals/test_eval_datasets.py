@@ -43,12 +43,12 @@ def test_load_math_and_json_array(tmp_path):
 @pytest.mark.parametrize("content,msg", [
     ("", "file is empty"),
     ('{"question": "q", "answer": "#### 1"}\n{oops\n', r"g\.jsonl:2: invalid JSON"),
-    ('{"text": "hello"}\n', r"row 1: unknown row format with keys \['text'\]"),
-    ('{"question": "q", "answer": "#### x"}\n', r"row 1: GSM8K row: GSM8K answer: no number after '####'"),
-    ('{"question": "q", "answer": "  "}\n', r"row 1: 'answer' must be a GSM8K solution .* or a plain answer"),
-    ('{"question": "q"}\n', r"row 1: unknown row format"),
+    ('{"text": "hello"}\n', r"g\.jsonl:1: unknown row format with keys \['text'\]"),
+    ('{"question": "q", "answer": "#### x"}\n', r"g\.jsonl:1: GSM8K row: GSM8K answer: no number after '####'"),
+    ('{"question": "q", "answer": "  "}\n', r"g\.jsonl:1: 'answer' must be a GSM8K solution .* or a plain answer"),
+    ('{"question": "q"}\n', r"g\.jsonl:1: unknown row format"),
     ('{"question": "", "answer": "#### 1"}\n', "'question' must be a non-empty string"),
-    ('{"question": "q", "answer": "#### 1"}\n{"problem": "p", "answer": "2"}\n', "row 2: looks like math"),
+    ('{"question": "q", "answer": "#### 1"}\n{"problem": "p", "answer": "2"}\n', r"g\.jsonl:2: looks like math"),
     ('{"problem": "p", "solution": "no box"}\n', "MATH row has no 'answer'"),
     ('[1, 2]', "row 1: row is a int"),
 ])
@@ -105,3 +105,32 @@ def test_shared_data_files_parse_if_present():
             pytest.skip("shared data not available")
         rows = load_rows(path)
         assert len(rows) == n and all(r.kind == kind for r in rows)
+
+
+@pytest.mark.parametrize("content, msg", [
+    # the line, not the row: blank lines before it count
+    ('{"question": "q", "answer": "#### 1"}\n\n\n{"question": "q2"}\n', r"g\.jsonl:4: unknown row format"),
+    ('\n{"answer": "#### 1"}\n', r"g\.jsonl:2: unknown row format"),
+    ('{"question": "q", "answer": "#### 1"}\n{"question": 5, "answer": "#### 1"}\n',
+     r"g\.jsonl:2: GSM8K row: 'question' must be a non-empty string"),
+    ('{"question": "q", "answer": "#### 1"}\n' + "[" * 100_000 + "]" * 100_000 + "\n",
+     r"g\.jsonl:2: invalid JSON \(nested too deeply\)"),
+    ('{"question": "q", "answer": ' + "9" * 5000 + "}\n", r"g\.jsonl:1: invalid JSON \(an integer literal is too long\)"),
+    ("\n\n  \n", r"g\.jsonl: file is empty"),
+    ('[\n  {"question": "q", "answer": "#### 1"},\n  oops\n]', r"g\.jsonl:3: invalid JSON array"),
+])
+def test_bad_data_files_name_the_file_and_line(tmp_path, content, msg):
+    p = tmp_path / "g.jsonl"
+    p.write_text(content)
+    with pytest.raises(DatasetError, match=msg) as e:
+        load_rows(p)
+    assert "\n" not in str(e.value)
+
+
+def test_data_file_that_is_not_utf8_names_its_line(tmp_path):
+    p = tmp_path / "g.jsonl"
+    p.write_bytes(b'{"question": "q", "answer": "#### 1"}\n{"question": "\xff", "answer": "#### 2"}\n')
+    with pytest.raises(DatasetError, match=r"g\.jsonl:2: not UTF-8 text"):
+        load_rows(p)
+    with pytest.raises(FileNotFoundError, match="dataset not found"):
+        load_rows(tmp_path / "missing.jsonl")

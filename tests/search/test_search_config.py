@@ -66,7 +66,7 @@ def test_from_file_json_and_toml(tmp_path):
     c = SearchConfig.from_file(t)
     assert (c.method, c.rsd_threshold, c.step_delimiter) == ("rsd", 0.6, "\n")
     t.write_text('num_simulations = 0\n')
-    with pytest.raises(ConfigError, match=r"c\.toml: num_simulations=0"):
+    with pytest.raises(ConfigError, match=r"c\.toml:1: num_simulations=0"):
         SearchConfig.from_file(t)
     t.write_text('num_simulations = \n')
     with pytest.raises(ConfigError, match="cannot parse"):
@@ -137,3 +137,35 @@ def test_seeds_are_what_torch_generators_take(seed, ok):
         SearchConfig(seed=seed)
     with pytest.raises(ValueError, match="seed"):
         SamplingParams(seed=seed)
+
+
+@pytest.mark.parametrize("name, text, want", [
+    ("trunc.json", '{\n  "num_simulations": 4,\n  "max_depth": 3,\n', r"trunc\.json:4: cannot parse JSON: "),
+    ("unknown.json", '{\n  "num_simulations": 4,\n  "num_simulatons": 3\n}\n',
+     r"unknown\.json:3: unknown search config key\(s\): 'num_simulatons' \(did you mean 'num_simulations'\?\)"),
+    ("type.json", '{\n  "num_simulations": "four",\n  "max_depth": 3\n}\n',
+     r"type\.json:2: num_simulations='four': must be an integer"),
+    ("range.json", '{"max_depth": 3,\n "uct_c": -1}', r"range\.json:2: uct_c=-1.0: must be a finite number >= 0"),
+    ("bad.toml", '[search]\nnum_simulations = 4\nmax_depth = = 3\n', r"bad\.toml:3: cannot parse TOML: "),
+    ("type.toml", '[search]\nnum_simulations = 4\nuct_c = "x"\n', r"type\.toml:3: uct_c='x': must be a number"),
+    ("unknown.toml", 'num_simulations = 4\n\nwidth = 2\n', r"unknown\.toml:3: unknown search config key\(s\): 'width'"),
+    ("list.json", '[1, 2]', r"list\.json: search config must be a mapping, got list"),
+    ("deep.json", "[" * 100_000 + "]" * 100_000, r"deep\.json: cannot parse JSON"),
+    ("conf.yaml", "num_simulations: 4", r"conf\.yaml: unsupported config format '\.yaml'"),
+])
+def test_bad_config_files_are_one_line_naming_file_and_line(tmp_path, name, text, want):
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=want) as e:
+        SearchConfig.from_file(p)
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_missing_and_binary_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.json"):
+        SearchConfig.from_file(tmp_path / "nope.json")
+    with pytest.raises(ConfigError, match="is a directory"):
+        SearchConfig.from_file(tmp_path)
+    (tmp_path / "bin.json").write_bytes(b'{"seed": 1}\xff')
+    with pytest.raises(ConfigError, match=r"bin\.json: not UTF-8 text"):
+        SearchConfig.from_file(tmp_path / "bin.json")

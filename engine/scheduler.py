@@ -70,9 +70,11 @@ class Scheduler:
 
     def kv_stats(self) -> dict[str, int]:
         """Pool occupancy and preemption counters (for /metrics and benchmarks)."""
-        blocks = self.engine.cache.blocks
+        cache = self.engine.cache
+        blocks = cache.blocks
         return {"blocks_total": blocks.num_blocks, "blocks_free": blocks.num_free(),
-                "preemptions": self.preemptions, "preempted_tokens": self.preempted_tokens}
+                "preemptions": self.preemptions, "preempted_tokens": self.preempted_tokens,
+                "sequences_live": len(cache.live), "refcount_errors": cache.refcount_errors()}
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():

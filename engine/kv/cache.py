@@ -253,16 +253,26 @@ class KVCache:
     # -- checks -----------------------------------------------------------------
     def check_refcounts(self) -> None:
         """Invariant: every block's reference count equals the number of tables holding it."""
+        bad, n_free = self._refcount_problems()
+        if bad:
+            raise AssertionError(f"refcount mismatch on blocks {bad[:10]}")
+        if n_free != self.blocks.num_free():
+            raise AssertionError(f"{n_free} blocks have ref 0 but {self.blocks.num_free()} are free")
+
+    def refcount_errors(self) -> int:
+        """How many blocks break the invariant ``check_refcounts`` asserts (0 unless there is a
+        bug); cheap enough for a server to report on /metrics (one pass over the tables)."""
+        bad, n_free = self._refcount_problems()
+        return len(bad) + abs(n_free - self.blocks.num_free())
+
+    def _refcount_problems(self) -> tuple[list[int], int]:
         held = [0] * self.blocks.num_blocks
         for s in self.live.values():
             for b in s.block_table:
                 held[b] += 1
-        if held != self.blocks.ref:
-            bad = [b for b in range(len(held)) if held[b] != self.blocks.ref[b]]
-            raise AssertionError(f"refcount mismatch on blocks {bad[:10]}")
-        n_free = sum(1 for r in self.blocks.ref if r == 0)
-        if n_free != self.blocks.num_free():
-            raise AssertionError(f"{n_free} blocks have ref 0 but {self.blocks.num_free()} are free")
+        ref = self.blocks.ref
+        bad = [] if held == ref else [b for b in range(len(held)) if held[b] != ref[b]]
+        return bad, ref.count(0)
 
     # -- internals --------------------------------------------------------------
     def _immutable(self, b: int) -> bool:

@@ -84,6 +84,12 @@ class Metrics:
             metric("gboost_kv_preempted_tokens_total", "counter",
                    "Computed tokens dropped by preemption (recomputed or re-matched later).",
                    [("", kv["preempted_tokens"])])
+            if "sequences_live" in kv:
+                metric("gboost_kv_sequences_live", "gauge", "Sequences holding block tables (0 when idle).",
+                       [("", kv["sequences_live"])])
+                metric("gboost_kv_refcount_errors", "gauge",
+                       "Blocks whose reference count differs from the tables holding them (a bug unless 0).",
+                       [("", kv["refcount_errors"])])
         if llm is not None:  # RemoteLLM.metrics(): retries hide faults, so count them
             from engine.llm.base import LLM_ERROR_KINDS
             kinds = sorted(LLM_ERROR_KINDS)

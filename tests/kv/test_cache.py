@@ -207,3 +207,20 @@ def test_preempt_gives_back_only_the_unshared_tail_and_the_prefix_cache_restores
         cache.free(s)
     cache.check_refcounts()
     assert all(r == 0 for r in cache.blocks.ref)
+
+
+def test_refcount_errors_counts_what_check_refcounts_refuses():
+    cache = make_cache()
+    a = cache.new_sequence("a", list(range(40)))
+    cache.reserve(a, 40)
+    cache.commit(a, 40)
+    b = cache.fork(a)
+    assert cache.refcount_errors() == 0
+    cache.blocks.ref[a.block_table[0]] += 1   # a leaked reference: held by no table
+    assert cache.refcount_errors() == 1
+    with pytest.raises(AssertionError, match="refcount mismatch"):
+        cache.check_refcounts()
+    cache.blocks.ref[a.block_table[0]] -= 1
+    cache.free(a)
+    cache.free(b)
+    assert cache.refcount_errors() == 0

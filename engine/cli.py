@@ -1,4 +1,4 @@
-"""gboost command line: generate, solve, eval, train-prm, serve, trace, models."""
+"""gboost command line: generate, solve, eval, train-prm, serve, trace, bench, models."""
 from __future__ import annotations
 
 import argparse
@@ -283,6 +283,11 @@ def cmd_trace(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from engine.bench import main as bench_main
+    return bench_main(args)
+
+
 def cmd_models(args) -> int:
     from engine.models.registry import list_models
     for name in list_models():
@@ -365,6 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("file")
     t.add_argument("--out", default="tree.html")
     t.set_defaults(fn=cmd_trace)
+
+    b = sub.add_parser("bench", help="the engine against the same search on plain transformers: end to end, "
+                                      "decode, per-action overhead; one table")
+    b.add_argument("--quick", action="store_true", help="tiny random models written on the spot (minutes on a "
+                                                         "CPU) instead of the demo pair")
+    b.add_argument("--slm", default=None, help="SLM (default: the demo 0.5B)")
+    b.add_argument("--llm", default=None, help="general LLM and judge PRM (default: the demo 1.5B)")
+    b.add_argument("--config", default=None, help="SearchConfig file; sampling is made greedy either way")
+    b.add_argument("--simulations", type=int, default=None, help="num_simulations of the gboost runs")
+    b.add_argument("--questions", type=int, default=None, help="requests per method (default 8)")
+    b.add_argument("--inflight", type=int, nargs="+", default=None,
+                   help="engine requests in flight (default: 8 with --quick, 8 32 on the demo pair)")
+    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="both implementations (float32: greedy choices must agree)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--kv-memory-gb", type=float, default=4.0)
+    b.add_argument("--json", action="store_true", help="print the rows as one JSON object")
+    b.set_defaults(fn=cmd_bench)
 
     m = sub.add_parser("models", help="list the demo models known by name")
     m.set_defaults(fn=cmd_models)

@@ -321,6 +321,8 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
             return value
         raise ConfigError(f"{name}: must not be None", name)
     if ann.startswith("int"):
+        if isinstance(value, float) and value.is_integer():  # JSON's 4.0 is the integer 4
+            value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
         want = "an integer"
     elif ann.startswith("float"):

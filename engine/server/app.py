@@ -39,7 +39,7 @@ from .completions import create_completion
 from .errors import APIError, error_response, install_error_handlers
 from .faults import FaultConfig, FaultInjector
 from .metrics import Metrics, MetricsMiddleware
-from .schemas import CompletionRequest, ModelCard, ModelList
+from .schemas import CompletionRequest, ErrorResponse, ModelCard, ModelList
 from .solve import Solver, handle_solve
 from .sse import SSEResponse
 from .streaming import stream_completion
@@ -114,7 +114,7 @@ def create_app(
     async def json_body(request: Request):
         return parse_json_body(await request.body())
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=_json_body("CompletionRequest"), responses=_errors(401, 404, 500))
     async def completions(request: Request) -> Response:
         check_auth(request)
         with metrics.track_in_flight() as held:
@@ -149,7 +149,7 @@ def create_app(
             return Response(body, media_type="application/json")
 
     if solver is not None:
-        @app.post("/v1/solve")
+        @app.post("/v1/solve", openapi_extra=_json_body("SolveRequest"), responses=_errors(401, 499, 500, 502, 503))
         async def solve_route(request: Request) -> Response:
             check_auth(request)
             out = await handle_solve(solver, await json_body(request), request.is_disconnected)
@@ -158,7 +158,68 @@ def create_app(
                 return Response(body, media_type="application/json")
             return SSEResponse(out)
 
+    app.openapi = lambda: _openapi(app)
     return app
+
+
+def _json_body(model: str) -> dict:
+    """The request body of a route that parses its body itself (faults and metrics come first)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}
+
+
+def _errors(*statuses: int) -> dict:
+    """Documented error answers: always the ErrorResponse shape; 400 on every route."""
+    return {s: {"model": ErrorResponse, "description": _ERROR_TEXT.get(s, "error")} for s in (400, *statuses)}
+
+
+_ERROR_TEXT = {400: "invalid request (the message names the field)", 401: "missing or invalid API key",
+               404: "unknown model", 499: "the client closed the request; its work was cancelled",
+               500: "internal error (details only in the server log)", 502: "the general LLM failed",
+               503: "KV pool full (Retry-After), or the server is shutting down"}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema plus the request bodies the routes parse themselves, so that clients and
+    schema-driven fuzzers (tests/server/test_fuzz.py) see what each route takes."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+        from pydantic import TypeAdapter
+
+        from engine.search.config import ACTION_POLICIES, FINAL_CHOICES, FUSION_RULES, METHODS, \
+            PRM_AGGREGATIONS, SearchConfig
+
+        from .solve import FIXED, SolveRequest
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (CompletionRequest, SolveRequest):
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(body.pop("$defs", {}))
+            comps[model.__name__] = body
+        # /v1/solve's config: SearchConfig fields a request may set (the server's caps still apply)
+        cfg = TypeAdapter(SearchConfig).json_schema()
+        for key in FIXED:
+            cfg["properties"].pop(key, None)
+        for key, allowed in (("method", METHODS), ("action_policy", ACTION_POLICIES), ("final_choice", FINAL_CHOICES),
+                             ("prm_aggregation", PRM_AGGREGATIONS), ("fusion_rule", FUSION_RULES)):
+            cfg["properties"][key]["enum"] = list(allowed)
+        cfg["additionalProperties"] = False
+        comps["SolveRequest"]["properties"]["config"] = {**cfg, "description": "SearchConfig overrides"}
+        comps["SolveRequest"]["properties"]["method"] = {"anyOf": [{"enum": list(METHODS)}, {"type": "null"}]}
+        # /v1/completions: token ids this model has; options it does not implement take their defaults only
+        props = comps["CompletionRequest"]["properties"]
+        tid = {"type": "integer", "minimum": 0, "maximum": app.state.backend.vocab_size - 1}
+        ids = {"type": "array", "items": tid, "minItems": 1}
+        props["prompt"]["anyOf"] = [{"type": "string"}, ids, {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                    {"type": "array", "items": ids, "minItems": 1}]
+        props["stop_token_ids"]["anyOf"] = [{"type": "array", "items": tid}, {"type": "null"}]
+        unsupported = {"best_of": [None, 1], "suffix": [None, ""], "presence_penalty": [0], "frequency_penalty": [0]}
+        for key, allowed in unsupported.items():
+            props[key] = {"enum": allowed, "description": "not supported: only the default is accepted"}
+        props["logit_bias"] = {"anyOf": [{"type": "null"}, {"type": "object", "maxProperties": 0}],
+                               "description": "not supported: only null or {} is accepted"}
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 #: deepest JSON nesting a body may have (ours need 3). Deeper values would reach code that recurses

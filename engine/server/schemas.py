@@ -9,25 +9,38 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
+                      StrictStr, WithJsonSchema)
 
-from engine.sampling import SEED_RANGE, check_seed
+from engine.sampling import SEED_MAX, SEED_MIN, SEED_RANGE, check_seed
 
-__all__ = ["CompletionRequest", "StreamOptions", "Seed", "ErrorBody", "ErrorResponse", "ModelCard", "ModelList"]
+__all__ = ["CompletionRequest", "StreamOptions", "Seed", "JSONInt", "ErrorBody", "ErrorResponse", "ModelCard",
+           "ModelList"]
+
+
+def _integral(v):
+    """1.0 is the integer 1 in JSON (and JSON Schema); 1.5, "1" and true stay what they are (refused)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+#: an integer field: strict (no strings, booleans or fractions), but an integral number is one
+JSONInt = Annotated[StrictInt, BeforeValidator(_integral)]
 
 #: a sampling seed: what torch.Generator accepts, checked by the one function every route uses
-Seed = Annotated[Optional[StrictInt], AfterValidator(check_seed),
+Seed = Annotated[Optional[Annotated[JSONInt, WithJsonSchema({"type": "integer", "minimum": SEED_MIN,
+                                                              "maximum": SEED_MAX})]],
+                 AfterValidator(check_seed),
                  Field(description=f"sampling seed, an integer in {SEED_RANGE}")]
 
 # Strict element types so that e.g. ["1", "2"] is a batch of text prompts rather
 # than token ids, and [1.5] is rejected instead of truncated.
-PromptType = Union[StrictStr, list[StrictInt], list[StrictStr], list[list[StrictInt]]]
+PromptType = Union[StrictStr, list[JSONInt], list[StrictStr], list[list[JSONInt]]]
 
 
 class StreamOptions(BaseModel):
     """``stream_options``; other keys (vLLM's, newer OpenAI ones) are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: Optional[StrictBool] = None  # a last chunk with usage
 
@@ -37,27 +50,30 @@ class CompletionRequest(BaseModel):
 
     Unknown fields are ignored (OpenAI clients send e.g. ``user``); fields we know
     but do not implement are rejected with 400 when set to a non-default value.
+    Types are strict, as the published schema says: ``"n": "2"``, ``"echo": "yes"`` or
+    ``"max_tokens": 8.5`` are 400s, not coerced (an integer is accepted for a number, and an
+    integral number such as ``8.0`` for an integer, as JSON Schema reads them).
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: Optional[str] = None
     prompt: PromptType
-    max_tokens: Optional[int] = Field(16, ge=0, description="None: up to the context length")
+    max_tokens: Optional[JSONInt] = Field(16, ge=0, description="None: up to the context length")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: Seed = None
-    n: int = Field(1, ge=1, le=16)
+    n: JSONInt = Field(1, ge=1, le=16)
     stop: Optional[Union[StrictStr, list[StrictStr]]] = None
-    logprobs: Optional[int] = Field(None, ge=0)
+    logprobs: Optional[JSONInt] = Field(None, ge=0)
     echo: bool = False
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     # vLLM extras
-    stop_token_ids: Optional[list[StrictInt]] = None
+    stop_token_ids: Optional[list[JSONInt]] = None
     return_tokens_as_token_ids: Optional[bool] = None
     # known but unsupported (must stay at their defaults)
-    best_of: Optional[int] = None
+    best_of: Optional[JSONInt] = None
     suffix: Optional[str] = None
     logit_bias: Optional[dict[str, float]] = None
     presence_penalty: float = 0.0

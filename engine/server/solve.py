@@ -60,7 +60,7 @@ log = logging.getLogger("engine.server")
 
 
 class SolveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # types as the schema says: no coercion
 
     question: str = Field(min_length=1)
     method: Optional[str] = None

@@ -176,7 +176,7 @@ def cmd_train_prm(args) -> int:
     from pathlib import Path
 
     from engine.prm_train.fit import FitConfig
-    from engine.prm_train.pipeline import TrainPlan, train_prm
+    from engine.prm_train.pipeline import TrainPlan, fit_records, train_prm
     from engine.prm_train.rollouts import RolloutPlan
     from engine.search.config import SearchConfig
     plan = TrainPlan(RolloutPlan(samples=args.samples, collab_share=args.collab_share, mc_rollouts=args.mc_rollouts,
@@ -186,6 +186,12 @@ def cmd_train_prm(args) -> int:
     plan.validate()
     lines = parse_lines(args.lines)
     rows = load_lines(args.data, lines, args.limit)
+    if args.fit_only:  # the rollouts already in --out, within --lines: no sampling
+        from engine.prm_train.rollouts import read_records
+        want = {row.idx + 1 for row in rows}
+        records = [r for key, r in sorted(read_records(Path(args.out) / "rollouts.jsonl").items()) if key[0] in want]
+        if not records:
+            raise ValueError(f"--fit-only: {args.out}/rollouts.jsonl has no rollouts of these lines")
     cfg = SearchConfig.from_file(args.config) if args.config else SearchConfig(temperature=0.7, top_p=0.95)
     cfg = cfg.replace(seed=args.seed)
     llm = None if args.llm in (None, "", "none") else args.llm
@@ -199,12 +205,17 @@ def cmd_train_prm(args) -> int:
                                   kv_memory_gb=args.kv_memory_gb, options=BackendOptions(collab_mode=args.collab_mode))
         try:
             desc = {"path": str(Path(args.data).resolve()), "lines": list(lines) if lines else None}
-            card, records = await train_prm(stack.backend, cfg, rows, args.out, plan, data_desc=desc)
+            if args.fit_only:
+                card = await asyncio.to_thread(fit_records, stack.engine, cfg, records, args.out, plan,
+                                               {"data": desc, "fit_only": True})
+                recs = records
+            else:
+                card, recs = await train_prm(stack.backend, cfg, rows, args.out, plan, data_desc=desc)
         finally:
             await stack.aclose()
-        m = card.metrics
-        print(f"{len(records)} solutions of {len(rows)} questions, "
-              f"{sum(r['correct'] for r in records)} right; head on {card.base_model} layer {card.layer}: "
+        m = {k: float("nan") if v is None else v for k, v in card.metrics.items()}
+        print(f"{len(recs)} solutions of {card.training['questions']} questions, "
+              f"{sum(r['correct'] for r in recs)} right; head on {card.base_model} layer {card.layer}: "
               f"held-out AUROC {m['auroc_val_steps']:.3f} (steps); paths by last/min/mean step "
               + "/".join(f"{m[f'auroc_val_path_{a}']:.3f}" for a in ("last", "min", "mean")))
         print(f"use it with: --prm value-head:{args.out}")
@@ -343,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mlp-hidden", type=int, default=0, help="0: logistic regression; else an MLP of this width")
     r.add_argument("--concurrency", type=int, default=16)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--fit-only", action="store_true",
+                   help="sample nothing: fit on the rollouts already in --out (those of --lines)")
     _add_stack_args(r)
     _add_runtime_args(r, kv_gb=3.0)
     r.set_defaults(fn=cmd_train_prm)

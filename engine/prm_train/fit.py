@@ -109,7 +109,8 @@ def fit_head(X: torch.Tensor, y: torch.Tensor, groups: list, cfg: FitConfig | No
         for name, agg in PATH_AGGREGATIONS.items():
             m[f"auroc_val_path_{name}"] = auroc([agg([s for s, _ in v]) for v in paths.values()],
                                                 [v[-1][1] for v in paths.values()])
-    return FitResult(head, m)
+    # NaN (a held-out side with one class only) is not JSON: the card says null instead
+    return FitResult(head, {k: None if isinstance(v, float) and v != v else v for k, v in m.items()})
 
 
 PATH_AGGREGATIONS = {"last": lambda v: v[-1], "min": min, "mean": lambda v: sum(v) / len(v)}

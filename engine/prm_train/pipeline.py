@@ -81,7 +81,16 @@ async def train_prm(backend, cfg: SearchConfig, rows: list[EvalRow], out: str | 
     plan.validate()
     out = Path(out)
     records = await run_rollouts(backend, cfg, rows, out / "rollouts.jsonl", plan.rollouts, check, progress)
-    engine = backend.engine
+    card = fit_records(backend.engine, cfg, records, out, plan,
+                       {"data": data_desc or {}}, progress)
+    return card, records
+
+
+def fit_records(engine, cfg: SearchConfig, records: list[dict], out: str | Path, plan: TrainPlan,
+                desc: dict | None = None, progress: bool = True) -> HeadCard:
+    """Stages 2-4 on rollout records already made: features, labels, the head, saved in `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     role = "slm" if plan.features == "slm" else "llm"
     if role not in engine.roles:
         raise ValueError("features='llm' needs a resident (local) general LLM")
@@ -96,19 +105,19 @@ async def train_prm(backend, cfg: SearchConfig, rows: list[EvalRow], out: str | 
     groups = [r["line"] for r in records for _ in r["steps"]]
     sols = [(r["line"], r["k"]) for r in records for _ in r["steps"]]
     fits = {l: fit_head(torch.cat(feats[l]), y, groups, plan.fit, sols) for l in layers}
-    best = max(layers, key=lambda l: (fits[l].metrics["auroc_val_steps"], -l))
+    best = max(layers, key=lambda l: (fits[l].metrics["auroc_val_steps"] or 0.0, -l))  # None: no signal seen
     card = HeadCard(
         base_model=resident.key, fingerprint=model_fingerprint(resident.model),
         hidden_size=resident.config.hidden_size, layer=best,
         sequence="slm" if plan.features == "slm" else "text", mlp_hidden=plan.fit.mlp_hidden, labels=plan.labels,
         metrics={**fits[best].metrics, "by_layer": {str(l): fits[l].metrics["auroc_val_steps"] for l in layers}},
-        training={"data": data_desc or {}, "questions": len(rows), "solutions": len(records),
+        training={**(desc or {}), "questions": len({r["line"] for r in records}), "solutions": len(records),
                   "steps": len(y), "solutions_correct": sum(r["correct"] for r in records),
                   "rollouts": asdict(plan.rollouts), "fit": asdict(plan.fit),
                   "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed,
                                "max_depth": cfg.max_depth, "max_step_tokens": cfg.max_step_tokens}})
     save_head(out, fits[best].head, card)
-    return card, records
+    return card
 
 
 def path_auroc(scores_by_solution: list[list[float]], correct: list[bool], how: str) -> float:

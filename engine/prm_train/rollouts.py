@@ -80,7 +80,8 @@ async def sample_chain(backend, cfg: SearchConfig, row: EvalRow, line: int, k: i
     """One solution of `row`, its steps with token ids and actions, graded; with mc_rollouts,
     each step's share of M SLM completions that reach the gold answer."""
     seed = chain_seed(cfg.seed, line, k)
-    be = backend.with_config(cfg.replace(seed=seed))
+    # the method only gates which actions the stack must support: chains need no more than the SLM
+    be = backend.with_config(cfg.replace(seed=seed, method=cfg.method if backend.llm is not None else "slm"))
     rng = random.Random(seed)
     root = await be.root(row.question)
     held = [root]

@@ -64,7 +64,7 @@ def cli(capsys, *args):
 @pytest.mark.parametrize("content,msg", [
     ("", "file is empty"),
     ('{"question": "q", "answer": "1"}\n{oops\n', r"qa.jsonl:2: invalid JSON"),
-    ('{"question": "q"}\n', "row 1: unknown row format"),
+    ('{"question": "q"}\n', "qa.jsonl:1: unknown row format"),
 ])
 def test_bad_data_is_one_line_naming_the_line(models, tmp_path, capsys, content, msg):
     bad = tmp_path / "qa.jsonl"
@@ -86,3 +86,18 @@ def test_a_missing_head_is_refused_before_loading(models, capsys):
     rc, err = cli(capsys, "solve", "--slm", models[0], "--llm", "none", "--method", "beam",
                   "--prm", "value-head:/nonexistent", "q")
     assert rc == 2 and "card.json is missing" in err
+
+
+def test_fit_only_uses_the_rollouts_already_there(models, data, tmp_path, capsys):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"max_step_tokens": 4, "max_depth": 2, "temperature": 1.0, "top_p": 1.0}))
+    out = tmp_path / "h"
+    common = ("--data", data, "--out", out, "--slm", models[0], "--llm", "none", "--collab-share", "0",
+              "--dtype", "float32", "--config", cfg, "--samples", "2")
+    rc, _ = cli(capsys, "train-prm", *common, "--lines", "1-4")
+    assert rc == 0
+    before = (out / "rollouts.jsonl").read_text()
+    rc, _ = cli(capsys, "train-prm", *common, "--lines", "2-5", "--fit-only")  # line 5 was never sampled
+    assert rc == 0 and (out / "rollouts.jsonl").read_text() == before
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["questions"] == 3 and card["training"]["solutions"] == 6 and card["training"]["fit_only"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -244,10 +245,12 @@ class Setup:
 def quick_setup(root: Path) -> Setup:
     from engine.search.config import SearchConfig
     slm, llm = write_pair(root, **QUICK_PAIR)
-    base = dict(temperature=0.0, top_p=1.0, seed=0, max_step_tokens=12, max_depth=4)
+    base = dict(temperature=0.0, top_p=1.0, seed=0, max_step_tokens=12, max_depth=3)
+    # sized to finish in about two minutes on two busy CPU cores
     return Setup(str(slm), str(llm), {"fusion": SearchConfig(method="fusion", **base),
-                                      "gboost": SearchConfig(method="gboost", num_simulations=6, **base)},
-                 list(QUESTIONS), [8], kv_memory_gb=0.25)
+                                      "gboost": SearchConfig(method="gboost", num_simulations=5, **base)},
+                 list(QUESTIONS), [8], kv_memory_gb=0.25, decode_tokens=24,
+                 action_questions=ACTION_QUESTIONS[:3])
 
 
 def demo_setup(args) -> Setup:
@@ -264,6 +267,16 @@ def demo_setup(args) -> Setup:
                  dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb)
 
 
+def forget_cached_prefixes(cache) -> None:
+    """Empty the engine's prefix cache (call with no request in flight): a run that repeats earlier
+    questions must compute them again, not find every step's blocks already cached."""
+    pool = cache.blocks
+    while pool.lru:
+        b, _ = pool.lru.popitem(last=False)
+        pool._drop_hash(b)
+        pool.free_ids.append(b)
+
+
 async def _solve_all(backend, cfg, questions: list[str], inflight: int):
     from engine.search.api import solve
     sem = asyncio.Semaphore(inflight)
@@ -277,21 +290,25 @@ async def _solve_all(backend, cfg, questions: list[str], inflight: int):
 
 
 async def _end_to_end(st: Setup, be, naive, clock: ForwardClock, rows: list[Row], log) -> dict:
-    """Both implementations on the same questions, one request at a time; the engine also with N in
-    flight (questions repeated to N if needed, answers compared per question)."""
+    """Both implementations on the same questions, one request at a time, taking turns question by
+    question (a shared CPU's load drifts: both sides see the same); then the engine with N in flight
+    (questions repeated up to N if needed, answers compared per question)."""
+    from engine.search.api import solve
     info = {}
     for method, cfg in st.cfgs.items():
         warm = cfg.replace(max_depth=1, num_simulations=1)
         await _solve_all(be, warm, st.questions[:1], 1)
         await _solve_all(naive, warm, st.questions[:1], 1)
-        f0 = clock.seconds
-        t_nv, r_nv = await _solve_all(naive, cfg, st.questions, 1)
-        f_nv = clock.seconds - f0
-        log(f"{method}: naive {t_nv:.1f} s for {len(st.questions)} requests")
-        f0 = clock.seconds
-        t_en, r_en = await _solve_all(be, cfg, st.questions, 1)
-        f_en = clock.seconds - f0
-        log(f"{method}: engine {t_en:.1f} s one at a time")
+        forget_cached_prefixes(be.engine.cache)  # nothing left from the warm-up or the other method
+        wall, fwd, res = [0.0, 0.0], [0.0, 0.0], ([], [])   # engine, naive
+        for q in st.questions:
+            for side, impl in enumerate((be, naive)):
+                f0, t0 = clock.seconds, time.perf_counter()
+                res[side].append(await solve(q, impl, cfg))
+                wall[side] += time.perf_counter() - t0
+                fwd[side] += clock.seconds - f0
+        (t_en, t_nv), (f_en, f_nv), (r_en, r_nv) = wall, fwd, res
+        log(f"{method}: engine {t_en:.1f} s, naive {t_nv:.1f} s for {len(st.questions)} requests one at a time")
         want = {q: _key(r) for q, r in zip(st.questions, r_nv)}
         n = len(st.questions)
         same = sum(_key(a) == want[q] for q, a in zip(st.questions, r_en))
@@ -299,6 +316,7 @@ async def _end_to_end(st: Setup, be, naive, clock: ForwardClock, rows: list[Row]
                         f"{same}/{n}"))
         for k in st.inflight:
             qs = [st.questions[i % n] for i in range(max(k, n))]
+            forget_cached_prefixes(be.engine.cache)
             t_k, r_k = await _solve_all(be, cfg, qs, k)
             same_k = sum(_key(a) == want[q] for q, a in zip(qs, r_k))
             log(f"{method}: engine {t_k:.1f} s, {k} in flight")
@@ -322,8 +340,10 @@ def _bookkeeping(results) -> tuple[float, float]:
 
 
 async def _per_action(st: Setup, be, naive, clock: ForwardClock, rows: list[Row]) -> None:
-    """One step of each action from a node whose prefix the engine already holds (as for every node
-    of a search but the root), and one PRM score of it; latency and share outside forwards."""
+    """One step of each action, and one PRM score of it: latency and share outside forwards. The
+    steps start from a depth-1 node whose prefix the engine's SLM, LLM and PRM already hold, as for
+    most nodes of a search (a root's first children each prefill the prompt: forks of a sequence
+    that never ran are not matched against the prefix cache, so that repeats compute alike)."""
     from engine.search.actions import BackendOptions
     cfg = st.cfgs["gboost"]
     be, naive = be.with_config(cfg), naive.with_config(cfg)
@@ -333,23 +353,25 @@ async def _per_action(st: Setup, be, naive, clock: ForwardClock, rows: list[Row]
     spec.opt = BackendOptions(**{**asdict(be.opt), "collab_mode": "speculative"})
     kinds = [("SLM step", "slm", be), ("collab step, exact", "collab", exact),
              ("collab step, speculative", "collab", spec), ("LLM step (speculative, SLM drafts)", "llm", spec)]
-    acc = {k: [0.0, 0.0, 0.0, 0.0, 0, 0] for k, _, _ in kinds}  # engine s, fwd; naive s, fwd; same; n
-    score = [0.0, 0.0, 0.0, 0.0, 0, 0]
+    # per label: [engine walls], [engine forward s], [naive walls], [naive forward s], same, n
+    acc = {k: [[], [], [], [], 0, 0] for k, _, _ in kinds}
+    score = [[], [], [], [], 0, 0]
     spec_stats = [0, 0, 0, 0, 0]  # rounds, proposed, accepted, step tokens, steps
     for q in st.action_questions:
         roots = (await be.root(q), await naive.root(q))
-        warm = await be.expand(roots[0], "slm", 1)   # computes the root's prompt, as in a search
-        await be.score([warm[0].state])
-        be.release(warm[0].state)
+        nodes = ((await be.expand(roots[0], "slm", 1))[0], (await naive.expand(roots[1], "slm", 1))[0])
+        await be.score([nodes[0].state])              # the PRM holds the node's prefix
+        warm = await spec.expand(nodes[0].state, "collab", 1)
+        be.release(warm[0].state)                     # ... and so does the LLM (its session)
         for label, action, eng in kinds:
             a = acc[label]
             before = (eng.llm_rounds, eng.draft_proposed, eng.draft_accepted)
             outs = []
             for side, impl in enumerate((eng, naive)):
                 f0, t0 = clock.seconds, time.perf_counter()
-                outs.append((await impl.expand(roots[side], action, 1))[0])
-                a[2 * side] += time.perf_counter() - t0
-                a[2 * side + 1] += clock.seconds - f0
+                outs.append((await impl.expand(nodes[side].state, action, 1))[0])
+                a[2 * side].append(time.perf_counter() - t0)
+                a[2 * side + 1].append(clock.seconds - f0)
             if label == "collab step, speculative":
                 spec_stats[0] += eng.llm_rounds - before[0]
                 spec_stats[1] += eng.draft_proposed - before[1]
@@ -362,19 +384,21 @@ async def _per_action(st: Setup, be, naive, clock: ForwardClock, rows: list[Row]
             for side, impl in enumerate((be, naive)):
                 f0, t0 = clock.seconds, time.perf_counter()
                 rewards += await impl.score([outs[side].state])
-                score[2 * side] += time.perf_counter() - t0
-                score[2 * side + 1] += clock.seconds - f0
+                score[2 * side].append(time.perf_counter() - t0)
+                score[2 * side + 1].append(clock.seconds - f0)
             score[4] += abs(rewards[0] - rewards[1]) < 1e-3
             score[5] += 1
             be.release(outs[0].state)
             naive.release(outs[1].state)
-        be.release(roots[0])
-        naive.release(roots[1])
+        for side, impl in enumerate((be, naive)):
+            impl.release(nodes[side].state)
+            impl.release(roots[side])
     for label, _, _ in kinds + [("PRM score of one step", None, None)]:
         a = acc.get(label, score)
-        n = a[5]
-        rows.append(Row(f"{label}: latency", _ms(a[0] / n), _ms(a[2] / n), _x(a[2], a[0]), f"{a[4]}/{n}"))
-        rows.append(Row(f"{label}: outside forward passes", _pct(1 - a[1] / a[0]), _pct(1 - a[3] / a[2])))
+        en, nv = statistics.median(a[0]), statistics.median(a[2])  # medians: one slow outlier on a shared CPU
+        rows.append(Row(f"{label}: latency (median)", _ms(en), _ms(nv), _x(nv, en), f"{a[4]}/{a[5]}"))
+        rows.append(Row(f"{label}: outside forward passes", _pct(1 - sum(a[1]) / sum(a[0])),
+                        _pct(1 - sum(a[3]) / sum(a[2]))))
     rounds, prop, accd, toks, steps = spec_stats
     rows.append(Row("speculative collab step: LLM calls/step", f"{rounds / steps:.2f}", f"{toks / steps:.2f}",
                     _x(toks, rounds)))
@@ -399,18 +423,17 @@ def _decode(st: Setup, eng, hf_slm, naive, rows: list[Row]) -> None:
 
         def hf_run(k):
             return naive.hf_greedy(hf_slm, prompts, k)
-        step, outs = {}, {}
-        for name, fn in (("engine", engine_run), ("hf", hf_run)):
-            fn(4)  # warm-up (and the engine's prefix cache, for both timed runs alike)
-            best = {}
+        runs = (("engine", engine_run), ("hf", hf_run))
+        for _, fn in runs:
+            fn(4)  # warm-up (and the engine's prefix cache, for both timed lengths alike)
+        best, outs = {}, {}
+        for _ in range(3):  # best of three, the two implementations taking turns: the CPU may be shared
             for k in (4, n + 4):
-                times = []
-                for _ in range(3):  # best of three: the CPU may be shared
+                for name, fn in runs:
                     t = time.perf_counter()
                     outs[name] = fn(k)
-                    times.append(time.perf_counter() - t)
-                best[k] = min(times)
-            step[name] = max(1e-9, (best[n + 4] - best[4]) / n)
+                    best[name, k] = min(best.get((name, k), float("inf")), time.perf_counter() - t)
+        step = {name: max(1e-9, (best[name, n + 4] - best[name, 4]) / n) for name, _ in runs}
         same = "yes" if outs["engine"] == outs["hf"] else "no"
         rows.append(Row(f"SLM greedy decode, batch {b}: tok/s", f"{b / step['engine']:.0f}",
                         f"{b / step['hf']:.0f}", _x(step["hf"], step["engine"]), f"same tokens: {same}"))
@@ -470,16 +493,17 @@ def main(args) -> int:
         st.dtype, st.device = args.dtype, args.device
     else:
         st = demo_setup(args)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     log = (lambda *a: None) if args.json else (lambda msg: print(f"[bench {time.perf_counter() - t0:6.1f}s] {msg}",
                                                                   file=sys.stderr, flush=True))
     rows = asyncio.run(run(st, log))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if args.json:
-        print(json.dumps({"rows": [asdict(r) for r in rows], "seconds": round(time.perf_counter() - t0, 1),
+        print(json.dumps({"rows": [asdict(r) for r in rows], "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
                           "slm": st.slm if not args.quick else "tiny-slm", "llm": st.llm if not args.quick else "tiny-llm"}))
     else:
         print_table(rows)
         print(f"\n{'quick (tiny random models)' if args.quick else f'{st.slm} + {st.llm}'}, {st.dtype}, "
-              f"{st.device}, greedy; {len(st.questions)} questions; {time.perf_counter() - t0:.0f} s in all")
+              f"{st.device}, greedy; {len(st.questions)} questions; {wall:.0f} s in all, {cpu:.0f} s of CPU time "
+              f"({torch.get_num_threads()} torch threads)")
     return 0

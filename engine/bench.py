@@ -164,8 +164,11 @@ class ForwardClock:
     """Seconds spent in model forward passes: the engine runners' ``compute`` (one batch, in the
     scheduler's worker thread) and transformers models' top-level ``forward`` (hooks)."""
 
-    def __init__(self):
+    def __init__(self, device: str = "cpu"):
         self.seconds = 0.0
+        # on a GPU a forward returns once its kernels are queued: wait for them, or the time
+        # spent computing would be counted as time outside forward passes
+        self.sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
 
     def wrap_runner(self, runner) -> None:
         inner = runner.compute
@@ -173,16 +176,21 @@ class ForwardClock:
         def compute(*a, **kw):
             t = time.perf_counter()
             try:
-                return inner(*a, **kw)
+                out = inner(*a, **kw)
+                self.sync()
+                return out
             finally:
                 self.seconds += time.perf_counter() - t
         runner.compute = compute
 
     def hook(self, module: torch.nn.Module) -> None:
         starts: list[float] = []
+
+        def done(m, a, o):
+            self.sync()
+            self.seconds += time.perf_counter() - starts.pop()
         module.register_forward_pre_hook(lambda m, a: starts.append(time.perf_counter()))
-        module.register_forward_hook(lambda m, a, o: setattr(self, "seconds", self.seconds
-                                                             + time.perf_counter() - starts.pop()))
+        module.register_forward_hook(done)
 
 
 @dataclass
@@ -455,7 +463,7 @@ async def run(st: Setup, log=print) -> list[Row]:
         tok = stack.engine.role("slm").tokenizer
         naive = naive_mod.NaiveBackend(tok, cfg0, hf_slm, llm=hf_llm, prm=hf_llm,
                                        prm_spec=stack.backend.prm.spec, eos=stack.engine.role("slm").eos_token_ids)
-        clock = ForwardClock()
+        clock = ForwardClock(st.device)
         for m in stack.engine.models.values():
             clock.wrap_runner(m.runner)
         for m in (hf_slm, hf_llm):

@@ -40,8 +40,8 @@ from .errors import APIError, error_response, install_error_handlers
 from .faults import FaultConfig, FaultInjector
 from .metrics import Metrics, MetricsMiddleware
 from .schemas import CompletionRequest, ErrorResponse, ModelCard, ModelList
-from .solve import Solver, handle_solve
-from .sse import SSEResponse
+from .solve import Solver, _gone, _until, handle_solve
+from .sse import SSEResponse, cancel_and_wait
 from .streaming import stream_completion
 
 __all__ = ["create_app", "serve", "aserve", "DEFAULT_MAX_LOGPROBS"]
@@ -135,13 +135,20 @@ def create_app(
                     metrics.completion_tokens += n_completion
                 events = await stream_completion(req, backend, model_name, max_logprobs, on_done=done)
                 return SSEResponse(events, on_close=held.keep())  # in flight until the stream closes
+            # the server does not cancel a handler whose client left: watch for it, as /v1/solve
+            # does, so that n x prompts x max_tokens of generation is not done for nobody
+            task = asyncio.ensure_future(create_completion(req, backend, model_name, max_logprobs))
             try:
-                result = await create_completion(req, backend, model_name, max_logprobs)
+                if not await _until(task, request.is_disconnected):
+                    raise _gone("generation")
+                result = task.result()
             except (APIError, BackendInputError):
                 raise
             except Exception:
                 log.exception("completion failed")
                 raise APIError(500, "internal server error", type="server_error") from None
+            finally:
+                await cancel_and_wait(task)
             metrics.completions += 1
             metrics.prompt_tokens += result["usage"]["prompt_tokens"]
             metrics.completion_tokens += result["usage"]["completion_tokens"]

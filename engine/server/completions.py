@@ -37,6 +37,7 @@ from engine.sampling import offset_seed
 from .backend import CompletionBackend
 from .errors import APIError
 from .schemas import CompletionRequest
+from .sse import cancel_and_wait
 from .wire import build_logprobs
 
 __all__ = ["create_completion", "prepare_completion", "Prepared", "MAX_BATCH_PROMPTS"]
@@ -277,7 +278,11 @@ async def create_completion(
             prep.stops
         )
 
-    results = await asyncio.gather(*(one(*c) for c in prep.choices(req.n)))
+    tasks = [asyncio.ensure_future(one(*c)) for c in prep.choices(req.n)]
+    try:
+        results = await asyncio.gather(*tasks)
+    finally:  # a failed choice (or a cancelled request) leaves no other generation running
+        await cancel_and_wait(*tasks)
     choices = [c for c, _ in results]
     n_completion = sum(n for _, n in results)
     n_prompt = sum(len(p.ids) for p in prep.prompts)

@@ -170,9 +170,9 @@ async def handle_solve(solver: Solver, data: Any, is_disconnected: Callable[[], 
 DISCONNECT_POLL_S = 0.25
 
 
-def _gone() -> APIError:
+def _gone(what: str = "search") -> APIError:
     # nobody reads it; 499 (nginx's "client closed request") keeps the logs and metrics honest
-    return APIError(499, "client closed the request; its search was cancelled", code="client_closed")
+    return APIError(499, f"client closed the request; its {what} was cancelled", code="client_closed")
 
 
 async def _until(fut: asyncio.Future, is_disconnected) -> bool:

@@ -249,3 +249,36 @@ def test_health_not_stalled_by_slow_inference(make_server):
     assert time.perf_counter() - t0 < 0.5
     th.join(10)
     assert done["r"].status_code == 200
+
+
+class Endless(FakeBackend):
+    """Generates one token per 10 ms for as long as it is let, and records a cancellation."""
+
+    def __init__(self):
+        super().__init__(max_model_len=100_000)
+        self.produced, self.cancelled = 0, 0
+
+    async def generate(self, ids, max_tokens, *args, **kw):
+        import asyncio
+        try:
+            for _ in range(max_tokens):
+                await asyncio.sleep(0.01)
+                self.produced += 1
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return [1] * max_tokens, []
+
+
+def test_a_client_that_leaves_a_plain_completion_stops_its_generation(make_server):
+    """The server does not cancel a handler whose client left: like /v1/solve, /v1/completions must
+    notice, or n x prompts x max_tokens of generation runs for nobody (here minutes)."""
+    backend = Endless()
+    srv = make_server(backend)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(srv.url + "/v1/completions", json={"prompt": "ab", "max_tokens": 90_000, "n": 3}, timeout=0.5)
+    end = time.monotonic() + 20
+    while backend.cancelled < 3 and time.monotonic() < end:
+        time.sleep(0.02)
+    assert backend.cancelled == 3 and backend.produced < 3 * 90_000
+    assert srv.app.state.metrics.in_flight == 0 and srv.app.state.metrics.completions == 0

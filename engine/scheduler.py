@@ -72,7 +72,7 @@ class Scheduler:
         """Pool occupancy and preemption counters (for /metrics and benchmarks)."""
         cache = self.engine.cache
         blocks = cache.blocks
-        return {"blocks_total": blocks.num_blocks, "blocks_free": blocks.num_free(),
+        return {"blocks_total": blocks.num_blocks, "blocks_free": blocks.num_free(), "blocks_cached": len(blocks.lru),
                 "preemptions": self.preemptions, "preempted_tokens": self.preempted_tokens,
                 "sequences_live": len(cache.live), "refcount_errors": cache.refcount_errors()}
 

@@ -84,6 +84,10 @@ class Metrics:
             metric("gboost_kv_preempted_tokens_total", "counter",
                    "Computed tokens dropped by preemption (recomputed or re-matched later).",
                    [("", kv["preempted_tokens"])])
+            if "blocks_cached" in kv:
+                metric("gboost_kv_blocks_cached", "gauge",
+                       "Free KV blocks still holding a cached prefix (reused by a match, evicted when needed).",
+                       [("", kv["blocks_cached"])])
             if "sequences_live" in kv:
                 metric("gboost_kv_sequences_live", "gauge", "Sequences holding block tables (0 when idle).",
                        [("", kv["sequences_live"])])

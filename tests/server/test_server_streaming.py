@@ -219,4 +219,5 @@ def test_engine_backend_stream_holds_back_partial_utf8(make_server):
     n = eng.cache.blocks.num_blocks
     assert kv == {"gboost_kv_blocks_total": n, "gboost_kv_blocks_free": n,  # cached blocks count as free
                   "gboost_kv_preemptions_total": 0, "gboost_kv_preempted_tokens_total": 0,
-                  "gboost_kv_sequences_live": 0, "gboost_kv_refcount_errors": 0}
+                  "gboost_kv_sequences_live": 0, "gboost_kv_refcount_errors": 0,
+                  "gboost_kv_blocks_cached": eng.cache.blocks.num_free() - len(eng.cache.blocks.free_ids)}

@@ -300,3 +300,13 @@ def test_bad_config_and_data_files_are_one_line_and_rc_2(tiny_dir, tmp_path, cap
     if kind == "config":  # solve reads --config the same way
         assert main([str(a) for a in ("solve", "--config", f, "--slm", tiny_dir, "--llm", "none", "q")]) == 2
         assert re.search(want, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("cmd", [("solve", "--llm", "none", "q"), ("generate", "--max-tokens", "2", "q")])
+def test_an_out_of_range_seed_is_one_line_and_rc_2(tiny_dir, capsys, cmd):
+    """The seed check every route uses (engine.sampling.check_seed) holds on the command line too."""
+    from engine.cli import main
+    model = ("--model", str(tiny_dir)) if cmd[0] == "generate" else ("--slm", str(tiny_dir))
+    assert main([cmd[0], *model, "--dtype", "float32", "--seed", str(2**70), *cmd[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "seed must be an integer in [-2**63, 2**64 - 1]" in err, err

@@ -13,8 +13,12 @@ normaliser, so fused logits z are used directly. t == 0 is greedy argmax(z) (fir
 Truncation semantics (ties at a threshold are kept, HF order: top-k first, then top-p on the
 renormalised top-k set): tau_k = k-th largest x (k <= 0 or k >= V: off); tau_p = the largest x-value
 whose upper set {x >= tau_p} carries mass >= top_p (top_p >= 1: off; top_p <= 0 keeps the argmax).
-Kernel and reference pick bit-identical tokens on the same noise (no FMA contraction, IEEE division),
-except when a nucleus' cumulative mass lies within fp32 rounding of top_p (sums run in other orders).
+Exact and not: the fused logits z, x = z / t, the top-k threshold and the draw are bit-identical in
+kernel and reference (no FMA contraction, IEEE division, exact order-preserving keys). Top-p masses
+are not: the reference sums float64 weights in a fixed order (_nucleus_weights), the kernel float32
+ones in its own order, so their nucleus edges may differ where a prefix mass lies within the kernel's
+rounding bound of top_p * total; the tests accept exactly the tokens such an edge could give.
+keep_mask_topc equals keep_mask_ref bit for bit (same float64 numbers, same order).
 
 Passes over the row in the Triton kernel (each pass re-reads and re-fuses slm/llm[/base]):
   no truncation or greedy: 1 (the draw);  top-k: + 8 radix-select passes (16 buckets of the 32-bit
@@ -292,26 +296,55 @@ def fuse_logprobs_ref(slm_logits, llm_logits, alpha, rule="loglinear", base_logi
     return torch.log_softmax(llm_logits.float() + _wmul_ref(a, slm_logits.float() - base_logits.float()), -1)
 
 
+def _nucleus_weights(x, m, tau_k):
+    """The top-p rule's masses, float64, shared by keep_mask_ref and keep_mask_topc so both compare the
+    same numbers: w = exp(x - m) (m: the row max) on the top-k set (x >= tau_k), 0 elsewhere, and the
+    set's mass D as a sequential sum in index order (CPU cumsum is a per-row loop: the same D whatever
+    the batch shape or thread count, unlike a parallel reduction)."""
+    m = m.double()
+    w = x.double().sub_(torch.where(torch.isfinite(m), m, 0.0)[:, None]).exp_()
+    if bool(torch.isfinite(tau_k).any()):
+        w.masked_fill_(x < tau_k[:, None], 0.0)
+    return w, torch.cumsum(w, -1)[:, -1]
+
+
+def _nucleus_cut(ws, D, p):
+    """First position whose prefix mass reaches top_p * D. ws: the weights in canonical sorted order
+    (value descending, index ascending among ties); the prefix is a sequential cumsum, so a top-C
+    window's prefixes are the full sort's first C prefixes, bit for bit."""
+    return (torch.cumsum(ws, -1) < p.double()[:, None] * D[:, None]).sum(-1)
+
+
+def _keep_full_sort(x, k, p, w=None, D=None):
+    B, V = x.shape
+    xs, order = torch.sort(x, dim=-1, descending=True, stable=True)
+    do_k = (k > 0) & (k < V)
+    tau_k = torch.where(do_k, xs.gather(1, (k.clamp(1, V) - 1)[:, None])[:, 0], float("-inf"))
+    if w is None:
+        w, D = _nucleus_weights(x, xs[:, 0], tau_k)
+    first = _nucleus_cut(w.gather(1, order), D, p).clamp(max=V - 1)  # first index reaching top_p
+    tau_p = torch.where(p < 1, xs.gather(1, first[:, None])[:, 0], float("-inf"))
+    return x >= torch.maximum(tau_k, tau_p)[:, None]
+
+
 def keep_mask_ref(x, top_k, top_p):
-    """Kept set of the scaled logits x [B, V] (sort + cumsum, the textbook procedure; ties kept)."""
+    """Kept set of the scaled logits x [B, V] (full sort + prefix masses, the textbook procedure; ties
+    kept). Masses are float64 (_nucleus_weights), the cut is value-based: tau_p = the largest x-value
+    whose upper set carries mass >= top_p."""
     B, V = x.shape
     k = row_param(top_k, B, torch.int64, x.device)
     p = row_param(top_p, B, torch.float32, x.device)
     if not bool((((k > 0) & (k < V)) | (p < 1)).any()):
         return torch.ones_like(x, dtype=torch.bool)  # no truncation anywhere: skip the O(V log V) sort
-    xs = torch.sort(x, dim=-1, descending=True).values
-    do_k = (k > 0) & (k < V)
-    tau_k = torch.where(do_k, xs.gather(1, (k.clamp(1, V) - 1)[:, None])[:, 0], float("-inf"))
-    ps = torch.softmax(torch.where(xs >= tau_k[:, None], xs, float("-inf")), -1)
-    first = (torch.cumsum(ps, -1) < p[:, None]).sum(-1).clamp(max=V - 1)  # first index reaching top_p
-    tau_p = torch.where(p < 1, xs.gather(1, first[:, None])[:, 0], float("-inf"))
-    return x >= torch.maximum(tau_k, tau_p)[:, None]
+    return _keep_full_sort(x, k, p)
 
 
 def keep_mask_topc(x, top_k, top_p, cand=1024):
-    """keep_mask_ref's set from a top-`cand` partial sort instead of a full O(V log V) sort (CPU
-    fast path): an LM's nucleus lies within its first few hundred tokens. Rows whose kept set
-    may reach past the window (nucleus not closed, or ties at its edge) take the full sort."""
+    """keep_mask_ref's set, bit for bit, from a top-`cand` partial sort instead of a full O(V log V)
+    sort (CPU fast path): an LM's nucleus lies within its first few hundred tokens. The masses and
+    the cut are keep_mask_ref's own (_nucleus_weights, _nucleus_cut on the same canonical order).
+    Rows whose kept set may reach past the window (nucleus not closed, or ties at its edge) take
+    the full sort, with the same weights."""
     B, V = x.shape
     k = row_param(top_k, B, torch.int64, x.device)
     p = row_param(top_p, B, torch.float32, x.device)
@@ -321,21 +354,20 @@ def keep_mask_topc(x, top_k, top_p, cand=1024):
     C = min(V, max(int(cand), int(k.max()) + 1))
     if C >= V:
         return keep_mask_ref(x, k, p)
-    xs = torch.topk(x, C, dim=-1).values                       # [B, C] descending
+    xs, idx = torch.topk(x, C, dim=-1)                          # [B, C] descending
+    idx = idx.sort(-1).values                                   # canonical order: ties by index
+    xs, o = torch.sort(x.gather(1, idx), dim=-1, descending=True, stable=True)
+    idx = idx.gather(1, o)
     tau_k = torch.where(do_k, xs.gather(1, (k.clamp(1, C) - 1)[:, None])[:, 0], float("-inf"))
-    m = xs[:, :1]
-    # softmax denominators over the top-k set (inside the window) or the whole row
-    den_k = torch.where(xs >= tau_k[:, None], torch.exp(xs - m), 0.0).sum(-1)
-    den = torch.where(do_k, den_k, torch.exp(x - m).sum(-1))
-    cum = torch.cumsum(torch.exp(xs - m) / den[:, None], -1)
-    first = (cum < p[:, None]).sum(-1)
+    w, D = _nucleus_weights(x, xs[:, 0], tau_k)
+    first = _nucleus_cut(w.gather(1, idx), D, p)
     tau_p = torch.where(do_p, xs.gather(1, first.clamp(max=C - 1)[:, None])[:, 0], float("-inf"))
     tau = torch.maximum(tau_k, tau_p)
     # the window must hold the whole kept set: a closed nucleus and no tie at the window's edge
     spill = (do_p & (first >= C)) | (xs[:, -1] >= tau) | (do_k & (xs[:, -1] >= tau_k))
     keep = x >= tau[:, None]
     if bool(spill.any()):
-        keep[spill] = keep_mask_ref(x[spill], k[spill], p[spill])
+        keep[spill] = _keep_full_sort(x[spill], k[spill], p[spill], w[spill], D[spill])
     return keep
 
 

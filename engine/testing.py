@@ -108,3 +108,14 @@ def write_tiny_checkpoint(d, seed: int = 1, cfg: ModelConfig | None = None):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
     byte_tokenizer().backend.save(str(d / "tokenizer.json"))
     return d
+
+
+def run_cli(*args, check: bool = True, timeout: float = 300):
+    """`python -m engine.cli ARGS` as a user runs it (a fresh process); with ``check`` it must exit 0."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p

@@ -6,21 +6,13 @@ from contextlib import contextmanager
 
 import pytest
 
-from engine.testing import write_tiny_checkpoint
+from engine.testing import run_cli as gboost, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A Hugging Face style directory: config.json, model.safetensors, tokenizer.json."""
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-hf"), seed=1)
-
-
-def gboost(*args, check=True):
-    p = subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
-                       timeout=300)
-    if check:
-        assert p.returncode == 0, p.stderr
-    return p
 
 
 def test_generate_json_matches_the_engine(tiny_dir):

@@ -1,20 +1,10 @@
 """`gboost train-prm` and `--prm value-head:DIR` through the command line, on tiny checkpoints on disk."""
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
-from engine.testing import write_tiny_checkpoint
-
-
-def gboost(*args, check=True):
-    p = subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
-                       timeout=300)
-    if check:
-        assert p.returncode == 0, p.stderr
-    return p
+from engine.testing import run_cli as gboost, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,9 @@ import torch.nn.functional as F
 from kernels.fused_sampling import (fuse_logprobs_ref, fuse_logprobs_triton, fused_logits_ref, fused_sample_ref,
                                     fused_sample_triton, make_noise)
 from kernels.kv_write import store_kv_ref, store_kv_triton
-from kernels.paged_attention import paged_attention_ref, paged_attention_shared_prefix_triton, paged_attention_triton
+from kernels.paged_attention import paged_attention_ref, paged_attention_triton
 from kernels.spec_verify import spec_verify_ref, spec_verify_triton
-from kernels.step_scoring import (aggregate_rewards_ref, aggregate_rewards_triton, step_rewards_ref,
-                                  step_rewards_triton)
+from kernels.step_scoring import step_rewards_ref, step_rewards_triton
 
 HAS_CUDA = torch.cuda.is_available()
 cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA (compiled Triton kernels)")
@@ -85,27 +84,6 @@ def _attention_case(bench, model, B, ctx, qlen, impl):
         qq = q.view(B, qlen, Hq, D).transpose(1, 2)
         mask = None if qlen == 1 else torch.ones(qlen, L, dtype=torch.bool, device="cuda").tril(L - qlen)
         bench(lambda: F.scaled_dot_product_attention(qq, K, V, attn_mask=mask, scale=scale, enable_gqa=True), nbytes)
-
-
-@cuda_only
-@pytest.mark.parametrize("impl", ["triton", "triton_cascade"])
-@pytest.mark.parametrize("B", [16, 64])
-@pytest.mark.parametrize("model", list(MODELS))
-def test_paged_attention_tree_decode(bench, model, B, impl):
-    # B branches of one search tree: a 2048-token shared prefix (128 pages) + 64 own tokens each.
-    Hq, Hkv, D = MODELS[model]
-    BS, NP, own = 16, 128, 64
-    q, kc, vc, bt, sl, cu = _paged(B, Hq, Hkv, D, NP * BS + own - 1, 1, "cuda")
-    bt[:, :NP] = bt[0, :NP]  # share the prefix pages (the others stay allocated, unused)
-    scale = D ** -0.5
-    nbytes = 2 * (NP * BS + B * own) * Hkv * D * 2 + 2 * q.numel() * 2  # unique K/V bytes
-    if impl == "triton":
-        bench(lambda: paged_attention_triton(q, kc, vc, bt, sl, cu, scale), nbytes)
-    else:
-        out = paged_attention_shared_prefix_triton(q, kc, vc, bt, sl, cu, scale, NP)
-        torch.testing.assert_close(out.float(), paged_attention_triton(q, kc, vc, bt, sl, cu, scale).float(),
-                                   atol=2e-2, rtol=2e-2)
-        bench(lambda: paged_attention_shared_prefix_triton(q, kc, vc, bt, sl, cu, scale, NP), nbytes)
 
 
 # ------------------------------------------------------------------------------------- store_kv
@@ -195,17 +173,6 @@ def test_step_rewards(bench, N, kind, impl):
     kw = dict(yes_id=9454) if kind == "judge" else dict(good_id=10, bad_id=12)
     fn = step_rewards_triton if impl == "triton" else step_rewards_ref
     bench(lambda: fn(scores, rows, kind, **kw), N * (VOCAB if kind == "judge" else 2) * 2)
-
-
-@cuda_only
-@pytest.mark.parametrize("impl", ["triton", "ref"])
-@pytest.mark.parametrize("mode", ["prod", "last"])
-def test_aggregate_rewards(bench, mode, impl):
-    B = 64
-    r = torch.rand(B * 12, device="cuda")
-    cu = (torch.arange(B + 1, device="cuda") * 12).int()
-    fn = aggregate_rewards_triton if impl == "triton" else aggregate_rewards_ref
-    bench(lambda: fn(r, cu, mode), r.numel() * 4)
 
 
 # ---------------------------------------------------------------------------- speculative verify

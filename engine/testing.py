@@ -45,20 +45,25 @@ def tiny_model(cfg: ModelConfig, seed: int, dtype=torch.float32, scale: float = 
 
 
 def tiny_engine(roles: dict[str, int], *, num_blocks: int = 512, block_size: int = 16,
-                configs: dict[str, ModelConfig] | None = None, dtype=torch.float32) -> Engine:
-    """roles: role -> seed; roles with the same seed share one model (like the 1.5B LLM+PRM)."""
+                configs: dict[str, ModelConfig] | None = None, dtype=torch.float32,
+                device: str | torch.device = "cpu") -> Engine:
+    """roles: role -> seed; roles with the same seed share one model (like the 1.5B LLM+PRM).
+    The weights are drawn on the CPU (the same model on every device), then moved to ``device``."""
     tok = byte_tokenizer()
     by_seed: dict[int, ResidentModel] = {}
     for role, seed in roles.items():
         if seed not in by_seed:
             cfg = (configs or {}).get(role) or tiny_config()
-            by_seed[seed] = ResidentModel(f"tiny-{seed}", cfg, tiny_model(cfg, seed, dtype), tok, None, [256])
+            model = tiny_model(cfg, seed, dtype)
+            if next(model.parameters()).device.type != torch.device(device).type:
+                model = model.to(device)
+            by_seed[seed] = ResidentModel(f"tiny-{seed}", cfg, model, tok, None, [256])
     return Engine(list(by_seed.values()), {r: f"tiny-{s}" for r, s in roles.items()},
-                  block_size=block_size, num_blocks=num_blocks, dtype=dtype)
+                  block_size=block_size, num_blocks=num_blocks, dtype=dtype, device=device)
 
 
 def tiny_stack(cfg=None, *, num_blocks: int = 512, llm: bool = True, prm_kind: str = "token_pair",
-               configs: dict[str, ModelConfig] | None = None, options=None):
+               configs: dict[str, ModelConfig] | None = None, options=None, device: str | torch.device = "cpu"):
     """A whole serving stack on tiny random models: SLM (seed 1), a resident general LLM (seed 2,
     unless ``llm=False``) and a PRM (seed 3) on one KV pool, wired as ``engine.stack.build_stack``
     wires real checkpoints. For in-process servers in tests, fuzzing and benchmarks."""
@@ -70,7 +75,7 @@ def tiny_stack(cfg=None, *, num_blocks: int = 512, llm: bool = True, prm_kind: s
     from engine.stack import Stack
     cfg = cfg or SearchConfig(max_step_tokens=6, max_depth=3, num_simulations=3)
     eng = tiny_engine({"slm": 1, **({"llm": 2} if llm else {}), "prm": 3}, num_blocks=num_blocks,
-                      configs=configs)
+                      configs=configs, device=device)
     sched = Scheduler(eng)
     general = LocalLLM(eng, sched) if llm else None
     prm = PRMScorer(eng, sched, PRMSpec(kind=prm_kind, yes_token="Y"))

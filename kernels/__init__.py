@@ -3,7 +3,7 @@
 GBOOST_FORCE_TRITON=1, which the tests use with TRITON_INTERPRET=1 on CPU; the reference otherwise).
 
   kv_write.store_kv                      paged_attention.paged_attention / paged_attention_shared_prefix
-  step_scoring.step_rewards / aggregate_rewards
+  step_scoring.step_rewards
   fused_sampling.fuse_logprobs / sample / fused_sample / make_noise
   spec_verify.spec_verify
 

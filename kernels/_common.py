@@ -16,6 +16,21 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     return any(t is not None and t.is_cuda for t in tensors)
 
 
+def same_device(**tensors) -> None:
+    """Raise ValueError naming the first tensor argument that is not on the first one's device.
+    A Triton launch would refuse (or misread) a CPU pointer among CUDA ones, and the references
+    would fail deep inside torch; this says which argument, at the call."""
+    first = None
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if first is None:
+            first = (name, t.device)
+        elif t.device != first[1]:
+            raise ValueError(f"{name} is on {t.device} but {first[0]} is on {first[1]}: "
+                             "a kernel's tensor arguments must share one device")
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -34,3 +49,4 @@ def row_param(x, B: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
         assert x.shape == (B,), f"per-row parameter must be [B]={B}, got {tuple(x.shape)}"
         return x.contiguous()
     return torch.full((B,), x, dtype=dtype, device=device)
+

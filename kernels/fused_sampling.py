@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import launch_opts, next_pow2, row_param, use_triton
+from ._common import launch_opts, next_pow2, row_param, same_device, use_triton
 
 RULES = ("none", "loglinear", "proxy")
 _KEY_NEG_INF = tl.constexpr(-2139095041)  # key(-inf): floats map to int32 keys with the same order
@@ -417,6 +417,7 @@ def fused_sample_ref(slm_logits, llm_logits, alpha, rule, temperature, top_k, to
 
 def fuse_logprobs(slm_logits, llm_logits, alpha, rule="loglinear", base_logits=None):
     """slm/llm_logits [B, V], alpha float | [B] -> fused log-probabilities [B, V] fp32."""
+    same_device(slm_logits=slm_logits, llm_logits=llm_logits, base_logits=base_logits)
     if use_triton(slm_logits):
         return fuse_logprobs_triton(slm_logits, llm_logits, alpha, rule, base_logits)
     return fuse_logprobs_ref(slm_logits, llm_logits, alpha, rule, base_logits)
@@ -424,6 +425,7 @@ def fuse_logprobs(slm_logits, llm_logits, alpha, rule="loglinear", base_logits=N
 
 def sample(logits_or_logp, temperature, top_k=0, top_p=1.0, noise=None):
     """[B, V] logits or log-probs -> tokens [B] int64. noise: make_noise(B, V, gen) (None = no noise)."""
+    same_device(logits=logits_or_logp, noise=noise)
     if use_triton(logits_or_logp):
         return fused_sample_triton(logits_or_logp, None, 0.0, "none", temperature, top_k, top_p, noise)
     return sample_ref(logits_or_logp, temperature, top_k, top_p, noise)
@@ -431,6 +433,7 @@ def sample(logits_or_logp, temperature, top_k=0, top_p=1.0, noise=None):
 
 def fused_sample(slm_logits, llm_logits, alpha, rule, temperature, top_k, top_p, noise, base_logits=None):
     """Fuse (rule, alpha) and sample in one launch -> tokens [B] int64 (see module docstring)."""
+    same_device(slm_logits=slm_logits, llm_logits=llm_logits, noise=noise, base_logits=base_logits)
     if use_triton(slm_logits):
         return fused_sample_triton(slm_logits, llm_logits, alpha, rule, temperature, top_k, top_p, noise, base_logits)
     return fused_sample_ref(slm_logits, llm_logits, alpha, rule, temperature, top_k, top_p, noise, base_logits)

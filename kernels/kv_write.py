@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from ._common import next_pow2, use_triton
+from ._common import next_pow2, same_device, use_triton
 
 
 @triton.jit
@@ -55,6 +55,7 @@ def store_kv_triton(k, v, k_cache, v_cache, slot_mapping):
 
 def store_kv(k, v, k_cache, v_cache, slot_mapping):
     """k, v: [T, Hkv, D]; k_cache, v_cache: [num_blocks, BS, Hkv, D] (any strides); slot_mapping: [T] int64."""
+    same_device(k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
     if use_triton(k, k_cache):
         store_kv_triton(k, v, k_cache, v_cache, slot_mapping)
     else:

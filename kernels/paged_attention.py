@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreting, next_pow2, use_triton
+from ._common import interpreting, next_pow2, same_device, use_triton
 
 
 @triton.jit
@@ -30,19 +30,17 @@ def _find_seq(cu_ptr, tile, B, BLOCK_Q: tl.constexpr):
 
 @triton.jit
 def _paged_attn_kernel(
-    q_ptr, kc_ptr, vc_ptr, bt_ptr, sl_ptr, cu_ptr, o_ptr, lse_ptr, init_o_ptr,
+    q_ptr, kc_ptr, vc_ptr, bt_ptr, sl_ptr, cu_ptr, o_ptr, lse_ptr,
     sq_t, sq_h, sq_d, so_t, so_h, so_d,
     sk_b, sk_o, sk_h, sk_d, sv_b, sv_o, sv_h, sv_d, sbt_b,
     B, qk_scale, D, BS, HQ, kv_chunk, s_split_o, s_split_l,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-    CAUSAL: tl.constexpr = True, WRITE_LSE: tl.constexpr = False, HAS_INIT: tl.constexpr = False,
+    WRITE_LSE: tl.constexpr = False,
 ):
-    # CAUSAL=False: every query sees all seq_len keys (shared-prefix pass). WRITE_LSE stores the
-    # log2-domain logsumexp [T, HQ]; HAS_INIT starts the online softmax from a previous pass's
-    # (normalised out, lse) = state (m=lse, l=1, acc=out), which merges the two passes exactly.
     # Split-KV (grid axis 2): split s covers keys [s*kv_chunk, (s+1)*kv_chunk) and writes its partial
-    # (out, lse) at s*s_split_o / s*s_split_l; _merge_splits_kernel combines them.
+    # (out, lse; WRITE_LSE stores the log2-domain logsumexp [T, HQ]) at s*s_split_o / s*s_split_l;
+    # _merge_splits_kernel combines them.
     # Tile = BLOCK_Q query tokens x all GROUP q heads of one kv head: K/V are read once for the whole group.
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -65,22 +63,13 @@ def _paged_attn_kernel(
         q = tl.load(q_ptr + tok[:, None] * sq_t + qh[:, None] * sq_h + d[None, :] * sq_d, mask=qmask, other=0.0)
         if UPCAST:  # interpreter: bf16 arithmetic is broken there, compute in fp32
             q = q.to(tl.float32)
-        if CAUSAL:
-            qpos = seq_len - qlen + qi
-            # Keys past the tile's last query position are never visible: stop the loop there.
-            kv_end = seq_len - qlen + tl.minimum(local * BLOCK_Q + BLOCK_Q, qlen)
-        else:
-            qpos = tl.zeros_like(qi) + seq_len - 1
-            kv_end = seq_len
-        st_off = tok * HQ + qh  # [T, HQ] / [T, HQ, D] contiguous side buffers
-        if HAS_INIT:
-            m_i = tl.load(lse_ptr + st_off, mask=row_ok, other=-1.0e30)
-            l_i = tl.where(row_ok, 1.0, 0.0)
-            acc = tl.load(init_o_ptr + st_off[:, None] * D + d[None, :], mask=qmask, other=0.0)
-        else:
-            m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite start: fully-masked rows give 0, not NaN
-            l_i = tl.zeros([BLOCK_M], tl.float32)
-            acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        qpos = seq_len - qlen + qi
+        # Keys past the tile's last query position are never visible: stop the loop there.
+        kv_end = seq_len - qlen + tl.minimum(local * BLOCK_Q + BLOCK_Q, qlen)
+        st_off = tok * HQ + qh  # [T, HQ] contiguous side buffer
+        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite start: fully-masked rows give 0, not NaN
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         bt_row = bt_ptr + b.to(tl.int64) * sbt_b
         kvh64 = kvh.to(tl.int64)
         k_lo = split * kv_chunk
@@ -221,7 +210,7 @@ def _num_sms(device):
 
 
 def _launch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out, block_m, block_n, num_warps,
-            num_stages, causal=True, lse=None, init_o=None, num_splits=None):
+            num_stages, num_splits=None):
     T, Hq, D = q.shape
     B = seq_lens.shape[0]
     BS, Hkv = k_cache.shape[1], k_cache.shape[2]
@@ -244,11 +233,10 @@ def _launch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, ou
         # Flash-decoding: too few (tile, kv-head) programs for the SMs and long contexts -> split the keys.
         num_splits = 1
         sms = _num_sms(q.device)
-        if lse is None and init_o is None and n_tiles * Hkv < sms and max_kv >= 1024:
+        if n_tiles * Hkv < sms and max_kv >= 1024:
             num_splits = max(1, min(64, triton.cdiv(max_kv, 256), (2 * sms) // (n_tiles * Hkv)))
-    dst, dst_lse, write_lse = out, lse, lse is not None and init_o is None
+    dst, dst_lse, write_lse = out, None, False
     if num_splits > 1:
-        assert lse is None and init_o is None, "split-KV is for the plain pass"
         chunk = triton.cdiv(triton.cdiv(max_kv, num_splits), block_n) * block_n
         num_splits = triton.cdiv(max_kv, chunk)
         dst = torch.empty(num_splits, T, Hq, D, dtype=torch.float32, device=q.device)
@@ -258,13 +246,12 @@ def _launch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, ou
         chunk = 1 << 30
     _paged_attn_kernel[(n_tiles, Hkv, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, dst,
-        dst_lse if dst_lse is not None else dst, init_o if init_o is not None else dst,
+        dst_lse if dst_lse is not None else dst,
         *q.stride(), *dst.stride()[-3:], *k_cache.stride(), *v_cache.stride(), block_tables.stride(0),
         B, scale * math.log2(math.e), D, BS, Hq, chunk, T * Hq * D, T * Hq,
         GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_D=block_d, UPCAST=interp,
-        DOT_PREC="ieee" if (interp or q.dtype == torch.float32) else "tf32",
-        CAUSAL=causal, WRITE_LSE=write_lse, HAS_INIT=init_o is not None,
+        DOT_PREC="ieee" if (interp or q.dtype == torch.float32) else "tf32", WRITE_LSE=write_lse,
         num_warps=num_warps, num_stages=num_stages,
     )
     if num_splits > 1:
@@ -282,42 +269,11 @@ def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqle
                    num_warps, num_stages, num_splits=num_splits)
 
 
-def paged_attention_shared_prefix_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale,
-                                         num_prefix_blocks, out=None, block_n=None, num_warps=8, num_stages=2):
-    """Cascade: pass 1 runs ALL queries of the batch as one non-causal sequence over the shared prefix
-    pages (read once per 64-row tile instead of once per branch), writing fp32 (out, lse); pass 2 runs
-    each branch's own pages causally, starting its online softmax from pass 1's state."""
-    T, Hq, D = q.shape
-    out = torch.empty_like(q) if out is None else out
-    if num_prefix_blocks == 0 or T == 0:
-        return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)
-    P = num_prefix_blocks * k_cache.shape[1]
-    dev = q.device
-    o1 = torch.empty(T, Hq, D, dtype=torch.float32, device=dev)
-    lse = torch.empty(T, Hq, dtype=torch.float32, device=dev)
-    cu1 = torch.arange(0, 2 * T, T, dtype=torch.int32, device=dev)[:2]  # built on device: no host sync
-    sl1 = torch.full((1,), P, dtype=torch.int32, device=dev)
-    _launch(q, k_cache, v_cache, block_tables[:1, :num_prefix_blocks], sl1, cu1, scale, o1, 64, block_n,
-            num_warps, num_stages, causal=False, lse=lse)
-    _launch(q, k_cache, v_cache, block_tables[:, num_prefix_blocks:], seq_lens - P, cu_seqlens_q, scale, out,
-            None, block_n, num_warps, num_stages, causal=True, lse=lse, init_o=o1)
-    return out
-
-
 def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=None):
     """q [T,Hq,D] packed; k/v_cache [num_blocks,BS,Hkv,D] (strided); block_tables [B,MAXB] int32;
     seq_lens [B] int32 (length incl. the new tokens); cu_seqlens_q [B+1] int32 -> out [T,Hq,D]."""
+    same_device(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, seq_lens=seq_lens,
+                cu_seqlens_q=cu_seqlens_q, out=out)
     if use_triton(q, k_cache):
         return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)
     return paged_attention_torch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)
-
-
-def paged_attention_shared_prefix(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale,
-                                  num_prefix_blocks, out=None):
-    """Same result as paged_attention, for a batch whose sequences (e.g. the branches of a search tree)
-    all start with the same `num_prefix_blocks` full pages: block_tables[b, :num_prefix_blocks] are equal
-    for every b, and every sequence's new tokens lie after them (seq_lens - qlen >= num_prefix_blocks*BS)."""
-    if use_triton(q, k_cache):
-        return paged_attention_shared_prefix_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-                                                    scale, num_prefix_blocks, out=out)
-    return paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import next_pow2, use_triton
+from ._common import next_pow2, same_device, use_triton
 
 
 @triton.jit
@@ -114,6 +114,8 @@ def spec_verify_triton(draft_tokens, draft_lens, q, p, accept_noise, resample_no
 def spec_verify(draft_tokens, draft_lens, q, p, accept_noise, resample_noise):
     """draft_tokens [B,K] int64, draft_lens [B] int32, q [B,K,V], p [B,K+1,V] probabilities,
     accept_noise [B,K] U(0,1), resample_noise [B,V] Gumbel (make_noise) -> (accepted_len, out_tokens)."""
+    same_device(p=p, q=q, draft_tokens=draft_tokens, draft_lens=draft_lens, accept_noise=accept_noise,
+                resample_noise=resample_noise)
     if use_triton(p):
         return spec_verify_triton(draft_tokens, draft_lens, q, p, accept_noise, resample_noise)
     return spec_verify_ref(draft_tokens, draft_lens, q, p, accept_noise, resample_noise)

@@ -1,4 +1,4 @@
-"""PRM step scoring in one launch per batch, plus per-candidate aggregation of step rewards.
+"""PRM step scoring in one launch per batch.
 
 step_rewards reads only the PRM output rows at step-separator positions (`rows`) of a packed [T, V]
 score matrix and turns each into a probability that the step is good:
@@ -6,17 +6,16 @@ score matrix and turns each into a probability that the step is good:
   "two_class":  scores is [T, 2] from a score head -> softmax(row)[1]
   "judge":      full-vocabulary softmax at the row -> P(yes_id), via a streaming logsumexp
                 (the [V] softmax is never materialised).
-aggregate_rewards reduces each candidate's step rewards (segments cu_steps[b]:cu_steps[b+1]) with
-"last" | "min" | "prod" | "mean"; an empty segment yields `empty_value`.
+(Aggregating a path's rewards, min/prod/mean/last, is the search's: the tree lives on the host and a
+path has at most max_depth steps, so a kernel launch would cost more than the Python reduction.)
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import next_pow2, use_triton
+from ._common import next_pow2, same_device, use_triton
 
 KINDS = ("token_pair", "two_class", "judge")
-MODES = ("last", "min", "prod", "mean")
 
 
 @triton.jit
@@ -47,41 +46,6 @@ def _step_rewards_kernel(s_ptr, rows_ptr, out_ptr, s_t, s_v, V, id_a, id_b,
         ea = tl.exp(a - mx)
         r = ea / (ea + tl.exp(b - mx))
     tl.store(out_ptr + i, r)
-
-
-@triton.jit
-def _mul(a, b):
-    return a * b
-
-
-@triton.jit
-def _aggregate_kernel(r_ptr, cu_ptr, out_ptr, empty_value, MODE: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(0)
-    start = tl.load(cu_ptr + b)
-    end = tl.load(cu_ptr + b + 1)
-    if MODE == 0:  # last
-        res = tl.load(r_ptr + end - 1, mask=end > start, other=0.0).to(tl.float32)
-    else:
-        # Neutral element per mode so masked lanes do not change the result.
-        neutral: tl.constexpr = float("inf") if MODE == 1 else (1.0 if MODE == 2 else 0.0)
-        acc = tl.full([BLOCK], neutral, tl.float32)
-        for s in range(start, end, BLOCK):
-            offs = s + tl.arange(0, BLOCK)
-            x = tl.load(r_ptr + offs, mask=offs < end, other=neutral).to(tl.float32)
-            if MODE == 1:
-                acc = tl.minimum(acc, x)
-            elif MODE == 2:
-                acc = acc * x
-            else:
-                acc = acc + x
-        if MODE == 1:
-            res = tl.min(acc, 0)
-        elif MODE == 2:
-            res = tl.reduce(acc, 0, _mul)
-        else:
-            res = tl.sum(acc, 0) / tl.maximum(end - start, 1).to(tl.float32)
-    res = tl.where(end > start, res, empty_value)
-    tl.store(out_ptr + b, res)
 
 
 def _ids(kind, good_id, bad_id, yes_id):
@@ -122,44 +86,7 @@ def step_rewards_triton(scores, rows, kind, good_id=None, bad_id=None, yes_id=No
 
 def step_rewards(scores, rows, kind, good_id=None, bad_id=None, yes_id=None):
     """scores [T, V] (packed PRM outputs), rows [N] int64 row indices of step separators -> [N] fp32."""
+    same_device(scores=scores, rows=rows)
     if use_triton(scores):
         return step_rewards_triton(scores, rows, kind, good_id, bad_id, yes_id)
     return step_rewards_ref(scores, rows, kind, good_id, bad_id, yes_id)
-
-
-def aggregate_rewards_ref(rewards, cu_steps, mode, empty_value=0.0):
-    """Reference: one Python reduction per segment."""
-    assert mode in MODES, mode
-    cu = cu_steps.tolist()
-    out = torch.empty(len(cu) - 1, dtype=torch.float32, device=rewards.device)
-    for b in range(len(cu) - 1):
-        seg = rewards[cu[b]: cu[b + 1]].float()
-        if seg.numel() == 0:
-            out[b] = empty_value
-        elif mode == "last":
-            out[b] = seg[-1]
-        elif mode == "min":
-            out[b] = seg.min()
-        elif mode == "prod":
-            out[b] = seg.prod()
-        else:
-            out[b] = seg.mean()
-    return out
-
-
-def aggregate_rewards_triton(rewards, cu_steps, mode, empty_value=0.0, out=None):
-    assert mode in MODES, mode
-    B = cu_steps.shape[0] - 1
-    out = torch.empty(B, dtype=torch.float32, device=rewards.device) if out is None else out
-    if B == 0:
-        return out
-    _aggregate_kernel[(B,)](rewards.contiguous(), cu_steps.contiguous(), out, float(empty_value),
-                            MODE=MODES.index(mode), BLOCK=32, num_warps=1)
-    return out
-
-
-def aggregate_rewards(rewards, cu_steps, mode, empty_value=0.0):
-    """rewards [N], cu_steps [B+1] int32 -> [B] fp32 ("last" | "min" | "prod" | "mean")."""
-    if use_triton(rewards):
-        return aggregate_rewards_triton(rewards, cu_steps, mode, empty_value)
-    return aggregate_rewards_ref(rewards, cu_steps, mode, empty_value)

@@ -26,7 +26,8 @@ class LocalLLM:
         self.vocab_size = self.model.config.vocab_size
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[int, Sequence] = OrderedDict()
-        self._all_ids = torch.arange(self.vocab_size)
+        # rows stay on the logits' device: the fused step reads them there (no GPU -> CPU -> GPU trip)
+        self._all_ids = torch.arange(self.vocab_size, device=engine.cache.pool.device)
         self.calls = 0
         self.tokens_computed = 0
         self.cost = None  # backend-wide CostRecord; per-request records are charged too
@@ -53,7 +54,7 @@ class LocalLLM:
             cache.free(seq)
             raise
         self._put_session(seq)
-        logp = torch.log_softmax(logits[-n_rows:].float(), dim=-1).cpu()
+        logp = torch.log_softmax(logits[-n_rows:].float(), dim=-1)
         return [TokenLogprobs(self._all_ids, row, full=True) for row in logp]
 
     def _take_session(self, ids: list[int]) -> Sequence:

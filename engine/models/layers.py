@@ -37,10 +37,11 @@ class Rotary(nn.Module):
         self.register_buffer("cos", freqs.cos() * att, persistent=False)
         self.register_buffer("sin", freqs.sin() * att, persistent=False)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        # x: [T, H, D]; rotate in fp32 for exactness, cast back.
-        if positions.numel() and int(positions.max()) >= self.cos.shape[0]:
-            raise ValueError(f"position {int(positions.max())} exceeds the model's {self.cos.shape[0]} positions")
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, max_len: int) -> torch.Tensor:
+        # x: [T, H, D]; rotate in fp32 for exactness, cast back. max_len bounds positions + 1, from the
+        # batch metadata on the host: reading positions.max() would sync with the GPU twice a layer.
+        if max_len > self.cos.shape[0]:
+            raise ValueError(f"a sequence of {max_len} tokens exceeds the model's {self.cos.shape[0]} positions")
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         xf = x.float()
@@ -64,10 +65,10 @@ class Attention(nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
-        q = self.rotary(positions, self.q_proj(x).view(T, self.n_heads, self.head_dim))
-        k = self.rotary(positions, self.k_proj(x).view(T, self.n_kv, self.head_dim))
-        v = self.v_proj(x).view(T, self.n_kv, self.head_dim)
         ctx = get_context()
+        q = self.rotary(positions, self.q_proj(x).view(T, self.n_heads, self.head_dim), ctx.max_seq_len)
+        k = self.rotary(positions, self.k_proj(x).view(T, self.n_kv, self.head_dim), ctx.max_seq_len)
+        v = self.v_proj(x).view(T, self.n_kv, self.head_dim)
         store_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping)
         o = paged_attention(q, self.k_cache, self.v_cache, ctx.block_tables, ctx.seq_lens,
                             ctx.cu_seqlens_q, self.scale)

@@ -30,7 +30,7 @@ from engine.sampling import processed_probs
 from engine.search.backend import StepOut, settle
 from engine.search.config import ConfigError, SearchConfig
 from engine.search.cost import CostRecord, charge
-from kernels.fused_sampling import fuse_logprobs, make_noise, sample, sample_kept
+from kernels.fused_sampling import fuse_logprobs, fused_sample, make_noise, sample, sample_kept
 
 SLM_SYSTEM = "Please reason step by step, separating steps with a blank line, and put your final answer within \\boxed{}."
 
@@ -328,11 +328,9 @@ class EngineBackend:
         ``base_rows`` (full rows of the SLM's base) the rule is proxy, else log-linear."""
         a = self.cfg.fusion_alpha if alpha is None else alpha
         slm_lp = torch.log_softmax(slm_logits.float(), -1)
-        base_lp = None if base_rows is None else torch.stack([r.logprobs for r in base_rows]).to(slm_lp.device)
+        base_lp = None if base_rows is None else self._rows(base_rows, slm_lp)
         if all(r.full for r in llm_rows):
-            llm_lp = torch.empty_like(slm_lp)  # full rows may come in any id order (an endpoint sorts them)
-            for i, r in enumerate(llm_rows):
-                llm_lp[i, r.ids.to(slm_lp.device)] = r.logprobs.to(slm_lp.device)
+            llm_lp = self._rows(llm_rows, slm_lp)
         else:  # top-k endpoint: fuse over the union of both top-k sets (see engine/llm/topk.py)
             u = union_support(slm_lp, llm_rows, self.opt.topk_support)
             slm_lp, llm_lp = u.slm_logp, u.llm_logp
@@ -342,6 +340,14 @@ class EngineBackend:
         if base_lp is None:
             return fuse_logprobs(slm_lp, llm_lp, a, "loglinear")
         return fuse_logprobs(slm_lp, llm_lp, a, "proxy", base_lp)
+
+    @staticmethod
+    def _rows(rows: list[TokenLogprobs], like: torch.Tensor) -> torch.Tensor:
+        """Full rows as one [R, V] tensor on ``like``'s device, in vocabulary order (an endpoint's
+        rows may come in any id order; a local model's are already on the device: no copy)."""
+        lp = torch.stack([r.logprobs for r in rows]).to(like.device, torch.float32)
+        ids = torch.stack([r.ids for r in rows]).to(like.device)
+        return torch.empty_like(like).scatter_(1, ids, lp)
 
     def _proxy(self, alpha: float | None) -> bool:
         """Base rows are needed: a collab step under proxy (an llm step is the LLM alone)."""
@@ -368,10 +374,28 @@ class EngineBackend:
             slm_logits, row, base = await gather_all(self._slm_forward(seq),
                                                      self._llm_rows(self.llm.next_logprobs(ids), 1),
                                                      self._base_rows(ids, 1, self._proxy(alpha)))
-            z = self._fused_logp(slm_logits[None], [row], alpha, base)[0]
-            seq.token_ids.append(self._sample(z, gen))
+            if slm_logits.is_cuda and row.full:
+                seq.token_ids.append(self._fuse_and_sample(slm_logits, row, alpha, base, gen))
+            else:
+                z = self._fused_logp(slm_logits[None], [row], alpha, base)[0]
+                seq.token_ids.append(self._sample(z, gen))
             if self._ends(seq, start):
                 break
+
+    def _fuse_and_sample(self, slm_logits, row: TokenLogprobs, alpha, base_rows, gen) -> int:
+        """GPU: fusion and sampling in one launch (kernels/fused_sampling.fused_sample), no fused [V]
+        row in between. It fuses raw SLM logits: log-softmax shifts a row by a constant, and both
+        rules are linear in the SLM row, so the fused distribution is _fused_logp's."""
+        a = self.cfg.fusion_alpha if alpha is None else alpha
+        slm = slm_logits[None].float()
+        llm = self._rows([row], slm)
+        noise = make_noise(1, slm.shape[-1], gen, slm.device)
+        if base_rows is None:
+            tok = fused_sample(slm, llm, a, "loglinear", self.cfg.temperature, 0, self.cfg.top_p, noise)
+        else:
+            tok = fused_sample(slm, llm, a, "proxy", self.cfg.temperature, 0, self.cfg.top_p, noise,
+                               self._rows(base_rows, slm))
+        return int(tok[0])
 
     async def _speculative_step(self, seq: Sequence, gen: torch.Generator, alpha) -> None:
         from kernels.spec_verify import spec_verify
@@ -397,12 +421,13 @@ class EngineBackend:
             slm_all = torch.stack(slm_rows + [bonus])
             q = processed_probs(torch.stack(slm_rows), T, 0, top_p)
             p = processed_probs(self._fused_logp(slm_all, llm_rows, alpha, base_rows), T, 0, top_p)
-            K, V = len(draft), q.shape[-1]
-            acc_noise = torch.rand(1, K, generator=gen, device=gen.device)
-            res_noise = make_noise(1, V, gen, q.device)
-            n_acc, out = spec_verify(torch.tensor([draft]), torch.tensor([K], dtype=torch.int32),
+            K, V, dev = len(draft), q.shape[-1], p.device
+            acc_noise = torch.rand(1, K, generator=gen, device=gen.device).to(dev)
+            res_noise = make_noise(1, V, gen, dev)
+            # every kernel argument on the logits' device: a Triton launch refuses CPU pointers among CUDA ones
+            n_acc, out = spec_verify(torch.tensor([draft], device=dev), torch.tensor([K], dtype=torch.int32, device=dev),
                                      q[None], p[None], acc_noise, res_noise)
-            n_acc = int(n_acc[0])
+            n_acc, out = n_acc.tolist()[0], out[0].tolist()  # two small copies back, once per round
             self.draft_proposed += K
             self.draft_accepted += n_acc
             # Only the last draft token can end the step: if it was accepted, the step is done
@@ -410,6 +435,6 @@ class EngineBackend:
             if n_acc == K and ended:
                 return
             self.engine.cache.truncate(seq, base + n_acc)  # keep the accepted tokens' K/V
-            seq.token_ids.append(int(out[0, n_acc]))
+            seq.token_ids.append(out[n_acc])
             if self._ends(seq, start):
                 return

@@ -39,7 +39,7 @@ def variants():
     yield "store_kv", kv_write._store_kv_kernel, {"k_ptr": bf, "v_ptr": bf, "kc_ptr": bf, "vc_ptr": bf, "slot_ptr": "*i64"}, \
         dict(BLOCK_H=2, BLOCK_D=64), 1
     pa = {"q_ptr": bf, "kc_ptr": bf, "vc_ptr": bf, "o_ptr": bf, "bt_ptr": "*i32", "sl_ptr": "*i32", "cu_ptr": "*i32",
-          "qk_scale": "fp32", "lse_ptr": "*fp32", "init_o_ptr": "*fp32"}
+          "qk_scale": "fp32", "lse_ptr": "*fp32"}
     for name, c in [("decode_0.5b", dict(GROUP=7, GROUP_PAD=8, BLOCK_Q=2, BLOCK_M=16, BLOCK_N=64, BLOCK_D=64)),
                     ("decode_1.5b", dict(GROUP=6, GROUP_PAD=8, BLOCK_Q=2, BLOCK_M=16, BLOCK_N=32, BLOCK_D=128)),
                     ("extend_0.5b", dict(GROUP=7, GROUP_PAD=8, BLOCK_Q=8, BLOCK_M=64, BLOCK_N=64, BLOCK_D=64)),
@@ -47,9 +47,6 @@ def variants():
                     ("decode_mha", dict(GROUP=1, GROUP_PAD=1, BLOCK_Q=16, BLOCK_M=16, BLOCK_N=64, BLOCK_D=64))]:
         yield f"paged_attention_{name}", paged_attention._paged_attn_kernel, pa, dict(c, UPCAST=False, DOT_PREC="tf32"), 8
     casc = dict(GROUP=7, GROUP_PAD=8, BLOCK_Q=8, BLOCK_M=64, BLOCK_N=64, BLOCK_D=64, UPCAST=False, DOT_PREC="tf32")
-    yield "paged_attention_prefix_pass", paged_attention._paged_attn_kernel, dict(pa, o_ptr="*fp32"), \
-        dict(casc, CAUSAL=False, WRITE_LSE=True), 8
-    yield "paged_attention_suffix_pass", paged_attention._paged_attn_kernel, pa, dict(casc, BLOCK_Q=2, BLOCK_M=16, HAS_INIT=True), 8
     yield "paged_attention_split_decode", paged_attention._paged_attn_kernel, dict(pa, o_ptr="*fp32"), \
         dict(casc, BLOCK_Q=2, BLOCK_M=16, WRITE_LSE=True), 8
     yield "merge_splits", paged_attention._merge_splits_kernel, {"out_ptr": bf}, dict(BLOCK_S=64, BLOCK_D=128), 4
@@ -59,9 +56,6 @@ def variants():
     for judge in (False, True):
         yield f"step_rewards_judge={judge}", step_scoring._step_rewards_kernel, {"s_ptr": bf, "rows_ptr": "*i64"}, \
             dict(JUDGE=judge, BLOCK_V=4096), 4
-    for mode in range(4):
-        yield f"aggregate_{step_scoring.MODES[mode]}", step_scoring._aggregate_kernel, \
-            {"cu_ptr": "*i32", "empty_value": "fp32"}, dict(MODE=mode, BLOCK=32), 1
     fs = {"slm_ptr": bf, "llm_ptr": bf, "base_ptr": bf, "topk_ptr": "*i32", "out_ptr": "*i64"}
     for rule in range(3):
         yield f"fused_sample_rule{rule}", fused_sampling._fused_sample_kernel, fs, dict(RULE=rule, HAS_NOISE=True, BLOCK_V=1024, NB=16), 8

@@ -49,7 +49,7 @@ def _fused64(slm, llm, alpha, rule, base=None):
 @pytest.mark.parametrize("rule", ["loglinear", "proxy"])
 @pytest.mark.parametrize("B,V,dtype", [(17, 1000, torch.float32), (3, 1000, torch.bfloat16), (1, 151936, torch.bfloat16)])
 def test_fuse_logprobs_matches_ref(device, rule, B, V, dtype):
-    # Kernel and reference each against float64, within the bound of how each sums (tests/kernels/fp_bounds.py).
+    # Kernel and reference each against float64, within the bound of how each sums (tests/fp_bounds.py).
     slm, llm, base = _logits(B, V, seed=V + B, dtype=dtype, device=device)
     alpha = _row_params(B, V, 0)[0].to(device)
     slm[0, :7] = float("-inf")  # row 0 has alpha 0: -inf SLM logits under weight 0 must not give NaN

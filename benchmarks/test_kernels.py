@@ -41,6 +41,17 @@ def _attn_bytes(q, B, L, Hkv, D, elem=2):
     return 2 * B * L * Hkv * D * elem + 2 * q.numel() * elem
 
 
+# ------------------------------------------------------------------------------- the ceiling
+
+@cuda_only
+def test_device_copy(bench):
+    # The memory-bandwidth ceiling the kernels' GB/s are read against (conftest's summary prints each
+    # row as a share of it): a 1 GiB device-to-device copy, bytes read plus bytes written.
+    x = torch.randn(1 << 28, device="cuda")  # 1 GiB of fp32, random (not zeros)
+    y = torch.empty_like(x)
+    bench(lambda: y.copy_(x), 2 * x.numel() * 4)
+
+
 # ------------------------------------------------------------------------------- paged attention
 
 @cuda_only

@@ -38,6 +38,22 @@ def tune_malloc_for_long_runs() -> bool:
         return False
 
 
+def release_free_memory() -> bool:
+    """Hand the C heap's free memory back to the OS (glibc ``malloc_trim``). A server's small
+    allocations (tensors under the mmap threshold, request bodies, JSON) leave free memory in the heap
+    that RSS keeps counting; a served burst left 4 MB of it (benchmarks/RESULTS.md, soak). Returns
+    whether it ran (glibc only)."""
+    import ctypes
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return True
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype

@@ -324,17 +324,29 @@ def serve(
 
 
 async def aserve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", *,
-                 graceful_shutdown_s: float = 5.0, on_signal=None) -> Optional[int]:
+                 graceful_shutdown_s: float = 5.0, on_signal=None, trim_every_s: float = 30.0) -> Optional[int]:
     """Serve ``app`` on the running event loop (for state that is bound to this loop) until SIGINT
     or SIGTERM, which is returned rather than raised again (no KeyboardInterrupt traceback).
     Requests still running ``graceful_shutdown_s`` after the signal are cancelled (a cancelled
-    search frees its KV blocks); ``on_signal()`` runs when the signal arrives."""
+    search frees its KV blocks); ``on_signal()`` runs when the signal arrives. Every
+    ``trim_every_s`` seconds the C heap's free memory goes back to the OS (what bursts freed)."""
     import uvicorn
 
+    from engine.engine import release_free_memory
+
     from .runner import SignalServer
+
+    async def trim():
+        while await asyncio.sleep(trim_every_s, True) and await asyncio.to_thread(release_free_memory):
+            pass
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=graceful_shutdown_s)
     server = SignalServer(config, on_signal)
-    await server.serve()
+    trimmer = asyncio.create_task(trim()) if trim_every_s else None
+    try:
+        await server.serve()
+    finally:
+        if trimmer is not None:
+            trimmer.cancel()
     return server.stopped_by

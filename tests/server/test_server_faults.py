@@ -51,7 +51,7 @@ def test_rates_are_seeded_and_live_reconfigurable(make_server):
 
 
 def test_latency_is_non_blocking(make_server):
-    srv = make_server(fault=FaultConfig(latency_s=1.0))
+    srv = make_server(fault=FaultConfig(latency_s=3.0))
     out = {}
 
     def slow():
@@ -62,12 +62,12 @@ def test_latency_is_non_blocking(make_server):
     th = threading.Thread(target=slow)
     th.start()
     time.sleep(0.15)  # the completion is now sleeping in the injected latency
-    t0 = time.perf_counter()
+    # /health is answered while the completion still sleeps: an ordering, not a timing threshold
     assert httpx.get(srv.url + "/health").status_code == 200
-    assert time.perf_counter() - t0 < 0.5
+    assert th.is_alive() and "status" not in out
     assert srv.app.state.metrics.in_flight == 1
     th.join(10)
-    assert out["status"] == 200 and out["elapsed"] >= 1.0
+    assert out["status"] == 200 and out["elapsed"] >= 3.0
 
 
 def test_fault_config_validation():

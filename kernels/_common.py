@@ -1,5 +1,8 @@
-"""Shared helpers for the kernels package: dispatch policy and small utilities."""
+"""Shared helpers for the kernels package: dispatch policy, launches (optionally recorded), utilities."""
+import contextlib
+import inspect
 import os
+import threading
 
 import torch
 
@@ -50,3 +53,65 @@ def row_param(x, B: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
         return x.contiguous()
     return torch.full((B,), x, dtype=dtype, device=device)
 
+
+# ------------------------------------------------------------------------------ launch recording
+
+_RECORDERS: list[dict] = []
+_LOCK = threading.Lock()
+_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64",
+           torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
+
+
+def launch(kernel, grid, *args, compiled: dict | None = None, **kwargs):
+    """kernel[grid](*args, **kwargs), noted by every open `record_launches()`. `compiled` gives the
+    constexprs a compiled launch would use where the interpreter uses others (bf16 upcasts)."""
+    if _RECORDERS:
+        _record(kernel, args, dict(kwargs, **(compiled or {})))
+    return kernel[grid](*args, **kwargs)
+
+
+def _arg_type(v):
+    if isinstance(v, torch.Tensor):
+        return "*" + _DTYPES[v.dtype]
+    if isinstance(v, bool):
+        return "i1"
+    if isinstance(v, int):
+        return "i32" if -2 ** 31 <= v < 2 ** 31 else "i64"
+    if isinstance(v, float):
+        return "fp32"
+    raise TypeError(f"cannot record an argument of type {type(v).__name__}")
+
+
+def _record(kernel, args, kwargs):
+    fn = kernel.fn
+    params = inspect.signature(fn).parameters
+    names = list(params)
+    bound = dict(zip(names, args), **kwargs)
+    signature, constexprs = {}, {}
+    for n in names:
+        if getattr(params[n].annotation, "__name__", str(params[n].annotation)).endswith("constexpr"):
+            v = bound.get(n, params[n].default)
+            constexprs[n] = v.value if hasattr(v, "value") else v
+        else:
+            signature[n] = _arg_type(bound[n])
+    options = {k: kwargs[k] for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
+    key = (f"{fn.__module__}.{fn.__name__}", tuple(signature.items()), tuple(sorted(constexprs.items())),
+           tuple(sorted(options.items())))
+    with _LOCK:
+        for rec in _RECORDERS:
+            rec.setdefault(key, {"kernel": key[0], "signature": signature, "constexprs": constexprs,
+                                 "options": options})
+
+
+@contextlib.contextmanager
+def record_launches():
+    """Collect the distinct launches (kernel, argument types, constexprs, options) made while open:
+    `with record_launches() as seen: ...; list(seen.values())` (tests/kernels/record_launches.py)."""
+    rec: dict = {}
+    with _LOCK:
+        _RECORDERS.append(rec)
+    try:
+        yield rec
+    finally:
+        with _LOCK:
+            _RECORDERS.remove(rec)

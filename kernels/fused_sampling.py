@@ -31,9 +31,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import launch_opts, next_pow2, row_param, same_device, use_triton
+from ._common import launch, launch_opts, next_pow2, row_param, same_device, use_triton
 
 RULES = ("none", "loglinear", "proxy")
+_COMPILED = {"enable_fp_fusion": False}  # what a compiled launch passes (launch_opts), for recorded launches
 _KEY_NEG_INF = tl.constexpr(-2139095041)  # key(-inf): floats map to int32 keys with the same order
 _KEY_POS_INF = tl.constexpr(2139095040)   # key(+inf)
 
@@ -241,9 +242,9 @@ def fuse_logprobs_triton(slm_logits, llm_logits, alpha, rule="loglinear", base_l
     a = row_param(alpha, B, torch.float32, slm.device)
     out = torch.empty(B, V, dtype=torch.float32, device=slm.device) if out is None else out
     if B:
-        _fuse_logprobs_kernel[(B,)](slm, llm, base, *slm.stride(), *llm.stride(), *base.stride(), a,
+        launch(_fuse_logprobs_kernel, (B,), slm, llm, base, *slm.stride(), *llm.stride(), *base.stride(), a,
                                     out, *out.stride(), V, RULE=r, BLOCK_V=block_v or _block_v(V), num_warps=8,
-                                    **launch_opts(slm.device))
+                                    **launch_opts(slm.device), compiled=_COMPILED)
     return out
 
 
@@ -259,10 +260,10 @@ def fused_sample_triton(slm_logits, llm_logits, alpha, rule, temperature, top_k,
     out = torch.empty(B, dtype=torch.int64, device=dev) if out is None else out
     nz = noise if noise is not None else slm
     if B:
-        _fused_sample_kernel[(B,)](slm, llm, base, *slm.stride(), *llm.stride(), *base.stride(),
+        launch(_fused_sample_kernel, (B,), slm, llm, base, *slm.stride(), *llm.stride(), *base.stride(),
                                    a, t, k, p, nz, *nz.stride(), out, V,
                                    RULE=r, HAS_NOISE=noise is not None, BLOCK_V=block_v or _block_v(V), NB=16,
-                                   num_warps=8, **launch_opts(dev))
+                                   num_warps=8, **launch_opts(dev), compiled=_COMPILED)
     return out
 
 

@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from ._common import next_pow2, same_device, use_triton
+from ._common import launch, next_pow2, same_device, use_triton
 
 
 @triton.jit
@@ -44,8 +44,8 @@ def store_kv_triton(k, v, k_cache, v_cache, slot_mapping):
         return
     assert k_cache.shape[2] == H and k_cache.shape[3] == D and v_cache.shape == k_cache.shape
     slot_mapping = slot_mapping.contiguous()
-    _store_kv_kernel[(T,)](
-        k, v, k_cache, v_cache, slot_mapping,
+    launch(
+        _store_kv_kernel, (T,), k, v, k_cache, v_cache, slot_mapping,
         *k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride(),
         H, D, k_cache.shape[1],
         BLOCK_H=next_pow2(H), BLOCK_D=next_pow2(D),

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreting, next_pow2, same_device, use_triton
+from ._common import interpreting, launch, next_pow2, same_device, use_triton
 
 
 @triton.jit
@@ -224,8 +224,9 @@ def _launch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, ou
     block_q = block_m // group_pad
     # Per-key page gathers hold [BLOCK_N, BLOCK_D] 64-bit pointers: these sizes compile without spills
     # on sm_90 (tests/kernels/sm90_compile.py -v prints registers); retune with benchmarks/ on a GPU.
+    # fp32 K/V tiles take twice bf16's registers: fp32 prefill at BLOCK_N=64, D=64 spilled (376 bytes).
     block_d = max(16, next_pow2(D))
-    block_n = block_n or (64 if block_d <= 64 else 32)
+    block_n = block_n or (64 if block_d * q.element_size() <= 128 else 32)
     interp = interpreting()
     n_tiles = T // block_q + B
     max_kv = block_tables.shape[1] * BS  # host-known bound on seq_lens: no sync to size the split grid
@@ -244,19 +245,20 @@ def _launch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, ou
         write_lse = True
     else:
         chunk = 1 << 30
-    _paged_attn_kernel[(n_tiles, Hkv, num_splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, dst,
+    dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    launch(
+        _paged_attn_kernel, (n_tiles, Hkv, num_splits), q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, dst,
         dst_lse if dst_lse is not None else dst,
         *q.stride(), *dst.stride()[-3:], *k_cache.stride(), *v_cache.stride(), block_tables.stride(0),
         B, scale * math.log2(math.e), D, BS, Hq, chunk, T * Hq * D, T * Hq,
         GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_D=block_d, UPCAST=interp,
-        DOT_PREC="ieee" if (interp or q.dtype == torch.float32) else "tf32", WRITE_LSE=write_lse,
-        num_warps=num_warps, num_stages=num_stages,
+        DOT_PREC="ieee" if interp else dot_prec, WRITE_LSE=write_lse,
+        num_warps=num_warps, num_stages=num_stages, compiled={"UPCAST": False, "DOT_PREC": dot_prec},
     )
     if num_splits > 1:
-        _merge_splits_kernel[(T, Hq)](dst, dst_lse, out, *out.stride(), num_splits, T * Hq * D, T * Hq, Hq, D,
-                                      BLOCK_S=next_pow2(num_splits), BLOCK_D=block_d, num_warps=4)
+        launch(_merge_splits_kernel, (T, Hq), dst, dst_lse, out, *out.stride(), num_splits, T * Hq * D, T * Hq, Hq, D,
+               BLOCK_S=next_pow2(num_splits), BLOCK_D=block_d, num_warps=4)
     return out
 
 

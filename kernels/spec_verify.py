@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import next_pow2, same_device, use_triton
+from ._common import launch, next_pow2, same_device, use_triton
 
 
 @triton.jit
@@ -102,8 +102,8 @@ def spec_verify_triton(draft_tokens, draft_lens, q, p, accept_noise, resample_no
     acc_len, toks = (torch.empty(B, dtype=torch.int32, device=p.device),
                      torch.empty(B, K + 1, dtype=torch.int64, device=p.device)) if out is None else out
     if B:
-        _spec_verify_kernel[(B,)](
-            draft_tokens, draft_lens, q, p, accept_noise, resample_noise, acc_len, toks,
+        launch(
+            _spec_verify_kernel, (B,), draft_tokens, draft_lens, q, p, accept_noise, resample_noise, acc_len, toks,
             *draft_tokens.stride(), *q.stride(), *p.stride(), *accept_noise.stride(), *resample_noise.stride(),
             *toks.stride(), K, V, BLOCK_K=next_pow2(K), BLOCK_V=block_v or min(2048, next_pow2(V)),
             num_warps=4,

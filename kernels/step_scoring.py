@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import next_pow2, same_device, use_triton
+from ._common import launch, next_pow2, same_device, use_triton
 
 KINDS = ("token_pair", "two_class", "judge")
 
@@ -77,8 +77,8 @@ def step_rewards_triton(scores, rows, kind, good_id=None, bad_id=None, yes_id=No
     out = torch.empty(N, dtype=torch.float32, device=scores.device) if out is None else out
     if N == 0:
         return out
-    _step_rewards_kernel[(N,)](
-        scores, rows.contiguous(), out, scores.stride(0), scores.stride(1), V, a, b,
+    launch(
+        _step_rewards_kernel, (N,), scores, rows.contiguous(), out, scores.stride(0), scores.stride(1), V, a, b,
         JUDGE=kind == "judge", BLOCK_V=block_v or min(4096, next_pow2(V)), num_warps=4 if kind == "judge" else 1,
     )
     return out

@@ -155,9 +155,13 @@ def test_header_is_plain_c(built, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ C++ host
-def test_example_two_threads_generate_and_solve(built, tiny_ckpt, py_engine):
+def test_example_two_threads_generate_and_solve(built, tiny_ckpt, py_engine, engine_device):
+    if engine_device != "cpu":  # the handle's engine on CUDA, against the Python engine there
+        from engine.engine import Engine
+        py_engine = Engine.from_pretrained(str(tiny_ckpt), dtype="float32", device=engine_device,
+                                           kv_memory_bytes=8 << 20)
     params = {"temperature": 0.0, "max_tokens": 12}
-    r, lines = run_example(built, engine_config(tiny_ckpt), "--prompt", "Step 1: 2 + 3 =",
+    r, lines = run_example(built, engine_config(tiny_ckpt, device=engine_device), "--prompt", "Step 1: 2 + 3 =",
                            "--params", json.dumps(params), "--solve", 1, "--generate", 1)
     assert_no_crash(r)
     assert r.returncode == 0, r.stdout + r.stderr

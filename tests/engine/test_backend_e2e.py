@@ -13,8 +13,8 @@ from engine.search.prm import PRMScorer, PRMSpec
 from engine.testing import tiny_engine
 
 
-def build(kind="judge", mode="exact", num_blocks=512, **cfg_kw):
-    eng = tiny_engine({"slm": 1, "llm": 2, "prm": 3 if kind != "judge" else 2}, num_blocks=num_blocks)
+def build(kind="judge", mode="exact", num_blocks=512, device="cpu", **cfg_kw):
+    eng = tiny_engine({"slm": 1, "llm": 2, "prm": 3 if kind != "judge" else 2}, num_blocks=num_blocks, device=device)
     sched = Scheduler(eng)
     spec = PRMSpec(kind=kind, yes_token="Y")
     cfg = SearchConfig(**{"max_step_tokens": 6, "max_depth": 3, "num_simulations": 4, "temperature": 0.8,
@@ -28,9 +28,12 @@ def run(coro):
     return asyncio.run(coro)
 
 
+@pytest.mark.parametrize("mode", ["exact", pytest.param("speculative", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("method", ["gboost", "slm", "fusion", "rsd", "beam"])
-def test_search_completes_and_releases_every_block(method):
-    eng, sched, cfg, be = build(method=method, beam_width=2, bon_n=2)
+def test_search_completes_and_releases_every_block(method, mode, engine_device):
+    # both collab modes where CUDA is (speculative is the default); the CPU suite keeps the exact mode here
+    # (speculative steps on CPU: test_speculative_distribution, test_device_placement)
+    eng, sched, cfg, be = build(method=method, mode=mode, device=engine_device, beam_width=2, bon_n=2)
     res = run(solve("What is 2+3?", be, cfg))
     assert res.steps, "a chosen path"
     assert all(s["action"] in ("slm", "collab", "llm") for s in res.steps)

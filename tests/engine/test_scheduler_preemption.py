@@ -18,8 +18,8 @@ from engine.testing import tiny_engine
 pytestmark = pytest.mark.timeout(120)
 
 
-def reference_last_logits(prompts):
-    eng = tiny_engine({"slm": 1}, num_blocks=256)
+def reference_last_logits(prompts, device="cpu"):
+    eng = tiny_engine({"slm": 1}, num_blocks=256, device=device)
     out = []
     for p in prompts:
         s = eng.cache.new_sequence(eng.role("slm").key, p)
@@ -28,8 +28,8 @@ def reference_last_logits(prompts):
     return out
 
 
-def test_preempted_sequences_are_recomputed_exactly():
-    eng = tiny_engine({"slm": 1}, num_blocks=12)   # 12 blocks of 16: three 40-token prompts fill 9
+def test_preempted_sequences_are_recomputed_exactly(engine_device):
+    eng = tiny_engine({"slm": 1}, num_blocks=12, device=engine_device)  # 12 blocks of 16: three 40-token prompts fill 9
     key, cache = eng.role("slm").key, eng.cache
     prompts = [[(7 * i + j) % 250 + 1 for j in range(40)] for i in range(5)]
 
@@ -52,7 +52,7 @@ def test_preempted_sequences_are_recomputed_exactly():
         return first, got, seqs + [fifth]
 
     first, got, seqs = asyncio.run(go())
-    want = reference_last_logits([prompts[4]] + [p + [p[0]] for p in prompts[:4]])
+    want = reference_last_logits([prompts[4]] + [p + [p[0]] for p in prompts[:4]], engine_device)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
     cache.check_refcounts()

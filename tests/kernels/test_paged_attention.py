@@ -51,7 +51,7 @@ def test_paged_attention_matches_ref(device, name, dtype):
     paged_attention_triton(q, kc, vc, bt, sl, cu, scale, out=out, block_n=block_n)
     ref = paged_attention_ref(q, kc, vc, bt, sl, cu, scale)
     assert not out.isnan().any()
-    _within_bounds(out, ref, q, kc, vc, bt, sl, cu, scale, block_n or 64)
+    _within_bounds(out, ref, q, kc, vc, bt, sl, cu, scale, block_n or 16)  # 16: at most as many rescales as the default
 
 
 def _within_bounds(out, ref, q, kc, vc, bt, sl, cu, scale, block_n, passes=1):

@@ -32,16 +32,17 @@ def tiny_hf(arch: str, seed: int = 0, **kw):
     return model.float().eval(), cfg
 
 
-def ours(hf_model, hf_cfg, num_blocks=256, block_size=16):
+def ours(hf_model, hf_cfg, num_blocks=256, block_size=16, device="cpu"):
     cfg = ModelConfig.from_hf_dict(hf_cfg.to_dict())
-    m = build_model(cfg, hf_model.state_dict(), torch.float32)
+    m = build_model(cfg, hf_model.state_dict(), torch.float32, device)
     rm = ResidentModel("m", cfg, m, None, None, [])
-    return Engine([rm], {"slm": "m"}, block_size=block_size, num_blocks=num_blocks, dtype=torch.float32)
+    return Engine([rm], {"slm": "m"}, block_size=block_size, num_blocks=num_blocks, dtype=torch.float32, device=device)
 
 
 def ref_logits(hf_model, ids):
     with torch.no_grad():
-        return hf_model(torch.tensor([ids])).logits[0].float()
+        dev = next(hf_model.parameters()).device
+        return hf_model(torch.tensor([ids], device=dev)).logits[0].float()
 
 
 def close(a, b):
@@ -58,9 +59,10 @@ ARCHS = [("qwen2", {}), ("llama", {}), ("qwen2", {"tie": True, "kv": 6}), ("llam
 
 @pytest.mark.parametrize("arch,kw", ARCHS, ids=["qwen2", "llama", "qwen2-tied-mha", "llama-mqa",
                                                  "llama-rope-llama3", "qwen2-rope-yarn"])
-def test_prefill_extend_decode_logits_match(arch, kw):
+def test_prefill_extend_decode_logits_match(arch, kw, engine_device):
     hf, cfg = tiny_hf(arch, **kw)
-    eng = ours(hf, cfg, block_size=4)
+    hf = hf.to(engine_device)  # transformers on the same device (fp32; CUDA matmuls without TF32 by default)
+    eng = ours(hf, cfg, block_size=4, device=engine_device)
     runner, cache = eng.role("slm").runner, eng.cache
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (1, 7, 23)]
@@ -84,14 +86,15 @@ def test_prefill_extend_decode_logits_match(arch, kw):
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_greedy_generation_is_token_identical(arch):
+def test_greedy_generation_is_token_identical(arch, engine_device):
     hf, cfg = tiny_hf(arch, seed=3)
-    eng = ours(hf, cfg)
+    hf = hf.to(engine_device)
+    eng = ours(hf, cfg, device=engine_device)
     prompts = [[1, 2, 3, 4, 5], list(range(10, 40))]
     outs = eng.generate(prompts, SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True))
     for p, o in zip(prompts, outs):
         with torch.no_grad():
-            ref = hf.generate(torch.tensor([p]), max_new_tokens=32, do_sample=False, min_new_tokens=32,
+            ref = hf.generate(torch.tensor([p], device=engine_device), max_new_tokens=32, do_sample=False, min_new_tokens=32,
                               pad_token_id=0)[0, len(p):].tolist()
         assert o.token_ids == ref
     assert eng.cache.blocks.num_free() == eng.cache.blocks.num_blocks

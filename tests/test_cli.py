@@ -81,24 +81,30 @@ def free_port():
         return s.getsockname()[1]
 
 
-@contextmanager
-def served(*args):
-    """`gboost serve ARGS --port P` in a subprocess on 127.0.0.1; yields its URL once /health answers."""
+def wait_healthy(srv, url):
+    """Polls /health until the server subprocess answers 200; fails with its stderr if it exits first."""
     import time
 
     import httpx
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        assert srv.poll() is None, srv.stderr.read()
+    raise AssertionError(f"{url}/health never answered 200")
+
+
+@contextmanager
+def served(*args):
+    """`gboost serve ARGS --port P` in a subprocess on 127.0.0.1; yields its URL once /health answers."""
     port = free_port()
     srv = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", *map(str, args), "--port", str(port)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-            assert srv.poll() is None, srv.stderr.read().decode()
+        wait_healthy(srv, url)
         yield url
     finally:
         srv.terminate()
@@ -227,13 +233,7 @@ def test_ctrl_c_on_serve_solve_cancels_frees_and_exits_130_with_one_line(tiny_di
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url, answer = f"http://127.0.0.1:{port}", {}
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-            assert srv.poll() is None, srv.stderr.read()
+        wait_healthy(srv, url)
 
         def client():
             answer["r"] = httpx.post(url + "/v1/solve", json={"question": "What is 2+2?"}, timeout=120)

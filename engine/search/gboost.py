@@ -36,11 +36,14 @@ better one.  The answer comes from the best terminal path
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from .config import SearchConfig
-from .context import SearchContext
 from .final import choose_final
 from .tree import Node, path_score, select_child
+
+if TYPE_CHECKING:
+    from .api import SearchContext
 
 __all__ = ["run_gboost"]
 

@@ -12,7 +12,7 @@ import pytest
 
 from _fake_backend import FakeBackend
 from engine.kv.block_pool import KVPoolExhausted
-from engine.runner import PromptTooLong
+from engine.positions import PromptTooLong
 from engine.search.api import solve
 from toy_executor import ToyExecutor
 from engine.search.config import SearchConfig

@@ -46,22 +46,15 @@ class ModelRunner:
             if not s.token_ids:
                 raise ValueError("cannot run an empty sequence")
             self.check_fits(s)
-            s.last_hit = 0
-            if s.matches_on_run and wants[i] in ("last", "hidden"):
-                # only the last row is wanted, so cached blocks can stand in for computing (a
-                # sequence that has run, or a fork of one, is not re-matched)
-                s.last_hit = self.cache.match_cached_prefix(s)
-                self.cache.late_hit_tokens += s.last_hit
-            if s.num_pending == 0:
-                self.cache.rewind(s, s.num_computed - 1)  # logits wanted but all K/V cached: redo the last token
+            # only the last row wanted: cached blocks can stand in for computing the rest
+            self.cache.begin_run(s, rematch=wants[i] in ("last", "hidden"))
         if not self.cache.can_reserve([(s, s.num_pending) for s in seqs]):
             raise KVPoolExhausted(f"KV pool exhausted: batch of {len(seqs)} sequences for {self.name!r} "
                                   f"does not fit in {self.cache.blocks.num_free()} free blocks")
         ids, pos, slots, lens, cu = [], [], [], [], [0]
         for s in seqs:
-            s.batch_version = s.version  # finish() commits only onto the table reserved here
             n = s.num_pending
-            slots += self.cache.reserve(s, n)
+            slots += self.cache.reserve_run(s)
             ids += s.token_ids[s.num_computed:]
             pos += range(s.num_computed, len(s.token_ids))
             lens.append(len(s.token_ids))
@@ -121,11 +114,5 @@ class ModelRunner:
 
     def finish(self, seqs: list[Sequence], cu: list[int]) -> None:
         """Commit what the forward wrote (publishing full blocks) after `compute` returned."""
-        self.cache.runs += 1
-        for i, s in enumerate(seqs):
-            s.last_computed = cu[i + 1] - cu[i]
-            # a request cancelled while the batch ran may have freed or cut back its sequence:
-            # its new K/V went to blocks it no longer holds, so nothing is committed
-            if not s.freed and s.version == s.batch_version:
-                self.cache.commit_run(s, s.last_computed)
+        self.cache.finish_run(seqs, [cu[i + 1] - cu[i] for i in range(len(seqs))])
         self.tokens_computed += cu[-1]

@@ -5,10 +5,10 @@ of one model: `pool[b, :L*2*BS*Hkv*D]` viewed as [L, 2, BS, Hkv, D]. Pages are s
 largest model, so a smaller model leaves the tail of its page unused; the win is a single
 budget, one allocator and one eviction order for SLM, PRM and LLM alike.
 
-Sequence lifecycle: `new_sequence` (prefix-cache match) -> `append` tokens -> `reserve` slots ->
-forward writes K/V -> `commit_run` (full blocks get published by content hash) ... `fork` /
-`truncate` / `rewind` / `preempt` / `free`. A sequence's tokens, blocks and status change only
-through these methods.
+Sequence lifecycle: `new_sequence` (prefix-cache match) -> `append` tokens -> `begin_run` and
+`reserve_run` (slots) -> a forward writes K/V -> `finish_run` (full blocks get published by
+content hash) ... `fork` / `truncate` / `rewind` / `preempt` / `free`. Every field of a Sequence
+changes only through these methods.
 A block that is shared (ref > 1) or published (hashed) is immutable: writing into it copies
 it first (copy-on-write), so forks and cached prefixes are never corrupted.
 """
@@ -220,10 +220,33 @@ class KVCache:
             seq.block_hashes.append(h)
             parent = h
 
-    def commit_run(self, seq: Sequence, n: int) -> None:
-        """A forward computed seq's next n tokens: commit them and mark it run (at ``runs``)."""
-        self.commit(seq, n)
-        seq.last_run, seq.status = self.runs, SeqStatus.RUN
+    # -- one forward ---------------------------------------------------------------
+    def begin_run(self, seq: Sequence, rematch: bool) -> None:
+        """Before seq joins a forward. With ``rematch`` (only its last row is wanted) a sequence
+        that never ran, or was preempted, first takes what the prefix cache now holds; a sequence
+        with nothing pending recomputes its last token (its logits are wanted)."""
+        seq.last_hit = 0
+        if rematch and seq.matches_on_run:
+            seq.last_hit = self.match_cached_prefix(seq)
+            self.late_hit_tokens += seq.last_hit
+        if seq.num_pending == 0:
+            self.rewind(seq, seq.num_computed - 1)
+
+    def reserve_run(self, seq: Sequence) -> list[int]:
+        """Slots for all of seq's pending tokens; finish_run commits only onto this table."""
+        seq.batch_version = seq.version
+        return self.reserve(seq, seq.num_pending)
+
+    def finish_run(self, seqs: list[Sequence], computed: list[int]) -> None:
+        """A forward wrote ``computed[i]`` tokens of ``seqs[i]``: commit them and mark each run."""
+        self.runs += 1
+        for seq, n in zip(seqs, computed):
+            seq.last_computed = n
+            # a request cancelled while the batch ran may have freed or cut back its sequence:
+            # its new K/V went to blocks it no longer holds, so nothing is committed
+            if not seq.freed and seq.version == seq.batch_version:
+                self.commit(seq, n)
+                seq.last_run, seq.status = self.runs, SeqStatus.RUN
 
     def fork(self, seq: Sequence) -> Sequence:
         """A child sharing every block; the partly filled last block is copied on the first write."""

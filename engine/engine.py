@@ -26,9 +26,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def tune_malloc_for_long_runs() -> bool:
     """Fix glibc's mmap threshold (unless the environment already sets one), for processes that
     run for hours (servers, evals).  Its default threshold grows after each freed large buffer,
-    so activation buffers of varying size then come from the heap and stay there: the GSM8K suite
-    grew by 0.1-0.25 GB/min that way (benchmarks/RESULTS.md); fixed, large buffers go back to the
-    OS when freed.  Returns whether the setting was applied."""
+    so activation buffers of varying size then come from the heap and stay there; fixed, large
+    buffers go back to the OS when freed.  Returns whether the setting was applied."""
     import ctypes
     import os
     import sys
@@ -44,8 +43,7 @@ def tune_malloc_for_long_runs() -> bool:
 def release_free_memory() -> bool:
     """Hand the C heap's free memory back to the OS (glibc ``malloc_trim``). A server's small
     allocations (tensors under the mmap threshold, request bodies, JSON) leave free memory in the heap
-    that RSS keeps counting; a served burst left 4 MB of it (benchmarks/RESULTS.md, soak). Returns
-    whether it ran (glibc only)."""
+    that RSS keeps counting. Returns whether it ran (glibc only)."""
     import ctypes
     import sys
     if not sys.platform.startswith("linux"):

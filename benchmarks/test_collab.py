@@ -13,14 +13,14 @@ import pytest
 
 from engine.llm.remote import RemoteLLM
 from engine.scheduler import Scheduler
-from engine.search.actions import BackendOptions, EngineBackend
+from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.api import solve
 from engine.search.config import SearchConfig
-from engine.search.prm import PRMScorer, PRMSpec
+from engine.collab.prm import PRMScorer, PRMSpec
 from engine.server.app import create_app
 from engine.server.engine_backend import EngineCompletionBackend
 from engine.server.faults import FaultConfig
-from engine.server.runner import BackgroundServer
+from engine.server.uvicorn_server import BackgroundServer
 from engine.testing import tiny_engine
 
 V = 260
@@ -41,13 +41,13 @@ def _solve_many(url, n):
         sched = Scheduler(eng)
         llm = RemoteLLM(url, top_logprobs=V, vocab_size=V, max_concurrency=64)
         cfg = SearchConfig(method="fusion", temperature=0.0, top_p=1.0, max_step_tokens=8, max_depth=2)
-        be = EngineBackend(eng, sched, cfg, llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
-                           options=BackendOptions(collab_mode="speculative", max_draft=8))
+        be = EngineExecutor(eng, sched, cfg, llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
+                           options=CollabOptions(collab_mode="speculative", max_draft=8))
         t0 = time.perf_counter()
         res = await asyncio.gather(*(solve(f"question {i}", be, cfg) for i in range(n)))
         dt = time.perf_counter() - t0
         await llm.aclose()
-        return dt, be.llm_rounds, res
+        return dt, be.counts.llm_rounds, res
     return asyncio.run(go())
 
 
@@ -77,9 +77,9 @@ def test_demo_pair_collaborative_steps(benchmark, mode):
     async def go():
         cfg = SearchConfig(method="fusion", temperature=0.7, top_p=0.95, max_step_tokens=96, max_depth=4, seed=0,
                            score_baselines=False)
-        stack = await build_stack(cfg, options=BackendOptions(collab_mode=mode, max_draft=16))
+        stack = await build_stack(cfg, options=CollabOptions(collab_mode=mode, max_draft=16))
         try:
-            be = stack.backend
+            be = stack.executor
             t0 = time.perf_counter()
             res = await solve(QUESTION, be, cfg)
             dt = time.perf_counter() - t0
@@ -88,9 +88,9 @@ def test_demo_pair_collaborative_steps(benchmark, mode):
         steps = len(res.steps)
         toks = sum(len(n.token_ids) for n in res.chosen)
         out.update(mode=mode, steps=steps, tokens=toks, seconds=round(dt, 2),
-                   llm_calls_per_step=round(be.llm_rounds / steps, 2),
-                   acceptance=round(be.draft_accepted / be.draft_proposed, 3) if be.draft_proposed else None,
-                   seconds_per_step=round(dt / steps, 2), tokens_per_llm_call=round(toks / be.llm_rounds, 2))
+                   llm_calls_per_step=round(be.counts.llm_rounds / steps, 2),
+                   acceptance=round(be.counts.draft_accepted / be.counts.draft_proposed, 3) if be.counts.draft_proposed else None,
+                   seconds_per_step=round(dt / steps, 2), tokens_per_llm_call=round(toks / be.counts.llm_rounds, 2))
     benchmark.pedantic(lambda: asyncio.run(go()), rounds=1, iterations=1)
     benchmark.extra_info.update(out)
     print(f"\n[collab-demo] {out}")

@@ -71,7 +71,7 @@ from typing import Any, Awaitable, Callable, Optional, Sequence
 import httpx
 import torch
 
-from engine.search.cost import charge
+from engine.cost import charge
 
 from .base import LLMError, TokenLogprobs
 

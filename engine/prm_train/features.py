@@ -3,7 +3,7 @@
 Each solution runs as one prefill (prompt and every step), and forward hooks keep the chosen
 decoder layers' rows at the step ends, so several layers are read in one pass and the best one
 can be picked on held-out questions. The token sequences are the ones the search scores at run
-time (`engine/search/value_prm.py`): the SLM's own tokens, or the `text` layout of another model.
+time (`engine/collab/value_prm.py`): the SLM's own tokens, or the `text` layout of another model.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.search.value_prm import text_root_ids, text_step_ids
+from engine.collab.value_prm import text_root_ids, text_step_ids
 
 
 @dataclass
@@ -63,7 +63,7 @@ def extract(resident, cache, sols: list[Solution], layers: list[int], batch_toke
             for q in seqs:
                 cache.rewind(q, 0)
             batch = runner.prepare(seqs, ["none"] * len(seqs))
-            cu = batch[3]
+            cu = batch.cu_seqlens
             rows = [cu[i] + e for i, s in enumerate(group) for e in s.ends]
             got: dict[int, torch.Tensor] = {}
             hooks = [blocks[l - 1].register_forward_hook(

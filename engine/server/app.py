@@ -107,7 +107,7 @@ def create_app(
     async def metrics_route() -> PlainTextResponse:
         sched = getattr(backend, "scheduler", None)
         kv = sched.kv_stats() if hasattr(sched, "kv_stats") else None
-        llm = getattr(getattr(solver, "backend", None), "llm", None)
+        llm = getattr(getattr(solver, "executor", None), "llm", None)
         return PlainTextResponse(metrics.render(faults.injected, solver, kv,
                                                 llm.metrics() if hasattr(llm, "metrics") else None))
 
@@ -334,7 +334,7 @@ async def aserve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_le
 
     from engine.engine import release_free_memory
 
-    from .runner import SignalServer
+    from .uvicorn_server import SignalServer
 
     async def trim():
         while await asyncio.sleep(trim_every_s, True) and await asyncio.to_thread(release_free_memory):

@@ -3,7 +3,7 @@
 Two sequence kinds, fixed by the head's card:
   slm   the SLM's own rows. A step's last token is still pending when the step ends; scoring
         computes it (`want="hidden"`), keeps its hidden row for the score and its logits for
-        the child's first next-token draw (`NodeState.ready`), so a score costs no forward the
+        the child's first next-token draw (`state.NodeState.ready`), so a score costs no forward the
         expansion would not run anyway. No PRM sequence exists at all.
   text  another resident model (e.g. the general LLM) on an append-only sequence of its own:
         the SLM's chat prompt, then each step followed by the step delimiter.
@@ -14,13 +14,14 @@ import torch
 
 from engine.kv.cache import Sequence
 from engine.models.value_head import HeadCard, check_base, load_head
-from engine.search.cost import charge
+from engine.cost import charge
+
+from .rules import slm_prompt_ids
 
 STEP_JOIN = "\n\n"
 
 
 def text_root_ids(tok, question: str) -> list[int]:
-    from engine.search.actions import slm_prompt_ids
     return slm_prompt_ids(tok, question)  # the SLM's prompt, in this model's own chat template
 
 
@@ -59,7 +60,7 @@ class ValueHeadScorer:
             raise ValueError("a head on the SLM's own rows needs its base model to be the SLM")
         self.tok = self.model.tokenizer
         self.tokens_computed = 0
-        self.cost = None  # backend-wide CostRecord, set by the backend
+        self.cost = None  # the executor's running total, set by the executor
 
     def root_ids(self, question: str) -> list[int] | None:
         return None if self.reads_slm else text_root_ids(self.tok, question)  # slm: no PRM sequence

@@ -16,9 +16,8 @@ import torch
 from engine.kv.cache import KVCache, ModelSpec, Sequence
 from engine.models.qwen2_llama import CausalLM, build_model
 from engine.positions import fits
-from engine.runner import ModelRunner
 from engine.sampling import SamplingParams, sample_rows
-from engine.scheduler import Scheduler
+from engine.scheduler import ModelRunner, Scheduler
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -72,7 +72,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_the_imports():
     g = _graph(_modules())
-    assert "engine.kv.cache" in g["engine.runner"] and "engine.models.sources" in g["engine.models.loader"]
+    assert "engine.kv.cache" in g["engine.scheduler"] and "engine.models.sources" in g["engine.models.loader"]
     assert "engine.collab.fused_step" in g["engine.collab.executor"]   # relative imports resolved
     assert "kernels.spec_verify" in g["engine.collab.fused_step"]      # and imports inside functions
 
@@ -97,7 +97,7 @@ def test_dependencies_point_down_the_request_path():
     g = _graph(_modules())
     below = {"engine.search": ("engine.collab", "engine.stack", "engine.server"),
              "engine.llm": ("engine.search", "engine.collab"),
-             "engine.kv": ("engine.search", "engine.collab", "engine.llm", "engine.runner", "engine.scheduler"),
+             "engine.kv": ("engine.search", "engine.collab", "engine.llm", "engine.scheduler"),
              "engine.models": ("engine.search", "engine.collab", "engine.llm", "engine.scheduler"),
              "kernels": ("engine",)}
     for pkg, forbidden in below.items():

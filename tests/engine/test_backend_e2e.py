@@ -77,7 +77,7 @@ def test_prm_kinds_match_a_from_scratch_run(kind):
     eng, sched, cfg, be = build(kind=kind)
     if kind == "two_class":  # the PRM role becomes a two-class head model (Qwen2.5-Math-PRM layout)
         from engine.models.prm_heads import build_two_class_prm
-        from engine.runner import ModelRunner
+        from engine.scheduler import ModelRunner
         m = eng.role("prm")
         g = torch.Generator().manual_seed(0)
         h = m.config.hidden_size

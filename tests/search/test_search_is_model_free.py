@@ -6,7 +6,7 @@ import sys
 import engine.search
 
 # what runs (or holds) a model: torch and every engine module built on it
-MODEL_RUNNING = ("torch", "triton", "kernels", "engine.collab", "engine.kv", "engine.runner", "engine.scheduler",
+MODEL_RUNNING = ("torch", "triton", "kernels", "engine.collab", "engine.kv", "engine.scheduler",
                  "engine.models", "engine.llm", "engine.engine", "engine.sampling", "engine.context", "engine.stack")
 
 

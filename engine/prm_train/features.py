@@ -29,10 +29,17 @@ def slm_solution(rec: dict) -> Solution:
     return Solution(ids, ends)
 
 
-def text_solution(tok, rec: dict) -> Solution:
+def text_solution(tok, rec: dict, final_eos: int | None = None) -> Solution:
+    """The `text` layout of a solution: each step then the delimiter. With `final_eos`, the last step
+    ends with that token instead, as the SLM's own final step does (it stops on its end-of-turn
+    token): a head on the SLM's rows, scoring records that keep only step texts, then reads its
+    last step at the token it was trained on."""
     ids, ends = text_root_ids(tok, rec["question"]), []
-    for s in rec["steps"]:
-        ids += text_step_ids(tok, s["text"])
+    for i, s in enumerate(rec["steps"]):
+        if final_eos is not None and i == len(rec["steps"]) - 1:
+            ids += tok.encode_piece(s["text"]) + [final_eos]
+        else:
+            ids += text_step_ids(tok, s["text"])
         ends.append(len(ids) - 1)
     return Solution(ids, ends)
 

@@ -329,3 +329,13 @@ def test_rollouts_stop_at_the_token_cap(tmp_path):
     be.engine.cache.check_refcounts()
     with pytest.raises(ValueError, match="max_tokens"):
         RolloutPlan(max_tokens=0).validate()
+
+
+def test_text_solution_can_end_on_the_slms_end_of_turn():
+    eng = tiny_engine({"slm": 1})
+    m = eng.role("slm")
+    rec = {"question": "Q?", "steps": [{"text": "a"}, {"text": "b c"}]}
+    plain, eos = text_solution(m.tokenizer, rec), text_solution(m.tokenizer, rec, m.eos_token_ids[0])
+    assert eos.ends[0] == plain.ends[0] and eos.ids[:eos.ends[0] + 1] == plain.ids[:plain.ends[0] + 1]
+    assert eos.ids[-1] == m.eos_token_ids[0] and eos.ends[-1] == len(eos.ids) - 1
+    assert m.tokenizer.decode(eos.ids[eos.ends[0] + 1:-1]) == "b c"

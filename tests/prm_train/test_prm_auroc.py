@@ -26,3 +26,27 @@ def test_recorded_rewards_skip_unscored_solutions_and_the_table_counts_them():
     # 3 scored solutions, 1 right; last step: 0.9 beats 0.1 and 0.4 -> 1.00; min: 0.2 vs 0.1, 0.4 -> 0.50
     assert rows[2].startswith("| judge | 3 (1) | 1.00 (") and "| 0.50 (" in rows[2]
     assert table({"judge": [[0.1], [0.2]]}, sols[:1] + sols[2:3])[2].endswith("n/a | n/a | n/a |")  # one class
+
+
+def test_gsm8k_suite_passes_its_prm_to_the_stack(monkeypatch, tmp_path):
+    import asyncio
+
+    import gsm8k_suite
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    async def fake_build_stack(cfg, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(gsm8k_suite, "build_stack", fake_build_stack)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    for argv, want in ((["--prm", "value-head:/some/head"], "value-head:/some/head"), ([], None)):
+        with pytest.raises(Stop):
+            asyncio.run(gsm8k_suite.main(["--data", str(data), "--limit", "1", "--methods", "slm",
+                                          "--out-dir", str(tmp_path), *argv]))
+        assert seen["prm"] == want

@@ -75,11 +75,16 @@ def table(signals: dict[str, list[list[float] | None]], sols: list[dict]) -> lis
     return out
 
 
-def head_scores(eng, head_dir: str, sols: list[dict]) -> list[list[float]]:
+def final_token(m, card, final_at: str) -> int | None:
+    """The token a record's final step ends on: the SLM's end-of-turn for a head on its own rows
+    (as in its rollouts and in a search), unless `final_at` is "delimiter" (the text layout)."""
+    return m.eos_token_ids[0] if card.sequence == "slm" and final_at == "eot" else None
+
+
+def head_scores(eng, head_dir: str, sols: list[dict], final_at: str = "eot") -> list[list[float]]:
     head, card = load_head(head_dir)
     m = eng.role(feature_role(eng, card))
-    # a head on the SLM's own rows saw each final step end on the SLM's end-of-turn token
-    eos = m.eos_token_ids[0] if card.sequence == "slm" else None
+    eos = final_token(m, card, final_at)
     feats = extract(m, eng.cache, [text_solution(m.tokenizer, s, eos) for s in sols], [card.layer], progress=True)
     return [[float(x) for x in head.score(r)] for r in feats[card.layer]]
 
@@ -100,6 +105,9 @@ def main(argv=None) -> int:
     ap.add_argument("--judge-from-records", action="store_true",
                     help="also the PRM rewards stored in the records (gboost runs), no compute")
     ap.add_argument("--by-run", action="store_true", help="also a table per run file")
+    ap.add_argument("--final-step-at", choices=["eot", "delimiter"], default="eot",
+                    help="where a head on the SLM's rows reads each final step: its end-of-turn token "
+                         "(as a search does) or the step delimiter")
     ap.add_argument("--limit", type=int, default=None, help="solutions per run file")
     ap.add_argument("--out", type=Path, default=None, help="per-solution step scores (JSONL)")
     args = ap.parse_args(argv)
@@ -113,7 +121,7 @@ def main(argv=None) -> int:
            if args.head or args.judge else None)
     for d in args.head:
         t0 = time.perf_counter()
-        signals[f"head:{d}"] = head_scores(eng, d, sols)
+        signals[f"head:{d}"] = head_scores(eng, d, sols, args.final_step_at)
         print(f"{d}: {len(sols)} solutions in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.judge:
         t0 = time.perf_counter()

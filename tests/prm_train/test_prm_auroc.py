@@ -50,3 +50,13 @@ def test_gsm8k_suite_passes_its_prm_to_the_stack(monkeypatch, tmp_path):
             asyncio.run(gsm8k_suite.main(["--data", str(data), "--limit", "1", "--methods", "slm",
                                           "--out-dir", str(tmp_path), *argv]))
         assert seen["prm"] == want
+
+
+def test_final_step_token_follows_the_heads_sequence_and_the_flag():
+    from types import SimpleNamespace
+
+    from prm_auroc import final_token
+    m = SimpleNamespace(eos_token_ids=[7, 8])
+    assert final_token(m, SimpleNamespace(sequence="slm"), "eot") == 7
+    assert final_token(m, SimpleNamespace(sequence="slm"), "delimiter") is None
+    assert final_token(m, SimpleNamespace(sequence="text"), "eot") is None  # another model's text layout

@@ -62,6 +62,9 @@ async def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["slm", "llm", "fusion", "gboost"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kv-memory-gb", type=float, default=7.0)
+    ap.add_argument("--prm", default=None, metavar="value-head:DIR",
+                    help="the PRM of every method (default: the 1.5B judge); with --tag, e.g. _head, "
+                         "its records do not overwrite the judge's")
     ap.add_argument("--out-dir", default=str(HERE / "runs"))
     ap.add_argument("--tag", default="", help="suffix of the output names")
     ap.add_argument("--resume", action="store_true",
@@ -98,7 +101,7 @@ async def main(argv=None) -> int:
     rows = load_rows(args.data)[: args.limit]
     cfgs = {m: config_for(m, args.seed) for m in args.methods}
     t0 = time.perf_counter()
-    stack = await build_stack(cfgs[args.methods[0]], kv_memory_gb=args.kv_memory_gb)
+    stack = await build_stack(cfgs[args.methods[0]], kv_memory_gb=args.kv_memory_gb, prm=args.prm)
     print(f"models loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     base = stack.executor
     backends = {m: EngineExecutor(stack.engine, stack.scheduler, cfgs[m], llm=base.llm, prm=base.prm,
@@ -131,7 +134,7 @@ async def main(argv=None) -> int:
         d.pop("records", None)
         d["backend_cost"] = None   # shared by every method in this process: not attributable
         d["suite"] = {"methods": args.methods, "wall_s": round(wall, 1),
-                      "concurrency": slots.get(m, 8), "pool": args.pool, "priority": prio[m],
+                      "concurrency": slots.get(m, 8), "pool": args.pool, "priority": prio[m], "prm": args.prm,
                       "argv": sys.argv[1:]}
         name[m].with_name(name[m].stem + ".summary.json").write_text(json.dumps(d, indent=1))
         print(json.dumps({"method": m, "n": d["n"], "accuracy": d["accuracy"], "ci95": d["ci95"],

@@ -181,7 +181,8 @@ def cmd_train_prm(args) -> int:
     from engine.prm_train.rollouts import RolloutPlan
     from engine.search.config import SearchConfig
     plan = TrainPlan(RolloutPlan(samples=args.samples, collab_share=args.collab_share, mc_rollouts=args.mc_rollouts,
-                                 concurrency=args.concurrency),
+                                 concurrency=args.concurrency,
+                                 max_tokens=args.max_chain_tokens if args.max_chain_tokens > 0 else None),
                      features=args.features, layers=args.layers, labels=args.labels,
                      fit=FitConfig(mlp_hidden=args.mlp_hidden, seed=args.seed))
     plan.validate()
@@ -354,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--layers", type=int, nargs="+", default=None, help="candidate decoder layers (1-based)")
     r.add_argument("--mlp-hidden", type=int, default=0, help="0: logistic regression; else an MLP of this width")
     r.add_argument("--concurrency", type=int, default=16)
+    r.add_argument("--max-chain-tokens", type=int, default=1024,
+                   help="stop a rollout whose steps reach this many tokens (graded as it stands); 0: no cap")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--fit-only", action="store_true",
                    help="sample nothing: fit on the rollouts already in --out (those of --lines)")

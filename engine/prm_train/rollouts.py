@@ -29,6 +29,10 @@ class RolloutPlan:
     collab_share: float = 0.3  # chance that a step is collaborative (needs a general LLM)
     mc_rollouts: int = 0       # M SLM completions per step for Math-Shepherd soft labels (0: off)
     concurrency: int = 16      # chains in flight (their forwards share batches)
+    # A chain stops (and is graded as it stands, so it is wrong unless it already answered) once its
+    # steps hold this many tokens: a degenerate chain can run max_depth x max_step_tokens tokens alone
+    # at batch 1 after the others finish, minutes per solution on a CPU; GSM8K solutions need < 500.
+    max_tokens: int | None = 1024
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -39,6 +43,8 @@ class RolloutPlan:
             raise ValueError(f"mc_rollouts must be >= 0, got {self.mc_rollouts}")
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 or None, got {self.max_tokens}")
 
 
 def default_checker(text: str, row: EvalRow) -> bool:
@@ -86,6 +92,7 @@ async def sample_chain(backend, cfg: SearchConfig, row: EvalRow, line: int, k: i
     root = await be.root(row.question)
     held = [root]
     steps, mc = [], []
+    n_tokens, truncated = 0, False
     try:
         prompt_ids = list(root.slm.token_ids)
         state = root
@@ -96,7 +103,9 @@ async def sample_chain(backend, cfg: SearchConfig, row: EvalRow, line: int, k: i
             steps.append({"text": out.text, "action": action, "fault": out.fault,
                           "token_ids": list(out.token_ids)})
             state = out.state
-            if plan.mc_rollouts and not out.terminal:
+            n_tokens += len(out.token_ids)
+            truncated = not out.terminal and plan.max_tokens is not None and n_tokens >= plan.max_tokens
+            if plan.mc_rollouts and not out.terminal and not truncated:
                 done = [s["text"] for s in steps]
                 rolls = await asyncio.gather(*[_complete(be.with_config(be.cfg.replace(seed=chain_seed(
                     seed, line, k, len(steps), m))), state) for m in range(plan.mc_rollouts)])
@@ -105,7 +114,7 @@ async def sample_chain(backend, cfg: SearchConfig, row: EvalRow, line: int, k: i
                     held.extend(made)
                     hits += check(cfg.step_delimiter.join(done + texts), row)
                 mc.append(hits / plan.mc_rollouts)
-            if out.terminal:
+            if out.terminal or truncated:
                 break
     finally:
         for s in held:
@@ -115,7 +124,7 @@ async def sample_chain(backend, cfg: SearchConfig, row: EvalRow, line: int, k: i
     if plan.mc_rollouts:
         mc.append(float(correct))  # the last step's completion is the solution itself
     return {"line": line, "k": k, "seed": seed, "question": row.question, "gold": row.gold,
-            "prompt_ids": prompt_ids, "steps": steps, "correct": correct,
+            "prompt_ids": prompt_ids, "steps": steps, "correct": correct, "truncated": truncated,
             "mc": mc if plan.mc_rollouts else None}
 
 

@@ -12,7 +12,7 @@ from engine.models.value_head import HeadCard, ValueHead, load_head, model_finge
 from engine.prm_train.features import Solution, extract, slm_solution, text_solution
 from engine.prm_train.fit import FitConfig, auroc, fit_head
 from engine.prm_train.pipeline import TrainPlan, step_labels, train_prm
-from engine.prm_train.rollouts import RolloutPlan, read_records
+from engine.prm_train.rollouts import RolloutPlan, read_records, run_rollouts
 from engine.scheduler import Scheduler
 from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.api import solve
@@ -291,3 +291,51 @@ def test_text_solution_is_the_scorers_sequence():
     rec = {"question": "Q?", "steps": [{"text": "a"}, {"text": "b c"}]}
     sol = text_solution(tok, rec)
     assert tok.decode(sol.ids).endswith("Q?\n\na\n\nb c\n\n") and sol.ends == [len(sol.ids) - 6, len(sol.ids) - 1]
+
+
+def test_extract_stops_at_the_deepest_layer_and_groups_give_the_same_rows():
+    eng = tiny_engine({"slm": 1, "llm": 2})
+    m = eng.role("slm")
+    n = m.config.num_hidden_layers
+    assert n >= 2
+    g = torch.Generator().manual_seed(3)
+    sols = [Solution(torch.randint(0, m.config.vocab_size, (t,), generator=g).tolist(), [t // 2, t - 1])
+            for t in (9, 17, 5)]
+    full = extract(m, eng.cache, sols, [1, n], batch_tokens=10**6)  # one forward through every layer
+    runs = eng.cache.runs
+    short = extract(m, eng.cache, sols, [1])                          # three forwards cut after layer 1
+    for a, b in zip(full[1], short[1]):
+        assert a.shape == (2, m.config.hidden_size)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # fp32: only the batch's summation order differs
+    assert not torch.allclose(full[1][0], full[n][0])   # the layers do differ: the cut is not a no-op
+    assert eng.cache.runs == runs                       # a cut forward commits nothing ...
+    assert eng.cache.live == {}                         # ... and leaves no sequence or block held
+    eng.cache.check_refcounts()
+    assert m.model.captured is None
+
+
+def test_rollouts_stop_at_the_token_cap(tmp_path):
+    rows = rows_from_dicts(ROWS[:3])
+    be, cfg = _train_backend()  # max_depth 3, max_step_tokens 5: uncapped chains run up to 15 tokens
+    plan = RolloutPlan(samples=2, collab_share=0.5, concurrency=4, max_tokens=4)
+    recs = run(run_rollouts(be, cfg, rows, tmp_path / "r.jsonl", plan, check=_scripted, progress=False))
+    for r in recs:
+        n = sum(len(s["token_ids"]) for s in r["steps"])
+        # a chain ends at its answer or at the first step that reaches the cap, never later
+        assert n - len(r["steps"][-1]["token_ids"]) < 4
+        assert not r["truncated"] or n >= 4
+    assert any(r["truncated"] for r in recs)
+    assert be.engine.cache.live == {}
+    be.engine.cache.check_refcounts()
+    with pytest.raises(ValueError, match="max_tokens"):
+        RolloutPlan(max_tokens=0).validate()
+
+
+def test_text_solution_can_end_on_the_slms_end_of_turn():
+    eng = tiny_engine({"slm": 1})
+    m = eng.role("slm")
+    rec = {"question": "Q?", "steps": [{"text": "a"}, {"text": "b c"}]}
+    plain, eos = text_solution(m.tokenizer, rec), text_solution(m.tokenizer, rec, m.eos_token_ids[0])
+    assert eos.ends[0] == plain.ends[0] and eos.ids[:eos.ends[0] + 1] == plain.ids[:plain.ends[0] + 1]
+    assert eos.ids[-1] == m.eos_token_ids[0] and eos.ends[-1] == len(eos.ids) - 1
+    assert m.tokenizer.decode(eos.ids[eos.ends[0] + 1:-1]) == "b c"

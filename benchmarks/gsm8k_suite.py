@@ -2,7 +2,7 @@
 
     python benchmarks/gsm8k_suite.py --limit 100 --methods slm llm fusion gboost
 
-Each method gets its own EngineBackend (its own sampling config) over the same engine,
+Each method gets its own EngineExecutor (its own sampling config) over the same engine,
 scheduler, local LLM and PRM, so the requests of all methods share forward batches: on a
 2-core CPU a decode step of the 1.5B costs 0.20 s at batch 1 and 0.57 s at batch 32, so
 one mixed run finishes far sooner than the methods one after another.
@@ -28,7 +28,7 @@ from engine.evals.datasets import load_rows
 from engine.engine import tune_malloc_for_long_runs
 from engine.evals.loop import run_eval
 from engine.evals.slots import PrioritySlots
-from engine.search.actions import EngineBackend
+from engine.collab.executor import EngineExecutor
 from engine.search.config import SearchConfig
 from engine.stack import build_stack
 
@@ -100,8 +100,8 @@ async def main(argv=None) -> int:
     t0 = time.perf_counter()
     stack = await build_stack(cfgs[args.methods[0]], kv_memory_gb=args.kv_memory_gb)
     print(f"models loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-    base = stack.backend
-    backends = {m: EngineBackend(stack.engine, stack.scheduler, cfgs[m], llm=base.llm, prm=base.prm,
+    base = stack.executor
+    backends = {m: EngineExecutor(stack.engine, stack.scheduler, cfgs[m], llm=base.llm, prm=base.prm,
                                  base=base.base, options=base.opt) for m in args.methods}
     done = {m: [0, 0] for m in args.methods}
 

@@ -21,10 +21,10 @@ import time
 
 from engine.llm.local import LocalLLM
 from engine.scheduler import Scheduler
-from engine.search.actions import BackendOptions, EngineBackend
+from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.api import solve
 from engine.search.config import SearchConfig
-from engine.search.prm import PRMScorer, PRMSpec
+from engine.collab.prm import PRMScorer, PRMSpec
 from engine.testing import tiny_engine
 
 PREAMBLE = "You are a careful solver. " * 12
@@ -38,9 +38,9 @@ def run(num_blocks: int, requests: int, preempt: bool) -> dict:
         sched, preempt = Scheduler(eng), None
     cfg = SearchConfig(method="gboost", max_step_tokens=24, max_depth=4, num_simulations=6,
                        temperature=0.8, top_p=1.0, seed=0)
-    be = EngineBackend(eng, sched, cfg, llm=LocalLLM(eng, sched),
+    be = EngineExecutor(eng, sched, cfg, llm=LocalLLM(eng, sched),
                        prm=PRMScorer(eng, sched, PRMSpec(kind="judge", yes_token="Y")),
-                       options=BackendOptions(collab_mode="speculative", max_draft=4))
+                       options=CollabOptions(collab_mode="speculative", max_draft=4))
 
     async def main():
         qs = [PREAMBLE + f"Question {i}: {i}+{3 * i}?" for i in range(requests)]
@@ -71,7 +71,7 @@ def run_demo(kv_gb: float, requests: int) -> dict:
     async def main():
         st = await build_stack(cfg, kv_memory_gb=kv_gb)
         t0 = time.perf_counter()
-        res = await asyncio.gather(*(solve(q, st.backend, cfg) for q in qs), return_exceptions=True)
+        res = await asyncio.gather(*(solve(q, st.executor, cfg) for q in qs), return_exceptions=True)
         wall = time.perf_counter() - t0
         st.engine.cache.check_refcounts()
         assert not st.engine.cache.live, "a request leaked KV blocks"

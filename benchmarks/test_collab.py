@@ -13,10 +13,10 @@ import pytest
 
 from engine.llm.remote import RemoteLLM
 from engine.scheduler import Scheduler
-from engine.search.actions import BackendOptions, EngineBackend
+from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.api import solve
 from engine.search.config import SearchConfig
-from engine.search.prm import PRMScorer, PRMSpec
+from engine.collab.prm import PRMScorer, PRMSpec
 from engine.server.app import create_app
 from engine.server.engine_backend import EngineCompletionBackend
 from engine.server.faults import FaultConfig
@@ -41,8 +41,8 @@ def _solve_many(url, n):
         sched = Scheduler(eng)
         llm = RemoteLLM(url, top_logprobs=V, vocab_size=V, max_concurrency=64)
         cfg = SearchConfig(method="fusion", temperature=0.0, top_p=1.0, max_step_tokens=8, max_depth=2)
-        be = EngineBackend(eng, sched, cfg, llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
-                           options=BackendOptions(collab_mode="speculative", max_draft=8))
+        be = EngineExecutor(eng, sched, cfg, llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
+                           options=CollabOptions(collab_mode="speculative", max_draft=8))
         t0 = time.perf_counter()
         res = await asyncio.gather(*(solve(f"question {i}", be, cfg) for i in range(n)))
         dt = time.perf_counter() - t0
@@ -77,9 +77,9 @@ def test_demo_pair_collaborative_steps(benchmark, mode):
     async def go():
         cfg = SearchConfig(method="fusion", temperature=0.7, top_p=0.95, max_step_tokens=96, max_depth=4, seed=0,
                            score_baselines=False)
-        stack = await build_stack(cfg, options=BackendOptions(collab_mode=mode, max_draft=16))
+        stack = await build_stack(cfg, options=CollabOptions(collab_mode=mode, max_draft=16))
         try:
-            be = stack.backend
+            be = stack.executor
             t0 = time.perf_counter()
             res = await solve(QUESTION, be, cfg)
             dt = time.perf_counter() - t0

@@ -5,7 +5,7 @@ runs it as the module ``_gboost_capi``; nothing is read from disk at run time. I
 imported on its own (tests/csrc does) because it only uses the engine's public Python API.
 
 One :class:`EngineHandle` per ``gboost_engine*``. It owns the serving stack of
-:func:`engine.stack.build_stack` (engine, scheduler, general LLM, PRM, search backend) and ONE
+:func:`engine.stack.build_stack` (engine, scheduler, general LLM, PRM, step executor) and ONE
 asyncio event loop running in a dedicated daemon thread. Every C call (from any host thread, GIL
 taken by the C side) submits a coroutine to that loop with ``run_coroutine_threadsafe`` and
 waits for it; the wait releases the GIL. Concurrent ``generate`` and ``solve`` calls on one handle
@@ -201,11 +201,11 @@ class EngineHandle:
         if not isinstance(search, dict):
             raise ValueError("config_json: 'search' must be an object of SearchConfig fields")
 
-        from engine.search.actions import BackendOptions
+        from engine.collab.executor import CollabOptions
         from engine.search.config import SearchConfig
 
         self.cfg = SearchConfig.from_dict(search)
-        options = BackendOptions(**{k: cfg[k] for k in _OPTION_KEYS if k in cfg})
+        options = CollabOptions(**{k: cfg[k] for k in _OPTION_KEYS if k in cfg})
         stack_kw = {k: cfg[k] for k in _STACK_KEYS if k in cfg}
         self.config = {"slm": slm, "llm": llm, "prm": cfg.get("prm"), **stack_kw}
 
@@ -293,8 +293,8 @@ class EngineHandle:
         cfg = self.cfg.replace(**o) if o else self.cfg
         self._enter()
         try:
-            # solve() gives the shared backend this call's settings (EngineBackend.with_config)
-            res = self._call(solve(question, self.stack.backend, cfg))
+            # solve() gives the shared executor this call's settings (EngineExecutor.with_config)
+            res = self._call(solve(question, self.stack.executor, cfg))
             return _dumps(res.to_dict(include_tree=include_tree))
         finally:
             self._leave()
@@ -310,7 +310,7 @@ class EngineHandle:
                            "roles": dict(eng.roles), "kv_free_blocks": eng.cache.blocks.num_free(),
                            "scheduler_batches": sched.batches,
                            "scheduler_max_batch": max(sched.batch_sizes, default=0),
-                           "backend_cost": self.stack.backend.cost.to_dict(),
+                           "backend_cost": self.stack.executor.cost.to_dict(),
                            "python": {"version": sys.version.split()[0], "executable": sys.executable,
                                       "prefix": sys.prefix}})
         finally:

@@ -352,13 +352,13 @@ async def _per_action(st: Setup, be, naive, clock: ForwardClock, rows: list[Row]
     steps start from a depth-1 node whose prefix the engine's SLM, LLM and PRM already hold, as for
     most nodes of a search (a root's first children each prefill the prompt: forks of a sequence
     that never ran are not matched against the prefix cache, so that repeats compute alike)."""
-    from engine.search.actions import BackendOptions
+    from engine.collab.executor import CollabOptions
     cfg = st.cfgs["gboost"]
     be, naive = be.with_config(cfg), naive.with_config(cfg)
     exact = copy.copy(be)
-    exact.opt = BackendOptions(**{**asdict(be.opt), "collab_mode": "exact"})
+    exact.opt = CollabOptions(**{**asdict(be.opt), "collab_mode": "exact"})
     spec = copy.copy(be)
-    spec.opt = BackendOptions(**{**asdict(be.opt), "collab_mode": "speculative"})
+    spec.opt = CollabOptions(**{**asdict(be.opt), "collab_mode": "speculative"})
     kinds = [("SLM step", "slm", be), ("collab step, exact", "collab", exact),
              ("collab step, speculative", "collab", spec), ("LLM step (speculative, SLM drafts)", "llm", spec)]
     # per label: [engine walls], [engine forward s], [naive walls], [naive forward s], same, n
@@ -461,21 +461,21 @@ async def run(st: Setup, log=print) -> list[Row]:
         hf_slm = naive_mod.load_hf(st.slm, st.dtype, st.device)
         hf_llm = naive_mod.load_hf(st.llm, st.dtype, st.device)
         tok = stack.engine.role("slm").tokenizer
-        naive = naive_mod.NaiveBackend(tok, cfg0, hf_slm, llm=hf_llm, prm=hf_llm,
-                                       prm_spec=stack.backend.prm.spec, eos=stack.engine.role("slm").eos_token_ids)
+        naive = naive_mod.NaiveExecutor(tok, cfg0, hf_slm, llm=hf_llm, prm=hf_llm,
+                                       prm_spec=stack.executor.prm.spec, eos=stack.engine.role("slm").eos_token_ids)
         clock = ForwardClock(st.device)
         for m in stack.engine.models.values():
             clock.wrap_runner(m.runner)
         for m in (hf_slm, hf_llm):
             clock.hook(m)
         rows: list[Row] = []
-        info = await _end_to_end(st, stack.backend, naive, clock, rows, log)
+        info = await _end_to_end(st, stack.executor, naive, clock, rows, log)
         spent_en, share_en = _bookkeeping(info["gboost"][0])
         spent_nv, share_nv = _bookkeeping(info["gboost"][1])
         rows.append(Row("gboost: search bookkeeping/request", f"{_ms(spent_en)} ({_pct(share_en)})",
                         f"{_ms(spent_nv)} ({_pct(share_nv)})"))
         log("per-action steps")
-        await _per_action(st, stack.backend, naive, clock, rows)
+        await _per_action(st, stack.executor, naive, clock, rows)
         log("decode")
         _decode(st, stack.engine, hf_slm, naive_mod, rows)
         stack.engine.cache.check_refcounts()

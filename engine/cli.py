@@ -52,14 +52,15 @@ def _search_config(args):
 async def _stack(args, cfg, check: bool = True):
     """The stack for ``cfg``; with ``check`` a config it cannot run is refused (ConfigError, exit 2)
     before any model loads -- serve checks each request's config instead."""
-    from engine.search.actions import BackendOptions, check_stack_runs
+    from engine.collab.executor import CollabOptions
+    from engine.search.config import check_stack_runs
     from engine.stack import build_stack
     llm = None if args.llm in (None, "", "none") else args.llm
     if check:
         check_stack_runs(cfg, has_llm=llm is not None, has_base=bool(args.base))
     return await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
                              dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
-                             options=BackendOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault))
+                             options=CollabOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault))
 
 
 # -- generate -------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def cmd_solve(args) -> int:
                 print(f"[step {step['index'] + 1} · {step['action']} · reward "
                       f"{'-' if r is None else f'{r:.3f}'}] {step['text']}", flush=True)
         try:
-            res = await solve(args.question, stack.backend, cfg, on_step=on_step)
+            res = await solve(args.question, stack.executor, cfg, on_step=on_step)
         finally:
             await stack.aclose()
         if args.trace:
@@ -131,7 +132,7 @@ def cmd_eval(args) -> int:
         from engine.evals.loop import run_eval
         stack = await _stack(args, cfg)
         try:
-            report = await run_eval(rows, stack.backend, cfg, limit=args.limit, out_path=args.out,
+            report = await run_eval(rows, stack.executor, cfg, limit=args.limit, out_path=args.out,
                                     concurrency=args.concurrency, resume=args.resume)
         finally:
             await stack.aclose()
@@ -199,10 +200,10 @@ def cmd_train_prm(args) -> int:
         raise ValueError("collaborative rollout steps need a general LLM: pass --llm, or --collab-share 0")
 
     async def main():
-        from engine.search.actions import BackendOptions
+        from engine.collab.executor import CollabOptions
         from engine.stack import build_stack
         stack = await build_stack(cfg, slm=args.slm, llm=llm, prm="none", dtype=args.dtype, device=args.device,
-                                  kv_memory_gb=args.kv_memory_gb, options=BackendOptions(collab_mode=args.collab_mode))
+                                  kv_memory_gb=args.kv_memory_gb, options=CollabOptions(collab_mode=args.collab_mode))
         try:
             desc = {"path": str(Path(args.data).resolve()), "lines": list(lines) if lines else None}
             if args.fit_only:
@@ -210,7 +211,7 @@ def cmd_train_prm(args) -> int:
                                                {"data": desc, "fit_only": True})
                 recs = records
             else:
-                card, recs = await train_prm(stack.backend, cfg, rows, args.out, plan, data_desc=desc)
+                card, recs = await train_prm(stack.executor, cfg, rows, args.out, plan, data_desc=desc)
         finally:
             await stack.aclose()
         m = {k: float("nan") if v is None else v for k, v in card.metrics.items()}
@@ -249,7 +250,7 @@ def cmd_serve(args) -> int:
             try:
                 backend = EngineCompletionBackend(stack.engine, stack.scheduler,
                                                   model_name=args.served_name or args.slm)
-                solver = Solver(stack.backend, cfg)
+                solver = Solver(stack.executor, cfg)
                 app = create_app(backend, fault=fault if fault.active else None, api_key=api_key, solver=solver)
                 seen = {}
                 sig = await aserve(app, host=args.host, port=args.port, graceful_shutdown_s=args.shutdown_grace,

@@ -9,29 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-#: Seeds are the integers torch.Generator.manual_seed accepts: it keeps 64 bits, a negative seed
-#: standing for its two's complement (-1 is 2**64 - 1). Checked by ``check_seed`` on every route
-#: (completions, solve, SearchConfig, CLI) so a seed is refused alike everywhere, never overflows.
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
-SEED_RANGE = "[-2**63, 2**64 - 1]"
-
-
-def check_seed(seed: int | None, what: str = "seed") -> int | None:
-    """``seed`` unchanged if it is None or an integer in ``SEED_RANGE``; else ValueError."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"{what} must be an integer in {SEED_RANGE}, got {type(seed).__name__}")
-    if not SEED_MIN <= seed <= SEED_MAX:
-        shown = str(seed) if abs(seed) < 10**30 else f"an integer of {len(str(abs(seed)))} digits"
-        raise ValueError(f"{what} must be an integer in {SEED_RANGE}, got {shown}")
-    return seed
-
-
-def offset_seed(seed: int | None, j: int) -> int | None:
-    """Seed of the j-th of several samples (e.g. choice j of n): ``seed + j``, wrapped to 64 bits as
-    manual_seed itself wraps negative seeds, so a seed near the top of the range cannot overflow."""
-    return None if seed is None else (seed + j) % 2**64
+# the seed rules are model-free (SearchConfig checks them too); routes import them from here
+from engine.seeds import SEED_MAX, SEED_MIN, SEED_RANGE, check_seed, offset_seed  # noqa: F401
 
 
 @dataclass
@@ -94,3 +73,13 @@ def processed_probs(z: torch.Tensor, temperature: float, top_k: int = 0, top_p: 
     keep = keep_mask(x, top_k, top_p)
     # -1e30 rather than -inf: same zeros after exp, and CPU softmax has a slow path for -inf.
     return torch.softmax(torch.where(keep, x, -1e30), dim=-1)
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
+    """One token from one row of logits [V], with the caller's own generator. On CPU the nucleus
+    comes from a partial sort and noise is drawn for the kept tokens only; elsewhere the Triton sampler."""
+    from kernels.fused_sampling import make_noise, sample, sample_kept
+    if logits.device.type == "cpu":
+        return int(sample_kept(logits[None], temperature, 0, top_p, gen)[0])
+    noise = make_noise(1, logits.shape[-1], gen, logits.device)
+    return int(sample(logits[None].float(), temperature, 0, top_p, noise)[0])

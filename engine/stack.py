@@ -1,5 +1,5 @@
 """Builds the serving stack for a request stream: engine (SLM, local LLM, PRM on one KV pool),
-scheduler, general LLM (local or remote), PRM scorer and the search backend."""
+scheduler, general LLM (local or remote), PRM scorer and the step executor."""
 from __future__ import annotations
 
 import asyncio
@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from engine.engine import Engine
 from engine.scheduler import Scheduler
-from engine.search.actions import BackendOptions, EngineBackend
+from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.config import SearchConfig
-from engine.search.prm import PRMScorer, PRMSpec
+from engine.collab.prm import PRMScorer, PRMSpec
 
 DEFAULT_SLM = "qwen2.5-coder-0.5b"
 DEFAULT_LLM = "qwen2.5-coder-1.5b"
@@ -24,7 +24,7 @@ def is_url(s: str | None) -> bool:
 class Stack:
     engine: Engine
     scheduler: Scheduler
-    backend: EngineBackend
+    executor: EngineExecutor
     llm: object | None
 
     async def aclose(self) -> None:
@@ -33,8 +33,8 @@ class Stack:
                 await self.llm.aclose()
         finally:
             try:
-                if self.backend.base is not None:
-                    await self.backend.base.aclose()
+                if self.executor.base is not None:
+                    await self.executor.base.aclose()
             finally:
                 self.scheduler.close()
 
@@ -43,7 +43,7 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
                       prm: str | None = None, prm_kind: str = "judge", base: str | None = None,
                       dtype: str = "bfloat16",
                       device: str = "cpu", kv_memory_gb: float = 2.0, block_size: int = 16,
-                      options: BackendOptions | None = None, llm_timeout_s: float = 60.0,
+                      options: CollabOptions | None = None, llm_timeout_s: float = 60.0,
                       llm_top_logprobs: int = 20) -> Stack:
     """`llm` is a model name/path (resident, shares the pool) or an http(s) URL of an
     OpenAI-compatible endpoint. The PRM defaults to the local LLM (judge), else the SLM;
@@ -86,7 +86,7 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
         from engine.llm.local import LocalLLM
         general = LocalLLM(engine, sched)
     if head_dir is not None:
-        from engine.search.value_prm import ValueHeadScorer
+        from engine.collab.value_prm import ValueHeadScorer
         scorer = ValueHeadScorer(engine, sched, head_dir)
     else:
         scorer = PRMScorer(engine, sched, PRMSpec(kind=prm_kind)) if prm else None
@@ -94,5 +94,5 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
     if base:
         from engine.llm.local import LocalLLM
         base_lm = LocalLLM(engine, sched, role="base", charge_as="base_tokens")
-    backend = EngineBackend(engine, sched, cfg, llm=general, prm=scorer, base=base_lm, options=options)
-    return Stack(engine, sched, backend, general)
+    executor = EngineExecutor(engine, sched, cfg, llm=general, prm=scorer, base=base_lm, options=options)
+    return Stack(engine, sched, executor, general)

@@ -74,9 +74,9 @@ def tiny_stack(cfg=None, *, num_blocks: int = 512, llm: bool = True, prm_kind: s
     wires real checkpoints. For in-process servers in tests, fuzzing and benchmarks."""
     from engine.llm.local import LocalLLM
     from engine.scheduler import Scheduler
-    from engine.search.actions import BackendOptions, EngineBackend
+    from engine.collab.executor import CollabOptions, EngineExecutor
     from engine.search.config import SearchConfig
-    from engine.search.prm import PRMScorer, PRMSpec
+    from engine.collab.prm import PRMScorer, PRMSpec
     from engine.stack import Stack
     cfg = cfg or SearchConfig(max_step_tokens=6, max_depth=3, num_simulations=3)
     eng = tiny_engine({"slm": 1, **({"llm": 2} if llm else {}), "prm": 3}, num_blocks=num_blocks,
@@ -84,8 +84,8 @@ def tiny_stack(cfg=None, *, num_blocks: int = 512, llm: bool = True, prm_kind: s
     sched = Scheduler(eng)
     general = LocalLLM(eng, sched) if llm else None
     prm = PRMScorer(eng, sched, PRMSpec(kind=prm_kind, yes_token="Y"))
-    backend = EngineBackend(eng, sched, cfg, llm=general, prm=prm, options=options or BackendOptions(max_draft=4))
-    return Stack(eng, sched, backend, general)
+    executor = EngineExecutor(eng, sched, cfg, llm=general, prm=prm, options=options or CollabOptions(max_draft=4))
+    return Stack(eng, sched, executor, general)
 
 
 def tiny_app(stack, **create_app_kw):
@@ -94,7 +94,7 @@ def tiny_app(stack, **create_app_kw):
     from engine.server.engine_backend import EngineCompletionBackend
     from engine.server.solve import Solver
     backend = EngineCompletionBackend(stack.engine, stack.scheduler, model_name="tiny")
-    return create_app(backend, solver=Solver(stack.backend, stack.backend.cfg), **create_app_kw)
+    return create_app(backend, solver=Solver(stack.executor, stack.executor.cfg), **create_app_kw)
 
 
 def write_tiny_checkpoint(d, seed: int = 1, cfg: ModelConfig | None = None):

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from engine.search.api import solve
-from engine.search.backend import ToyBackend
+from toy_executor import ToyExecutor
 from engine.search.config import SearchConfig
 from engine.search.tree import Node
 from engine.trace import ACTION_COLORS, from_json, render_html, save_html, to_json
@@ -78,7 +78,7 @@ def test_html_contains_every_node_escaped_and_valid_svg():
 
 
 def test_html_of_a_real_search(tmp_path):
-    b = ToyBackend()
+    b = ToyExecutor()
     res = asyncio.run(solve("What is 3 + 4?", b, SearchConfig(num_simulations=8)))
     obj = to_json(res.root, res.chosen)
     p = save_html(tmp_path / "t.html", obj, title="demo")

@@ -130,7 +130,7 @@ async def _resolve_backend(make_backend_or_backend: Any) -> Any:
         if inspect.isawaitable(b):
             b = await b
         return b
-    raise TypeError("run_eval needs a StepBackend or a (possibly async) callable returning one")
+    raise TypeError("run_eval needs a StepExecutor or a (possibly async) callable returning one")
 
 
 def _as_rows(rows: Any) -> list[EvalRow]:

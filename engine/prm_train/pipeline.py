@@ -76,7 +76,7 @@ def _features(resident, cache, records: list[dict], plan: TrainPlan, path: Path,
 async def train_prm(backend, cfg: SearchConfig, rows: list[EvalRow], out: str | Path, plan: TrainPlan, *,
                     check: Checker = default_checker, data_desc: dict | None = None,
                     progress: bool = True) -> tuple[HeadCard, list[dict]]:
-    """Run all stages with `backend` (an EngineBackend without a PRM); returns the saved head's
+    """Run all stages with `backend` (an EngineExecutor without a PRM); returns the saved head's
     card and the rollout records."""
     plan.validate()
     out = Path(out)

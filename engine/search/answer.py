@@ -23,8 +23,18 @@ from fractions import Fraction
 __all__ = [
     "extract_boxed", "extract_after_phrase", "find_numbers", "last_number", "normalize_number",
     "extract_gsm8k_gold", "extract_gsm8k_pred", "extract_math_gold", "extract_math_pred",
-    "extract_answer", "normalize_math", "math_equal", "gsm8k_equal", "answer_key", "to_number",
+    "extract_answer", "normalize_math", "math_equal", "gsm8k_equal", "answer_key", "to_number", "ends_path",
 ]
+
+
+def ends_path(text: str, depth: int, cfg, answer_re: re.Pattern | None = None) -> bool:
+    """The search's terminal rule: a step at ``depth`` ends its path when it states a final answer
+    (``cfg.answer_pattern``) or reaches ``cfg.max_depth``. An executor adds what only it can see
+    (EOS, the model's last position) and the search applies this to every step it receives."""
+    if depth >= cfg.max_depth:
+        return True
+    return bool((answer_re or re.compile(cfg.answer_pattern)).search(text))
+
 
 # --------------------------------------------------------------------------------- boxed
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")

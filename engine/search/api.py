@@ -1,4 +1,4 @@
-"""Entry point of the search: ``await solve(question, backend, cfg, on_step)``.
+"""Entry point of the search: ``await solve(question, executor, cfg, on_step)``.
 
 Dispatches on ``cfg.method``:
 
@@ -15,7 +15,7 @@ rsd        reward-guided speculative decoding (SLM, LLM regenerates low-PRM step
 ``on_step(step)`` (sync or async) receives ``{"index", "text", "action", "reward"}``
 for every step of the answer: as each step is decided for the chain methods
 (slm, llm, fusion, rsd), and in order once the search has chosen its path for
-gboost, bon and beam.  Every backend state is released before ``solve``
+gboost, bon and beam.  Every executor state is released before ``solve``
 returns or raises.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ from .answer import extract_answer
 from .baselines import run_beam, run_bon, run_chain, run_rsd
 from .config import SearchConfig
 from .cost import CostRecord, request_scope
-from .gboost import SearchContext, run_gboost
+from .context import SearchContext
+from .gboost import run_gboost
 from .tree import Node, path_score
 
 __all__ = ["solve", "SolveResult"]
@@ -76,24 +77,24 @@ async def _run(ctx: SearchContext) -> Node | None:
     raise ValueError(f"unknown method {m!r}")  # config validation makes this unreachable
 
 
-async def solve(question: str, backend: Any, cfg: SearchConfig | None = None,
+async def solve(question: str, executor: Any, cfg: SearchConfig | None = None,
                 on_step: OnStep | None = None) -> SolveResult:
     """Solve one question with ``cfg.method``; every state is released before returning/raising."""
     cfg = cfg if cfg is not None else SearchConfig()
     if not isinstance(cfg, SearchConfig):
         raise TypeError(f"cfg must be a SearchConfig, got {type(cfg).__name__}")
     cfg.validate()  # it is a mutable dataclass: catch fields changed after construction
-    if hasattr(backend, "with_config") and getattr(backend, "cfg", cfg) is not cfg:
-        backend = backend.with_config(cfg)  # the backend generates with this request's settings
-    ctx = SearchContext(backend, cfg, question, on_step)
+    if hasattr(executor, "with_config") and getattr(executor, "cfg", cfg) is not cfg:
+        executor = executor.with_config(cfg)  # the executor generates with this request's settings
+    ctx = SearchContext(executor, cfg, question, on_step)
     t0 = time.perf_counter()
     try:
         with request_scope() as measured:
-            if getattr(backend, "measures_request_cost", False):
+            if getattr(executor, "measures_request_cost", False):
                 ctx.measured = measured  # budgets read what the LLM really computed
             end = await _run(ctx)
-        if getattr(backend, "measures_request_cost", False):
-            # The backend counted what it really computed (prefill, drafts, judge suffixes,
+        if getattr(executor, "measures_request_cost", False):
+            # The executor counted what it really computed (prefill, drafts, judge suffixes,
             # prefix-cache hits): report that instead of the search's step-token estimate.
             for k in ("slm_tokens", "llm_tokens", "prm_tokens", "base_tokens", "prefix_cache_tokens", "prm_tokens_saved"):
                 setattr(ctx.cost, k, getattr(measured, k))

@@ -1,8 +1,8 @@
-"""Baselines, on the same backend protocol and SearchContext as G-Boost.
+"""Baselines, on the same executor protocol and SearchContext as G-Boost.
 
 slm / llm / fusion
     One chain of steps, one sample per step, with action ``slm`` / ``llm`` /
-    ``collab`` ("greedy-ish": the backend's temperature applies; set
+    ``collab`` ("greedy-ish": the executor's temperature applies; set
     ``temperature=0`` for greedy).  Steps are PRM-scored only for reporting
     (``score_baselines``).  If the request's LLM budget is spent, the llm/fusion
     chains continue with SLM steps.
@@ -24,7 +24,8 @@ rsd
 """
 from __future__ import annotations
 
-from .gboost import SearchContext, choose_final
+from .context import SearchContext
+from .final import choose_final
 from .tree import Node, path_score
 
 __all__ = ["run_chain", "run_bon", "run_beam", "run_rsd"]

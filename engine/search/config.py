@@ -14,7 +14,7 @@ decoding (``collab``):
 
 ``"both"`` (default)
     Every expansion samples ``slm_width`` SLM children **and** ``collab_width``
-    collab children, concurrently (one ``asyncio.gather``, so the backend batches
+    collab children, concurrently (one ``asyncio.gather``, so the executor batches
     them).  The PRM scores all of them in one call and UCT decides which
     action's continuation the search follows; the chosen path is a per-step mix
     of the two modes.  This is the paper's formulation (the two inference modes
@@ -49,10 +49,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from engine.sampling import check_seed
+from engine.seeds import check_seed
 
-__all__ = ["SearchConfig", "ConfigError", "METHODS", "ACTION_POLICIES", "FINAL_CHOICES",
-           "PRM_AGGREGATIONS", "FUSION_RULES"]
+__all__ = ["SearchConfig", "ConfigError", "ACTIONS", "METHODS", "ACTION_POLICIES", "FINAL_CHOICES",
+           "PRM_AGGREGATIONS", "FUSION_RULES", "check_stack_runs"]
+
+#: How a step can be written; each name is one step function in engine/collab/executor.py's STEPS
+ACTIONS = ("slm", "collab", "llm")
 
 METHODS = ("gboost", "slm", "llm", "fusion", "bon", "beam", "rsd")
 ACTION_POLICIES = ("both", "gate", "arms")
@@ -87,7 +90,7 @@ class SearchConfig:
     #: the search stays breadth-first and rarely reaches a terminal step (the classic sqrt(2)
     #: assumes rollouts to the end, which G-Boost does not do)
     uct_c: float = 0.2
-    #: leaves selected per round (virtual loss keeps them distinct); >1 gives the backend a
+    #: leaves selected per round (virtual loss keeps them distinct); >1 gives the executor a
     #: bigger batch per round at the price of slightly staler statistics
     leaf_parallelism: int = 1
     #: SLM children per expansion (also: children per beam in method=beam)
@@ -112,9 +115,9 @@ class SearchConfig:
     early_stop_reward: float | None = None
 
     # ---- steps and answers -----------------------------------------------------------------
-    #: tokens per step at most (read by the backend)
+    #: tokens per step at most (read by the executor)
     max_step_tokens: int = 256
-    #: separator between reasoning steps (read by the backend; used to join the solution)
+    #: separator between reasoning steps (read by the executor; used to join the solution)
     step_delimiter: str = "\n\n"
     #: regex: a step matching it states the final answer and is terminal
     answer_pattern: str = r"\\boxed\s*\{|[Tt]he (?:final )?answer is"
@@ -128,8 +131,8 @@ class SearchConfig:
 
     # ---- per-request LLM budgets (None = unlimited) ----------------------------------------
     #: LLM tokens (collab + llm steps) after which only SLM steps are generated (checked before
-    #: each round, so the round in flight may overshoot it by its own tokens).  With a backend
-    #: that measures (EngineBackend) this counts what the LLM computed -- context prefill and
+    #: each round, so the round in flight may overshoot it by its own tokens).  With an executor
+    #: that measures (EngineExecutor) this counts what the LLM computed -- context prefill and
     #: verified drafts included -- not just the tokens of the steps it helped write
     max_llm_tokens: int | None = None
     #: LLM-involving step generations (one per collab/llm child) allowed per request
@@ -147,7 +150,7 @@ class SearchConfig:
     #: slm/llm/fusion: also PRM-score each step (for reporting/trace; costs PRM compute)
     score_baselines: bool = True
 
-    # ---- generation (read by the backend, see sampling()) ------------------------------------
+    # ---- generation (read by the executor, see sampling()) ------------------------------------
     #: collab fusion: loglinear = softmax((1-alpha)*log p_slm + alpha*log p_llm) |
     #: proxy = softmax(llm_logits + alpha*(slm_logits - base_logits)), proxy tuning with the SLM's
     #: untuned base model (the stack must load one: --base); an "llm" step is the LLM alone either way
@@ -158,8 +161,8 @@ class SearchConfig:
     temperature: float = 0.7
     #: nucleus sampling mass
     top_p: float = 0.95
-    #: seed for the search's tie-breaking and for the backend's sampling: an integer in
-    #: [-2**63, 2**64 - 1], the seeds torch.Generator accepts (engine.sampling.check_seed)
+    #: seed for the search's tie-breaking and for the executor's sampling: an integer in
+    #: [-2**63, 2**64 - 1], the seeds torch.Generator accepts (engine.seeds.check_seed)
     seed: int = 0
 
     # ------------------------------------------------------------------------------ checks
@@ -284,13 +287,25 @@ class SearchConfig:
         return type(self).from_dict({**self.to_dict(), **changes})
 
     def sampling(self) -> dict[str, Any]:
-        """The settings a backend needs to generate and fuse steps."""
+        """The settings an executor needs to generate and fuse steps."""
         return {
             "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
             "fusion_rule": self.fusion_rule, "fusion_alpha": self.fusion_alpha,
             "max_step_tokens": self.max_step_tokens, "step_delimiter": self.step_delimiter,
             "answer_pattern": self.answer_pattern, "max_depth": self.max_depth,
         }
+
+
+def check_stack_runs(cfg: SearchConfig, *, has_llm: bool, has_base: bool) -> None:
+    """Raise ConfigError if a stack with (or without) a general LLM and a base model cannot run
+    ``cfg`` -- callable before any model is loaded."""
+    needs_llm = cfg.method in ("llm", "fusion", "rsd") or (cfg.method == "gboost" and cfg.collab_width > 0)
+    if needs_llm and not has_llm:
+        what = f"method={cfg.method}" + (" with collab_width > 0" if cfg.method == "gboost" else "")
+        raise ConfigError(f"{what} needs a general LLM, and this stack has none")
+    if cfg.fusion_rule == "proxy" and cfg.fuses() and not has_base:
+        raise ConfigError("fusion_rule='proxy' needs the SLM's base model, which this stack does not "
+                          "load (pass --base / base=...); or use 'loglinear'")
 
 
 def _key_line(text: str, key: str, suffix: str) -> int | None:

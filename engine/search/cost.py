@@ -4,9 +4,9 @@ One :class:`CostRecord` type is used at two levels:
 
 * ``backend.cost`` -- what the backend really computed, over every request it
   served (prefill included, cache hits counted separately).  It is written by
-  the backend (engine/search/actions.py & prm.py).
+  the backend (engine/collab/executor.py & prm.py).
 * ``SolveResult.cost`` -- what one request asked for, counted by the search
-  from the :class:`~engine.search.backend.StepOut` objects it received (see
+  from the :class:`~engine.search.protocol.StepOut` objects it received (see
   :func:`count_step`).  Per-request budgets (``max_llm_tokens``,
   ``max_llm_calls``) are enforced against this record, because the backend's
   record is shared by all concurrent requests.  ``llm_retries`` counts the remote LLM's
@@ -146,7 +146,7 @@ def count_step(cost: CostRecord, action: str, n_tokens: int, fault: str | None) 
 
 
 # -- measured per-request cost ---------------------------------------------------------------
-# A backend that knows what it computes (engine/search/actions.py) charges every token to the
+# A backend that knows what it computes (engine/collab/executor.py) charges every token to the
 # backend-wide record and to the record of the request being served, found through this
 # context variable: solve() opens a scope, and the tasks it spawns inherit it.
 _REQUEST_COST: ContextVar["CostRecord | None"] = ContextVar("gboost_request_cost", default=None)

@@ -47,10 +47,10 @@ class Node:
     value_sum: float = 0.0
     children: list["Node"] = field(default_factory=list)
     parent: "Node | None" = None
-    state: Any = None                   #: backend handle (released when the request ends)
+    state: Any = None                   #: executor handle (released when the request ends)
     terminal: bool = False
     depth: int = 0                      #: number of steps from the root (root = 0)
-    fault: str | None = None            #: backend fault reported for this step
+    fault: str | None = None            #: executor fault reported for this step
     id: int = 0
     pruned: bool = False                #: discarded by a baseline (beam/rsd); kept for the trace
     exhausted: bool = False             #: expansion produced no child (treated as terminal)

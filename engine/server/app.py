@@ -110,7 +110,7 @@ def create_app(
     async def metrics_route() -> PlainTextResponse:
         sched = getattr(backend, "scheduler", None)
         kv = sched.kv_stats() if hasattr(sched, "kv_stats") else None
-        llm = getattr(getattr(solver, "backend", None), "llm", None)
+        llm = getattr(getattr(solver, "executor", None), "llm", None)
         return PlainTextResponse(metrics.render(faults.injected, solver, kv,
                                                 llm.metrics() if hasattr(llm, "metrics") else None))
 

@@ -105,8 +105,8 @@ class Metrics:
             metric("gboost_llm_errors_total", "counter",
                    "General LLM calls that failed after their retries, by error kind.",
                    [(f'{{kind="{k}"}}', llm["errors"].get(k, 0)) for k in kinds])
-        if solver is not None and hasattr(getattr(solver, "backend", None), "cost"):
-            absorbed = solver.backend.cost.llm_faults
+        if solver is not None and hasattr(getattr(solver, "executor", None), "cost"):
+            absorbed = solver.executor.cost.llm_faults
             metric("gboost_llm_fallbacks_total", "counter",
                    "Collaborative steps whose LLM failed and the SLM redid (on_llm_fault=fallback), by fault.",
                    [(f'{{kind="{k}"}}', n) for k, n in sorted(absorbed.items())])

@@ -72,8 +72,8 @@ class SolveRequest(BaseModel):
 
 @dataclass
 class Solver:
-    """What ``/v1/solve`` runs on: a StepBackend (e.g. ``Stack.backend``) and the server's config."""
-    backend: Any
+    """What ``/v1/solve`` runs on: a StepExecutor (e.g. ``Stack.executor``) and the server's config."""
+    executor: Any
     config: SearchConfig
     solves: int = 0           # finished solve requests (metrics)
     in_flight: int = 0        # searches running: counted from start to the end of their task
@@ -81,7 +81,7 @@ class Solver:
 
     def start(self, question: str, cfg: SearchConfig, on_step=None) -> asyncio.Task:
         self.in_flight += 1
-        task = asyncio.create_task(solve(question, self.backend, cfg, on_step=on_step))
+        task = asyncio.create_task(solve(question, self.executor, cfg, on_step=on_step))
         task.add_done_callback(self._ended)
         return task
 
@@ -105,8 +105,8 @@ class Solver:
                 mine, theirs = getattr(self.config, key), getattr(cfg, key)
                 if mine is not None and (theirs is None or theirs > mine):
                     raise ConfigError(f"{key}={theirs!r} exceeds this server's limit of {mine}")
-            if hasattr(self.backend, "check_config"):
-                self.backend.check_config(cfg)
+            if hasattr(self.executor, "check_config"):
+                self.executor.check_config(cfg)
             return cfg
         except (ConfigError, TypeError) as e:
             raise APIError(400, f"invalid config: {e}", param="config") from None

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from engine.bench import load_naive, write_pair  # noqa: E402
-from engine.search.actions import BackendOptions  # noqa: E402
+from engine.collab.executor import CollabOptions  # noqa: E402
 from engine.search.api import solve  # noqa: E402
 from engine.search.config import SearchConfig  # noqa: E402
 from engine.stack import build_stack  # noqa: E402
@@ -31,14 +31,14 @@ def run_both(pair, cfg, mode):
 
     async def go():
         stack = await build_stack(cfg, slm=slm, llm=llm, dtype="float32", kv_memory_gb=0.05,
-                                  options=BackendOptions(collab_mode=mode, max_draft=4))
+                                  options=CollabOptions(collab_mode=mode, max_draft=4))
         try:
             tok = stack.engine.role("slm").tokenizer
-            nv = naive_mod.NaiveBackend(tok, cfg, hf_slm, llm=hf_llm, prm=hf_llm, prm_spec=stack.backend.prm.spec)
-            out = [(await solve(q, stack.backend, cfg), await solve(q, nv, cfg)) for q in QUESTIONS]
+            nv = naive_mod.NaiveExecutor(tok, cfg, hf_slm, llm=hf_llm, prm=hf_llm, prm_spec=stack.executor.prm.spec)
+            out = [(await solve(q, stack.executor, cfg), await solve(q, nv, cfg)) for q in QUESTIONS]
             stack.engine.cache.check_refcounts()
-            assert nv.live_states == 0 and stack.backend.live_states == 0
-            be = stack.backend
+            assert nv.live_states == 0 and stack.executor.live_states == 0
+            be = stack.executor
             if mode == "speculative":  # both branches of verification ran, and still matched
                 assert 0 < be.draft_accepted < be.draft_proposed
             return out

@@ -6,10 +6,10 @@ import torch
 
 from engine.llm.local import LocalLLM
 from engine.scheduler import Scheduler
-from engine.search.actions import BackendOptions, EngineBackend
+from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.api import solve
 from engine.search.config import SearchConfig
-from engine.search.prm import PRMScorer, PRMSpec
+from engine.collab.prm import PRMScorer, PRMSpec
 from engine.testing import tiny_engine
 
 
@@ -19,8 +19,8 @@ def build(kind="judge", mode="exact", num_blocks=512, device="cpu", **cfg_kw):
     spec = PRMSpec(kind=kind, yes_token="Y")
     cfg = SearchConfig(**{"max_step_tokens": 6, "max_depth": 3, "num_simulations": 4, "temperature": 0.8,
                           "top_p": 1.0, **cfg_kw})
-    be = EngineBackend(eng, sched, cfg, llm=LocalLLM(eng, sched), prm=PRMScorer(eng, sched, spec),
-                       options=BackendOptions(collab_mode=mode, max_draft=4))
+    be = EngineExecutor(eng, sched, cfg, llm=LocalLLM(eng, sched), prm=PRMScorer(eng, sched, spec),
+                       options=CollabOptions(collab_mode=mode, max_draft=4))
     return eng, sched, cfg, be
 
 

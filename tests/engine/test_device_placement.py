@@ -18,7 +18,7 @@ import kernels.step_scoring as ss
 from engine.llm.local import LocalLLM
 from engine.models.layers import Rotary
 from engine.scheduler import Scheduler
-from engine.search.actions import BackendOptions
+from engine.collab.executor import CollabOptions
 from engine.search.config import SearchConfig
 from fake_cuda import checked_launch, fake_cuda, to_fake_cuda
 from fp_bounds import U32, assert_within, logsoftmax_bound
@@ -50,8 +50,8 @@ def _vocab_moves(state, V=260):
 def test_collaborative_steps_keep_every_tensor_on_the_device(fake_gpu, mode):
     state, launches = fake_gpu
     cfg = SearchConfig(max_step_tokens=6, max_depth=2, num_simulations=2, temperature=0.8, top_p=0.9)
-    stack = testing.tiny_stack(cfg, device="cuda", options=BackendOptions(collab_mode=mode, max_draft=3))
-    be = stack.backend
+    stack = testing.tiny_stack(cfg, device="cuda", options=CollabOptions(collab_mode=mode, max_draft=3))
+    be = stack.executor
     assert stack.engine.cache.pool.is_cuda and isinstance(be.llm, LocalLLM)
 
     async def go():
@@ -137,7 +137,7 @@ def test_rotary_bound_comes_from_the_host():
 
 @pytest.mark.parametrize("rule", ["loglinear", "proxy"])
 def test_fusing_raw_slm_logits_gives_the_fused_log_prob_distribution(rule):
-    # _fuse_and_sample (GPU exact collab) fuses raw SLM logits; _fused_logp fuses its log-softmax
+    # fuse_and_sample (GPU exact collab) fuses raw SLM logits; fused_logp fuses its log-softmax
     g = torch.Generator().manual_seed(0)
     slm, base = torch.randn(3, 50, generator=g) * 3, torch.randn(3, 50, generator=g) * 3
     llm = torch.log_softmax(torch.randn(3, 50, generator=g) * 3, -1)

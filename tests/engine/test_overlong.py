@@ -35,7 +35,7 @@ def test_an_overlong_sequence_fails_alone_not_its_batch_mates():
 @pytest.mark.parametrize("role, positions", [("slm", 40), ("prm", 40)])
 def test_an_overlong_root_prompt_is_refused_before_any_sequence_exists(role, positions):
     stack = tiny_stack(configs={role: tiny_config(max_positions=positions)}, num_blocks=64)
-    be, cache = stack.backend, stack.engine.cache
+    be, cache = stack.executor, stack.engine.cache
     with pytest.raises(PromptTooLong, match="more than the 40 positions"):
         asyncio.run(be.root("x" * 60))
     assert cache.live == {} and be.live_states == 0
@@ -44,7 +44,7 @@ def test_an_overlong_root_prompt_is_refused_before_any_sequence_exists(role, pos
 
 def test_a_child_that_fails_after_its_step_frees_its_sequences(monkeypatch):
     stack = tiny_stack(SearchConfig(max_step_tokens=4, max_depth=3), num_blocks=64)
-    be, cache = stack.backend, stack.engine.cache
+    be, cache = stack.executor, stack.engine.cache
 
     def broken(text, first):
         raise RuntimeError("tokenizer broke")

@@ -8,10 +8,10 @@ import torch
 
 from engine.llm.local import LocalLLM
 from engine.scheduler import Scheduler
-from engine.search.actions import BackendOptions, EngineBackend
+from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.api import solve
 from engine.search.config import ConfigError, SearchConfig
-from engine.search.prm import PRMScorer, PRMSpec
+from engine.collab.prm import PRMScorer, PRMSpec
 from engine.stack import build_stack
 from engine.testing import byte_tokenizer, tiny_engine
 
@@ -23,9 +23,9 @@ def build(mode="exact", **cfg_kw):
     sched = Scheduler(eng)
     cfg = SearchConfig(**{"fusion_rule": "proxy", "fusion_alpha": ALPHA, "max_step_tokens": 5,
                           "temperature": 0.8, "top_p": 1.0, "step_delimiter": "\n\n\n\n", **cfg_kw})
-    be = EngineBackend(eng, sched, cfg, llm=LocalLLM(eng, sched), prm=PRMScorer(eng, sched, PRMSpec(yes_token="Y")),
+    be = EngineExecutor(eng, sched, cfg, llm=LocalLLM(eng, sched), prm=PRMScorer(eng, sched, PRMSpec(yes_token="Y")),
                        base=LocalLLM(eng, sched, role="base", charge_as="base_tokens"),
-                       options=BackendOptions(collab_mode=mode, max_draft=3))
+                       options=CollabOptions(collab_mode=mode, max_draft=3))
     return eng, be
 
 
@@ -43,8 +43,8 @@ def last_logits(eng, role, ids):
 def test_exact_collab_samples_from_llm_plus_alpha_times_slm_minus_base():
     eng, be = build()
     seen = []
-    sample = be._sample
-    be._sample = lambda z, gen: (seen.append(z.clone()), sample(z, gen))[1]
+    sample = be.sample
+    be.sample = lambda z, gen: (seen.append(z.clone()), sample(z, gen))[1]
 
     async def go():
         root = await be.root("2+2?")
@@ -81,7 +81,7 @@ def test_proxy_search_completes_charges_the_base_and_releases_every_block(mode):
 def test_proxy_without_a_base_model_is_refused_up_front():
     eng = tiny_engine({"slm": 1, "llm": 2})
     sched = Scheduler(eng)
-    be = EngineBackend(eng, sched, SearchConfig(), llm=LocalLLM(eng, sched))
+    be = EngineExecutor(eng, sched, SearchConfig(), llm=LocalLLM(eng, sched))
     with pytest.raises(ConfigError, match="base model.*--base"):
         be.with_config(SearchConfig(fusion_rule="proxy"))
     with pytest.raises(ConfigError, match="base model"):
@@ -109,7 +109,7 @@ def test_a_base_model_with_another_logit_width_is_refused():
 def test_methods_that_never_fuse_run_without_a_base():
     eng = tiny_engine({"slm": 1, "llm": 2})
     sched = Scheduler(eng)
-    be = EngineBackend(eng, sched, SearchConfig(), llm=LocalLLM(eng, sched))
+    be = EngineExecutor(eng, sched, SearchConfig(), llm=LocalLLM(eng, sched))
     for cfg in (SearchConfig(fusion_rule="proxy", method="slm"), SearchConfig(fusion_rule="proxy", method="llm"),
                 SearchConfig(fusion_rule="proxy", collab_width=0)):
         be.with_config(cfg)  # no error: nothing is fused

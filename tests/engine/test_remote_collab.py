@@ -7,10 +7,10 @@ from engine.llm.base import LLMError
 from engine.llm.local import LocalLLM
 from engine.llm.remote import RemoteLLM
 from engine.scheduler import Scheduler
-from engine.search.actions import BackendOptions, EngineBackend
+from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.api import solve
 from engine.search.config import SearchConfig
-from engine.search.prm import PRMScorer, PRMSpec
+from engine.collab.prm import PRMScorer, PRMSpec
 from engine.server.app import create_app
 from engine.server.engine_backend import EngineCompletionBackend
 from engine.server.faults import FaultConfig
@@ -38,8 +38,8 @@ async def fused_steps(llm_factory, mode, question="2+2=?"):
     eng = tiny_engine({"slm": 1, "prm": 3})
     sched = Scheduler(eng)
     llm = await llm_factory(eng, sched)
-    be = EngineBackend(eng, sched, cfg(), llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
-                       options=BackendOptions(collab_mode=mode, max_draft=3))
+    be = EngineExecutor(eng, sched, cfg(), llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
+                       options=CollabOptions(collab_mode=mode, max_draft=3))
     try:
         res = await solve(question, be, cfg())
     finally:
@@ -100,8 +100,8 @@ def test_fault_can_be_configured_to_fail_the_request(server):
         eng = tiny_engine({"slm": 1, "prm": 3})
         sched = Scheduler(eng)
         llm = RemoteLLM(server.url, top_logprobs=V, timeout_s=1, max_retries=0, vocab_size=V)
-        be = EngineBackend(eng, sched, cfg(), llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
-                           options=BackendOptions(on_llm_fault="fail"))
+        be = EngineExecutor(eng, sched, cfg(), llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
+                           options=CollabOptions(on_llm_fault="fail"))
         try:
             with pytest.raises(LLMError) as e:
                 await solve("1+1?", be, cfg())
@@ -155,8 +155,8 @@ def test_slm_and_prm_work_goes_on_while_llm_calls_are_in_flight(server):
                 return compute(batch, wants)
             runner.compute = spy
         c = SearchConfig(method="gboost", num_simulations=2, max_step_tokens=6, max_depth=2, temperature=0.8)
-        be = EngineBackend(eng, sched, c, llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
-                           options=BackendOptions(collab_mode="exact"))
+        be = EngineExecutor(eng, sched, c, llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
+                           options=CollabOptions(collab_mode="exact"))
         try:
             # beside the gboost search, an SLM chain (PRM-scored steps, no LLM): two gboost requests
             # run in lockstep and score at the same moments, so they would test the timing, not this

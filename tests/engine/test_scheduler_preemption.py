@@ -8,11 +8,11 @@ import torch
 from engine.kv.cache import KVPoolExhausted
 from engine.llm.local import LocalLLM
 from engine.scheduler import Scheduler
-from engine.search.actions import BackendOptions, EngineBackend
+from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.api import solve
 from engine.search.config import SearchConfig
 from engine.sampling import SamplingParams
-from engine.search.prm import PRMScorer, PRMSpec
+from engine.collab.prm import PRMScorer, PRMSpec
 from engine.testing import tiny_engine
 
 pytestmark = pytest.mark.timeout(120)
@@ -133,9 +133,9 @@ def test_concurrent_searches_on_a_pool_too_small_for_all_complete_and_release_ev
     sched = Scheduler(eng)
     cfg = SearchConfig(method="gboost", max_step_tokens=16, max_depth=3, num_simulations=4,
                        temperature=0.8, top_p=1.0, seed=0)
-    be = EngineBackend(eng, sched, cfg, llm=LocalLLM(eng, sched),
+    be = EngineExecutor(eng, sched, cfg, llm=LocalLLM(eng, sched),
                        prm=PRMScorer(eng, sched, PRMSpec(kind="judge", yes_token="Y")),
-                       options=BackendOptions(collab_mode="speculative", max_draft=4))
+                       options=CollabOptions(collab_mode="speculative", max_draft=4))
     pre = "Solve it with care. " * 8
 
     async def go():

@@ -12,7 +12,7 @@ import torch
 from engine.llm.base import TokenLogprobs
 from engine.llm.local import LocalLLM
 from engine.scheduler import Scheduler
-from engine.search.actions import BackendOptions, EngineBackend
+from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.config import SearchConfig
 from engine.testing import tiny_engine
 
@@ -109,9 +109,9 @@ def make(mode, seed, scheduler=None, llm=None, engine=None, rule="loglinear"):
     engine = engine or tiny_engine({"slm": 1})
     cfg = SearchConfig(temperature=T, top_p=1.0, fusion_alpha=ALPHA, max_step_tokens=STEP, seed=seed,
                        step_delimiter="\n\n\n\n", fusion_rule=rule)
-    be = EngineBackend(engine, scheduler or TableScheduler(), cfg, llm=llm or TableLLM(),
+    be = EngineExecutor(engine, scheduler or TableScheduler(), cfg, llm=llm or TableLLM(),
                        base=TableLLM(BASE) if rule == "proxy" else None,
-                       options=BackendOptions(collab_mode=mode, max_draft=2))
+                       options=CollabOptions(collab_mode=mode, max_draft=2))
     return be, engine
 
 
@@ -159,7 +159,7 @@ def test_speculative_equals_exact_with_tiny_transformers():
     sched = Scheduler(eng)
     llm = LocalLLM(eng, sched)
     cfg = dict(temperature=1.0, top_p=1.0, fusion_alpha=ALPHA, max_step_tokens=2, step_delimiter="\n\n\n\n")
-    probe = EngineBackend(eng, sched, SearchConfig(**cfg), llm=llm)
+    probe = EngineExecutor(eng, sched, SearchConfig(**cfg), llm=llm)
     root = asyncio.run(probe.root("xyz"))
     prompt_ids = list(root.slm.token_ids)   # exactly the context the steps are sampled after
     probe.release(root)
@@ -173,8 +173,8 @@ def test_speculative_equals_exact_with_tiny_transformers():
     p = torch.softmax((1 - ALPHA) * torch.log_softmax(ls, -1) + ALPHA * torch.log_softmax(ll, -1), -1)
     firsts = {}
     for mode in ("exact", "speculative"):
-        be = EngineBackend(eng, sched, SearchConfig(seed=3, **cfg), llm=llm,
-                           options=BackendOptions(collab_mode=mode, max_draft=2))
+        be = EngineExecutor(eng, sched, SearchConfig(seed=3, **cfg), llm=llm,
+                           options=CollabOptions(collab_mode=mode, max_draft=2))
         async def go():
             root = await be.root("xyz")
             kids = await be.expand(root, "collab", 3000)

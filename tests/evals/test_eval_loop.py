@@ -6,7 +6,7 @@ import pytest
 
 from engine.evals.datasets import rows_from_dicts
 from engine.evals.loop import EvalReport, run_eval, wilson_interval
-from engine.search.backend import ToyBackend
+from toy_executor import ToyExecutor
 from engine.search.config import SearchConfig
 
 
@@ -50,7 +50,7 @@ def test_wilson_interval_known_values():
 
 
 def test_eval_loop_accuracy_ci_cost_and_records(tmp_path):
-    b = ToyBackend(adder, prm, latency_s=0.002)
+    b = ToyExecutor(adder, prm, latency_s=0.002)
     out = tmp_path / "runs" / "slm.jsonl"
     rep = run(run_eval(rows(), b, SearchConfig(method="slm"), out_path=out, concurrency=3, progress=False))
     assert isinstance(rep, EvalReport)
@@ -75,10 +75,10 @@ def test_eval_loop_accuracy_ci_cost_and_records(tmp_path):
 
 
 def test_eval_loop_fusion_fixes_the_hard_ones_and_limit():
-    b = ToyBackend(adder, prm)
+    b = ToyExecutor(adder, prm)
     rep = run(run_eval(rows(), b, SearchConfig(method="fusion"), progress=False))
     assert rep.correct == 5 and rep.cost.llm_calls == 10
-    rep = run(run_eval(rows(), ToyBackend(adder, prm), SearchConfig(method="fusion"), limit=2, progress=False))
+    rep = run(run_eval(rows(), ToyExecutor(adder, prm), SearchConfig(method="fusion"), limit=2, progress=False))
     assert rep.n == 2
 
 
@@ -86,7 +86,7 @@ def test_eval_loop_gboost_uses_collab_where_it_helps():
     def reward(q, steps):
         return 0.2 if steps[-1] == "The answer is 9." or steps[-1] == "The answer is 14." else 0.9
 
-    b = ToyBackend(adder, reward)
+    b = ToyExecutor(adder, reward)
     rep = run(run_eval(rows(), b, SearchConfig(num_simulations=4), progress=False))
     assert rep.correct == 5
     assert [r["steps"][-1]["action"] for r in rep.records][2] == "collab"
@@ -95,7 +95,7 @@ def test_eval_loop_gboost_uses_collab_where_it_helps():
 def test_eval_loop_records_errors_and_factories():
     calls = {"n": 0}
 
-    class Flaky(ToyBackend):
+    class Flaky(ToyExecutor):
         async def root(self, question):
             calls["n"] += 1
             if "10 + 20" in question:
@@ -108,7 +108,7 @@ def test_eval_loop_records_errors_and_factories():
     assert bad["error"] == "RuntimeError: engine hiccup" and bad["correct"] is False
 
     async def make():
-        return ToyBackend(adder, prm)
+        return ToyExecutor(adder, prm)
 
     rep = run(run_eval(rows(), make, SearchConfig(method="slm"), progress=False))
     assert rep.correct == 3
@@ -118,14 +118,14 @@ def test_eval_loop_records_errors_and_factories():
     with pytest.raises(TypeError):
         run(run_eval(rows(), 42, SearchConfig(), progress=False))
     with pytest.raises(ValueError):
-        run(run_eval(rows(), ToyBackend(), SearchConfig(), concurrency=0, progress=False))
+        run(run_eval(rows(), ToyExecutor(), SearchConfig(), concurrency=0, progress=False))
 
 
 def test_eval_loop_reads_a_path(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text("\n".join(json.dumps({"question": q, "answer": f"#### {a}"}) for q, a in QUESTIONS))
     seen = []
-    rep = run(run_eval(str(p), ToyBackend(adder, prm), SearchConfig(method="slm"), progress=False,
+    rep = run(run_eval(str(p), ToyExecutor(adder, prm), SearchConfig(method="slm"), progress=False,
                        on_record=seen.append))
     assert rep.correct == 3 and sorted(r["idx"] for r in seen) == [0, 1, 2, 3, 4]
 
@@ -139,12 +139,12 @@ def test_eval_loop_time_box_then_resume(tmp_path):
         started.append(1)
         return len(started) <= 2
 
-    first = run(run_eval(rows(), ToyBackend(adder, prm), cfg, out_path=out, concurrency=1, progress=False,
+    first = run(run_eval(rows(), ToyExecutor(adder, prm), cfg, out_path=out, concurrency=1, progress=False,
                          admit=admit))
     assert first.n == 2 and [r["idx"] for r in first.records] == [0, 1]
     with open(out, "a") as f:
         f.write('{"idx": 4, "correct": tr')  # a record cut short by a killed run
-    b = ToyBackend(adder, prm)
+    b = ToyExecutor(adder, prm)
     rep = run(run_eval(rows(), b, cfg, out_path=out, concurrency=2, progress=False, resume=True))
     assert sum(c[0] == "root" for c in b.calls) == 3  # only the questions without a record are solved
     assert (rep.n, rep.correct, rep.resumed) == (5, 3, 2)
@@ -153,16 +153,16 @@ def test_eval_loop_time_box_then_resume(tmp_path):
     assert json.loads((tmp_path / "slm.summary.json").read_text())["n"] == 5
     # a different config must not be mixed into the same records
     with pytest.raises(ValueError, match="other settings.*temperature"):
-        run(run_eval(rows(), ToyBackend(adder, prm), SearchConfig(method="slm", temperature=0.3),
+        run(run_eval(rows(), ToyExecutor(adder, prm), SearchConfig(method="slm", temperature=0.3),
                      out_path=out, progress=False, resume=True))
     with pytest.raises(ValueError, match="needs out_path"):
-        run(run_eval(rows(), ToyBackend(adder, prm), cfg, progress=False, resume=True))
+        run(run_eval(rows(), ToyExecutor(adder, prm), cfg, progress=False, resume=True))
 
 
 def test_eval_loop_resume_retries_errors(tmp_path):
     out = tmp_path / "slm.jsonl"
 
-    class Flaky(ToyBackend):
+    class Flaky(ToyExecutor):
         async def root(self, question):
             if "10 + 20" in question:
                 raise RuntimeError("engine hiccup")
@@ -170,7 +170,7 @@ def test_eval_loop_resume_retries_errors(tmp_path):
 
     cfg = SearchConfig(method="slm")
     assert run(run_eval(rows(), Flaky(adder, prm), cfg, out_path=out, progress=False)).errors == 1
-    b = ToyBackend(adder, prm)
+    b = ToyExecutor(adder, prm)
     rep = run(run_eval(rows(), b, cfg, out_path=out, progress=False, resume=True))
     assert sum(c[0] == "root" for c in b.calls) == 1 and rep.errors == 0 and rep.correct == 3
 
@@ -180,7 +180,7 @@ def test_eval_loop_runs_share_one_slot_pool():
     pool = asyncio.Semaphore(2)
     inflight, peak = [0], [0]
 
-    class Counting(ToyBackend):
+    class Counting(ToyExecutor):
         async def root(self, question):
             inflight[0] += 1
             peak[0] = max(peak[0], inflight[0])

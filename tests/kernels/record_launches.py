@@ -29,10 +29,10 @@ import kernels.paged_attention as pa  # noqa: E402
 import kernels.spec_verify as sv  # noqa: E402
 import kernels.step_scoring as ss  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
-from engine.search.actions import BackendOptions  # noqa: E402
+from engine.collab.executor import CollabOptions  # noqa: E402
 from engine.search.api import solve  # noqa: E402
 from engine.search.config import SearchConfig  # noqa: E402
-from engine.search.prm import PRMScorer, PRMSpec  # noqa: E402
+from engine.collab.prm import PRMScorer, PRMSpec  # noqa: E402
 from fake_cuda import checked_launch, fake_cuda, to_fake_cuda  # noqa: E402
 from kernels._common import record_launches  # noqa: E402
 
@@ -60,16 +60,16 @@ async def _proxy_steps():
     # fusion_rule = "proxy" (with the SLM's base model resident): one collaborative step per mode
     from engine.llm.local import LocalLLM
     from engine.scheduler import Scheduler
-    from engine.search.actions import EngineBackend
+    from engine.collab.executor import EngineExecutor
     cfg = SearchConfig(max_step_tokens=2, max_depth=2, num_simulations=1, temperature=0.7, top_p=0.95, seed=1,
                        fusion_rule="proxy")
     c = _configs()
     eng = testing.tiny_engine({"slm": 1, "llm": 2, "base": 4}, configs={**c, "base": c["slm"]}, device="cuda")
     sched = Scheduler(eng)
     for mode in ("speculative", "exact"):
-        be = EngineBackend(eng, sched, cfg, llm=LocalLLM(eng, sched),
+        be = EngineExecutor(eng, sched, cfg, llm=LocalLLM(eng, sched),
                            base=LocalLLM(eng, sched, role="base", charge_as="base_tokens"),
-                           options=BackendOptions(collab_mode=mode, max_draft=2))
+                           options=CollabOptions(collab_mode=mode, max_draft=2))
         root = await be.root("2 + 3?")
         for kid in await be.expand(root, "collab", 1):
             be.release(kid.state)
@@ -81,11 +81,11 @@ async def _solves():
     for mode, kind in (("speculative", "judge"), ("exact", "token_pair")):
         cfg = SearchConfig(max_step_tokens=3, max_depth=2, num_simulations=2, temperature=0.7, top_p=0.95, seed=1)
         stack = testing.tiny_stack(cfg, device="cuda", configs=_configs(), prm_kind="token_pair",
-                                   options=BackendOptions(collab_mode=mode, max_draft=3))
+                                   options=CollabOptions(collab_mode=mode, max_draft=3))
         if kind == "judge":  # the demo's PRM: the 1.5B asked Yes/No (one byte-level token "Y")
-            stack.backend.prm = PRMScorer(stack.engine, stack.scheduler, PRMSpec(kind="judge", yes_token="Y"))
-            stack.backend.prm.cost = stack.backend.cost
-        await solve("What is 2 + 3?", stack.backend, cfg)
+            stack.executor.prm = PRMScorer(stack.engine, stack.scheduler, PRMSpec(kind="judge", yes_token="Y"))
+            stack.executor.prm.cost = stack.executor.cost
+        await solve("What is 2 + 3?", stack.executor, cfg)
         stack.scheduler.close()
 
 

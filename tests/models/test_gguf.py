@@ -321,7 +321,7 @@ def test_prompts_of_a_bos_model_start_with_bos(spm_gguf, tmp_path):
 
     from engine.engine import Engine
     from engine.scheduler import Scheduler
-    from engine.search.actions import EngineBackend
+    from engine.collab.executor import EngineExecutor
     from engine.search.config import SearchConfig
     from engine.server.engine_backend import EngineCompletionBackend
 
@@ -329,7 +329,7 @@ def test_prompts_of_a_bos_model_start_with_bos(spm_gguf, tmp_path):
     eng = Engine.from_pretrained(str(path), dtype="float32", num_blocks=64, cache_dir=str(tmp_path / "c"))
     tok = eng.role("slm").tokenizer
     assert tok.encode_prompt("Hello world") == [1] + tok.encode("Hello world")
-    be = EngineBackend(eng, Scheduler(eng), SearchConfig())
+    be = EngineExecutor(eng, Scheduler(eng), SearchConfig())
     root = asyncio.run(be.root("What is 2+3?"))
     assert root.slm.token_ids[:1] == [1] and root.slm.token_ids.count(1) == 1
     be.release(root)

@@ -14,10 +14,10 @@ from engine.prm_train.fit import FitConfig, auroc, fit_head
 from engine.prm_train.pipeline import TrainPlan, step_labels, train_prm
 from engine.prm_train.rollouts import RolloutPlan, read_records
 from engine.scheduler import Scheduler
-from engine.search.actions import BackendOptions, EngineBackend
+from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.api import solve
 from engine.search.config import SearchConfig
-from engine.search.value_prm import ValueHeadScorer
+from engine.collab.value_prm import ValueHeadScorer
 from engine.testing import tiny_engine
 
 
@@ -118,8 +118,8 @@ def _backend(tmp_path, mode="exact", num_blocks=512, sequence="slm", layer=1, **
     d = _head_for(eng.role(role).model, tmp_path, sequence, layer, key=eng.role(role).key)
     cfg = SearchConfig(**{"max_step_tokens": 6, "max_depth": 3, "num_simulations": 4, "temperature": 0.8,
                           "top_p": 1.0, **cfg_kw})
-    be = EngineBackend(eng, sched, cfg, llm=LocalLLM(eng, sched), prm=ValueHeadScorer(eng, sched, d),
-                       options=BackendOptions(collab_mode=mode, max_draft=4))
+    be = EngineExecutor(eng, sched, cfg, llm=LocalLLM(eng, sched), prm=ValueHeadScorer(eng, sched, d),
+                       options=CollabOptions(collab_mode=mode, max_draft=4))
     return eng, sched, be
 
 
@@ -234,7 +234,7 @@ def _train_backend():
     eng = tiny_engine({"slm": 1, "llm": 2})
     sched = Scheduler(eng)
     cfg = SearchConfig(max_step_tokens=5, max_depth=3, temperature=1.0, top_p=1.0)
-    return EngineBackend(eng, sched, cfg, llm=LocalLLM(eng, sched), options=BackendOptions(max_draft=3)), cfg
+    return EngineExecutor(eng, sched, cfg, llm=LocalLLM(eng, sched), options=CollabOptions(max_draft=3)), cfg
 
 
 @pytest.mark.parametrize("features", ["slm", "llm"])

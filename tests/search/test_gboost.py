@@ -3,7 +3,7 @@ import asyncio
 import pytest
 
 from engine.search.api import solve
-from engine.search.backend import ToyBackend
+from toy_executor import ToyExecutor
 from engine.search.config import SearchConfig
 from engine.trace import to_json
 
@@ -36,7 +36,7 @@ def expanded_paths(backend):
 def test_uct_choices_and_backpropagated_values_by_hand():
     rewards = {"d1-slm0": 0.5, "d1-slm1": 0.3, "d1-collab0": 0.9,
                "d2-slm0": 0.2, "d2-slm1": 0.2, "d2-collab0": 0.2}
-    b = ToyBackend(labelled_step, table_reward(rewards))
+    b = ToyExecutor(labelled_step, table_reward(rewards))
     res = run(solve("q", b, cfg(num_simulations=4)))
     # sim1 expands the root; sim2: all children visited once -> best reward (collab0, 0.9);
     # sim3: A=0.5+sqrt(ln6/1)=1.84, B=1.64, C=0.375+sqrt(ln6/4)=1.04 -> slm0;
@@ -62,7 +62,7 @@ def test_uct_choices_and_backpropagated_values_by_hand():
 
 
 def test_expansion_issues_both_actions_concurrently_and_scores_in_one_batch():
-    b = ToyBackend(labelled_step, lambda q, s: 0.5, latency_s=0.001)
+    b = ToyExecutor(labelled_step, lambda q, s: 0.5, latency_s=0.001)
     run(solve("q", b, cfg(num_simulations=3)))
     calls = b.expand_calls()
     assert [(c[2], c[3]) for c in calls] == [("slm", 2), ("collab", 1)] * 3
@@ -82,7 +82,7 @@ def test_both_actions_appear_on_the_chosen_path():
         t = labelled_step(q, steps, action, i)
         return (t + " The answer is 5.") if len(steps) == 1 else t
 
-    b = ToyBackend(step, reward)
+    b = ToyExecutor(step, reward)
     res = run(solve("q", b, cfg(num_simulations=6)))
     assert [s["action"] for s in res.steps] == ["collab", "slm"]
     assert [s["text"] for s in res.steps] == ["d1-collab0", "d2-slm0 The answer is 5."]
@@ -96,7 +96,7 @@ def test_terminal_nodes_are_never_expanded_and_revisits_back_up_rewards():
     def step(q, steps, action, i):
         return f"{action}{i}: The answer is {i}."  # every child is terminal
 
-    b = ToyBackend(step, lambda q, s: 0.8 if s[-1].startswith("collab") else 0.4)
+    b = ToyExecutor(step, lambda q, s: 0.8 if s[-1].startswith("collab") else 0.4)
     res = run(solve("q", b, cfg(num_simulations=5)))
     assert len(b.expand_calls()) == 2  # the root only (slm + collab)
     assert res.stats["terminal_revisits"] == 4
@@ -108,13 +108,13 @@ def test_terminal_nodes_are_never_expanded_and_revisits_back_up_rewards():
 
 
 def test_max_depth_forces_terminal_and_answer_pattern_is_terminal():
-    b = ToyBackend(labelled_step, lambda q, s: 0.5, max_depth=100)
+    b = ToyExecutor(labelled_step, lambda q, s: 0.5, max_depth=100)
     res = run(solve("q", b, cfg(num_simulations=30, max_depth=2, slm_width=1, collab_width=0)))
     assert max(n.depth for n in res.root.iter_nodes()) == 2
     assert all(n.terminal for n in res.root.iter_nodes() if n.depth == 2)
     assert all(len(c[4]) < 2 for c in b.expand_calls())
 
-    b2 = ToyBackend(lambda q, s, a, i: "so \\boxed{12}" if len(s) == 1 else f"step{i}", lambda q, s: 0.5,
+    b2 = ToyExecutor(lambda q, s, a, i: "so \\boxed{12}" if len(s) == 1 else f"step{i}", lambda q, s: 0.5,
                     max_depth=100)
     c2 = cfg(num_simulations=10, answer_pattern=r"\\boxed")
     res2 = run(solve("q", b2, c2))
@@ -127,13 +127,13 @@ def test_finish_unterminated_extends_best_leaf():
         return "The answer is 9." if len(steps) == 3 else f"d{len(steps) + 1}-{action}{i}"
 
     rewards = {"d1-slm0": 0.4, "d1-slm1": 0.7, "d1-collab0": 0.6}
-    b = ToyBackend(step, table_reward(rewards, 0.5))
+    b = ToyExecutor(step, table_reward(rewards, 0.5))
     res = run(solve("q", b, cfg(num_simulations=1, finish_unterminated=True)))
     assert [s["text"] for s in res.steps] == ["d1-slm1", "d2-slm0", "d3-slm0", "The answer is 9."]
     assert res.answer == "9"
     assert res.stats["finished_from"] == res.root.children[1].id
     assert len(b.live) == 0
-    b = ToyBackend(step, table_reward(rewards, 0.5))
+    b = ToyExecutor(step, table_reward(rewards, 0.5))
     res = run(solve("q", b, cfg(num_simulations=1, finish_unterminated=False)))
     assert res.steps == [] and res.answer is None
 
@@ -145,7 +145,7 @@ def test_finish_is_prm_greedy_over_both_actions_within_budget():
     def reward(q, steps):
         return 0.9 if steps[-1].startswith("d2-collab") or steps[-1].startswith("d4-collab") else 0.5
 
-    b = ToyBackend(step, reward)
+    b = ToyExecutor(step, reward)
     res = run(solve("q", b, cfg(num_simulations=1, finish_unterminated=True, max_llm_calls=3)))
     # sim 1 used one LLM call (root); the completion has 2 left: depth 2 and 3 get a collab
     # sample (collab wins at depth 2 only), depth 4 and 5 are SLM-only
@@ -156,7 +156,7 @@ def test_finish_is_prm_greedy_over_both_actions_within_budget():
 
 # ------------------------------------------------------------------------------------ budgets
 def test_llm_call_budget_then_slm_only():
-    b = ToyBackend(labelled_step, lambda q, s: 0.5)
+    b = ToyExecutor(labelled_step, lambda q, s: 0.5)
     res = run(solve("q", b, cfg(num_simulations=6, collab_width=1, max_llm_calls=2)))
     assert len(b.expand_calls("collab")) == 2
     assert len(b.expand_calls("slm")) == 6
@@ -167,22 +167,22 @@ def test_llm_call_budget_then_slm_only():
 
 
 def test_llm_call_budget_smaller_than_width_is_clipped():
-    b = ToyBackend(labelled_step, lambda q, s: 0.5)
+    b = ToyExecutor(labelled_step, lambda q, s: 0.5)
     res = run(solve("q", b, cfg(num_simulations=3, collab_width=3, max_llm_calls=4)))
     assert [c[3] for c in b.expand_calls("collab")] == [3, 1]
     assert res.cost.llm_calls == 4
 
 
 def test_llm_token_budget():
-    b = ToyBackend(lambda q, s, a, i: f"{a} {i} w w w w {len(s)}", lambda q, s: 0.5)  # 7 tokens per step
+    b = ToyExecutor(lambda q, s, a, i: f"{a} {i} w w w w {len(s)}", lambda q, s: 0.5)  # 7 tokens per step
     res = run(solve("q", b, cfg(num_simulations=5, max_llm_tokens=10)))
     # 7 tokens after the 1st collab step, 14 >= 10 after the 2nd: no further collab expansions
     assert len(b.expand_calls("collab")) == 2
     assert res.cost.llm_tokens == 14
 
 
-class ContextPrefillBackend(ToyBackend):
-    """Measures like EngineBackend: a collab step also costs the LLM its whole path as prefill."""
+class ContextPrefillBackend(ToyExecutor):
+    """Measures like EngineExecutor: a collab step also costs the LLM its whole path as prefill."""
     measures_request_cost = True
 
     async def expand(self, state, action, n):
@@ -203,7 +203,7 @@ def test_llm_token_budget_counts_what_the_llm_measured():
 
 
 def test_llm_fault_circuit_breaker():
-    b = ToyBackend(labelled_step, lambda q, s: 0.5, fault_fn=lambda q, s, a, i: "llm_timeout")
+    b = ToyExecutor(labelled_step, lambda q, s: 0.5, fault_fn=lambda q, s, a, i: "llm_timeout")
     res = run(solve("q", b, cfg(num_simulations=6, max_llm_faults=2, dedup_children=False)))
     assert len(b.expand_calls("collab")) == 2
     assert res.cost.llm_faults == {"llm_timeout": 2}
@@ -220,7 +220,7 @@ def test_gate_policy_uses_collab_only_below_threshold():
             return 0.6
         return 0.3 if last.startswith("d1") else 0.9  # weak SLM at depth 1 only
 
-    b = ToyBackend(labelled_step, reward)
+    b = ToyExecutor(labelled_step, reward)
     res = run(solve("q", b, cfg(num_simulations=3, action_policy="gate", gate_threshold=0.5)))
     collab_depths = [len(c[4]) for c in b.expand_calls("collab")]
     assert collab_depths == [0]  # only the root's SLM children were weak
@@ -229,11 +229,11 @@ def test_gate_policy_uses_collab_only_below_threshold():
 
 
 def test_arms_policy_tries_collab_only_when_slm_arm_is_weak():
-    strong = ToyBackend(labelled_step, lambda q, s: 0.2 if "collab" in s[-1] else 0.9)
+    strong = ToyExecutor(labelled_step, lambda q, s: 0.2 if "collab" in s[-1] else 0.9)
     run(solve("q", strong, cfg(num_simulations=6, action_policy="arms", uct_c=0.0, arm_fpu=0.5)))
     assert strong.expand_calls("collab") == []
 
-    weak = ToyBackend(labelled_step, lambda q, s: 0.9 if "collab" in s[-1] else 0.1)
+    weak = ToyExecutor(labelled_step, lambda q, s: 0.9 if "collab" in s[-1] else 0.1)
     res = run(solve("q", weak, cfg(num_simulations=3, action_policy="arms", uct_c=0.0, arm_fpu=0.5)))
     calls = [(c[4], c[2]) for c in weak.expand_calls()]
     # root: slm arm first (cheaper on ties); its mean 0.1 < fpu 0.5 -> collab arm of the root;
@@ -243,7 +243,7 @@ def test_arms_policy_tries_collab_only_when_slm_arm_is_weak():
 
 
 def test_leaf_parallelism_expands_distinct_leaves_in_one_round():
-    b = ToyBackend(labelled_step, lambda q, s: 0.5)
+    b = ToyExecutor(labelled_step, lambda q, s: 0.5)
     res = run(solve("q", b, cfg(num_simulations=5, leaf_parallelism=2)))
     # rounds: [root], [2 leaves], [2 leaves]
     assert res.stats["rounds"] == 3 and res.stats["simulations"] == 5
@@ -256,7 +256,7 @@ def test_leaf_parallelism_expands_distinct_leaves_in_one_round():
 
 
 def test_duplicate_siblings_are_dropped_released_and_not_scored():
-    b = ToyBackend(lambda q, s, a, i: f"same {len(s)}", lambda q, s: 0.5)
+    b = ToyExecutor(lambda q, s, a, i: f"same {len(s)}", lambda q, s: 0.5)
     res = run(solve("q", b, cfg(num_simulations=2)))
     assert [len(n.children) for n in res.root.iter_nodes()][:2] == [1, 1]
     assert [c[1] for c in b.score_calls()] == [1, 1]
@@ -266,7 +266,7 @@ def test_duplicate_siblings_are_dropped_released_and_not_scored():
 
 def test_rewards_are_sanitised():
     vals = iter([float("nan"), 1.7, -3.0])
-    b = ToyBackend(labelled_step, lambda q, s: 0.5)
+    b = ToyExecutor(labelled_step, lambda q, s: 0.5)
 
     async def bad_score(states):
         return [next(vals) for _ in states]
@@ -291,7 +291,7 @@ def _random_step(q, steps, action, i):
 @pytest.mark.parametrize("policy", ["both", "gate", "arms"])
 def test_same_seed_same_tree_and_answer(policy):
     def go(seed):
-        b = ToyBackend(_random_step, _random_reward)
+        b = ToyExecutor(_random_step, _random_reward)
         c = cfg(num_simulations=12, seed=seed, action_policy=policy, leaf_parallelism=2)
         r = run(solve("q", b, c))
         return r.answer, to_json(r.root, r.chosen)
@@ -301,7 +301,7 @@ def test_same_seed_same_tree_and_answer(policy):
 
 def test_seed_drives_tie_breaking():
     def go(seed):
-        b = ToyBackend(labelled_step, lambda q, s: 0.5)
+        b = ToyExecutor(labelled_step, lambda q, s: 0.5)
         run(solve("q", b, cfg(num_simulations=6, seed=seed, uct_c=0.0)))
         return tuple(c[4] for c in b.expand_calls("slm"))
 
@@ -310,7 +310,7 @@ def test_seed_drives_tie_breaking():
 
 
 def test_early_stop():
-    b = ToyBackend(lambda q, s, a, i: f"{a}{i} The answer is 3.", lambda q, s: 0.95)
+    b = ToyExecutor(lambda q, s, a, i: f"{a}{i} The answer is 3.", lambda q, s: 0.95)
     res = run(solve("q", b, cfg(num_simulations=50, early_stop_reward=0.9)))
     assert res.stats["stop_reason"] == "early_stop" and res.stats["simulations"] == 1
 
@@ -318,10 +318,10 @@ def test_early_stop():
 def test_ucb_constant_changes_exploration():
     # with c=0 the search is greedy on Q: it keeps deepening the best first child
     rewards = {"d1-slm0": 0.9, "d1-slm1": 0.1, "d1-collab0": 0.1}
-    b = ToyBackend(labelled_step, table_reward(rewards, 0.95))
+    b = ToyExecutor(labelled_step, table_reward(rewards, 0.95))
     run(solve("q", b, cfg(num_simulations=4, uct_c=0.0)))
     assert [len(c[4]) for c in b.expand_calls("slm")] == [0, 1, 2, 3]
-    b = ToyBackend(labelled_step, table_reward(rewards, 0.95))
+    b = ToyExecutor(labelled_step, table_reward(rewards, 0.95))
     run(solve("q", b, cfg(num_simulations=4, uct_c=10.0)))
     order = [c[4] for c in b.expand_calls("slm")]
     assert order[1] == ("d1-slm0",)  # all tied on visits: the best reward first

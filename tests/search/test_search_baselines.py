@@ -4,7 +4,7 @@ import asyncio
 import pytest
 
 from engine.search.api import solve
-from engine.search.backend import ToyBackend
+from toy_executor import ToyExecutor
 from engine.search.config import SearchConfig
 
 
@@ -23,7 +23,7 @@ def chain_step(q, steps, action, i):
 
 @pytest.mark.parametrize("method,action", [("slm", "slm"), ("llm", "llm"), ("fusion", "collab")])
 def test_single_chain_methods(method, action):
-    b = ToyBackend(chain_step, lambda q, s: 0.6)
+    b = ToyExecutor(chain_step, lambda q, s: 0.6)
     seen = []
     res = run(solve("q", b, cfg(method=method), on_step=seen.append))
     assert [(c[2], c[3]) for c in b.expand_calls()] == [(action, 1)] * 3
@@ -36,13 +36,13 @@ def test_single_chain_methods(method, action):
 
 
 def test_chain_without_scoring():
-    b = ToyBackend(chain_step, lambda q, s: 0.6)
+    b = ToyExecutor(chain_step, lambda q, s: 0.6)
     res = run(solve("q", b, cfg(method="slm", score_baselines=False)))
     assert b.score_calls() == [] and [s["reward"] for s in res.steps] == [None] * 3
 
 
 def test_llm_chain_falls_back_to_slm_when_budget_spent():
-    b = ToyBackend(chain_step, lambda q, s: 0.6)
+    b = ToyExecutor(chain_step, lambda q, s: 0.6)
     res = run(solve("q", b, cfg(method="llm", max_llm_calls=1)))
     assert [s["action"] for s in res.steps] == ["llm", "slm", "slm"]
 
@@ -65,7 +65,7 @@ def bon_reward(q, steps):
 def test_bon_ranks_full_solutions_by_aggregated_prm():
     results = {}
     for how in ("min", "last", "prod", "mean"):
-        b = ToyBackend(bon_step, bon_reward)
+        b = ToyExecutor(bon_step, bon_reward)
         res = run(solve("q", b, cfg(method="bon", bon_n=5, prm_aggregation=how)))
         results[how] = res.steps[0]["text"]
         assert len(res.root.children) == 5
@@ -77,7 +77,7 @@ def test_bon_ranks_full_solutions_by_aggregated_prm():
 
 
 def test_bon_weighted_vote_prefers_the_majority_answer():
-    b = ToyBackend(bon_step, bon_reward)
+    b = ToyExecutor(bon_step, bon_reward)
     res = run(solve("q", b, cfg(method="bon", bon_n=5, final_choice="weighted_vote", prm_aggregation="last")))
     # answers: chain0->0 (.45) chain1->1 (.7) chain2->2 (.9) chain3->0 (.58) chain4->1 (.61)
     # weights: "0": 1.03, "1": 1.31, "2": .9 -> answer 1 (chain 2 alone has the best path)
@@ -101,7 +101,7 @@ def beam_reward(q, steps):
 
 
 def test_beam_keeps_the_best_beams_and_releases_the_rest():
-    b = ToyBackend(beam_step, beam_reward)
+    b = ToyExecutor(beam_step, beam_reward)
     res = run(solve("q", b, cfg(method="beam", beam_width=2, slm_width=3, prm_aggregation="last")))
     expanded = [c[4][-1].split(":")[0] if c[4] else "root" for c in b.expand_calls()]
     # depth 1: r.0 r.1 r.2 -> keep r.1 (.79) and r.0 (.5); depth 2: 6 children, keep the two best
@@ -117,7 +117,7 @@ def test_beam_keeps_the_best_beams_and_releases_the_rest():
 
 
 def test_beam_releases_pruned_states_early():
-    b = ToyBackend(beam_step, beam_reward)
+    b = ToyExecutor(beam_step, beam_reward)
     released_during = []
     orig = b.score
 
@@ -145,7 +145,7 @@ def rsd_reward(q, steps):
 
 
 def test_rsd_regenerates_exactly_the_low_prm_steps():
-    b = ToyBackend(rsd_step, rsd_reward)
+    b = ToyExecutor(rsd_step, rsd_reward)
     seen = []
     res = run(solve("q", b, cfg(method="rsd", rsd_threshold=0.5), on_step=seen.append))
     assert [s["action"] for s in res.steps] == ["llm", "slm", "llm", "slm"]
@@ -160,9 +160,9 @@ def test_rsd_regenerates_exactly_the_low_prm_steps():
 
 
 def test_rsd_threshold_zero_never_calls_llm_and_budget_limits_it():
-    b = ToyBackend(rsd_step, rsd_reward)
+    b = ToyExecutor(rsd_step, rsd_reward)
     res = run(solve("q", b, cfg(method="rsd", rsd_threshold=0.0)))
     assert b.expand_calls("llm") == [] and [s["action"] for s in res.steps] == ["slm"] * 4
-    b = ToyBackend(rsd_step, rsd_reward)
+    b = ToyExecutor(rsd_step, rsd_reward)
     res = run(solve("q", b, cfg(method="rsd", rsd_threshold=0.5, max_llm_calls=1)))
     assert [s["action"] for s in res.steps] == ["llm", "slm", "slm", "slm"]

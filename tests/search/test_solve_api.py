@@ -5,7 +5,8 @@ import json
 import pytest
 
 from engine.search.api import SolveResult, solve
-from engine.search.backend import StepBackend, StepOut, ToyBackend
+from engine.search.protocol import StepExecutor, StepOut
+from toy_executor import ToyExecutor
 from engine.search.config import METHODS, SearchConfig
 
 
@@ -23,13 +24,13 @@ def reward(q, steps):
 
 
 def test_toy_backend_satisfies_the_protocol():
-    assert isinstance(ToyBackend(), StepBackend)
-    assert not isinstance(object(), StepBackend)
+    assert isinstance(ToyExecutor(), StepExecutor)
+    assert not isinstance(object(), StepExecutor)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_answers_and_releases_every_state(method):
-    b = ToyBackend(step, reward)
+    b = ToyExecutor(step, reward)
     res = run(solve("What is 1 + 2?", b, SearchConfig(method=method, num_simulations=8)))
     assert isinstance(res, SolveResult) and res.method == method
     assert res.answer is not None and res.steps
@@ -44,14 +45,14 @@ def test_every_method_answers_and_releases_every_state(method):
 
 
 def test_default_toy_backend_gboost_finds_the_right_sum():
-    b = ToyBackend()
+    b = ToyExecutor()
     res = run(solve("What is 3 + 4?", b, SearchConfig()))
     assert res.answer == "7" and "slip" not in res.text
 
 
 def test_on_step_after_search_for_gboost_sync_and_async():
     got = []
-    res = run(solve("q", ToyBackend(step, reward), SearchConfig(num_simulations=6), on_step=got.append))
+    res = run(solve("q", ToyExecutor(step, reward), SearchConfig(num_simulations=6), on_step=got.append))
     assert [g["text"] for g in got] == [s["text"] for s in res.steps]
     assert [g["index"] for g in got] == list(range(len(res.steps)))
 
@@ -61,7 +62,7 @@ def test_on_step_after_search_for_gboost_sync_and_async():
         await asyncio.sleep(0)
         got2.append(s["action"])
 
-    res = run(solve("q", ToyBackend(step, reward), SearchConfig(method="fusion"), on_step=cb))
+    res = run(solve("q", ToyExecutor(step, reward), SearchConfig(method="fusion"), on_step=cb))
     assert got2 == ["collab"] * 3
 
 
@@ -71,7 +72,7 @@ class Boom(RuntimeError):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_states_released_when_score_fails(method):
-    b = ToyBackend(step, reward)
+    b = ToyExecutor(step, reward)
     calls = {"n": 0}
     orig = b.score
 
@@ -88,7 +89,7 @@ def test_states_released_when_score_fails(method):
 
 
 def test_states_released_when_one_concurrent_expand_fails():
-    b = ToyBackend(step, reward)
+    b = ToyExecutor(step, reward)
     orig = b.expand
 
     async def expand(state, action, n):
@@ -105,7 +106,7 @@ def test_states_released_when_one_concurrent_expand_fails():
 
 
 def test_states_released_when_on_step_raises():
-    b = ToyBackend(step, reward)
+    b = ToyExecutor(step, reward)
 
     def cb(s):
         raise Boom("client went away")
@@ -116,7 +117,7 @@ def test_states_released_when_on_step_raises():
 
 
 def test_states_released_on_cancellation():
-    b = ToyBackend(step, reward, latency_s=0.01)
+    b = ToyExecutor(step, reward, latency_s=0.01)
 
     async def main():
         t = asyncio.create_task(solve("q", b, SearchConfig(num_simulations=50)))
@@ -130,7 +131,7 @@ def test_states_released_on_cancellation():
 
 
 def test_bad_backend_output_is_reported_clearly():
-    class Bad(ToyBackend):
+    class Bad(ToyExecutor):
         async def expand(self, state, action, n):
             outs = await super().expand(state, action, n)
             return [StepOut(o.text, o.token_ids, o.state, o.terminal, "llm") for o in outs]
@@ -140,7 +141,7 @@ def test_bad_backend_output_is_reported_clearly():
         run(solve("q", b, SearchConfig(method="slm")))
     assert not b.live
 
-    class Short(ToyBackend):
+    class Short(ToyExecutor):
         async def score(self, states):
             return (await super().score(states))[:-1]
 
@@ -151,7 +152,7 @@ def test_bad_backend_output_is_reported_clearly():
 
 
 def test_concurrent_requests_share_a_backend():
-    b = ToyBackend(step, reward, latency_s=0.001)
+    b = ToyExecutor(step, reward, latency_s=0.001)
 
     async def main():
         return await asyncio.gather(*(solve(f"q{i}", b, SearchConfig(num_simulations=4)) for i in range(5)))
@@ -166,13 +167,13 @@ def test_concurrent_requests_share_a_backend():
 
 def test_cfg_type_checked():
     with pytest.raises(TypeError):
-        run(solve("q", ToyBackend(), {"method": "slm"}))
+        run(solve("q", ToyExecutor(), {"method": "slm"}))
 
 
 @pytest.mark.parametrize("delay", [0.005, 0.012, 0.019, 0.026, 0.033, 0.041])
 def test_no_state_leaks_whenever_cancellation_lands(delay):
     """Cancel at many points, including while expand calls are finishing: nothing may leak."""
-    b = ToyBackend(step, reward, latency_s=0.007)
+    b = ToyExecutor(step, reward, latency_s=0.007)
 
     async def main():
         t = asyncio.create_task(solve("q", b, SearchConfig(num_simulations=50)))
@@ -189,7 +190,7 @@ def test_no_state_leaks_whenever_cancellation_lands(delay):
 def test_no_state_leaks_when_cancelled_twice(delay):
     """A server at shutdown cancels a search that its handler is already cancelling: the second
     cancellation lands while the first one's cleanup waits for expansions. Nothing may leak."""
-    b = ToyBackend(step, reward, latency_s=0.007)
+    b = ToyExecutor(step, reward, latency_s=0.007)
 
     async def main():
         t = asyncio.create_task(solve("q", b, SearchConfig(num_simulations=50)))
@@ -209,7 +210,7 @@ def test_nested_settle_keeps_every_result_when_cancelled_again_during_cleanup(tu
     """gboost's expand settles the backend's expands, which settle their children. A second
     cancellation, landing ``turns`` event-loop turns after the first one's children have ended
     (inside the inner settle's cleanup wait), must not drop a result that had already arrived."""
-    from engine.search.backend import settle
+    from engine.search.protocol import settle
 
     async def main():
         loop = asyncio.get_running_loop()

@@ -8,9 +8,9 @@ import pytest
 
 from engine.llm.remote import RemoteLLM
 from engine.scheduler import Scheduler
-from engine.search.actions import BackendOptions, EngineBackend
+from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.config import SearchConfig
-from engine.search.prm import PRMScorer, PRMSpec
+from engine.collab.prm import PRMScorer, PRMSpec
 from engine.server.app import create_app
 from engine.server.engine_backend import EngineCompletionBackend
 from engine.server.faults import FaultConfig
@@ -45,8 +45,8 @@ def test_retried_llm_faults_show_in_metrics_and_in_each_requests_cost():
         sched = Scheduler(eng)
         llm = RemoteLLM(llm_srv.url, top_logprobs=V, timeout_s=10, max_retries=2, vocab_size=V, sleep=no_sleep)
         cfg = SearchConfig(method="fusion", max_step_tokens=6, max_depth=3, temperature=0.0, top_p=1.0)
-        be = EngineBackend(eng, sched, cfg, llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
-                           options=BackendOptions(max_draft=3))
+        be = EngineExecutor(eng, sched, cfg, llm=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair")),
+                           options=CollabOptions(max_draft=3))
         app = create_app(EngineCompletionBackend(eng, sched, model_name="tiny"), solver=Solver(be, cfg))
         with BackgroundServer(app) as srv:
             costs = []

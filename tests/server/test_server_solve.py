@@ -1,6 +1,6 @@
 """POST /v1/solve over real HTTP: JSON and SSE replies, bad bodies, errors, disconnects.
 
-The search runs on the model-free ToyBackend (strict ledger of live states), the completions
+The search runs on the model-free ToyExecutor (strict ledger of live states), the completions
 routes on the FakeBackend; the server is uvicorn in a thread on 127.0.0.1.
 """
 import asyncio
@@ -14,7 +14,7 @@ from _fake_backend import FakeBackend
 from engine.kv.block_pool import KVPoolExhausted
 from engine.runner import PromptTooLong
 from engine.search.api import solve
-from engine.search.backend import ToyBackend
+from toy_executor import ToyExecutor
 from engine.search.config import SearchConfig
 from engine.server.solve import Solver
 
@@ -31,7 +31,7 @@ def chain_step(q, steps, action, i):
 @pytest.fixture
 def solve_server(make_server):
     def make_solve(toy=None, cfg=None, **kw):
-        toy = toy or ToyBackend()
+        toy = toy or ToyExecutor()
         solver = Solver(toy, cfg or SearchConfig(num_simulations=6))
         srv = make_server(FakeBackend(), solver=solver, **kw)
         srv.toy, srv.solver = toy, solver
@@ -67,7 +67,7 @@ def test_json_reply_equals_a_direct_solve(solve_server):
     r = post(srv, {"question": Q, "seed": 3, "config": {"num_simulations": 5}})
     assert r.status_code == 200, r.text
     got = r.json()
-    want = asyncio.run(solve(Q, ToyBackend(), SearchConfig(num_simulations=5, seed=3)))
+    want = asyncio.run(solve(Q, ToyExecutor(), SearchConfig(num_simulations=5, seed=3)))
     assert got["object"] == "solve.result" and got["method"] == "gboost"
     assert got["answer"] == want.answer == "7"
     assert got["steps"] == want.steps and got["text"] == want.text
@@ -77,7 +77,7 @@ def test_json_reply_equals_a_direct_solve(solve_server):
 
 
 def test_method_and_tree_options(solve_server):
-    srv = solve_server(ToyBackend(chain_step))
+    srv = solve_server(ToyExecutor(chain_step))
     r = post(srv, {"question": Q, "method": "fusion", "include_tree": True})
     assert r.status_code == 200, r.text
     got = r.json()
@@ -86,7 +86,7 @@ def test_method_and_tree_options(solve_server):
 
 
 def test_stream_sends_each_step_then_the_result_then_done(solve_server):
-    srv = solve_server(ToyBackend(chain_step))
+    srv = solve_server(ToyExecutor(chain_step))
     with httpx.stream("POST", srv.url + "/v1/solve", json={"question": Q, "method": "slm", "stream": True},
                       timeout=20) as r:
         assert r.status_code == 200
@@ -103,7 +103,7 @@ def test_stream_sends_each_step_then_the_result_then_done(solve_server):
 
 def test_stream_steps_arrive_before_the_search_ends(solve_server):
     # each chain step takes 0.3 s: the first event must come long before the 4-step solve ends
-    srv = solve_server(ToyBackend(chain_step, latency_s=0.3))
+    srv = solve_server(ToyExecutor(chain_step, latency_s=0.3))
     t0 = time.monotonic()
     with httpx.stream("POST", srv.url + "/v1/solve", json={"question": Q, "method": "slm", "stream": True},
                       timeout=20) as r:
@@ -147,7 +147,7 @@ def test_malformed_json_and_non_object(solve_server):
     assert r.status_code == 400 and "JSON object" in r.json()["error"]["message"]
 
 
-class Failing(ToyBackend):
+class Failing(ToyExecutor):
     """Raises ``exc`` from the n-th score call (1-based), after states exist."""
 
     def __init__(self, exc, at=1, **kw):
@@ -192,7 +192,7 @@ def test_stream_error_after_steps_is_an_event_then_done(solve_server):
 
 
 def test_client_disconnect_cancels_the_search_and_releases_states(solve_server):
-    toy = ToyBackend(lambda q, steps, a, i: f"{a}{i} step {len(steps) + 1}", latency_s=0.5, max_depth=50)
+    toy = ToyExecutor(lambda q, steps, a, i: f"{a}{i} step {len(steps) + 1}", latency_s=0.5, max_depth=50)
     srv = solve_server(toy, SearchConfig(num_simulations=6, max_depth=50))
     with httpx.stream("POST", srv.url + "/v1/solve", json={"question": Q, "method": "slm", "stream": True},
                       timeout=20) as r:
@@ -237,10 +237,10 @@ def test_a_request_cannot_raise_the_servers_limits(solve_server, config, needle)
     assert lower.status_code == 200, lower.text
 
 
-class NoLLM(ToyBackend):
+class NoLLM(ToyExecutor):
     """A stack without a general LLM: what it cannot run is refused before any state exists."""
-    from engine.search.actions import EngineBackend
-    check_config = EngineBackend.check_config
+    from engine.collab.executor import EngineExecutor
+    check_config = EngineExecutor.check_config
     llm = base = None
 
 
@@ -267,7 +267,7 @@ def test_a_stream_that_fails_before_its_first_step_gets_the_errors_status(solve_
 def test_a_client_that_times_out_cancels_a_silent_search(solve_server, stream):
     """Non-streamed requests, and gboost streams (no event until the search has chosen), send
     nothing for a long time: a client that gives up must still stop the search."""
-    toy = ToyBackend(lambda q, steps, a, i: f"{a}{i} step {len(steps) + 1}", latency_s=0.3, max_depth=40)
+    toy = ToyExecutor(lambda q, steps, a, i: f"{a}{i} step {len(steps) + 1}", latency_s=0.3, max_depth=40)
     srv = solve_server(toy, SearchConfig(num_simulations=30, max_depth=40))
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(srv.url + "/v1/solve", json={"question": Q, "stream": stream}, timeout=1.0)

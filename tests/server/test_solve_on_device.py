@@ -5,7 +5,7 @@ import json
 import httpx
 import pytest
 
-from engine.search.actions import BackendOptions
+from engine.collab.executor import CollabOptions
 from engine.search.config import SearchConfig
 from engine.server.runner import BackgroundServer
 from engine.testing import tiny_app, tiny_stack
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.mark.parametrize("mode", ["speculative", "exact"])
 def test_solve_request_on_the_engines_device(engine_device, mode):
     cfg = SearchConfig(max_step_tokens=6, max_depth=2, num_simulations=2, seed=1)
-    stack = tiny_stack(cfg, num_blocks=256, device=engine_device, options=BackendOptions(collab_mode=mode, max_draft=3))
+    stack = tiny_stack(cfg, num_blocks=256, device=engine_device, options=CollabOptions(collab_mode=mode, max_draft=3))
     assert stack.engine.cache.pool.device.type == engine_device
     with BackgroundServer(tiny_app(stack)) as srv:
         r = httpx.post(srv.url + "/v1/solve", json={"question": "What is 2 + 3?", "seed": 1}, timeout=120)

@@ -1,8 +1,8 @@
 """G-Boost and the fusion baseline on plain transformers, written the way a research prototype is.
 
-:class:`NaiveBackend` implements the search's StepBackend protocol (engine/search/backend.py)
+:class:`NaiveExecutor` implements the search's StepExecutor protocol (engine/search/protocol.py)
 with nothing but ``AutoModelForCausalLM`` forward calls, and the engine's own search policy
-(``engine.search.api.solve``) drives it, so against ``EngineBackend`` only model execution differs:
+(``engine.search.api.solve``) drives it, so against ``EngineExecutor`` only model execution differs:
 
 * every tree node writes its step with fresh HF caches built from the node's full token prefix
   (nothing is reused between nodes, siblings or requests);
@@ -27,14 +27,14 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.search.actions import node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
-from engine.search.backend import ACTIONS, StepOut
+from engine.collab.rules import node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
+from engine.search.protocol import ACTIONS, StepOut
 from engine.search.config import ConfigError, SearchConfig
 from engine.search.cost import CostRecord, charge
-from engine.search.prm import PRMPrompts, PRMSpec
+from engine.collab.prm import PRMPrompts, PRMSpec
 from kernels.fused_sampling import sample_kept
 
-__all__ = ["NaiveBackend", "NaiveState"]
+__all__ = ["NaiveExecutor", "NaiveState"]
 
 
 def _cache_kw(model) -> str:
@@ -57,8 +57,8 @@ class NaiveState:
     released: bool = False
 
 
-class NaiveBackend:
-    """StepBackend on transformers models: ``slm`` (required), ``llm`` (collab/llm steps) and
+class NaiveExecutor:
+    """StepExecutor on transformers models: ``slm`` (required), ``llm`` (collab/llm steps) and
     ``prm`` (a causal LM read as a judge or token-pair PRM), all sharing the tokenizer ``tok``."""
 
     def __init__(self, tok, cfg: SearchConfig, slm, *, llm=None, prm=None, prm_spec: PRMSpec | None = None,
@@ -80,9 +80,9 @@ class NaiveBackend:
         if cfg.fusion_rule != "loglinear" and cfg.fuses():
             raise ConfigError("the naive backend fuses with fusion_rule='loglinear' only")
 
-    def with_config(self, cfg: SearchConfig) -> "NaiveBackend":
+    def with_config(self, cfg: SearchConfig) -> "NaiveExecutor":
         self.check_config(cfg)
-        view = copy.copy(self)  # cost and models shared, like EngineBackend.with_config
+        view = copy.copy(self)  # cost and models shared, like EngineExecutor.with_config
         view.cfg, view.answer_re = cfg, re.compile(cfg.answer_pattern)
         return view
 

@@ -3,7 +3,7 @@
 Two sequence kinds, fixed by the head's card:
   slm   the SLM's own rows. A step's last token is still pending when the step ends; scoring
         computes it (`want="hidden"`), keeps its hidden row for the score and its logits for
-        the child's first next-token draw (`NodeState.ready`), so a score costs no forward the
+        the child's first next-token draw (`state.NodeState.ready`), so a score costs no forward the
         expansion would not run anyway. No PRM sequence exists at all.
   text  another resident model (e.g. the general LLM) on an append-only sequence of its own:
         the SLM's chat prompt, then each step followed by the step delimiter.
@@ -16,11 +16,12 @@ from engine.kv.cache import Sequence
 from engine.models.value_head import HeadCard, check_base, load_head
 from engine.search.cost import charge
 
+from .rules import slm_prompt_ids
+
 STEP_JOIN = "\n\n"
 
 
 def text_root_ids(tok, question: str) -> list[int]:
-    from engine.search.actions import slm_prompt_ids
     return slm_prompt_ids(tok, question)  # the SLM's prompt, in this model's own chat template
 
 

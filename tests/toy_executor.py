@@ -1,126 +1,15 @@
-"""The protocol between the search policy and the models, plus a model-free reference backend.
-
-The search (gboost.py, baselines.py) only ever talks to a :class:`StepBackend`.
-The real implementation (SLM + general LLM + PRM sharing one paged KV pool) lives
-in engine/search/actions.py & prm.py; :class:`ToyBackend` below is a deterministic
-in-memory implementation used by the tests and handy for dry runs of the CLI.
-
-Semantics every backend must honour
------------------------------------
-* ``root(question)`` returns an opaque *state* for the prompt (chat template
-  applied, prompt prefilled or queued for prefill).
-* ``expand(state, action, n)`` samples ``n`` children of ``state``: each child is
-  ``state`` followed by one more reasoning step, i.e. text generated until the
-  step delimiter (``"\\n\\n"``), EOS, or ``max_step_tokens``.  ``action`` is
-
-  - ``"slm"``: the private SLM alone;
-  - ``"collab"``: every token is sampled from the fusion of the SLM's and the
-    LLM's next-token distributions (``fusion_rule`` / ``fusion_alpha``);
-  - ``"llm"``: the general LLM alone (baselines ``llm`` and ``rsd``).
-
-  Each returned child carries a *new* state (typically a forked KV sequence
-  sharing the parent's blocks).  The parent state stays valid.
-  Sampling settings (temperature, top_p, seed, fusion, step limits) come from
-  the :class:`~engine.search.config.SearchConfig` the backend was built with
-  (``cfg.sampling()``).
-* ``score(states)`` returns, for every state, the PRM reward in ``[0, 1]`` of
-  its newest step given everything before it.  The search sends all the
-  children created in one round in a single call so the PRM runs batched.
-* ``release(state)`` frees what the state holds.  The search calls it exactly
-  once for every state it received (root and every child), when the request
-  ends -- also on errors -- or earlier for children it discards.  It never
-  uses a state after releasing it.
-* Many requests (``solve`` calls) may run concurrently on one backend; the
-  search issues its independent calls concurrently (``asyncio.gather``) so a
-  backend scheduler can batch the whole frontier.
-"""
+"""A scripted, model-free StepExecutor for the search's tests: deterministic steps and rewards,
+and a strict ledger of the states it hands out."""
 from __future__ import annotations
 
 import asyncio
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable
 
-from .cost import CostRecord
-
-__all__ = ["ACTIONS", "StepOut", "StepBackend", "check_step_out", "settle", "ToyBackend", "ToyState"]
-
-#: The generation actions a backend must implement.
-ACTIONS = ("slm", "collab", "llm")
-
-
-@dataclass
-class StepOut:
-    """One sampled child step, as returned by :meth:`StepBackend.expand`."""
-
-    text: str             #: the step text (without the trailing delimiter)
-    token_ids: list[int]  #: generated token ids of the step
-    state: Any            #: opaque child handle (holds the forked KV sequences)
-    terminal: bool        #: ended at EOS or final-answer pattern, or depth cap
-    action: str           #: "slm" | "collab" | "llm" -- the action that was requested
-    fault: str | None = None  #: e.g. "llm_timeout": a collab/llm step fell back to the SLM
-
-
-@runtime_checkable
-class StepBackend(Protocol):
-    """What the search needs from the models (see the module docstring)."""
-
-    cost: CostRecord
-
-    async def root(self, question: str) -> Any: ...
-
-    async def expand(self, state: Any, action: str, n: int) -> list[StepOut]: ...
-
-    async def score(self, states: list[Any]) -> list[float]: ...
-
-    def release(self, state: Any) -> None: ...
-
-
-async def settle(aws, on_orphan: Callable[[Any], None]) -> list:
-    """``gather(*aws, return_exceptions=True)`` that loses nothing on cancellation.
-
-    If the caller is cancelled while waiting, the pending awaitables are cancelled too, every one
-    is waited for, each result that did arrive is handed to ``on_orphan`` (so states created by an
-    ``expand`` that finished just in time are released, not leaked), and the cancellation goes on.
-    A second cancellation during that wait (a server cancelling at shutdown what its handlers are
-    already cancelling) does not cut it short: the results would be lost with their KV blocks.
-    """
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return await asyncio.gather(*tasks, return_exceptions=True)
-    except asyncio.CancelledError:
-        for t in tasks:
-            t.cancel()
-        # test for done first: a caller cancelled on every loop turn (anyio re-delivers a cancelled
-        # scope's cancellation) would otherwise never get past the await below
-        while not all(t.done() for t in tasks):
-            try:
-                await asyncio.wait(tasks)
-            except asyncio.CancelledError:
-                pass  # already cancelling: keep waiting for the orphans, then re-raise below
-        for t in tasks:
-            if not t.cancelled() and t.exception() is None:
-                on_orphan(t.result())
-        raise
-
-
-def check_step_out(out: Any, action: str) -> StepOut:
-    """Validate one item returned by ``expand`` (clear error instead of a confusing crash later)."""
-    if not isinstance(out, StepOut):
-        raise TypeError(f"backend.expand must return StepOut objects, got {type(out).__name__}")
-    if out.action not in ACTIONS:
-        raise ValueError(f"backend returned unknown action {out.action!r}; expected one of {ACTIONS}")
-    if out.action != action:
-        raise ValueError(f"backend.expand(action={action!r}) returned a step labelled {out.action!r}")
-    if not isinstance(out.text, str):
-        raise TypeError(f"StepOut.text must be str, got {type(out.text).__name__}")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Reference implementation without models
-# --------------------------------------------------------------------------------------------
+from engine.search.cost import CostRecord
+from engine.search.protocol import ACTIONS, StepOut
 
 StepFn = Callable[[str, "tuple[str, ...]", str, int], "str | tuple[str, bool]"]
 RewardFn = Callable[[str, "tuple[str, ...]"], float]
@@ -167,8 +56,8 @@ def _default_reward(question: str, steps: tuple[str, ...]) -> float:
     return 0.2 if "slip" in steps[-1] else 0.8
 
 
-class ToyBackend:
-    """Deterministic model-free :class:`StepBackend`.
+class ToyExecutor:
+    """Deterministic model-free :class:`~engine.search.protocol.StepExecutor`.
 
     ``step_fn(question, prior_step_texts, action, i)`` returns the text of the
     ``i``-th sampled child (or ``(text, terminal)``); ``reward_fn(question,
@@ -249,7 +138,7 @@ class ToyBackend:
             toks = toy_tokens(text)
             terminal = bool(term) or bool(self.answer_re.search(text)) or st.depth + 1 >= self.max_depth
             child = self._new_state(st.question, st.steps + (text,), st.actions + (action,), st.n_tokens + len(toks))
-            # backend-level accounting (what a real engine would have computed)
+            # executor-level accounting (what a real engine would have computed)
             self.cost.prefix_cache_tokens += st.n_tokens
             if action == "llm" and not fault:
                 self.cost.llm_tokens += len(toks)

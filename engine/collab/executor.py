@@ -1,0 +1,247 @@
+"""The engine's StepExecutor: steps and scores on the shared KV pool, for the search to await.
+
+A state (state.py) holds the node's SLM and PRM sequences, each forked from its parent's. A
+child is: fork the SLM sequence, run the action's step function (STEPS) on it, and on an LLM
+failure throw the partial step away and write it with the SLM instead (fault counted) unless
+configured to fail. Steps are scored by the PRM (prm.py, value_prm.py). A new action is one
+step function ``async def step(ex, seq, gen)`` added to STEPS and its name to
+engine/search/config.ACTIONS.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import re
+from dataclasses import dataclass
+
+import torch
+
+from engine.kv.cache import Sequence
+from engine.llm.base import LLMError
+from engine.runner import PromptTooLong
+from engine.sampling import sample_token
+from engine.search.config import ConfigError, SearchConfig, check_stack_runs
+from engine.search.cost import CostRecord, charge
+from engine.search.protocol import StepOut, settle
+
+from .fused_step import collab_step, llm_step
+from .rules import node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
+from .slm_step import slm_step
+from .state import NodeState
+
+#: action name -> the function that writes one step of it onto a forked SLM sequence
+STEPS = {"slm": slm_step, "collab": collab_step, "llm": llm_step}
+
+
+@dataclass
+class CollabOptions:
+    collab_mode: str = "speculative"   # speculative | exact
+    max_draft: int = 16                # SLM tokens drafted per speculative round
+    on_llm_fault: str = "fallback"     # fallback (SLM step, fault counted) | fail
+    topk_support: int = 20             # SLM top-k entering the support when LLM rows are top-k only
+
+    def __post_init__(self):
+        if self.collab_mode not in ("speculative", "exact"):
+            raise ValueError(f"collab_mode must be speculative or exact, got {self.collab_mode!r}")
+        if self.on_llm_fault not in ("fallback", "fail"):
+            raise ValueError(f"on_llm_fault must be fallback or fail, got {self.on_llm_fault!r}")
+        if self.max_draft < 1:
+            raise ValueError("max_draft must be >= 1")
+
+
+def check_fits(m, ids: list[int], what: str) -> None:
+    """PromptTooLong (a 400 on the server) if ``ids`` exceed resident model ``m``'s positions."""
+    if len(ids) > m.model.max_positions:
+        raise PromptTooLong(f"{what} is {len(ids)} tokens with its prompt template, more than the "
+                            f"{m.model.max_positions} positions of model {m.key!r}")
+
+
+class _SharedCount:
+    """An int kept in ``obj._counts``, so every per-request view of an executor adds to one total."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj._counts[self.name]
+
+    def __set__(self, obj, value):
+        obj._counts[self.name] = value
+
+
+class EngineExecutor:
+    live_states = _SharedCount()     # states handed out and not yet released
+    llm_rounds = _SharedCount()      # LLM calls made by collaborative steps
+    draft_proposed = _SharedCount()  # speculative: drafted tokens
+    draft_accepted = _SharedCount()  # speculative: drafted tokens accepted
+
+    def __init__(self, engine, scheduler, cfg: SearchConfig, *, llm=None, prm=None, base=None,
+                 options: CollabOptions | None = None):
+        self.engine, self.scheduler, self.cfg = engine, scheduler, cfg
+        self.llm, self.prm, self.base = llm, prm, base
+        self.opt = options or CollabOptions()
+        self.slm = engine.role("slm")
+        self.tok = self.slm.tokenizer
+        self.eos = set(self.slm.eos_token_ids)
+        self.answer_re = re.compile(cfg.answer_pattern)
+        self.cost = CostRecord()
+        self.measures_request_cost = True   # solve() reports our measured counts per request
+        if prm is not None:
+            prm.cost = self.cost
+        for lm in (llm, base):
+            if lm is not None and hasattr(lm, "cost"):
+                lm.cost = self.cost         # a local LLM (or base) charges what it computes itself
+        self._counts = dict.fromkeys(("live_states", "llm_rounds", "draft_proposed", "draft_accepted"), 0)
+        self._ready: dict[int, tuple[int, torch.Tensor]] = {}  # child seq_id -> (length, parent's ready logits)
+
+    def check_config(self, cfg: SearchConfig) -> None:
+        """Raise ConfigError if this executor cannot run ``cfg`` (before any state exists)."""
+        check_stack_runs(cfg, has_llm=self.llm is not None, has_base=self.base is not None)
+
+    def with_config(self, cfg: SearchConfig) -> "EngineExecutor":
+        """This executor generating with one request's ``cfg`` (sampling, fusion, step rules);
+        models, KV cache, LLM, PRM, cost and counters stay shared with ``self``."""
+        self.check_config(cfg)
+        view = copy.copy(self)
+        view.cfg, view.answer_re = cfg, re.compile(cfg.answer_pattern)
+        return view
+
+    # -- protocol ----------------------------------------------------------------------
+    async def root(self, question: str) -> NodeState:
+        # tokenized off the event loop (a question may be megabytes), and both prompts checked
+        # before any sequence exists: a new sequence takes references on cached prefix blocks, so
+        # one made and then refused would pin them (and its token list) for good
+        ids, prm_ids = await asyncio.to_thread(self._root_ids, question)
+        check_fits(self.slm, ids, "question")
+        if prm_ids is not None:
+            check_fits(self.prm.model, prm_ids, "the PRM's prompt for the question")
+        cache = self.engine.cache
+        slm = cache.new_sequence(self.slm.key, ids)
+        try:
+            prm = None if prm_ids is None else cache.new_sequence(self.prm.model.key, prm_ids)
+        except BaseException:
+            cache.free(slm)
+            raise
+        charge(self.cost, prefix_cache_tokens=slm.cached_tokens + (prm.cached_tokens if prm else 0))
+        self.live_states += 1
+        return NodeState(slm, prm, 0, ())
+
+    def _root_ids(self, question: str) -> tuple[list[int], list[int] | None]:
+        return slm_prompt_ids(self.tok, question), None if self.prm is None else self.prm.root_ids(question)
+
+    async def expand(self, state: NodeState, action: str, n: int) -> list[StepOut]:
+        if action not in STEPS:
+            raise ValueError(f"unknown action {action!r}")
+        if action != "slm" and self.llm is None:
+            raise ValueError(f"action {action!r} needs a general LLM; none is configured")
+        res = await settle([self._child(state, action, i) for i in range(n)],
+                           on_orphan=lambda out: self.release(out.state))
+        errors = [r for r in res if isinstance(r, BaseException)]
+        if errors:  # the search never sees these children: release the ones that did finish
+            for r in res:
+                if isinstance(r, StepOut):
+                    self.release(r.state)
+            raise errors[0]
+        return res
+
+    async def score(self, states: list[NodeState]) -> list[float]:
+        if self.prm is None:
+            raise ValueError("no PRM configured")
+        with self.cost.timed("score"):
+            if getattr(self.prm, "reads_slm", False):  # a value head on the SLM's own rows
+                return await self.prm.score_slm(states)
+            return await self.prm.score([s.prm for s in states])
+
+    def release(self, state: NodeState) -> None:
+        self.engine.cache.free(state.slm)
+        if state.prm is not None:
+            self.engine.cache.free(state.prm)
+        self.live_states -= 1
+        if self.live_states == 0:  # idle engine: give the LLM's (and base's) session blocks back
+            for lm in (self.llm, self.base):
+                if hasattr(lm, "release_sessions"):
+                    lm.release_sessions()
+
+    # -- one child ------------------------------------------------------------------------
+    def _generator(self, key: tuple) -> torch.Generator:
+        g = torch.Generator(device=self.engine.cache.pool.device)
+        g.manual_seed(node_seed(self.cfg.seed, key))
+        return g
+
+    async def _child(self, parent: NodeState, action: str, i: int) -> StepOut:
+        cache = self.engine.cache
+        key = parent.key + ((action, i),)
+        seq = cache.fork(parent.slm)
+        start = len(seq.token_ids)
+        fault = prm = None
+        if parent.ready is not None:
+            self._ready[seq.seq_id] = (start, parent.ready)
+        try:
+            gen = self._generator(key)
+            with self.cost.timed(f"expand_{action}"):
+                try:
+                    await STEPS[action](self, seq, gen)
+                except LLMError as e:
+                    if self.opt.on_llm_fault == "fail":
+                        raise
+                    fault = f"llm_{e.kind}"
+                    self.cost.add_fault(fault)
+                    cache.truncate(seq, start)  # throw the partial step away: redo it with the SLM
+                    await slm_step(self, seq, self._generator(key + ("fallback",)))
+            toks = seq.token_ids[start:]
+            text = step_text(self.tok, toks, self.cfg, self.eos)
+            if parent.prm is not None:
+                prm = cache.fork(parent.prm)
+                prm.token_ids += self.prm.step_ids(text, first=parent.depth == 0)
+        except BaseException:
+            cache.free(seq)
+            if prm is not None:
+                cache.free(prm)
+            raise
+        finally:
+            self._ready.pop(seq.seq_id, None)
+        depth = parent.depth + 1
+        terminal = step_terminal(text, toks, depth, len(seq.token_ids), self.cfg, self.eos,
+                                 self.slm.model.max_positions, self.answer_re)
+        self.live_states += 1
+        if action != "slm" and fault is None:
+            self.cost.llm_calls += 1
+        state = NodeState(seq, prm, depth, key, parent.steps + [text], step_tokens=len(toks))
+        return StepOut(text, toks, state, terminal, action, fault)
+
+    # -- what step functions call ---------------------------------------------------------
+    def ends(self, seq: Sequence, start: int) -> bool:
+        """Does the step that began at `start` end with the last token of seq?"""
+        return step_ends(self.tok, seq.token_ids[start:], len(seq.token_ids), self.cfg, self.eos,
+                         self.slm.model.max_positions)
+
+    def sample(self, logits: torch.Tensor, gen: torch.Generator) -> int:
+        return sample_token(logits, self.cfg.temperature, self.cfg.top_p, gen)
+
+    async def slm_forward(self, seq: Sequence):
+        """The SLM's logits after ``seq``'s last token (a value head's score may have them ready)."""
+        ready = self._ready.get(seq.seq_id)
+        if ready is not None and ready[0] == len(seq.token_ids):  # same tokens as when it was computed
+            return ready[1]
+        logits = await self.scheduler.forward(seq)
+        # what the forward computed: preemption or a late prefix-cache match may have changed it
+        charge(self.cost, slm_tokens=seq.last_computed, prefix_cache_tokens=seq.last_hit)
+        return logits
+
+    def uses_base(self, alpha: float | None) -> bool:
+        """Base rows are needed: a collab step under proxy (an llm step is the LLM alone)."""
+        return self.cfg.fusion_rule == "proxy" and alpha is None
+
+    async def base_rows(self, ids: list[int], n_rows: int, proxy: bool):
+        if not proxy:
+            return None
+        if self.base is None:
+            raise ConfigError("fusion_rule='proxy' needs the SLM's base model")
+        cut = len(ids) - n_rows + 1  # rows after ids[cut-1] and after each later token
+        return await self.base.score(ids[:cut], ids[cut:])
+
+    async def llm_rows(self, coro, n_tokens: int):
+        self.llm_rounds += 1
+        if not hasattr(self.llm, "cost"):  # remote: charge the positions the endpoint scored
+            charge(self.cost, llm_tokens=n_tokens)
+        return await coro

@@ -1,0 +1,115 @@
+"""Actions ``collab`` and ``llm``: every token from the fusion of SLM and general-LLM rows.
+
+``exact`` asks the LLM once per token. ``speculative`` lets the SLM draft the rest of the step
+(up to ``max_draft`` tokens), scores the draft in one LLM call, and keeps the longest prefix
+consistent with the fused distribution, resampling at the first rejection (kernels/spec_verify):
+the same distribution as token-by-token fusion, in fewer LLM calls. ``llm`` is the same
+machinery with fusion weight 1 (the LLM alone).
+"""
+from __future__ import annotations
+
+import asyncio
+
+import torch
+
+from engine.kv.cache import Sequence
+from engine.sampling import processed_probs
+
+from .fusion import fuse_and_sample, fused_logp
+
+
+async def gather_all(*aws):
+    """Like asyncio.gather, but waits for every awaitable before raising: a failed LLM call must
+    not leave an SLM forward of the same sequence in flight while the step is rolled back."""
+    res = await asyncio.gather(*aws, return_exceptions=True)
+    for r in res:
+        if isinstance(r, BaseException):
+            raise r
+    return res
+
+
+async def collab_step(ex, seq: Sequence, gen: torch.Generator) -> None:
+    """Fusion at the request's ``fusion_rule`` and ``fusion_alpha``."""
+    await _fused_step(ex, seq, gen, None)
+
+
+async def llm_step(ex, seq: Sequence, gen: torch.Generator) -> None:
+    """The general LLM alone: log-linear fusion at weight 1."""
+    await _fused_step(ex, seq, gen, 1.0)
+
+
+async def _fused_step(ex, seq, gen, alpha: float | None) -> None:
+    if ex.opt.collab_mode == "exact":
+        await exact_step(ex, seq, gen, alpha)
+    else:
+        await speculative_step(ex, seq, gen, alpha)
+
+
+def _fused(ex, slm_logits, llm_rows, alpha, base_rows):
+    a = ex.cfg.fusion_alpha if alpha is None else alpha
+    return fused_logp(slm_logits, llm_rows, a, base_rows, ex.opt.topk_support)
+
+
+async def exact_step(ex, seq: Sequence, gen: torch.Generator, alpha: float | None) -> None:
+    """One LLM call per token, concurrent with the SLM's forward (and the base model's row)."""
+    start = len(seq.token_ids)
+    proxy = ex.uses_base(alpha)
+    while True:
+        ids = list(seq.token_ids)
+        slm_logits, row, base = await gather_all(ex.slm_forward(seq),
+                                                 ex.llm_rows(ex.llm.next_logprobs(ids), 1),
+                                                 ex.base_rows(ids, 1, proxy))
+        if slm_logits.is_cuda and row.full:
+            a = ex.cfg.fusion_alpha if alpha is None else alpha
+            seq.token_ids.append(fuse_and_sample(slm_logits, row, a, base, gen, ex.cfg.temperature, ex.cfg.top_p))
+        else:
+            z = _fused(ex, slm_logits[None], [row], alpha, base)[0]
+            seq.token_ids.append(ex.sample(z, gen))
+        if ex.ends(seq, start):
+            break
+
+
+async def speculative_step(ex, seq: Sequence, gen: torch.Generator, alpha: float | None) -> None:
+    """Draft, verify against the fused distribution, keep the accepted prefix, repeat."""
+    from kernels.fused_sampling import make_noise
+    from kernels.spec_verify import spec_verify
+    start = len(seq.token_ids)
+    T, top_p = ex.cfg.temperature, ex.cfg.top_p
+    proxy = ex.uses_base(alpha)
+    while True:
+        base = len(seq.token_ids)
+        draft, slm_rows, ended = [], [], False
+        while len(draft) < ex.opt.max_draft:  # SLM drafts until the step ends or K tokens
+            logits = await ex.slm_forward(seq)
+            slm_rows.append(logits)
+            t = ex.sample(logits, gen)
+            draft.append(t)
+            seq.token_ids.append(t)
+            if ex.ends(seq, start):
+                ended = True
+                break
+        # SLM row after the draft (bonus position) and the LLM's rows, concurrently.
+        bonus, llm_rows, base_rows = await gather_all(
+            ex.slm_forward(seq),
+            ex.llm_rows(ex.llm.score(seq.token_ids[:base], draft), len(draft) + 1),
+            ex.base_rows(list(seq.token_ids), len(draft) + 1, proxy))
+        slm_all = torch.stack(slm_rows + [bonus])
+        q = processed_probs(torch.stack(slm_rows), T, 0, top_p)
+        p = processed_probs(_fused(ex, slm_all, llm_rows, alpha, base_rows), T, 0, top_p)
+        K, V, dev = len(draft), q.shape[-1], p.device
+        acc_noise = torch.rand(1, K, generator=gen, device=gen.device).to(dev)
+        res_noise = make_noise(1, V, gen, dev)
+        # every kernel argument on the logits' device: a Triton launch refuses CPU pointers among CUDA ones
+        n_acc, out = spec_verify(torch.tensor([draft], device=dev), torch.tensor([K], dtype=torch.int32, device=dev),
+                                 q[None], p[None], acc_noise, res_noise)
+        n_acc, out = n_acc.tolist()[0], out[0].tolist()  # two small copies back, once per round
+        ex.draft_proposed += K
+        ex.draft_accepted += n_acc
+        # Only the last draft token can end the step: if it was accepted, the step is done
+        # exactly as token-by-token sampling would have stopped there (no bonus token).
+        if n_acc == K and ended:
+            return
+        ex.engine.cache.truncate(seq, base + n_acc)  # keep the accepted tokens' K/V
+        seq.token_ids.append(out[n_acc])
+        if ex.ends(seq, start):
+            return

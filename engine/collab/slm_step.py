@@ -1,0 +1,16 @@
+"""Action ``slm``: every token of the step from the SLM alone."""
+from __future__ import annotations
+
+import torch
+
+from engine.kv.cache import Sequence
+
+
+async def slm_step(ex, seq: Sequence, gen: torch.Generator) -> None:
+    """Append one step to ``seq``: forward, sample, until the step ends."""
+    start = len(seq.token_ids)
+    while True:
+        logits = await ex.slm_forward(seq)
+        seq.token_ids.append(ex.sample(logits, gen))
+        if ex.ends(seq, start):
+            break

@@ -1,0 +1,28 @@
+"""engine/search is model-free policy: importing any of its modules runs no model code."""
+import pkgutil
+import subprocess
+import sys
+
+import engine.search
+
+# what runs (or holds) a model: torch and every engine module built on it
+MODEL_RUNNING = ("torch", "triton", "kernels", "engine.collab", "engine.kv", "engine.runner", "engine.scheduler",
+                 "engine.models", "engine.llm", "engine.engine", "engine.sampling", "engine.context", "engine.stack")
+
+
+def _modules():
+    return sorted(f"engine.search.{m.name}" for m in pkgutil.iter_modules(engine.search.__path__))
+
+
+def test_every_search_module_imports_no_model_code():
+    assert "engine.search.gboost" in _modules() and "engine.search.api" in _modules()
+    code = ("import importlib, sys\n"
+            "for m in sys.argv[2:]:\n"
+            "    importlib.import_module(m)\n"
+            "bad = sorted(n for n in sys.modules if any(n == p or n.startswith(p + '.') for p in sys.argv[1].split(',')))\n"
+            "print(','.join(bad))\n")
+    # one process per module: a module that imports torch only through another would otherwise hide
+    for mod in _modules():
+        out = subprocess.run([sys.executable, "-c", code, ",".join(MODEL_RUNNING), mod],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == "", f"{mod} imports model-running modules: {out}"

@@ -21,6 +21,7 @@ action     slm_tokens       llm_tokens
 slm        k                0
 collab     k                k   (every fused token needs both models)
 llm        0                k
+delegate   0                k   (a measuring executor reports the tokens the API billed)
 =========  ===============  ===============
 
 A collab step that reports a ``fault`` (the LLM did not answer, the backend
@@ -54,7 +55,7 @@ class CostRecord:
     base_tokens: int = 0          #: tokens computed by the SLM's base model (fusion_rule "proxy")
     prefix_cache_tokens: int = 0  #: tokens served from a prefix cache instead of being recomputed
     prm_tokens_saved: int = 0     #: step tokens a value head scored from the SLM's own rows (no PRM forward)
-    llm_calls: int = 0            #: LLM-involving step generations (one per collab/llm child)
+    llm_calls: int = 0            #: LLM-involving step generations (one per collab/llm/delegate child)
     #: HTTP attempts to a remote LLM that failed and were retried (a retry that then succeeded
     #: leaves no fault, so this is where an unreliable endpoint shows); charged by the client
     llm_retries: int = 0
@@ -133,7 +134,7 @@ def count_step(cost: CostRecord, action: str, n_tokens: int, fault: str | None) 
     if action == "slm":
         cost.slm_tokens += n_tokens
         return
-    if action not in ("collab", "llm"):
+    if action not in ("collab", "llm", "delegate"):
         raise ValueError(f"unknown action {action!r}")
     cost.llm_calls += 1
     if fault is not None:

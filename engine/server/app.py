@@ -29,6 +29,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from typing import Optional
 
 from fastapi import FastAPI, Request
@@ -110,9 +111,7 @@ def create_app(
     async def metrics_route() -> PlainTextResponse:
         sched = getattr(backend, "scheduler", None)
         kv = sched.kv_stats() if hasattr(sched, "kv_stats") else None
-        llm = getattr(getattr(solver, "executor", None), "llm", None)
-        return PlainTextResponse(metrics.render(faults.injected, solver, kv,
-                                                llm.metrics() if hasattr(llm, "metrics") else None))
+        return PlainTextResponse(metrics.render(faults.injected, solver, kv, _llm_metrics(solver)))
 
     async def json_body(request: Request):
         return parse_json_body(await request.body())
@@ -186,6 +185,19 @@ def create_app(
 
     app.openapi = lambda: _openapi(app)
     return app
+
+
+def _llm_metrics(solver) -> Optional[dict]:
+    """The remote general LLM's counters (RemoteLLM.metrics()), its completions and chat clients added up."""
+    ex = getattr(solver, "executor", None)
+    parts = [c.metrics() for c in (getattr(ex, "llm", None), getattr(ex, "writer", None)) if hasattr(c, "metrics")]
+    if not parts:
+        return None
+    out = {"requests": sum(p["requests"] for p in parts), "retries": Counter(), "errors": Counter()}
+    for p in parts:
+        out["retries"].update(p["retries"])
+        out["errors"].update(p["errors"])
+    return out
 
 
 def _json_body(model: str) -> dict:

@@ -239,8 +239,15 @@ class EngineExecutor:
         return step_ends(self.tok, seq.token_ids[start:], len(seq.token_ids), self.cfg, self.eos,
                          self.slm.model.max_positions)
 
+    @property
+    def shared_width(self) -> int:
+        """Ids the SLM and the general LLM both have rows for. Their logit widths may differ by
+        padding (one tokenizer); a sampled id past the narrower one would index past its embedding."""
+        llm_width = getattr(self.llm, "vocab_size", None)
+        return min(self.slm.config.vocab_size, llm_width or self.slm.config.vocab_size)
+
     def sample(self, logits: torch.Tensor, gen: torch.Generator) -> int:
-        return sample_token(logits, self.cfg.temperature, self.cfg.top_p, gen)
+        return sample_token(logits[..., :self.shared_width], self.cfg.temperature, self.cfg.top_p, gen)
 
     async def slm_forward(self, seq: Sequence):
         """The SLM's logits after ``seq``'s last token (a value head's score may have them ready)."""

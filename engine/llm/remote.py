@@ -326,6 +326,8 @@ class RemoteLLM(HTTPEndpoint):
             rv = card.get("vocab_size")
             if isinstance(rv, int):
                 self.remote_vocab_size = rv
+                if self.vocab_size is not None and rv < self.vocab_size:
+                    self.vocab_size = rv  # fusion runs over the ids both models have rows for
                 if rv < tokenizer_vocab_size:
                     raise LLMError(
                         "vocab_mismatch",

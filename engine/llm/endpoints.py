@@ -84,8 +84,9 @@ async def open_endpoint(url: str, kind: str = "auto", *, tokenizer=None, model: 
                 out.scorer, model = scorer, scorer.model
             except LLMError as e:
                 await scorer.aclose()
-                if kind == "completions" or e.kind not in ("http_4xx", "malformed", "vocab_mismatch"):
-                    raise  # named and failing, or the endpoint is down: no start-up
+                if kind == "completions" or e.kind not in ("http_4xx", "malformed", "vocab_mismatch") \
+                        or e.status in (401, 403):
+                    raise  # named and failing, the endpoint down, or the key refused: no start-up
                 out.lacks["completions"] = str(e)
         if kind in ("auto", "chat"):
             writer = ChatLLM(url, model, count_tokens=_counter(tokenizer), **common_kw, **(chat_kw or {}))

@@ -36,7 +36,7 @@ def _demo(transformers):
 
 def _synthetic(transformers):
     from engine.models.config import ModelConfig
-    from engine.models.qwen2 import build_model
+    from engine.models.qwen2_llama import build_model
     torch.manual_seed(0)
     hf_cfg = transformers.Qwen2Config(**QWEN05)
     hf = transformers.Qwen2ForCausalLM(hf_cfg).to(torch.bfloat16).to(DEVICE).eval()

@@ -225,9 +225,10 @@ def test_cpu_fused_sample_ref(bench):
 
 @pytest.mark.parametrize("path", ["full_sort_full_noise", "sample_kept"])
 def test_cpu_step_token_sampling(bench, path):
-    """What the search backend pays per sampled token on CPU (T 0.7, top-p 0.95, one row):
+    """What the step executor pays per sampled token on CPU (T 0.7, top-p 0.95, one row):
     sample_ref with a full-vocab sort and noise row, against sample_kept."""
-    from kernels.fused_sampling import sample, sample_kept
+    from engine.sampling import sample_kept
+    from kernels.fused_sampling import sample
     x = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(0)) * 2
     x[:, :50] += 12  # LM-like: a few dominant tokens
     g = torch.Generator().manual_seed(1)

@@ -285,13 +285,13 @@ def forget_cached_prefixes(cache) -> None:
         pool.free_ids.append(b)
 
 
-async def _solve_all(backend, cfg, questions: list[str], inflight: int):
+async def _solve_all(executor, cfg, questions: list[str], inflight: int):
     from engine.search.api import solve
     sem = asyncio.Semaphore(inflight)
 
     async def one(q):
         async with sem:
-            return await solve(q, backend, cfg)
+            return await solve(q, executor, cfg)
     t = time.perf_counter()
     res = await asyncio.gather(*(one(q) for q in questions))
     return time.perf_counter() - t, res
@@ -338,7 +338,7 @@ async def _end_to_end(st: Setup, be, naive, clock: ForwardClock, rows: list[Row]
 
 
 def _bookkeeping(results) -> tuple[float, float]:
-    """Seconds per request the search spends outside backend calls, and its share of the request."""
+    """Seconds per request the search spends outside executor calls, and its share of the request."""
     spent = total = 0.0
     for r in results:
         w = r.cost.wall_s

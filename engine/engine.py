@@ -7,14 +7,17 @@ so prefix blocks are shared between them too.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import torch
 
 from engine.kv.cache import KVCache, ModelSpec, Sequence
-from engine.models.qwen2 import CausalLM, build_model
+from engine.models.qwen2_llama import CausalLM, build_model
+from engine.positions import fits
 from engine.runner import ModelRunner
 from engine.sampling import SamplingParams, sample_rows
+from engine.scheduler import Scheduler
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -23,9 +26,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def tune_malloc_for_long_runs() -> bool:
     """Fix glibc's mmap threshold (unless the environment already sets one), for processes that
     run for hours (servers, evals).  Its default threshold grows after each freed large buffer,
-    so activation buffers of varying size then come from the heap and stay there: the GSM8K suite
-    grew by 0.1-0.25 GB/min that way (benchmarks/RESULTS.md); fixed, large buffers go back to the
-    OS when freed.  Returns whether the setting was applied."""
+    so activation buffers of varying size then come from the heap and stay there; fixed, large
+    buffers go back to the OS when freed.  Returns whether the setting was applied."""
     import ctypes
     import os
     import sys
@@ -41,8 +43,7 @@ def tune_malloc_for_long_runs() -> bool:
 def release_free_memory() -> bool:
     """Hand the C heap's free memory back to the OS (glibc ``malloc_trim``). A server's small
     allocations (tensors under the mmap threshold, request bodies, JSON) leave free memory in the heap
-    that RSS keeps counting; a served burst left 4 MB of it (benchmarks/RESULTS.md, soak). Returns
-    whether it ran (glibc only)."""
+    that RSS keeps counting. Returns whether it ran (glibc only)."""
     import ctypes
     import sys
     if not sys.platform.startswith("linux"):
@@ -139,56 +140,31 @@ class Engine:
         return self.models[self.roles[role]]
 
     # -- plain generation ----------------------------------------------------------------
-    @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
                  role: str = "slm") -> list[GenerationOutput]:
-        """Batched sampling of several prompts; every KV block is released when it returns."""
-        m = self.role(role)
+        """Sample continuations of several prompts (blocking): `agenerate` for each, concurrently
+        on a scheduler of its own, so they share forward batches; every KV block is released when
+        it returns."""
         params = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(params) != len(prompts):
             raise ValueError("one SamplingParams per prompt")
-        outs = [GenerationOutput(list(p)) for p in prompts]
-        seqs: list[Sequence] = []
-        try:
-            for p in prompts:
-                s = self.cache.new_sequence(m.key, p)
-                seqs.append(s)
-                m.runner.check_fits(s)
-            gens = [p.generator(self.cache.pool.device) for p in params]
-            active = [i for i in range(len(prompts)) if params[i].max_tokens > 0]
-            while active:
-                logits = m.runner.run([seqs[i] for i in active], "last")
-                toks = sample_rows(torch.stack(logits), [params[i] for i in active], [gens[i] for i in active])
-                still = []
-                for i, t in zip(active, toks):
-                    outs[i].token_ids.append(t)
-                    seqs[i].token_ids.append(t)
-                    reason = self._stop_reason(m, params[i], outs[i], seqs[i], t)
-                    if reason:
-                        outs[i].finish_reason = reason
-                    else:
-                        still.append(i)
-                active = still
-        finally:
-            for s in seqs:
-                self.cache.free(s)
-        for o in outs:
-            o.text = m.tokenizer.decode(o.token_ids, skip_special_tokens=True) if m.tokenizer else ""
-        return outs
 
-    @staticmethod
-    def _stop_reason(m: ResidentModel, p: SamplingParams, out: GenerationOutput, seq: Sequence, t: int) -> str | None:
-        if (t in m.eos_token_ids and not p.ignore_eos) or t in p.stop_token_ids:
-            return "stop"
-        if len(out.token_ids) >= p.max_tokens or len(seq.token_ids) >= m.model.max_positions:
-            return "length"
-        return None
+        async def run_all() -> list[GenerationOutput]:
+            scheduler = Scheduler(self)
+            try:
+                return list(await asyncio.gather(*[self.agenerate(scheduler, p, sp, role)
+                                                   for p, sp in zip(prompts, params)]))
+            finally:
+                scheduler.close()
+
+        return asyncio.run(run_all())
 
     async def agenerate(self, scheduler, ids: list[int], params: SamplingParams, role: str = "slm",
                         on_token=None) -> GenerationOutput:
-        """`generate` for one prompt with the forwards going through `scheduler`, so concurrent
-        callers (HTTP requests, C ABI threads) share batches; same stopping rules and seeded
-        sampling, hence the same tokens. `on_token(logits, token)` sees every step."""
+        """Sample a continuation of one prompt with the forwards going through `scheduler`, so
+        concurrent callers (HTTP requests, C ABI threads) share batches. Each prompt samples with
+        its own seeded generator, so its tokens do not depend on its batch mates. `on_token(logits,
+        token)` sees every step."""
         m = self.role(role)
         out = GenerationOutput(list(ids))
         seq = self.cache.new_sequence(m.key, list(ids))
@@ -201,7 +177,7 @@ class Engine:
                 if on_token is not None:
                     on_token(logits, t)
                 out.token_ids.append(t)
-                seq.token_ids.append(t)
+                self.cache.append(seq, [t])
                 reason = self._stop_reason(m, params, out, seq, t)
                 if reason:
                     out.finish_reason = reason
@@ -210,6 +186,15 @@ class Engine:
             self.cache.free(seq)
         out.text = m.tokenizer.decode(out.token_ids, skip_special_tokens=True) if m.tokenizer else ""
         return out
+
+    @staticmethod
+    def _stop_reason(m: ResidentModel, p: SamplingParams, out: GenerationOutput, seq: Sequence, t: int) -> str | None:
+        if (t in m.eos_token_ids and not p.ignore_eos) or t in p.stop_token_ids:
+            return "stop"
+        # stop when the sequence fills the model's positions: the next token would have none
+        if len(out.token_ids) >= p.max_tokens or not fits(len(seq.token_ids) + 1, m.model.max_positions):
+            return "length"
+        return None
 
 
 def _id(i: int | None) -> str:

@@ -6,18 +6,23 @@ or the one token just sampled. `prepare` builds the batch metadata; `run` execut
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
 from engine.context import Context, use_context
 from engine.kv.cache import KVCache, KVPoolExhausted, Sequence
+from engine.positions import check_fits
 
 Want = Literal["last", "all", "none", "hidden"]  # hidden: (last logits row, its feature row)
 
 
-class PromptTooLong(ValueError):
-    pass
+class Batch(NamedTuple):
+    """One forward's inputs: the pending tokens of every sequence, packed."""
+    input_ids: torch.Tensor   # [T] int64
+    positions: torch.Tensor   # [T] int64
+    context: Context          # what attention reads (engine/context.py)
+    cu_seqlens: list[int]     # [B+1] host copy: sequence i's new tokens are rows cu[i]:cu[i+1]
 
 
 class ModelRunner:
@@ -29,12 +34,10 @@ class ModelRunner:
 
     # -- metadata -----------------------------------------------------------------
     def check_fits(self, seq: Sequence) -> None:
-        if len(seq.token_ids) > self.model.max_positions:
-            raise PromptTooLong(f"sequence of {len(seq.token_ids)} tokens exceeds the model's "
-                                f"{self.model.max_positions} positions")
+        """PromptTooLong if seq is longer than this model's positions."""
+        check_fits(len(seq.token_ids), self.model.max_positions, self.name, f"sequence {seq.seq_id}")
 
-    def prepare(self, seqs: list[Sequence], wants: list[Want]
-                ) -> tuple[torch.Tensor, torch.Tensor, Context, list[int]]:
+    def prepare(self, seqs: list[Sequence], wants: list[Want]) -> Batch:
         if len({s.seq_id for s in seqs}) != len(seqs):
             raise ValueError("a sequence appears twice in one batch")
         for i, s in enumerate(seqs):
@@ -43,22 +46,15 @@ class ModelRunner:
             if not s.token_ids:
                 raise ValueError("cannot run an empty sequence")
             self.check_fits(s)
-            s.last_hit = 0
-            if s.rematch and wants[i] in ("last", "hidden"):
-                # only the last row is wanted, so cached blocks can stand in for computing (a
-                # sequence that has run, or a fork of one, is not re-matched)
-                s.last_hit = self.cache.match_cached_prefix(s)
-                self.cache.late_hit_tokens += s.last_hit
-            if s.num_pending == 0:
-                self.cache.rewind(s, s.num_computed - 1)  # logits wanted but all K/V cached: redo the last token
+            # only the last row wanted: cached blocks can stand in for computing the rest
+            self.cache.begin_run(s, rematch=wants[i] in ("last", "hidden"))
         if not self.cache.can_reserve([(s, s.num_pending) for s in seqs]):
             raise KVPoolExhausted(f"KV pool exhausted: batch of {len(seqs)} sequences for {self.name!r} "
                                   f"does not fit in {self.cache.blocks.num_free()} free blocks")
         ids, pos, slots, lens, cu = [], [], [], [], [0]
         for s in seqs:
-            s.batch_version = s.version  # finish() commits only onto the table reserved here
             n = s.num_pending
-            slots += self.cache.reserve(s, n)
+            slots += self.cache.reserve_run(s)
             ids += s.token_ids[s.num_computed:]
             pos += range(s.num_computed, len(s.token_ids))
             lens.append(len(s.token_ids))
@@ -81,7 +77,7 @@ class ModelRunner:
             max_q_len=max(cu[i + 1] - cu[i] for i in range(B)),
             max_seq_len=max(lens),
         )
-        return i64[:T], i64[T:2 * T], ctx, cu
+        return Batch(i64[:T], i64[T:2 * T], ctx, cu)
 
     # -- execution ----------------------------------------------------------------
     def run(self, seqs: list[Sequence], want: Want | list[Want] = "last") -> list[torch.Tensor | None]:
@@ -90,16 +86,16 @@ class ModelRunner:
         wants = [want] * len(seqs) if isinstance(want, str) else list(want)
         batch = self.prepare(seqs, wants)
         out = self.compute(batch, wants)
-        self.finish(seqs, batch[3])
+        self.finish(seqs, batch.cu_seqlens)
         return out
 
     @torch.inference_mode()
-    def compute(self, batch, wants: list[Want]) -> list[torch.Tensor | None]:
+    def compute(self, batch: Batch, wants: list[Want]) -> list[torch.Tensor | None]:
         """The forward pass of a prepared batch; touches no bookkeeping, so the scheduler runs it
         in a worker thread while the event loop keeps the block tables to itself."""
-        input_ids, positions, ctx, cu = batch
-        with use_context(ctx):
-            hidden = self.model(input_ids, positions)
+        cu = batch.cu_seqlens
+        with use_context(batch.context):
+            hidden = self.model(batch.input_ids, batch.positions)
         rows, spans = [], []
         for i, w in enumerate(wants):
             a, b = cu[i], cu[i + 1]
@@ -118,12 +114,5 @@ class ModelRunner:
 
     def finish(self, seqs: list[Sequence], cu: list[int]) -> None:
         """Commit what the forward wrote (publishing full blocks) after `compute` returned."""
-        self.cache.runs += 1
-        for i, s in enumerate(seqs):
-            s.last_computed = cu[i + 1] - cu[i]
-            # a request cancelled while the batch ran may have freed or cut back its sequence:
-            # its new K/V went to blocks it no longer holds, so nothing is committed
-            if not s.freed and s.version == s.batch_version:
-                self.cache.commit(s, s.last_computed)
-                s.last_run, s.rematch, s.preempted = self.cache.runs, False, False
+        self.cache.finish_run(seqs, [cu[i + 1] - cu[i] for i in range(len(seqs))])
         self.tokens_computed += cu[-1]

@@ -21,12 +21,15 @@ import asyncio
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from engine.engine import Engine
 from engine.kv.cache import KVPoolExhausted, Sequence
-from engine.runner import PromptTooLong
+from engine.positions import PromptTooLong
+
+if TYPE_CHECKING:
+    from engine.engine import Engine
 
 
 @dataclass
@@ -37,7 +40,7 @@ class _Work:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, max_batch_tokens: int = 8192, gather_yields: int = 4,
+    def __init__(self, engine: "Engine", max_batch_tokens: int = 8192, gather_yields: int = 4,
                  preempt: bool = True):
         self.engine = engine
         self.preempt = preempt  # False: fail fast (the oldest waiting work) rather than recompute
@@ -102,7 +105,7 @@ class Scheduler:
                 try:
                     prepared = runner.prepare(seqs, wants)
                     outs = await loop.run_in_executor(self._pool, runner.compute, prepared, wants)
-                    runner.finish(seqs, prepared[3])
+                    runner.finish(seqs, prepared.cu_seqlens)
                 except BaseException as e:  # every waiter learns the failure; the loop lives on
                     for w in batch:
                         if not w.seq.freed:  # give back what was reserved and never written

@@ -6,7 +6,7 @@ from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizer
 
 from engine.engine import Engine, ResidentModel
 from engine.models.config import ModelConfig
-from engine.models.qwen2 import build_model
+from engine.models.qwen2_llama import build_model
 from engine.models.tokenizer import Tokenizer
 
 SPECIALS = ["<|endoftext|>", "<extra_0>"]

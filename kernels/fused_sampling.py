@@ -15,10 +15,11 @@ renormalised top-k set): tau_k = k-th largest x (k <= 0 or k >= V: off); tau_p =
 whose upper set {x >= tau_p} carries mass >= top_p (top_p >= 1: off; top_p <= 0 keeps the argmax).
 Exact and not: the fused logits z, x = z / t, the top-k threshold and the draw are bit-identical in
 kernel and reference (no FMA contraction, IEEE division, exact order-preserving keys). Top-p masses
-are not: the reference sums float64 weights in a fixed order (_nucleus_weights), the kernel float32
+are not: the reference sums float64 weights in a fixed order (nucleus_weights), the kernel float32
 ones in its own order, so their nucleus edges may differ where a prefix mass lies within the kernel's
 rounding bound of top_p * total; the tests accept exactly the tokens such an edge could give.
-keep_mask_topc equals keep_mask_ref bit for bit (same float64 numbers, same order).
+engine/sampling.py's CPU shortcut (keep_mask_topc) equals keep_mask_ref bit for bit (same float64
+numbers, same order: nucleus_weights, nucleus_cut).
 
 Passes over the row in the Triton kernel (each pass re-reads and re-fuses slm/llm[/base]):
   no truncation or greedy: 1 (the draw);  top-k: + 8 radix-select passes (16 buckets of the 32-bit
@@ -297,9 +298,9 @@ def fuse_logprobs_ref(slm_logits, llm_logits, alpha, rule="loglinear", base_logi
     return torch.log_softmax(llm_logits.float() + _wmul_ref(a, slm_logits.float() - base_logits.float()), -1)
 
 
-def _nucleus_weights(x, m, tau_k):
-    """The top-p rule's masses, float64, shared by keep_mask_ref and keep_mask_topc so both compare the
-    same numbers: w = exp(x - m) (m: the row max) on the top-k set (x >= tau_k), 0 elsewhere, and the
+def nucleus_weights(x, m, tau_k):
+    """The top-p rule's masses, float64, shared by keep_mask_ref and engine.sampling.keep_mask_topc so both
+    compare the same numbers: w = exp(x - m) (m: the row max) on the top-k set (x >= tau_k), 0 elsewhere, and the
     set's mass D as a sequential sum in index order (CPU cumsum is a per-row loop: the same D whatever
     the batch shape or thread count, unlike a parallel reduction)."""
     m = m.double()
@@ -309,92 +310,35 @@ def _nucleus_weights(x, m, tau_k):
     return w, torch.cumsum(w, -1)[:, -1]
 
 
-def _nucleus_cut(ws, D, p):
+def nucleus_cut(ws, D, p):
     """First position whose prefix mass reaches top_p * D. ws: the weights in canonical sorted order
     (value descending, index ascending among ties); the prefix is a sequential cumsum, so a top-C
     window's prefixes are the full sort's first C prefixes, bit for bit."""
     return (torch.cumsum(ws, -1) < p.double()[:, None] * D[:, None]).sum(-1)
 
 
-def _keep_full_sort(x, k, p, w=None, D=None):
+def keep_full_sort(x, k, p, w=None, D=None):
     B, V = x.shape
     xs, order = torch.sort(x, dim=-1, descending=True, stable=True)
     do_k = (k > 0) & (k < V)
     tau_k = torch.where(do_k, xs.gather(1, (k.clamp(1, V) - 1)[:, None])[:, 0], float("-inf"))
     if w is None:
-        w, D = _nucleus_weights(x, xs[:, 0], tau_k)
-    first = _nucleus_cut(w.gather(1, order), D, p).clamp(max=V - 1)  # first index reaching top_p
+        w, D = nucleus_weights(x, xs[:, 0], tau_k)
+    first = nucleus_cut(w.gather(1, order), D, p).clamp(max=V - 1)  # first index reaching top_p
     tau_p = torch.where(p < 1, xs.gather(1, first[:, None])[:, 0], float("-inf"))
     return x >= torch.maximum(tau_k, tau_p)[:, None]
 
 
 def keep_mask_ref(x, top_k, top_p):
     """Kept set of the scaled logits x [B, V] (full sort + prefix masses, the textbook procedure; ties
-    kept). Masses are float64 (_nucleus_weights), the cut is value-based: tau_p = the largest x-value
+    kept). Masses are float64 (nucleus_weights), the cut is value-based: tau_p = the largest x-value
     whose upper set carries mass >= top_p."""
     B, V = x.shape
     k = row_param(top_k, B, torch.int64, x.device)
     p = row_param(top_p, B, torch.float32, x.device)
     if not bool((((k > 0) & (k < V)) | (p < 1)).any()):
         return torch.ones_like(x, dtype=torch.bool)  # no truncation anywhere: skip the O(V log V) sort
-    return _keep_full_sort(x, k, p)
-
-
-def keep_mask_topc(x, top_k, top_p, cand=1024):
-    """keep_mask_ref's set, bit for bit, from a top-`cand` partial sort instead of a full O(V log V)
-    sort (CPU fast path): an LM's nucleus lies within its first few hundred tokens. The masses and
-    the cut are keep_mask_ref's own (_nucleus_weights, _nucleus_cut on the same canonical order).
-    Rows whose kept set may reach past the window (nucleus not closed, or ties at its edge) take
-    the full sort, with the same weights."""
-    B, V = x.shape
-    k = row_param(top_k, B, torch.int64, x.device)
-    p = row_param(top_p, B, torch.float32, x.device)
-    do_k, do_p = (k > 0) & (k < V), p < 1
-    if not bool((do_k | do_p).any()):
-        return torch.ones_like(x, dtype=torch.bool)
-    C = min(V, max(int(cand), int(k.max()) + 1))
-    if C >= V:
-        return keep_mask_ref(x, k, p)
-    xs, idx = torch.topk(x, C, dim=-1)                          # [B, C] descending
-    idx = idx.sort(-1).values                                   # canonical order: ties by index
-    xs, o = torch.sort(x.gather(1, idx), dim=-1, descending=True, stable=True)
-    idx = idx.gather(1, o)
-    tau_k = torch.where(do_k, xs.gather(1, (k.clamp(1, C) - 1)[:, None])[:, 0], float("-inf"))
-    w, D = _nucleus_weights(x, xs[:, 0], tau_k)
-    first = _nucleus_cut(w.gather(1, idx), D, p)
-    tau_p = torch.where(do_p, xs.gather(1, first.clamp(max=C - 1)[:, None])[:, 0], float("-inf"))
-    tau = torch.maximum(tau_k, tau_p)
-    # the window must hold the whole kept set: a closed nucleus and no tie at the window's edge
-    spill = (do_p & (first >= C)) | (xs[:, -1] >= tau) | (do_k & (xs[:, -1] >= tau_k))
-    keep = x >= tau[:, None]
-    if bool(spill.any()):
-        keep[spill] = _keep_full_sort(x[spill], k[spill], p[spill], w[spill], D[spill])
-    return keep
-
-
-def keep_mask(x, top_k, top_p):
-    """Kept set of the scaled logits x [B, V]: the top-`cand` path on CPU, the reference elsewhere."""
-    return keep_mask_topc(x, top_k, top_p) if x.device.type == "cpu" else keep_mask_ref(x, top_k, top_p)
-
-
-def sample_kept(logits, temperature, top_k=0, top_p=1.0, generator=None):
-    """One token per row of logits [B, V], exactly from the distribution `sample` draws from, with
-    Gumbel noise drawn only for the kept tokens (CPU: full-vocab noise per token costs more than
-    the sampling itself). Greedy rows (temperature <= 0) take the argmax and draw nothing."""
-    B, V = logits.shape
-    z = logits.float()
-    t = row_param(temperature, B, torch.float32, z.device)
-    greedy = t <= 0
-    out = z.argmax(-1)
-    if bool(greedy.all()):
-        return out
-    x = z / torch.where(greedy, 1.0, t)[:, None]
-    keep = keep_mask(x, row_param(top_k, B, torch.int64, z.device), row_param(top_p, B, torch.float32, z.device))
-    for b in torch.nonzero(~greedy)[:, 0].tolist():
-        ids = torch.nonzero(keep[b])[:, 0]
-        g = make_noise(1, ids.numel(), generator, z.device)[0]
-        out[b] = ids[torch.argmax(x[b, ids] + g)]
-    return out
+    return keep_full_sort(x, k, p)
 
 
 def sample_ref(logits, temperature, top_k=0, top_p=1.0, noise=None):

@@ -151,10 +151,9 @@ def paged_attention_torch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlen
                           max_q_len=None):
     """The CPU path: the reference's math, vectorised over the batch, one padded computation per
     class of (query length, context length), classes by powers of two.  A scheduler batch mixes
-    decode rows with extends (PRM steps, speculative drafts) and short contexts with long ones;
-    padding every row to the longest of both made attention ~2/3 of a forward in the GSM8K suite's
-    profile.  Classes cut that padding to under 2x per dimension (~20x faster on such a batch,
-    bit-identical: benchmarks/RESULTS.md)."""
+    decode rows with extends (PRM steps, speculative drafts) and short contexts with long ones,
+    and padding every row to the longest of both would dominate the forward.  Classes cut that
+    padding to under 2x per dimension, bit-identical to one padding."""
     out = torch.empty_like(q) if out is None else out
     cu = cu_seqlens_q.long()
     qlens = cu[1:] - cu[:-1]

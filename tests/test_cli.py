@@ -187,7 +187,7 @@ def test_remote_llm_start_up_errors_are_one_line_and_rc_2(tiny_dir, tmp_path, ca
     from engine.cli import main
     from engine.server.app import create_app
     from engine.server.engine_backend import EngineCompletionBackend
-    from engine.server.runner import BackgroundServer
+    from engine.server.uvicorn_server import BackgroundServer
     from engine.scheduler import Scheduler
     from engine.testing import tiny_config, tiny_engine
     solve = ("solve", "--slm", tiny_dir, "--prm-kind", "token_pair", "--dtype", "float32", "q")
@@ -311,7 +311,7 @@ def test_solve_with_a_chat_only_llm_delegates_or_says_why_not(tiny_dir, tmp_path
     from engine.scheduler import Scheduler
     from engine.server.app import create_app
     from engine.server.engine_backend import EngineCompletionBackend
-    from engine.server.runner import BackgroundServer
+    from engine.server.uvicorn_server import BackgroundServer
     from engine.testing import CHAT_TEMPLATE, tiny_engine
     eng = tiny_engine({"slm": 2}, chat_template=CHAT_TEMPLATE)
     api = ChatOnlyAPI(create_app(EngineCompletionBackend(eng, Scheduler(eng), model_name="m")), model="hosted")

@@ -1,5 +1,5 @@
 """A scripted, model-free StepExecutor for the search's tests: deterministic steps and rewards,
-and a strict ledger of the states it hands out."""
+a strict ledger of the states it hands out, and work charged by the conventions of count_step."""
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +8,38 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from engine.search.cost import CostRecord
+from engine.cost import CostRecord, charge, charge_fault
 from engine.search.protocol import ACTIONS, StepOut
+
+def count_step(cost: CostRecord, action: str, n_tokens: int, fault: str | None) -> None:
+    """What a generated step of ``n_tokens`` costs, by action:
+
+    =========  ===============  ===============
+    action     slm_tokens       llm_tokens
+    =========  ===============  ===============
+    slm        k                0
+    collab     k                k   (every fused token needs both models)
+    llm        0                k
+    delegate   0                k
+    =========  ===============  ===============
+
+    A collab/llm/delegate step that reports a ``fault`` (the SLM wrote it) is SLM tokens, still one LLM
+    call, and one ``llm_faults[fault]``.
+    """
+    if action == "slm":
+        cost.slm_tokens += n_tokens
+        return
+    if action not in ("collab", "llm", "delegate"):
+        raise ValueError(f"unknown action {action!r}")
+    cost.llm_calls += 1
+    if fault is not None:
+        cost.add_fault(fault)
+        cost.slm_tokens += n_tokens
+        return
+    if action == "collab":
+        cost.slm_tokens += n_tokens
+    cost.llm_tokens += n_tokens
+
 
 StepFn = Callable[[str, "tuple[str, ...]", str, int], "str | tuple[str, bool]"]
 RewardFn = Callable[[str, "tuple[str, ...]"], float]
@@ -138,19 +168,15 @@ class ToyExecutor:
             toks = toy_tokens(text)
             terminal = bool(term) or bool(self.answer_re.search(text)) or st.depth + 1 >= self.max_depth
             child = self._new_state(st.question, st.steps + (text,), st.actions + (action,), st.n_tokens + len(toks))
-            # executor-level accounting (what a real engine would have computed)
-            self.cost.prefix_cache_tokens += st.n_tokens
-            if action == "llm" and not fault:
-                self.cost.llm_tokens += len(toks)
-            elif action == "collab" and not fault:
-                self.cost.llm_tokens += len(toks)
-                self.cost.slm_tokens += len(toks)
-            else:
-                self.cost.slm_tokens += len(toks)
-            if action != "slm":
-                self.cost.llm_calls += 1
+            # charged to the request and to our total, as the engine's executor charges its work
+            d = CostRecord(prefix_cache_tokens=st.n_tokens)
+            count_step(d, action, len(toks), fault)
+            if action != "slm" and not fault:
+                d.llm_tokens += self.llm_prefill_tokens(st, toks) - len(toks)
+            charge(self.cost, slm_tokens=d.slm_tokens, llm_tokens=d.llm_tokens, llm_calls=d.llm_calls,
+                   prefix_cache_tokens=d.prefix_cache_tokens)
             if fault:
-                self.cost.add_fault(fault)
+                charge_fault(self.cost, fault)
             outs.append(StepOut(text, toks, child, terminal, action, fault))
         return outs
 
@@ -162,7 +188,7 @@ class ToyExecutor:
         for st in sts:
             if not st.steps:
                 raise ValueError("score() on a root state (no step to score)")
-            self.cost.prm_tokens += len(toy_tokens(st.steps[-1]))
+            charge(self.cost, prm_tokens=len(toy_tokens(st.steps[-1])))
             out.append(min(1.0, max(0.0, float(self.reward_fn(st.question, st.steps)))))
         return out
 
@@ -172,6 +198,10 @@ class ToyExecutor:
         if self.live.pop(state.id, None) is None:
             raise RuntimeError(f"state {state.id} released twice (or unknown)")
         self.n_released += 1
+
+    def llm_prefill_tokens(self, parent: ToyState, toks: list[int]) -> int:
+        """LLM tokens an LLM-involving step computes: its own tokens here (a double may add context)."""
+        return len(toks)
 
     # ------------------------------------------------------------------ tests
     def expand_calls(self, action: str | None = None) -> list[tuple]:

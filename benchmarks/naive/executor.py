@@ -27,12 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.collab.rules import node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
-from engine.search.protocol import ACTIONS, StepOut
-from engine.search.config import ConfigError, SearchConfig
-from engine.search.cost import CostRecord, charge
 from engine.collab.prm import PRMPrompts, PRMSpec
-from kernels.fused_sampling import sample_kept
+from engine.collab.rules import node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
+from engine.cost import CostRecord, charge
+from engine.sampling import sample_token
+from engine.search.config import ConfigError, SearchConfig
+from engine.search.protocol import ACTIONS, StepOut
 
 __all__ = ["NaiveExecutor", "NaiveState"]
 
@@ -72,7 +72,6 @@ class NaiveExecutor:
             raise ValueError(f"the naive backend reads judge and token_pair PRMs, not {self.prompts.spec.kind!r}")
         self.answer_re = re.compile(cfg.answer_pattern)
         self.cost = CostRecord()
-        self.measures_request_cost = True  # solve() reports the tokens counted below per request
         self.live_states = 0
         self.check_config(cfg)
 
@@ -131,7 +130,7 @@ class NaiveExecutor:
         if parent.prm_ids is not None:
             prm_ids = parent.prm_ids + self.prompts.step_ids(text, first=parent.depth == 0)
         if action != "slm":
-            self.cost.llm_calls += 1
+            charge(self.cost, llm_calls=1)
         self.live_states += 1
         return StepOut(text, toks, NaiveState(ids, prm_ids, depth, key), terminal, action)
 
@@ -157,7 +156,7 @@ class NaiveExecutor:
                 z = torch.log_softmax((1 - a) * torch.log_softmax(rows[0], -1) + a * torch.log_softmax(rows[1], -1), -1)
             else:
                 z = rows[0]
-            t = int(sample_kept(z[None], self.cfg.temperature, 0, self.cfg.top_p, gen)[0])
+            t = sample_token(z, self.cfg.temperature, self.cfg.top_p, gen)
             toks.append(t)
             if step_ends(self.tok, toks, len(prefix) + len(toks), self.cfg, self.eos, self.max_positions):
                 return toks

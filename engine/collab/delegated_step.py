@@ -16,7 +16,7 @@ import torch
 
 from engine.kv.cache import Sequence
 from engine.llm.base import LLMError
-from engine.search.cost import charge
+from engine.cost import charge
 
 DELEGATE_SYSTEM = (
     "You are solving a problem step by step together with another solver. You are given the problem "
@@ -45,5 +45,6 @@ async def delegated_step(ex, seq: Sequence, gen: torch.Generator) -> None:
     if not text:
         raise LLMError("malformed", f"the general LLM wrote an empty step (finish_reason={reply.finish_reason!r})")
     ids = ex.tok.encode_piece(text + cfg.step_delimiter)
-    room = ex.slm.model.max_positions - 1 - len(seq.token_ids)  # the step ends at the SLM's last position
-    seq.token_ids += ids[:max(room, 1)]
+    # cut where an SLM step would have to end: the SLM's position limit (collab/rules.py)
+    room = ex.slm.model.max_positions - 1 - len(seq.token_ids)
+    ex.engine.cache.append(seq, ids[:max(room, 1)])

@@ -18,11 +18,12 @@ import torch
 
 from engine.kv.cache import Sequence
 from engine.llm.base import LLMError
-from engine.runner import PromptTooLong
+from engine.positions import check_fits
 from engine.sampling import sample_token
 from engine.search.config import ConfigError, SearchConfig, check_stack_runs
-from engine.search.cost import CostRecord, charge
-from engine.search.protocol import StepOut, settle
+from engine.cost import CostRecord, charge, charge_fault
+from engine.search.api import settle
+from engine.search.protocol import StepOut
 
 from .delegated_step import delegated_step
 from .fused_step import collab_step, llm_step
@@ -48,13 +49,6 @@ class CollabOptions:
             raise ValueError(f"on_llm_fault must be fallback or fail, got {self.on_llm_fault!r}")
         if self.max_draft < 1:
             raise ValueError("max_draft must be >= 1")
-
-
-def check_fits(m, ids: list[int], what: str) -> None:
-    """PromptTooLong (a 400 on the server) if ``ids`` exceed resident model ``m``'s positions."""
-    if len(ids) > m.model.max_positions:
-        raise PromptTooLong(f"{what} is {len(ids)} tokens with its prompt template, more than the "
-                            f"{m.model.max_positions} positions of model {m.key!r}")
 
 
 class _SharedCount:
@@ -88,8 +82,7 @@ class EngineExecutor:
         self.tok = self.slm.tokenizer
         self.eos = set(self.slm.eos_token_ids)
         self.answer_re = re.compile(cfg.answer_pattern)
-        self.cost = CostRecord()
-        self.measures_request_cost = True   # solve() reports our measured counts per request
+        self.cost = CostRecord()            # running total; each request's own record is charged too
         if prm is not None:
             prm.cost = self.cost
         for lm in (llm, base):
@@ -118,9 +111,10 @@ class EngineExecutor:
         # before any sequence exists: a new sequence takes references on cached prefix blocks, so
         # one made and then refused would pin them (and its token list) for good
         ids, prm_ids = await asyncio.to_thread(self._root_ids, question)
-        check_fits(self.slm, ids, "question")
+        check_fits(len(ids), self.slm.model.max_positions, self.slm.key, "the question with its prompt template")
         if prm_ids is not None:
-            check_fits(self.prm.model, prm_ids, "the PRM's prompt for the question")
+            m = self.prm.model
+            check_fits(len(prm_ids), m.model.max_positions, m.key, "the PRM's prompt for the question")
         cache = self.engine.cache
         slm = cache.new_sequence(self.slm.key, ids)
         try:
@@ -207,14 +201,14 @@ class EngineExecutor:
                     if self.opt.on_llm_fault == "fail":
                         raise
                     fault = f"llm_{e.kind}"
-                    self.cost.add_fault(fault)
+                    charge_fault(self.cost, fault)
                     cache.truncate(seq, start)  # throw the partial step away: redo it with the SLM
                     await slm_step(self, seq, self._generator(key + ("fallback",)))
             toks = seq.token_ids[start:]
             text = step_text(self.tok, toks, self.cfg, self.eos)
             if parent.prm is not None:
                 prm = cache.fork(parent.prm)
-                prm.token_ids += self.prm.step_ids(text, first=parent.depth == 0)
+                cache.append(prm, self.prm.step_ids(text, first=parent.depth == 0))
         except BaseException:
             cache.free(seq)
             if prm is not None:
@@ -227,8 +221,8 @@ class EngineExecutor:
         terminal = step_terminal(text, toks, depth, len(seq.token_ids), self.cfg, self.eos,
                                  self.slm.model.max_positions, self.answer_re)
         self.live_states += 1
-        if action != "slm" and fault is None:
-            self.cost.llm_calls += 1
+        if action != "slm":
+            charge(self.cost, llm_calls=1)  # a fault too: a failing endpoint uses up the budget
         state = NodeState(seq, prm, depth, key, parent.steps + [text], step_tokens=len(toks),
                           question=parent.question)
         return StepOut(text, toks, state, terminal, action, fault)

@@ -30,19 +30,14 @@ async def gather_all(*aws):
 
 async def collab_step(ex, seq: Sequence, gen: torch.Generator) -> None:
     """Fusion at the request's ``fusion_rule`` and ``fusion_alpha``."""
-    await _fused_step(ex, seq, gen, None)
+    step = exact_step if ex.opt.collab_mode == "exact" else speculative_step
+    await step(ex, seq, gen, None)
 
 
 async def llm_step(ex, seq: Sequence, gen: torch.Generator) -> None:
     """The general LLM alone: log-linear fusion at weight 1."""
-    await _fused_step(ex, seq, gen, 1.0)
-
-
-async def _fused_step(ex, seq, gen, alpha: float | None) -> None:
-    if ex.opt.collab_mode == "exact":
-        await exact_step(ex, seq, gen, alpha)
-    else:
-        await speculative_step(ex, seq, gen, alpha)
+    step = exact_step if ex.opt.collab_mode == "exact" else speculative_step
+    await step(ex, seq, gen, 1.0)
 
 
 def _fused(ex, slm_logits, llm_rows, alpha, base_rows):
@@ -52,19 +47,20 @@ def _fused(ex, slm_logits, llm_rows, alpha, base_rows):
 
 async def exact_step(ex, seq: Sequence, gen: torch.Generator, alpha: float | None) -> None:
     """One LLM call per token, concurrent with the SLM's forward (and the base model's row)."""
-    start = len(seq.token_ids)
+    cache, start = ex.engine.cache, len(seq.token_ids)
     proxy = ex.uses_base(alpha)
     while True:
         ids = list(seq.token_ids)
-        slm_logits, row, base = await gather_all(ex.slm_forward(seq),
-                                                 ex.llm_rows(ex.llm.next_logprobs(ids), 1),
-                                                 ex.base_rows(ids, 1, proxy))
+        slm_logits, row, base_rows = await gather_all(ex.slm_forward(seq),
+                                                      ex.llm_rows(ex.llm.next_logprobs(ids), 1),
+                                                      ex.base_rows(ids, 1, proxy))
         if slm_logits.is_cuda and row.full:
             a = ex.cfg.fusion_alpha if alpha is None else alpha
-            seq.token_ids.append(fuse_and_sample(slm_logits, row, a, base, gen, ex.cfg.temperature, ex.cfg.top_p))
+            t = fuse_and_sample(slm_logits, row, a, base_rows, gen, ex.cfg.temperature, ex.cfg.top_p)
         else:
-            z = _fused(ex, slm_logits[None], [row], alpha, base)[0]
-            seq.token_ids.append(ex.sample(z, gen))
+            z = _fused(ex, slm_logits[None], [row], alpha, base_rows)[0]
+            t = ex.sample(z, gen)
+        cache.append(seq, [t])
         if ex.ends(seq, start):
             break
 
@@ -73,25 +69,25 @@ async def speculative_step(ex, seq: Sequence, gen: torch.Generator, alpha: float
     """Draft, verify against the fused distribution, keep the accepted prefix, repeat."""
     from kernels.fused_sampling import make_noise
     from kernels.spec_verify import spec_verify
-    start = len(seq.token_ids)
+    cache, start = ex.engine.cache, len(seq.token_ids)
     T, top_p = ex.cfg.temperature, ex.cfg.top_p
     proxy = ex.uses_base(alpha)
     while True:
-        base = len(seq.token_ids)
+        draft_start = len(seq.token_ids)
         draft, slm_rows, ended = [], [], False
         while len(draft) < ex.opt.max_draft:  # SLM drafts until the step ends or K tokens
             logits = await ex.slm_forward(seq)
             slm_rows.append(logits)
             t = ex.sample(logits, gen)
             draft.append(t)
-            seq.token_ids.append(t)
+            cache.append(seq, [t])
             if ex.ends(seq, start):
                 ended = True
                 break
         # SLM row after the draft (bonus position) and the LLM's rows, concurrently.
         bonus, llm_rows, base_rows = await gather_all(
             ex.slm_forward(seq),
-            ex.llm_rows(ex.llm.score(seq.token_ids[:base], draft), len(draft) + 1),
+            ex.llm_rows(ex.llm.score(seq.token_ids[:draft_start], draft), len(draft) + 1),
             ex.base_rows(list(seq.token_ids), len(draft) + 1, proxy))
         # drafts come from the ids both models have (ex.sample): so do q and p
         n = ex.shared_width
@@ -111,7 +107,7 @@ async def speculative_step(ex, seq: Sequence, gen: torch.Generator, alpha: float
         # exactly as token-by-token sampling would have stopped there (no bonus token).
         if n_acc == K and ended:
             return
-        ex.engine.cache.truncate(seq, base + n_acc)  # keep the accepted tokens' K/V
-        seq.token_ids.append(out[n_acc])
+        cache.truncate(seq, draft_start + n_acc)  # keep the accepted tokens' K/V
+        cache.append(seq, [out[n_acc]])
         if ex.ends(seq, start):
             return

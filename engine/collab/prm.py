@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.kv.cache import Sequence
-from engine.search.cost import charge
+from engine.cost import charge
 from kernels.step_scoring import step_rewards
 
 KINDS = ("judge", "token_pair", "two_class")
@@ -99,7 +99,7 @@ class PRMScorer(PRMPrompts):
         self.model = engine.role(role)
         super().__init__(self.model.tokenizer, spec)
         self.tokens_computed = 0
-        self.cost = None  # backend-wide CostRecord, set by the backend
+        self.cost = None  # the executor's running total, set by the executor
 
     # -- scoring ------------------------------------------------------------------------
     async def score(self, seqs: list[Sequence]) -> list[float]:
@@ -107,7 +107,7 @@ class PRMScorer(PRMPrompts):
         lens = [len(s.token_ids) for s in seqs]
         if self.spec.kind == "judge":
             for s in seqs:
-                s.token_ids += self._suffix
+                self.engine.cache.append(s, self._suffix)
         try:
             rows = await self.scheduler.forward_many(seqs, "last")
             computed = sum(s.last_computed for s in seqs)  # preemption and late matches included

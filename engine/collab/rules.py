@@ -7,6 +7,7 @@ import re
 import zlib
 
 from engine.search.config import SearchConfig
+from engine.positions import fits
 from engine.search.answer import ends_path
 
 SLM_SYSTEM = "Please reason step by step, separating steps with a blank line, and put your final answer within \\boxed{}."
@@ -24,8 +25,9 @@ def node_seed(seed: int, key: tuple) -> int:
 
 
 def at_position_limit(seq_len: int, max_positions: int) -> bool:
-    """A sequence of ``seq_len`` tokens has no room for one more computed token after the next."""
-    return seq_len >= max_positions - 1
+    """No room for another step token: a step ends with its last token pending, and that token
+    and the one sampled after it must both still fit."""
+    return not fits(seq_len + 2, max_positions)
 
 
 def step_ends(tok, toks: list[int], seq_len: int, cfg: SearchConfig, eos, max_positions: int) -> bool:

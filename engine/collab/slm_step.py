@@ -11,6 +11,6 @@ async def slm_step(ex, seq: Sequence, gen: torch.Generator) -> None:
     start = len(seq.token_ids)
     while True:
         logits = await ex.slm_forward(seq)
-        seq.token_ids.append(ex.sample(logits, gen))
+        ex.engine.cache.append(seq, [ex.sample(logits, gen)])
         if ex.ends(seq, start):
             break

@@ -14,7 +14,7 @@ import torch
 
 from engine.kv.cache import Sequence
 from engine.models.value_head import HeadCard, check_base, load_head
-from engine.search.cost import charge
+from engine.cost import charge
 
 from .rules import slm_prompt_ids
 
@@ -60,7 +60,7 @@ class ValueHeadScorer:
             raise ValueError("a head on the SLM's own rows needs its base model to be the SLM")
         self.tok = self.model.tokenizer
         self.tokens_computed = 0
-        self.cost = None  # backend-wide CostRecord, set by the backend
+        self.cost = None  # the executor's running total, set by the executor
 
     def root_ids(self, question: str) -> list[int] | None:
         return None if self.reads_slm else text_root_ids(self.tok, question)  # slm: no PRM sequence

@@ -1,11 +1,11 @@
-"""Evaluation loop: many ``solve`` requests in flight on one backend, graded, with cost and CI.
+"""Evaluation loop: many ``solve`` requests in flight on one step executor, graded, with cost and CI.
 
-    report = await run_eval(load_rows("../shared/data/gsm8k_test.jsonl"), backend, cfg,
+    report = await run_eval(load_rows("../shared/data/gsm8k_test.jsonl"), executor, cfg,
                             limit=200, out_path="runs/gsm8k_gboost.jsonl", concurrency=16)
     print(report.summary())
 
-Requests run concurrently (``asyncio``, at most ``concurrency`` at a time) on a single
-backend, so the backend's scheduler batches steps of different questions together.
+Requests run concurrently (``asyncio``, at most ``concurrency`` at a time) on a single step
+executor, so its scheduler batches steps of different questions together.
 Each finished question is appended to ``out_path`` (JSON Lines) as it completes, and
 the file is rewritten in dataset order at the end; ``<out>.summary.json`` holds the
 report without the records.  A question whose ``solve`` raises is recorded with its
@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from engine.search.api import solve
 from engine.search.config import SearchConfig
-from engine.search.cost import CostRecord
+from engine.cost import CostRecord
 
 from .datasets import EvalRow, load_rows, rows_from_dicts
 from .grading import grade
@@ -63,7 +63,7 @@ class EvalReport:
     ci95: tuple[float, float]
     errors: int
     cost: CostRecord                       #: sum of the per-request costs
-    backend_cost: dict[str, Any] | None    #: what the backend's own counters moved during the run
+    backend_cost: dict[str, Any] | None    #: what the executor's running total moved during the run
     wall_s: float
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     config: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -121,8 +121,8 @@ def _resume_records(out_path: Path, cfg: SearchConfig) -> list[dict[str, Any]]:
     return [r for r in by_idx.values() if r.get("error") is None]
 
 
-async def _resolve_backend(make_backend_or_backend: Any) -> Any:
-    b = make_backend_or_backend
+async def _resolve_executor(executor_or_factory: Any) -> Any:
+    b = executor_or_factory
     if hasattr(b, "expand") and hasattr(b, "score"):
         return b
     if callable(b):
@@ -143,7 +143,7 @@ def _as_rows(rows: Any) -> list[EvalRow]:
 
 
 async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
-                   make_backend_or_backend: Any,
+                   executor_or_factory: Any,
                    cfg: SearchConfig | None = None,
                    limit: int | None = None,
                    out_path: str | Path | None = None,
@@ -157,7 +157,7 @@ async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
                    slot: Callable[[], AbstractAsyncContextManager] | None = None) -> EvalReport:
     """Solve and grade ``rows`` (EvalRows, raw dicts or a dataset path) with ``cfg.method``.
 
-    ``make_backend_or_backend``: a backend, or a (sync or async) factory called once.
+    ``executor_or_factory``: a step executor, or a (sync or async) factory called once.
     ``resume``: keep the records already in ``out_path`` (written by a run of the same config,
     checked against ``<out>.config.json``) and solve only the questions they lack.
     ``admit``: asked as each question gets a slot; False skips it (no record) -- lets a
@@ -171,8 +171,8 @@ async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
     items = _as_rows(rows)
     if limit is not None:
         items = items[:limit]
-    backend = await _resolve_backend(make_backend_or_backend)
-    before = backend.cost.copy() if isinstance(getattr(backend, "cost", None), CostRecord) else None
+    executor = await _resolve_executor(executor_or_factory)
+    before = executor.cost.copy() if isinstance(getattr(executor, "cost", None), CostRecord) else None
 
     out_file = None
     records: list[dict[str, Any]] = []
@@ -206,7 +206,7 @@ async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
             rec: dict[str, Any] = {"idx": row.idx, "id": row.id, "kind": row.kind, "question": row.question,
                                    "gold": row.gold}
             try:
-                res = await solve(row.question, backend, cfg)
+                res = await solve(row.question, executor, cfg)
             except Exception as e:
                 if fail_fast:
                     raise
@@ -256,7 +256,7 @@ async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
     report = EvalReport(
         method=cfg.method, n=n, correct=n_correct, accuracy=n_correct / n if n else 0.0,
         ci95=wilson_interval(n_correct, n), errors=errors, cost=total,
-        backend_cost=backend.cost.minus(before).to_dict() if before is not None else None,
+        backend_cost=executor.cost.minus(before).to_dict() if before is not None else None,
         wall_s=time.perf_counter() - t_start, records=records, config=cfg.to_dict(),
         out_path=str(out_path) if out_path is not None else None, resumed=n_resumed)
     if out_path is not None:

@@ -5,13 +5,16 @@ of one model: `pool[b, :L*2*BS*Hkv*D]` viewed as [L, 2, BS, Hkv, D]. Pages are s
 largest model, so a smaller model leaves the tail of its page unused; the win is a single
 budget, one allocator and one eviction order for SLM, PRM and LLM alike.
 
-Sequence lifecycle: `new_sequence` (prefix-cache match) -> `reserve` slots -> forward writes
-K/V -> `commit` (full blocks get published by content hash) ... `fork` / `truncate` / `free`.
+Sequence lifecycle: `new_sequence` (prefix-cache match) -> `append` tokens -> `begin_run` and
+`reserve_run` (slots) -> a forward writes K/V -> `finish_run` (full blocks get published by
+content hash) ... `fork` / `truncate` / `rewind` / `preempt` / `free`. Every field of a Sequence
+changes only through these methods.
 A block that is shared (ref > 1) or published (hashed) is immutable: writing into it copies
 it first (copy-on-write), so forks and cached prefixes are never corrupted.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -19,7 +22,7 @@ import torch
 
 from engine.kv.block_pool import BlockPool, KVPoolExhausted
 
-__all__ = ["KVCache", "ModelSpec", "Sequence", "KVPoolExhausted"]
+__all__ = ["KVCache", "ModelSpec", "Sequence", "SeqStatus", "KVPoolExhausted"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,13 @@ class ModelSpec:
 
     def elems_per_block(self, block_size: int) -> int:
         return self.num_layers * 2 * block_size * self.num_kv_heads * self.head_dim
+
+
+class SeqStatus(enum.Enum):
+    NEW = "new"              # made by new_sequence, never run
+    RUN = "run"              # ran, or forked from a sequence that was not preempted: not re-matched
+    PREEMPTED = "preempted"  # cut back by preempt since it last ran; forks inherit this
+    FREED = "freed"          # its blocks are back in the pool; it must not be used again
 
 
 @dataclass
@@ -49,14 +59,20 @@ class Sequence:
     last_computed: int = 0  # tokens its latest forward computed (callers charge this after the forward)
     last_hit: int = 0       # tokens its latest forward took from the prefix cache instead (late match)
     batch_version: int = -1  # version when its current batch was prepared
-    # never run since creation, or cut back by `preempt`: its next forward first extends its
-    # computed prefix from the prefix cache (blocks published since, e.g. by a concurrent twin)
-    rematch: bool = False
-    preempted: bool = False  # cut back by `preempt` since it last ran (its forks inherit `rematch`)
-    freed: bool = False
+    status: SeqStatus = SeqStatus.RUN  # set by KVCache only
 
     def __len__(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def freed(self) -> bool:
+        return self.status is SeqStatus.FREED
+
+    @property
+    def matches_on_run(self) -> bool:
+        """Never run, or preempted: its next forward first extends its computed prefix from the
+        prefix cache (blocks published since, e.g. by a concurrent twin)."""
+        return self.status in (SeqStatus.NEW, SeqStatus.PREEMPTED)
 
     @property
     def num_pending(self) -> int:
@@ -106,9 +122,14 @@ class KVCache:
         seq = Sequence(next(self._ids), model, list(token_ids))
         seq.born = seq.seq_id
         seq.cached_tokens = self.match_cached_prefix(seq)
-        seq.rematch = True
+        seq.status = SeqStatus.NEW
         self.live[seq.seq_id] = seq
         return seq
+
+    def append(self, seq: Sequence, token_ids: list[int]) -> None:
+        """Add tokens at the end of seq: pending until a forward computes them."""
+        self._check_live(seq)
+        seq.token_ids.extend(token_ids)
 
     def match_cached_prefix(self, seq: Sequence) -> int:
         """Extend seq's computed prefix with published blocks of the same tokens (never its last
@@ -155,7 +176,7 @@ class KVCache:
         # cut to the kept blocks; blocks reserved past num_computed (a failed batch) go too
         self.truncate(seq, min(before, (len(seq.block_table) - n) * self.block_size))
         seq.token_ids = tokens
-        seq.rematch = seq.preempted = True
+        seq.status = SeqStatus.PREEMPTED
         return before - seq.num_computed
 
     def blocks_needed(self, seq: Sequence, n_new: int) -> int:
@@ -199,6 +220,34 @@ class KVCache:
             seq.block_hashes.append(h)
             parent = h
 
+    # -- one forward ---------------------------------------------------------------
+    def begin_run(self, seq: Sequence, rematch: bool) -> None:
+        """Before seq joins a forward. With ``rematch`` (only its last row is wanted) a sequence
+        that never ran, or was preempted, first takes what the prefix cache now holds; a sequence
+        with nothing pending recomputes its last token (its logits are wanted)."""
+        seq.last_hit = 0
+        if rematch and seq.matches_on_run:
+            seq.last_hit = self.match_cached_prefix(seq)
+            self.late_hit_tokens += seq.last_hit
+        if seq.num_pending == 0:
+            self.rewind(seq, seq.num_computed - 1)
+
+    def reserve_run(self, seq: Sequence) -> list[int]:
+        """Slots for all of seq's pending tokens; finish_run commits only onto this table."""
+        seq.batch_version = seq.version
+        return self.reserve(seq, seq.num_pending)
+
+    def finish_run(self, seqs: list[Sequence], computed: list[int]) -> None:
+        """A forward wrote ``computed[i]`` tokens of ``seqs[i]``: commit them and mark each run."""
+        self.runs += 1
+        for seq, n in zip(seqs, computed):
+            seq.last_computed = n
+            # a request cancelled while the batch ran may have freed or cut back its sequence:
+            # its new K/V went to blocks it no longer holds, so nothing is committed
+            if not seq.freed and seq.version == seq.batch_version:
+                self.commit(seq, n)
+                seq.last_run, seq.status = self.runs, SeqStatus.RUN
+
     def fork(self, seq: Sequence) -> Sequence:
         """A child sharing every block; the partly filled last block is copied on the first write."""
         self._check_live(seq)
@@ -207,7 +256,7 @@ class KVCache:
                          list(seq.block_table[:keep]), list(seq.block_hashes))
         # what a preempted parent lost may still be cached for the child; a fresh parent's child
         # is not re-matched, so a repeated request computes the same chunks and repeats exactly
-        child.rematch = child.preempted = seq.preempted
+        child.status = SeqStatus.PREEMPTED if seq.status is SeqStatus.PREEMPTED else SeqStatus.RUN
         child.born = seq.born
         for b in child.block_table:
             self.blocks.incref(b)
@@ -246,7 +295,7 @@ class KVCache:
             self.blocks.decref(b)
         seq.block_table.clear()
         seq.block_hashes.clear()
-        seq.freed = True
+        seq.status = SeqStatus.FREED
         seq.version += 1
         self.live.pop(seq.seq_id, None)
 

@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 import httpx
 
-from engine.search.cost import charge
+from engine.cost import charge
 
 from .base import LLMError
 

@@ -12,9 +12,9 @@ from collections import OrderedDict
 
 import torch
 
+from engine.cost import charge
 from engine.kv.cache import Sequence
 from engine.llm.base import TokenLogprobs
-from engine.search.cost import charge
 
 
 class LocalLLM:
@@ -30,7 +30,7 @@ class LocalLLM:
         self._all_ids = torch.arange(self.vocab_size, device=engine.cache.pool.device)
         self.calls = 0
         self.tokens_computed = 0
-        self.cost = None  # backend-wide CostRecord; per-request records are charged too
+        self.cost = None  # the executor's running total; the request's own record is charged too
 
     async def next_logprobs(self, token_ids: list[int]) -> TokenLogprobs:
         return (await self._run(list(token_ids), 1))[0]
@@ -72,7 +72,7 @@ class LocalLLM:
             return cache.new_sequence(self.model.key, ids)
         seq = self._sessions.pop(best)
         cache.truncate(seq, best_lcp)
-        seq.token_ids += ids[best_lcp:]
+        cache.append(seq, ids[best_lcp:])
         return seq
 
     def _put_session(self, seq: Sequence) -> None:

@@ -21,10 +21,9 @@ returns in well under a second and pages come in from the OS cache on first touc
 The cache root is `cache_dir`, else `$GBOOST_CACHE`, else `~/.cache/gboost`.
 
 Cache key: the full sha256 of the file's content, so any change of content, however local, gets a
-fresh entry and two copies of one file share one. Hashing runs at roughly 1 GB/s here (~0.5 s for
-the 0.5B demo file, ~1.1 s for the 1.5B), paid only the first time a given (path, size, mtime,
-ctime, inode) is seen -- i.e. together with the dequantization, which costs 10x more. Later loads
-look the hash up in `<cache>/file-hashes.json` by that stat signature (microseconds). A sampled
+fresh entry and two copies of one file share one. Hashing is paid only the first time a given
+(path, size, mtime, ctime, inode) is seen -- i.e. together with the dequantization, which costs
+far more. Later loads look the hash up in `<cache>/file-hashes.json` by that stat signature. A sampled
 fingerprint (size + head + tail) would be faster still on first sight but can collide for two
 fine-tunes with identical metadata, and this file is the key to someone's model weights.
 """
@@ -429,7 +428,7 @@ def convert_gguf(reader, path: str, dtype: torch.dtype) -> dict[str, Any]:
         return name, w.to(dtype).contiguous()
 
     state_dict: dict[str, torch.Tensor] = {}
-    # numpy's dequantization releases the GIL; one worker per core (measured: 2 cores, 0.5B: 7.8 s -> 6.0 s)
+    # numpy's dequantization releases the GIL: one worker per core
     workers = max(1, min(8, os.cpu_count() or 1))
     with _progress(len(jobs), f"dequantizing {Path(path).name}") as bar, ThreadPoolExecutor(workers) as pool:
         for name, w in pool.map(work, jobs):

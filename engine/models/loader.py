@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 from .config import ModelConfig
 from .gguf_loader import GGUF_MAGIC, load_gguf
+from .sources import download_from_hub, resolve
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,9 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
 # tensors some checkpoints carry that are not parameters we need
 _IGNORED_KEY_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-class HubDownloadError(OSError):
-    """A Hugging Face Hub id could not be fetched (offline, unknown repo, no access...)."""
 
 
 @dataclass
@@ -95,12 +91,10 @@ def load_checkpoint(name_or_path: str | os.PathLike, dtype: torch.dtype | str = 
     `cache_dir` (default `$GBOOST_CACHE` or `~/.cache/gboost`) holds assembled demo GGUFs and the
     safetensors conversions of GGUF files; it is also used as the Hub download cache when given.
     """
-    from . import registry
-
     t0 = time.perf_counter()
     dtype = as_dtype(dtype)
     name = str(name_or_path)
-    target = registry.resolve(name, cache_dir=cache_dir)
+    target = resolve(name, cache_dir=cache_dir)
     path = Path(target)
     if path.is_file():
         ckpt = _load_gguf_file(path, dtype, cache_dir)
@@ -110,7 +104,7 @@ def load_checkpoint(name_or_path: str | os.PathLike, dtype: torch.dtype | str = 
             ckpt = _load_gguf_file(ggufs[0], dtype, cache_dir)
         else:
             ckpt = load_hf_dir(path, dtype)
-    else:  # registry.resolve only returns non-paths for Hub ids
+    else:  # resolve only returns non-paths for Hub ids
         ckpt = load_hf_dir(download_from_hub(target, cache_dir), dtype)
     ckpt.name = name
     ckpt.load_seconds = time.perf_counter() - t0
@@ -280,28 +274,3 @@ def load_hf_dir(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) ->
 
 # ------------------------------------------------------------------------------------------------
 # Hub
-# ------------------------------------------------------------------------------------------------
-HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja"]  # never *.bin / *.pt (pickle)
-
-
-def is_hub_id(name: str) -> bool:
-    return bool(_HUB_ID.match(name)) and not name.startswith((".", "/"))
-
-
-def download_from_hub(repo_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """snapshot_download of the safetensors/json files of `repo_id`; HubDownloadError when that fails."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:  # pragma: no cover
-        raise HubDownloadError(f"cannot fetch {repo_id!r}: huggingface_hub is not installed") from e
-    kwargs: dict[str, Any] = {"allow_patterns": HUB_ALLOW_PATTERNS}
-    if cache_dir is not None:
-        kwargs["cache_dir"] = str(Path(cache_dir).expanduser() / "hub")
-    try:
-        return Path(snapshot_download(repo_id, **kwargs))
-    except Exception as e:
-        raise HubDownloadError(
-            f"could not download {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
-            "If this machine is offline, pass a local directory or .gguf file, or a demo model name "
-            "(see engine.models.registry.list_models()); if you meant a local path, it does not exist."
-        ) from e

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from engine.models.config import ModelConfig
-from engine.models.qwen2 import CausalLM, build_model
+from engine.models.qwen2_llama import CausalLM, build_model
 
 
 class TwoClassPRM(CausalLM):

@@ -170,22 +170,3 @@ def _assemble(parts: list[Path], dst: Path, model: DemoModel, root: Path) -> Non
             pass
         raise
     remember_file_hash(dst, model.sha256, root)
-
-
-def resolve(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
-    """A demo name -> its GGUF path (assembled on demand); an existing path -> itself; a Hub id -> itself.
-
-    Anything else raises FileNotFoundError naming the demo models.
-    """
-    from .loader import is_hub_id
-
-    s = str(name_or_path)
-    if s in DEMO_MODELS:
-        return str(model_path(s, cache_dir))
-    p = Path(s).expanduser()
-    if p.exists():
-        return str(p)
-    if is_hub_id(s) and not s.endswith(".gguf"):
-        return s
-    raise FileNotFoundError(
-        f"{s!r} is not a file, a directory, a demo model ({', '.join(list_models())}) or a Hub id (org/name)")

@@ -63,7 +63,7 @@ def extract(resident, cache, sols: list[Solution], layers: list[int], batch_toke
             for q in seqs:
                 cache.rewind(q, 0)
             batch = runner.prepare(seqs, ["none"] * len(seqs))
-            cu = batch[3]
+            cu = batch.cu_seqlens
             rows = [cu[i] + e for i, s in enumerate(group) for e in s.ends]
             got: dict[int, torch.Tensor] = {}
             hooks = [blocks[l - 1].register_forward_hook(

@@ -24,9 +24,13 @@ rsd
 """
 from __future__ import annotations
 
-from .context import SearchContext
+from typing import TYPE_CHECKING
+
 from .final import choose_final
 from .tree import Node, path_score
+
+if TYPE_CHECKING:
+    from .api import SearchContext
 
 __all__ = ["run_chain", "run_bon", "run_beam", "run_rsd"]
 

@@ -140,11 +140,11 @@ class SearchConfig:
     prm_aggregation: str = "min"
 
     # ---- per-request LLM budgets (None = unlimited) ----------------------------------------
-    #: LLM tokens (collab + llm + delegate steps) after which only SLM steps are generated (checked
-    #: before each round, so the round in flight may overshoot it by its own tokens).  With an
-    #: executor that measures (EngineExecutor) this counts what the LLM computed -- context prefill
-    #: and verified drafts included -- and, for delegated steps, the prompt and completion tokens
-    #: the API billed (its ``usage``), not just the tokens of the steps it helped write
+    #: LLM tokens after which only SLM steps are generated (checked before each round, so the
+    #: round in flight may overshoot it by its own tokens): what the LLM computed for this
+    #: request as its executor charged it (engine/cost.py) -- context prefill and verified
+    #: drafts included, not just the tokens of the steps it helped write; for delegated steps
+    #: the prompt and completion tokens the API billed (its ``usage``)
     max_llm_tokens: int | None = None
     #: LLM-involving step generations (one per collab/llm/delegate child) allowed per request
     max_llm_calls: int | None = None

@@ -7,7 +7,7 @@ from .answer import answer_key
 from .tree import Node, best_terminal, path_score
 
 if TYPE_CHECKING:
-    from .context import SearchContext
+    from .api import SearchContext
 
 __all__ = ["choose_final"]
 

@@ -37,11 +37,14 @@ with a width), the PRM keeps the best one.  The answer comes from the best termi
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from .config import SearchConfig
-from .context import SearchContext
 from .final import choose_final
 from .tree import Node, path_score, select_child
+
+if TYPE_CHECKING:
+    from .api import SearchContext
 
 __all__ = ["run_gboost"]
 

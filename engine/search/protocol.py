@@ -35,14 +35,12 @@ Semantics every executor must honour
 """
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .config import ACTIONS
-from .cost import CostRecord
 
-__all__ = ["ACTIONS", "StepOut", "StepExecutor", "check_step_out", "settle"]
+__all__ = ["ACTIONS", "StepOut", "StepExecutor", "check_step_out"]
 
 
 @dataclass
@@ -59,9 +57,8 @@ class StepOut:
 
 @runtime_checkable
 class StepExecutor(Protocol):
-    """What the search needs from the models (see the module docstring)."""
-
-    cost: CostRecord
+    """What the search needs from the models (see the module docstring). An executor charges
+    the work it does to the request being served (engine/cost.py), which budgets read."""
 
     async def root(self, question: str) -> Any: ...
 
@@ -70,34 +67,6 @@ class StepExecutor(Protocol):
     async def score(self, states: list[Any]) -> list[float]: ...
 
     def release(self, state: Any) -> None: ...
-
-
-async def settle(aws, on_orphan: Callable[[Any], None]) -> list:
-    """``gather(*aws, return_exceptions=True)`` that loses nothing on cancellation.
-
-    If the caller is cancelled while waiting, the pending awaitables are cancelled too, every one
-    is waited for, each result that did arrive is handed to ``on_orphan`` (so states created by an
-    ``expand`` that finished just in time are released, not leaked), and the cancellation goes on.
-    A second cancellation during that wait (a server cancelling at shutdown what its handlers are
-    already cancelling) does not cut it short: the results would be lost with their KV blocks.
-    """
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return await asyncio.gather(*tasks, return_exceptions=True)
-    except asyncio.CancelledError:
-        for t in tasks:
-            t.cancel()
-        # test for done first: a caller cancelled on every loop turn (anyio re-delivers a cancelled
-        # scope's cancellation) would otherwise never get past the await below
-        while not all(t.done() for t in tasks):
-            try:
-                await asyncio.wait(tasks)
-            except asyncio.CancelledError:
-                pass  # already cancelling: keep waiting for the orphans, then re-raise below
-        for t in tasks:
-            if not t.cancelled() and t.exception() is None:
-                on_orphan(t.result())
-        raise
 
 
 def check_step_out(out: Any, action: str) -> StepOut:

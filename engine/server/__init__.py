@@ -5,7 +5,7 @@ Public API (imported lazily so that ``engine.server.backend`` stays light):
 * :func:`create_app` / :func:`serve` (``engine.server.app``)
 * :class:`CompletionBackend`, :class:`BackendInputError` (``engine.server.backend``)
 * :class:`FaultConfig` (``engine.server.faults``)
-* :class:`BackgroundServer` (``engine.server.runner``)
+* :class:`BackgroundServer` (``engine.server.uvicorn_server``)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ _WHERE = {
     "CompletionBackend": "backend",
     "BackendInputError": "backend",
     "FaultConfig": "faults",
-    "BackgroundServer": "runner",
+    "BackgroundServer": "uvicorn_server",
 }
 
 

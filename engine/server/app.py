@@ -375,7 +375,7 @@ async def aserve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_le
 
     from engine.engine import release_free_memory
 
-    from .runner import SignalServer
+    from .uvicorn_server import SignalServer
 
     async def trim():
         while await asyncio.sleep(trim_every_s, True) and await asyncio.to_thread(release_free_memory):

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.kv.block_pool import KVPoolExhausted
 from engine.llm.base import LLMError
-from engine.runner import PromptTooLong
+from engine.positions import PromptTooLong
 from engine.search.api import solve
 from engine.search.config import ConfigError, SearchConfig
 

@@ -18,7 +18,7 @@ from engine.search.api import solve
 from engine.search.config import ConfigError, SearchConfig
 from engine.server.app import create_app
 from engine.server.engine_backend import EngineCompletionBackend
-from engine.server.runner import BackgroundServer
+from engine.server.uvicorn_server import BackgroundServer
 from engine.testing import CHAT_TEMPLATE, tiny_engine, write_tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(300)

@@ -16,7 +16,7 @@ import kernels.paged_attention as pa
 import kernels.spec_verify as sv
 import kernels.step_scoring as ss
 from engine.llm.local import LocalLLM
-from engine.models.layers import Rotary
+from engine.models.qwen2_llama import Rotary
 from engine.scheduler import Scheduler
 from engine.collab.executor import CollabOptions
 from engine.search.config import SearchConfig

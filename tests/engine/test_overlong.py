@@ -5,7 +5,7 @@ import asyncio
 import pytest
 import torch
 
-from engine.runner import PromptTooLong
+from engine.positions import PromptTooLong
 from engine.scheduler import Scheduler
 from engine.search.config import SearchConfig
 from engine.testing import tiny_config, tiny_engine, tiny_stack

@@ -218,7 +218,7 @@ def test_a_failed_batch_gives_back_what_it_reserved_and_later_work_is_served():
 
 
 def test_costs_charge_what_was_computed_when_a_waiting_sequence_is_preempted():
-    from engine.search.cost import CostRecord
+    from engine.cost import CostRecord
     eng = tiny_engine({"slm": 1}, num_blocks=8)
     key, cache, runner = eng.role("slm").key, eng.cache, eng.role("slm").runner
 

@@ -15,13 +15,13 @@ from engine.engine import Engine, ResidentModel
 from engine.llm.base import LLMError, TokenLogprobs
 from engine.llm.local import LocalLLM
 from engine.llm.remote import RemoteLLM
-from engine.models.qwen2 import build_model
+from engine.models.qwen2_llama import build_model
 from engine.scheduler import Scheduler
 from engine.search.api import solve
 from engine.search.config import SearchConfig
 from engine.server.app import create_app
 from engine.server.engine_backend import EngineCompletionBackend
-from engine.server.runner import BackgroundServer
+from engine.server.uvicorn_server import BackgroundServer
 from engine.testing import byte_tokenizer, tiny_config, tiny_model, write_tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(300)

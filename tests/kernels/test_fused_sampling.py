@@ -3,31 +3,9 @@ import torch
 
 from fp_bounds import U32, assert_within, chain_h, logsoftmax_bound, nucleus_tokens, sampler_mass_eps
 from kernels.fused_sampling import (_block_v, fuse_logprobs, fuse_logprobs_ref, fuse_logprobs_triton, fused_logits_ref,
-                                    fused_sample, fused_sample_ref, fused_sample_triton, keep_mask_ref, keep_mask_topc,
-                                    make_noise, sample, sample_kept, sample_ref)
-
-
-def _logits(B, V, seed, dtype=torch.float32, device="cpu", scale=3.0, ties=False):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(3):
-        x = torch.randn(B, V, generator=g) * scale
-        if ties:  # coarse grid: many exact ties, also at the top-k / top-p thresholds
-            x = (x * 2).round() / 2
-        out.append(x.to(dtype).to(device))
-    return out
-
-
-def _row_params(B, V, seed):
-    g = torch.Generator().manual_seed(seed)
-    temp = torch.tensor([0.0, 0.7, 1.3, 1.0] * (B // 4 + 1))[:B]
-    ks = torch.tensor([0, 1, 5, V - 1, V, 2 * V, 3, 0, 0, 50, 7, 0, 0, 1, 2, 0, 40] * (B // 17 + 1), dtype=torch.int32)[:B]
-    ps = torch.tensor([1.0, 0.9, 0.5, 0.0, 1.0, 0.95, 0.99, 0.3, 1, 1, 0.8, 0.7, 0.2, 1, 1, 0.6, 0.9] * (B // 17 + 1))[:B]
-    alpha = torch.rand(B, generator=g)
-    alpha[0] = 0.0
-    if B > 1:
-        alpha[1] = 1.0
-    return alpha, temp, ks, ps
+                                    fused_sample, fused_sample_ref, fused_sample_triton, keep_mask_ref, make_noise,
+                                    sample, sample_ref)
+from sampling_cases import exact_dist as _exact_dist, logits as _logits, row_params as _row_params
 
 
 def _fused64(slm, llm, alpha, rule, base=None):
@@ -165,60 +143,6 @@ def test_keep_mask_ref_semantics():
     assert keep_mask_ref(x, 0, float(p[0]) - 1e-4).tolist() == [[True, False, False, False, False]]
     assert keep_mask_ref(x, 0, float(p[0]) + 1e-4).tolist() == [[True, False, True, True, False]]
     assert keep_mask_ref(x, 1, 0.9).tolist() == [[True, False, False, False, False]]
-
-
-@pytest.mark.parametrize("V,cand", [(1000, 8), (1000, 64), (151936, 1024)])
-def test_keep_mask_topc_equals_ref(V, cand):
-    B = 17
-    _, _, ks, ps = _row_params(B, V, seed=3)
-    ks = torch.where(ks < cand, ks, 0)  # a k beyond the window makes the whole batch take the full sort
-    rows, spilled = [], 0
-    for seed, (scale, ties, peak) in enumerate([(3.0, False, 12.0), (3.0, False, 0.0), (0.3, False, 0.0),
-                                                 (3.0, True, 6.0), (1.0, True, 0.0)]):
-        x = _logits(B, V, seed=seed, scale=scale, ties=ties)[0]
-        x[:, :5] += peak  # LM-like: a few dominant tokens (nucleus inside the window)
-        got, want = keep_mask_topc(x, ks, ps, cand=cand), keep_mask_ref(x, ks, ps)
-        assert torch.equal(got, want), (seed, (got != want).sum(-1))
-        spilled += int(((want.sum(-1) > cand) & (ps < 1)).sum())  # nucleus wider than the window
-        rows.append(want.sum(-1))
-    kept = torch.cat(rows)
-    assert spilled > 0 and bool(((kept > 1) & (kept < cand)).any())  # both the window and the fallback ran
-
-
-def test_sample_kept_frequencies_match_exact_distribution():
-    V, N, t, k, p = 50, 100_000, 0.8, 20, 0.9
-    z = _logits(1, V, seed=5, scale=1.5)[0][0]
-    exact = _exact_dist(z, t, k, p)
-    gen = torch.Generator().manual_seed(7)
-    toks = torch.cat([sample_kept(z.expand(1000, V), t, k, p, gen) for _ in range(N // 1000)])
-    freq = torch.bincount(toks, minlength=V).double() / N
-    assert 0.5 * (freq - exact).abs().sum().item() < 0.015
-    assert 0.5 * (freq - torch.softmax(z.double() / t, 0)).abs().sum().item() > 0.05  # truncation visible
-    # greedy rows take the argmax and draw no noise; a seeded generator repeats itself
-    mixed = sample_kept(z.expand(4, V), torch.tensor([0.0, 1.0, 0.0, 1.0]), 0, 1.0,
-                        torch.Generator().manual_seed(1))
-    assert mixed[0] == mixed[2] == z.argmax()
-    assert torch.equal(mixed, sample_kept(z.expand(4, V), torch.tensor([0.0, 1.0, 0.0, 1.0]), 0, 1.0,
-                                          torch.Generator().manual_seed(1)))
-
-
-def _exact_dist(z, t, k, p):
-    """Independent exact distribution of one row: float64, explicit loops over sorted values."""
-    x = (z.double() / t).tolist()
-    order = sorted(range(len(x)), key=lambda i: -x[i])
-    kept = [i for i in order if k <= 0 or x[i] >= x[order[k - 1]]]
-    w = torch.tensor([x[i] for i in kept], dtype=torch.float64).softmax(0).tolist()
-    if p < 1:
-        acc, cut = 0.0, None
-        for i, wi in zip(kept, w):
-            acc += wi
-            if acc >= p:
-                cut = x[i]
-                break
-        kept = [i for i in kept if x[i] >= cut]
-    dist = torch.zeros(len(x), dtype=torch.float64)
-    dist[kept] = torch.tensor([x[i] for i in kept], dtype=torch.float64).softmax(0)
-    return dist
 
 
 @pytest.mark.parametrize("rule,t,k,p", [("loglinear", 1.0, 0, 1.0), ("loglinear", 0.7, 20, 0.9), ("proxy", 1.3, 0, 0.8)])

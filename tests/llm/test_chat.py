@@ -16,7 +16,7 @@ from engine.scheduler import Scheduler
 from engine.server.app import create_app
 from engine.server.engine_backend import EngineCompletionBackend
 from engine.server.faults import FaultConfig
-from engine.server.runner import BackgroundServer
+from engine.server.uvicorn_server import BackgroundServer
 from engine.testing import CHAT_TEMPLATE, tiny_engine
 
 pytestmark = pytest.mark.timeout(120)

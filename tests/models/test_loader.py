@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
-from engine.models.loader import Checkpoint, HubDownloadError, load_checkpoint
+from engine.models.loader import Checkpoint, load_checkpoint
+from engine.models.sources import HubDownloadError
 
 transformers = pytest.importorskip("transformers")
 

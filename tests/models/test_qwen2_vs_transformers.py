@@ -5,7 +5,7 @@ import torch
 from engine.engine import Engine, ResidentModel
 from engine.kv.cache import KVPoolExhausted
 from engine.models.config import ModelConfig
-from engine.models.qwen2 import build_model
+from engine.models.qwen2_llama import build_model
 from engine.sampling import SamplingParams
 
 transformers = pytest.importorskip("transformers")

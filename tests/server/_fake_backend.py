@@ -158,7 +158,7 @@ def server_factory():
     """``make(backend=None, fault=None, **create_app_kwargs) -> BackgroundServer`` (``.backend`` is the
     FakeBackend, ``.app.state`` has ``faults`` / ``metrics``); every server started is stopped on exit."""
     from engine.server.app import create_app
-    from engine.server.runner import BackgroundServer
+    from engine.server.uvicorn_server import BackgroundServer
     servers = []
 
     def make(backend=None, fault=None, **kw):

@@ -4,7 +4,7 @@ import pytest
 
 from _fake_backend import FakeBackend, server_factory
 from engine.server.app import create_app
-from engine.server.runner import BackgroundServer
+from engine.server.uvicorn_server import BackgroundServer
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from engine.search.config import SearchConfig
 from engine.server.app import create_app
 from engine.server.engine_backend import EngineCompletionBackend
-from engine.server.runner import BackgroundServer
+from engine.server.uvicorn_server import BackgroundServer
 from engine.scheduler import Scheduler
 from engine.testing import CHAT_TEMPLATE, tiny_app, tiny_config, tiny_engine, tiny_stack
 

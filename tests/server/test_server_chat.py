@@ -7,7 +7,7 @@ from _fake_backend import FakeBackend
 from engine.scheduler import Scheduler
 from engine.server.app import create_app
 from engine.server.engine_backend import EngineCompletionBackend
-from engine.server.runner import BackgroundServer
+from engine.server.uvicorn_server import BackgroundServer
 from engine.testing import CHAT_TEMPLATE, tiny_engine
 
 openai = pytest.importorskip("openai")

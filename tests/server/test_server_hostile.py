@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from engine.search.config import SearchConfig
-from engine.server.runner import BackgroundServer
+from engine.server.uvicorn_server import BackgroundServer
 from engine.testing import tiny_app, tiny_config, tiny_stack
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,7 +14,7 @@ from engine.collab.prm import PRMScorer, PRMSpec
 from engine.server.app import create_app
 from engine.server.engine_backend import EngineCompletionBackend
 from engine.server.faults import FaultConfig
-from engine.server.runner import BackgroundServer
+from engine.server.uvicorn_server import BackgroundServer
 from engine.server.solve import Solver
 from engine.testing import tiny_engine
 

@@ -12,7 +12,7 @@ import pytest
 
 from _fake_backend import FakeBackend
 from engine.kv.block_pool import KVPoolExhausted
-from engine.runner import PromptTooLong
+from engine.positions import PromptTooLong
 from engine.search.api import solve
 from toy_executor import ToyExecutor
 from engine.search.config import SearchConfig
@@ -241,7 +241,7 @@ class NoLLM(ToyExecutor):
     """A stack without a general LLM: what it cannot run is refused before any state exists."""
     from engine.collab.executor import EngineExecutor
     check_config = EngineExecutor.check_config
-    llm = base = None
+    llm = base = writer = None
 
 
 @pytest.mark.parametrize("body, ok", [({"method": "fusion"}, False), ({"method": "slm"}, True),

@@ -9,7 +9,7 @@ import pytest
 from _fake_backend import FakeBackend
 from engine.scheduler import Scheduler
 from engine.server.app import create_app
-from engine.server.runner import BackgroundServer
+from engine.server.uvicorn_server import BackgroundServer
 from engine.server.engine_backend import EngineCompletionBackend
 from engine.testing import tiny_engine
 

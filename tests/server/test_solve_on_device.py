@@ -7,7 +7,7 @@ import pytest
 
 from engine.collab.executor import CollabOptions
 from engine.search.config import SearchConfig
-from engine.server.runner import BackgroundServer
+from engine.server.uvicorn_server import BackgroundServer
 from engine.testing import tiny_app, tiny_stack
 
 pytestmark = pytest.mark.timeout(180)

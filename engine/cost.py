@@ -1,35 +1,19 @@
-"""Cost accounting shared by the search policy and the model backend.
+"""The cost of a request: one record, written where the work is done.
 
-One :class:`CostRecord` type is used at two levels:
+``solve`` opens a request scope around its search (:func:`request_scope`); whatever does work
+for the request charges it there with :func:`charge`: the step executor each forward it awaits
+(prompt prefill, drafts, judge suffixes, prefix-cache hits), each LLM-involving step and each
+fault; a local LLM what it computes; a remote LLM client its retries; the search the wall time
+of its phases. The per-request budgets (``max_llm_tokens``, ``max_llm_calls``,
+``max_llm_faults``) read that record. Tasks inherit the scope, so concurrent requests each
+charge their own.
 
-* ``backend.cost`` -- what the backend really computed, over every request it
-  served (prefill included, cache hits counted separately).  It is written by
-  the backend (engine/collab/executor.py & prm.py).
-* ``SolveResult.cost`` -- what one request asked for, counted by the search
-  from the :class:`~engine.search.protocol.StepOut` objects it received (see
-  :func:`count_step`).  Per-request budgets (``max_llm_tokens``,
-  ``max_llm_calls``) are enforced against this record, because the backend's
-  record is shared by all concurrent requests.  ``llm_retries`` counts the remote LLM's
-  retried attempts for the request (charged by :mod:`engine.llm.remote` through
-  :func:`charge`), whatever the backend.
+``charge`` also adds to the running ``total`` it is handed: an executor's ``cost`` sums the
+work of every request it served and of calls made outside any request (for /metrics, reports
+and tests that drive an executor directly).
 
-Token conventions used by the search for a generated step of ``k`` tokens:
-
-=========  ===============  ===============
-action     slm_tokens       llm_tokens
-=========  ===============  ===============
-slm        k                0
-collab     k                k   (every fused token needs both models)
-llm        0                k
-delegate   0                k   (a measuring executor reports the tokens the API billed)
-=========  ===============  ===============
-
-A collab step that reports a ``fault`` (the LLM did not answer, the backend
-fell back to the SLM) is counted as ``slm`` tokens, still counts as an LLM
-call, and increments ``llm_faults[fault]``.  ``prm_tokens`` at the request
-level counts the new step tokens submitted to the PRM (the prefix is assumed
-to be served from the PRM's prefix cache) -- a lower bound of the PRM work;
-the backend's own record holds the exact number.
+An LLM-involving step counts one ``llm_calls`` even when the LLM failed and the SLM wrote the
+step instead (that fault is counted in ``llm_faults``), so a failing endpoint uses up the budget.
 """
 from __future__ import annotations
 
@@ -39,7 +23,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
 
-__all__ = ["CostRecord", "count_step", "request_scope", "charge"]
+__all__ = ["CostRecord", "request_scope", "charge", "charge_fault"]
 
 _INT_FIELDS = ("slm_tokens", "llm_tokens", "prm_tokens", "base_tokens", "prefix_cache_tokens", "llm_calls",
                "prm_tokens_saved", "llm_retries")
@@ -47,15 +31,15 @@ _INT_FIELDS = ("slm_tokens", "llm_tokens", "prm_tokens", "base_tokens", "prefix_
 
 @dataclass
 class CostRecord:
-    """Counters of the work done for one request (or for a whole backend)."""
+    """Counters of the work done for one request (or, as a running total, for an executor)."""
 
-    slm_tokens: int = 0           #: tokens computed by the SLM (generated; prefill if the backend counts it)
+    slm_tokens: int = 0           #: tokens computed by the SLM (prompt prefill included)
     llm_tokens: int = 0           #: tokens computed by the general LLM
     prm_tokens: int = 0           #: tokens run through the process reward model
     base_tokens: int = 0          #: tokens computed by the SLM's base model (fusion_rule "proxy")
     prefix_cache_tokens: int = 0  #: tokens served from a prefix cache instead of being recomputed
     prm_tokens_saved: int = 0     #: step tokens a value head scored from the SLM's own rows (no PRM forward)
-    llm_calls: int = 0            #: LLM-involving step generations (one per collab/llm/delegate child)
+    llm_calls: int = 0            #: LLM-involving steps (one per collab/llm/delegate child, a fault included)
     #: HTTP attempts to a remote LLM that failed and were retried (a retry that then succeeded
     #: leaves no fault, so this is where an unreliable endpoint shows); charged by the client
     llm_retries: int = 0
@@ -129,33 +113,14 @@ class CostRecord:
         return out
 
 
-def count_step(cost: CostRecord, action: str, n_tokens: int, fault: str | None) -> None:
-    """Charge one generated step to a per-request record (see the module table)."""
-    if action == "slm":
-        cost.slm_tokens += n_tokens
-        return
-    if action not in ("collab", "llm", "delegate"):
-        raise ValueError(f"unknown action {action!r}")
-    cost.llm_calls += 1
-    if fault is not None:
-        cost.add_fault(fault)
-        cost.slm_tokens += n_tokens
-        return
-    if action == "collab":
-        cost.slm_tokens += n_tokens
-    cost.llm_tokens += n_tokens
-
-
-# -- measured per-request cost ---------------------------------------------------------------
-# A backend that knows what it computes (engine/collab/executor.py) charges every token to the
-# backend-wide record and to the record of the request being served, found through this
-# context variable: solve() opens a scope, and the tasks it spawns inherit it.
+# the record of the request being served: solve() opens a scope, the tasks it spawns inherit it
 _REQUEST_COST: ContextVar["CostRecord | None"] = ContextVar("gboost_request_cost", default=None)
 
 
 @contextmanager
-def request_scope() -> Iterator["CostRecord"]:
-    rec = CostRecord()
+def request_scope(rec: "CostRecord | None" = None) -> Iterator["CostRecord"]:
+    """Charges in this scope (and in tasks started from it) go to ``rec`` (a new record if None)."""
+    rec = CostRecord() if rec is None else rec
     token = _REQUEST_COST.set(rec)
     try:
         yield rec
@@ -169,3 +134,10 @@ def charge(total: "CostRecord | None", **counts: int) -> None:
         if rec is not None:
             for k, v in counts.items():
                 setattr(rec, k, getattr(rec, k) + v)
+
+
+def charge_fault(total: "CostRecord | None", kind: str) -> None:
+    """Count one LLM fault of ``kind`` in `total` and in the current request's record, if any."""
+    for rec in (total, _REQUEST_COST.get()):
+        if rec is not None:
+            rec.add_fault(kind)

@@ -95,7 +95,6 @@ def _redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-
 def _root_url(base_url: str) -> str:
     """Accept ``http://host:port``, ``.../v1``, ``.../v1/completions`` or ``.../v1/chat/completions``."""
     url = base_url.strip().rstrip("/")

@@ -47,7 +47,7 @@ def _solve_many(url, n):
         res = await asyncio.gather(*(solve(f"question {i}", be, cfg) for i in range(n)))
         dt = time.perf_counter() - t0
         await llm.aclose()
-        return dt, be.llm_rounds, res
+        return dt, be.counts.llm_rounds, res
     return asyncio.run(go())
 
 
@@ -88,9 +88,9 @@ def test_demo_pair_collaborative_steps(benchmark, mode):
         steps = len(res.steps)
         toks = sum(len(n.token_ids) for n in res.chosen)
         out.update(mode=mode, steps=steps, tokens=toks, seconds=round(dt, 2),
-                   llm_calls_per_step=round(be.llm_rounds / steps, 2),
-                   acceptance=round(be.draft_accepted / be.draft_proposed, 3) if be.draft_proposed else None,
-                   seconds_per_step=round(dt / steps, 2), tokens_per_llm_call=round(toks / be.llm_rounds, 2))
+                   llm_calls_per_step=round(be.counts.llm_rounds / steps, 2),
+                   acceptance=round(be.counts.draft_accepted / be.counts.draft_proposed, 3) if be.counts.draft_proposed else None,
+                   seconds_per_step=round(dt / steps, 2), tokens_per_llm_call=round(toks / be.counts.llm_rounds, 2))
     benchmark.pedantic(lambda: asyncio.run(go()), rounds=1, iterations=1)
     benchmark.extra_info.update(out)
     print(f"\n[collab-demo] {out}")

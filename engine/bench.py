@@ -373,7 +373,7 @@ async def _per_action(st: Setup, be, naive, clock: ForwardClock, rows: list[Row]
         be.release(warm[0].state)                     # ... and so does the LLM (its session)
         for label, action, eng in kinds:
             a = acc[label]
-            before = (eng.llm_rounds, eng.draft_proposed, eng.draft_accepted)
+            before = (eng.counts.llm_rounds, eng.counts.draft_proposed, eng.counts.draft_accepted)
             outs = []
             for side, impl in enumerate((eng, naive)):
                 f0, t0 = clock.seconds, time.perf_counter()
@@ -381,9 +381,9 @@ async def _per_action(st: Setup, be, naive, clock: ForwardClock, rows: list[Row]
                 a[2 * side].append(time.perf_counter() - t0)
                 a[2 * side + 1].append(clock.seconds - f0)
             if label == "collab step, speculative":
-                spec_stats[0] += eng.llm_rounds - before[0]
-                spec_stats[1] += eng.draft_proposed - before[1]
-                spec_stats[2] += eng.draft_accepted - before[2]
+                spec_stats[0] += eng.counts.llm_rounds - before[0]
+                spec_stats[1] += eng.counts.draft_proposed - before[1]
+                spec_stats[2] += eng.counts.draft_accepted - before[2]
                 spec_stats[3] += len(outs[0].token_ids)
                 spec_stats[4] += 1
             a[4] += outs[0].text == outs[1].text and outs[0].token_ids == outs[1].token_ids

@@ -8,6 +8,7 @@ so prefix blocks are shared between them too.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -157,7 +158,13 @@ class Engine:
             finally:
                 scheduler.close()
 
-        return asyncio.run(run_all())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(run_all())
+        # called from a coroutine (blocking it, as a synchronous call does): a loop of its own
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gboost-generate") as pool:
+            return pool.submit(asyncio.run, run_all()).result()
 
     async def agenerate(self, scheduler, ids: list[int], params: SamplingParams, role: str = "slm",
                         on_token=None) -> GenerationOutput:

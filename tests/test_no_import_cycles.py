@@ -80,3 +80,27 @@ def test_the_graph_sees_the_imports():
 def test_no_import_cycles():
     cycle = _cycle(_graph(_modules()))
     assert cycle is None, " -> ".join(cycle)
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for d in graph[todo.pop()]:
+            if d not in seen:
+                seen.add(d)
+                todo.append(d)
+    return seen
+
+
+def test_dependencies_point_down_the_request_path():
+    """search (policy) never reaches collab (execution); llm, kv, models and kernels reach neither."""
+    g = _graph(_modules())
+    below = {"engine.search": ("engine.collab", "engine.stack", "engine.server"),
+             "engine.llm": ("engine.search", "engine.collab"),
+             "engine.kv": ("engine.search", "engine.collab", "engine.llm", "engine.runner", "engine.scheduler"),
+             "engine.models": ("engine.search", "engine.collab", "engine.llm", "engine.scheduler"),
+             "kernels": ("engine",)}
+    for pkg, forbidden in below.items():
+        for mod in (m for m in g if m == pkg or m.startswith(pkg + ".")):
+            bad = sorted(d for d in _reach(g, mod) if any(d == f or d.startswith(f + ".") for f in forbidden))
+            assert not bad, f"{mod} reaches {bad}"

@@ -51,25 +51,16 @@ class CollabOptions:
             raise ValueError("max_draft must be >= 1")
 
 
-class _SharedCount:
-    """An int kept in ``obj._counts``, so every per-request view of an executor adds to one total."""
-
-    def __set_name__(self, owner, name):
-        self.name = name
-
-    def __get__(self, obj, owner=None):
-        return self if obj is None else obj._counts[self.name]
-
-    def __set__(self, obj, value):
-        obj._counts[self.name] = value
+@dataclass
+class StepCounts:
+    """The executor's counters; every per-request view (with_config) holds the same object."""
+    live_states: int = 0     # states handed out and not yet released
+    llm_rounds: int = 0      # LLM calls made by collaborative steps
+    draft_proposed: int = 0  # speculative: drafted tokens
+    draft_accepted: int = 0  # speculative: drafted tokens accepted
 
 
 class EngineExecutor:
-    live_states = _SharedCount()     # states handed out and not yet released
-    llm_rounds = _SharedCount()      # LLM calls made by collaborative steps
-    draft_proposed = _SharedCount()  # speculative: drafted tokens
-    draft_accepted = _SharedCount()  # speculative: drafted tokens accepted
-
     def __init__(self, engine, scheduler, cfg: SearchConfig, *, llm=None, prm=None, base=None,
                  writer=None, options: CollabOptions | None = None):
         """``llm``: a general LLM giving next-token rows (fused steps); ``writer``: one answering
@@ -88,7 +79,7 @@ class EngineExecutor:
         for lm in (llm, base):
             if lm is not None and hasattr(lm, "cost"):
                 lm.cost = self.cost         # a local LLM (or base) charges what it computes itself
-        self._counts = dict.fromkeys(("live_states", "llm_rounds", "draft_proposed", "draft_accepted"), 0)
+        self.counts = StepCounts()
         self._ready: dict[int, tuple[int, torch.Tensor]] = {}  # child seq_id -> (length, parent's ready logits)
         self._parents: dict[int, NodeState] = {}  # child seq_id -> the state it continues (delegated steps read it)
 
@@ -123,7 +114,7 @@ class EngineExecutor:
             cache.free(slm)
             raise
         charge(self.cost, prefix_cache_tokens=slm.cached_tokens + (prm.cached_tokens if prm else 0))
-        self.live_states += 1
+        self.counts.live_states += 1
         return NodeState(slm, prm, 0, (), question=question)
 
     def _root_ids(self, question: str) -> tuple[list[int], list[int] | None]:
@@ -155,8 +146,8 @@ class EngineExecutor:
         self.engine.cache.free(state.slm)
         if state.prm is not None:
             self.engine.cache.free(state.prm)
-        self.live_states -= 1
-        if self.live_states == 0:  # idle engine: give the LLM's (and base's) session blocks back
+        self.counts.live_states -= 1
+        if self.counts.live_states == 0:  # idle engine: give the LLM's (and base's) session blocks back
             for lm in (self.llm, self.base):
                 if hasattr(lm, "release_sessions"):
                     lm.release_sessions()
@@ -220,7 +211,7 @@ class EngineExecutor:
         depth = parent.depth + 1
         terminal = step_terminal(text, toks, depth, len(seq.token_ids), self.cfg, self.eos,
                                  self.slm.model.max_positions, self.answer_re)
-        self.live_states += 1
+        self.counts.live_states += 1
         if action != "slm":
             charge(self.cost, llm_calls=1)  # a fault too: a failing endpoint uses up the budget
         state = NodeState(seq, prm, depth, key, parent.steps + [text], step_tokens=len(toks),
@@ -266,7 +257,7 @@ class EngineExecutor:
         return await self.base.score(ids[:cut], ids[cut:])
 
     async def llm_rows(self, coro, n_tokens: int):
-        self.llm_rounds += 1
+        self.counts.llm_rounds += 1
         if not hasattr(self.llm, "cost"):  # remote: charge the positions the endpoint scored
             charge(self.cost, llm_tokens=n_tokens)
         return await coro

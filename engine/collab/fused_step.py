@@ -101,8 +101,8 @@ async def speculative_step(ex, seq: Sequence, gen: torch.Generator, alpha: float
         n_acc, out = spec_verify(torch.tensor([draft], device=dev), torch.tensor([K], dtype=torch.int32, device=dev),
                                  q[None], p[None], acc_noise, res_noise)
         n_acc, out = n_acc.tolist()[0], out[0].tolist()  # two small copies back, once per round
-        ex.draft_proposed += K
-        ex.draft_accepted += n_acc
+        ex.counts.draft_proposed += K
+        ex.counts.draft_accepted += n_acc
         # Only the last draft token can end the step: if it was accepted, the step is done
         # exactly as token-by-token sampling would have stopped there (no bonus token).
         if n_acc == K and ended:

@@ -305,7 +305,7 @@ async def settle(aws, on_orphan: Callable[[Any], None]) -> list:
     A second cancellation during that wait (a server cancelling at shutdown what its handlers are
     already cancelling) does not cut it short: the results would be lost with their KV blocks.
     """
-    tasks = [asyncio.ensure_future(a) for a in aws]
+    tasks = list(map(asyncio.ensure_future, aws))
     try:
         return await asyncio.gather(*tasks, return_exceptions=True)
     except asyncio.CancelledError:

@@ -37,10 +37,10 @@ def run_both(pair, cfg, mode):
             nv = naive_mod.NaiveExecutor(tok, cfg, hf_slm, llm=hf_llm, prm=hf_llm, prm_spec=stack.executor.prm.spec)
             out = [(await solve(q, stack.executor, cfg), await solve(q, nv, cfg)) for q in QUESTIONS]
             stack.engine.cache.check_refcounts()
-            assert nv.live_states == 0 and stack.executor.live_states == 0
+            assert nv.live_states == 0 and stack.executor.counts.live_states == 0
             be = stack.executor
             if mode == "speculative":  # both branches of verification ran, and still matched
-                assert 0 < be.draft_accepted < be.draft_proposed
+                assert 0 < be.counts.draft_accepted < be.counts.draft_proposed
             return out
         finally:
             await stack.aclose()

@@ -152,12 +152,12 @@ def test_request_config_overrides_the_backends_own():
     def answer(build_kw, request_kw):
         eng, sched, cfg, be = build(**build_kw)
         res = run(solve("What is 2+3?", be, cfg.replace(**request_kw)))
-        assert be.live_states == 0 and eng.cache.live == {}
+        assert be.counts.live_states == 0 and eng.cache.live == {}
         eng.cache.check_refcounts()
         return [(s["text"], s["action"]) for s in res.steps], be
     want, _ = answer({"seed": 5, "temperature": 1.3}, {})
     got, be = answer({"seed": 0, "temperature": 0.8}, {"seed": 5, "temperature": 1.3})
     assert got == want
-    assert be.llm_rounds > 0                                   # the request view's LLM calls counted here
+    assert be.counts.llm_rounds > 0                                   # the request view's LLM calls counted here
     other, _ = answer({"seed": 0, "temperature": 0.8}, {})
     assert other != want                                       # the override changed what was sampled

@@ -38,7 +38,7 @@ def test_an_overlong_root_prompt_is_refused_before_any_sequence_exists(role, pos
     be, cache = stack.executor, stack.engine.cache
     with pytest.raises(PromptTooLong, match="more than the 40 positions"):
         asyncio.run(be.root("x" * 60))
-    assert cache.live == {} and be.live_states == 0
+    assert cache.live == {} and be.counts.live_states == 0
     cache.check_refcounts()
 
 
@@ -58,5 +58,5 @@ def test_a_child_that_fails_after_its_step_frees_its_sequences(monkeypatch):
         be.release(root)
 
     asyncio.run(go())
-    assert cache.live == {} and be.live_states == 0
+    assert cache.live == {} and be.counts.live_states == 0
     cache.check_refcounts()

@@ -62,7 +62,7 @@ def test_served_llm_gives_the_same_greedy_fused_tokens_as_local(server, mode):
     a, _, _ = asyncio.run(fused_steps(local, mode))
     b, _, be = asyncio.run(fused_steps(remote, mode))
     assert a == b and len(a) == 2
-    assert be.llm_rounds > 0
+    assert be.counts.llm_rounds > 0
 
 
 def test_topk_endpoint_completes_with_union_support(server):

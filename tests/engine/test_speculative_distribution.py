@@ -132,8 +132,8 @@ def test_speculative_equals_exact_fused_distribution_bigram(rule):
     # (fusing with alpha=0 or 1, or skipping the residual resample, lands far above it).
     assert tv(s_exact, dist) < 0.04
     assert tv(s_spec, dist) < 0.04
-    assert 0.2 < be_s.draft_accepted / be_s.draft_proposed < 0.95   # rejections did happen
-    assert be_s.llm_rounds < be_e.llm_rounds                        # and it cost fewer LLM calls
+    assert 0.2 < be_s.counts.draft_accepted / be_s.counts.draft_proposed < 0.95   # rejections did happen
+    assert be_s.counts.llm_rounds < be_e.counts.llm_rounds                        # and it cost fewer LLM calls
     if rule == "proxy":  # the base was asked in lockstep with the LLM, once per LLM call
         assert (be_e.base.calls, be_s.base.calls) == (be_e.llm.calls, be_s.llm.calls)
         # an "llm" step stays the LLM alone under proxy: no base rows, the LLM's own distribution

@@ -160,3 +160,28 @@ def test_a_chat_only_stack_refuses_fused_steps_and_says_why(fresh, tmp_path):
     assert st.llm is None and isinstance(st.writer, ChatLLM) and st.executor.writer is st.writer
     with pytest.raises(EndpointKindError, match=r"fused steps .* offers chat \(completions: .*404.*delegate_width=1"):
         asyncio.run(stack(cfg(collab_width=1)))
+
+
+def test_gboost_serve_solve_on_a_chat_only_llm(fresh):
+    """/v1/solve on a stack whose general LLM is the chat-only API: delegated steps, a fused
+    config refused with a 400 that says why, the API's calls in /metrics."""
+    from engine.server.solve import Solver
+    c = cfg(num_simulations=3)
+    eng = tiny_engine({"slm": 1, "prm": 3})
+    sched = Scheduler(eng)
+    llm = writer(fresh.url)
+    ex = EngineExecutor(eng, sched, c, writer=llm, prm=PRMScorer(eng, sched, PRMSpec("token_pair", yes_token="Y")))
+    app = create_app(EngineCompletionBackend(eng, sched, model_name="tiny"), solver=Solver(ex, c))
+    try:  # the client lives on the server's loop: it ends with it
+        with BackgroundServer(app) as srv:
+            r = httpx.post(srv.url + "/v1/solve", json={"question": QUESTION, "method": "rsd",
+                                                        "config": {"rsd_threshold": 1.0, "max_depth": 2}}, timeout=120)
+            assert r.status_code == 200, r.text
+            assert [s["action"] for s in r.json()["steps"]] == ["llm", "llm"] and r.json()["cost"]["llm_calls"] == 2
+            r = httpx.post(srv.url + "/v1/solve", json={"question": QUESTION, "method": "fusion"}, timeout=60)
+            assert r.status_code == 400 and "chat-only" in r.json()["error"]["message"]
+            metrics = httpx.get(srv.url + "/metrics").text
+            assert "gboost_llm_requests_total 2" in metrics
+        assert eng.cache.live == {} and all(r == 0 for r in eng.cache.blocks.ref)
+    finally:
+        sched.close()

@@ -106,29 +106,23 @@ async def stream_chat_completion(req: ChatCompletionRequest, backend: Completion
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": model_name, "system_fingerprint": None}
 
-    def shape(chunk: dict) -> dict:
-        choices = [{"index": c["index"], "delta": {"content": c["text"]} if c["text"] else {},
-                    "logprobs": chat_logprobs(c["logprobs"], k, backend.decode),
-                    "finish_reason": c["finish_reason"]} for c in chunk["choices"]]
-        out = {**head, "choices": choices}
-        if with_usage:
-            out["usage"] = chunk.get("usage")
-        return out
+    def chunk(choices: list[dict], usage: Optional[dict] = None) -> dict:
+        return {**head, "choices": choices, **({"usage": usage} if with_usage else {})}
+
+    def shape(legacy: dict) -> dict:  # a completions chunk as a chat chunk
+        return chunk([{"index": c["index"], "delta": {"content": c["text"]} if c["text"] else {},
+                       "logprobs": chat_logprobs(c["logprobs"], k, backend.decode),
+                       "finish_reason": c["finish_reason"]} for c in legacy["choices"]], legacy.get("usage"))
 
     events = await stream_completion(creq, backend, model_name, max_logprobs, on_done=on_done, shape=shape)
 
     async def with_roles() -> AsyncIterator[bytes]:
         try:
             for i in range(creq.n):
-                yield sse_event(shape({"choices": [{"index": i, "text": "", "logprobs": None,
-                                                    "finish_reason": None}]}) | _role(i))
+                yield sse_event(chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                        "finish_reason": None}]))
             async for event in events:
                 yield event
         finally:
             await events.aclose()  # the completion's generations end with this stream
     return with_roles()
-
-
-def _role(index: int) -> dict:
-    return {"choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                         "finish_reason": None}]}

@@ -120,7 +120,8 @@ GBOOST_API void gboost_shutdown(void);
  *    "kv_memory_gb": 2.0, "block_size": 16,
  *    "search": { SearchConfig fields (engine/search/config.py) },          default {}
  *    "collab_mode": "speculative" | "exact", "max_draft": 16, "on_llm_fault": "fallback" | "fail",
- *    "topk_support": 20, "llm_timeout_s": 60.0, "llm_top_logprobs": 20}
+ *    "topk_support": 20, "llm_timeout_s": 60.0, "llm_top_logprobs": 20,
+ *    "llm_kind": "auto" | "completions" | "chat", "llm_model": name | null}
  * Unknown keys are an error. A remote LLM's API key is read from $GBOOST_LLM_API_KEY. The PRM uses
  * the defaults of its kind (engine/collab/prm.py PRMSpec: judge needs "Yes" to be one token,
  * token_pair the tag "\u043a\u0438" and "+"/"-"). With "llm": null the search cannot take collab

@@ -49,9 +49,12 @@ CONFIG_KEYS = {
     "topk_support": "SLM top-k entering the support when LLM rows are top-k only",
     "llm_timeout_s": "remote LLM: request timeout",
     "llm_top_logprobs": "remote LLM: top logprobs per position",
+    "llm_kind": "remote LLM: auto | completions | chat (what the URL offers; auto probes it)",
+    "llm_model": "remote LLM: the model name at the URL (null: the first it lists)",
 }
 _OPTION_KEYS = ("collab_mode", "max_draft", "on_llm_fault", "topk_support")
-_STACK_KEYS = ("prm_kind", "base", "dtype", "device", "kv_memory_gb", "block_size", "llm_timeout_s", "llm_top_logprobs")
+_STACK_KEYS = ("prm_kind", "base", "dtype", "device", "kv_memory_gb", "block_size", "llm_timeout_s", "llm_top_logprobs",
+               "llm_kind", "llm_model")
 
 #: keys of gboost_generate's params JSON besides the SamplingParams fields
 GENERATE_EXTRA_KEYS = ("role", "chat")

@@ -19,6 +19,12 @@ def _add_stack_args(p):
     p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")
     p.add_argument("--llm", default=DEFAULT_LLM,
                    help="general LLM: model name/path (resident) or http(s)://HOST:PORT/v1 endpoint; 'none' to disable")
+    p.add_argument("--llm-kind", default="auto", choices=["auto", "completions", "chat"],
+                   help="what a remote --llm offers: completions (token ids + echo logprobs: fused steps), "
+                        "chat (a hosted chat API: delegated steps); auto probes at start-up")
+    p.add_argument("--llm-model", default=None,
+                   help="model name at a remote --llm (default: the first it lists); the API key is read "
+                        "from $GBOOST_LLM_API_KEY")
     p.add_argument("--prm", default=None, help="PRM model (default: the local LLM as a judge, else the SLM), "
                                                 "or value-head:DIR (a head from `gboost train-prm`)")
     p.add_argument("--prm-kind", default="judge", choices=["judge", "token_pair", "two_class", "value_head"],
@@ -54,13 +60,15 @@ async def _stack(args, cfg, check: bool = True):
     before any model loads -- serve checks each request's config instead."""
     from engine.collab.executor import CollabOptions
     from engine.search.config import check_stack_runs
-    from engine.stack import build_stack
+    from engine.stack import build_stack, is_url
     llm = None if args.llm in (None, "", "none") else args.llm
-    if check:
-        check_stack_runs(cfg, has_llm=llm is not None, has_base=bool(args.base))
+    if check:  # what a URL offers is known after its probe: build_stack checks that
+        check_stack_runs(cfg, has_llm=llm is not None and args.llm_kind != "chat", has_base=bool(args.base),
+                         has_writer=is_url(llm) and args.llm_kind != "completions")
     return await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
                              dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
-                             options=CollabOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault))
+                             options=CollabOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault),
+                             llm_kind=args.llm_kind, llm_model=args.llm_model)
 
 
 # -- generate -------------------------------------------------------------------------------
@@ -204,7 +212,8 @@ def cmd_train_prm(args) -> int:
         from engine.collab.executor import CollabOptions
         from engine.stack import build_stack
         stack = await build_stack(cfg, slm=args.slm, llm=llm, prm="none", dtype=args.dtype, device=args.device,
-                                  kv_memory_gb=args.kv_memory_gb, options=CollabOptions(collab_mode=args.collab_mode))
+                                  kv_memory_gb=args.kv_memory_gb, options=CollabOptions(collab_mode=args.collab_mode),
+                                  llm_kind=args.llm_kind, llm_model=args.llm_model)
         try:
             desc = {"path": str(Path(args.data).resolve()), "lines": list(lines) if lines else None}
             if args.fit_only:

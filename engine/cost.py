@@ -39,7 +39,7 @@ class CostRecord:
     base_tokens: int = 0          #: tokens computed by the SLM's base model (fusion_rule "proxy")
     prefix_cache_tokens: int = 0  #: tokens served from a prefix cache instead of being recomputed
     prm_tokens_saved: int = 0     #: step tokens a value head scored from the SLM's own rows (no PRM forward)
-    llm_calls: int = 0            #: LLM-involving steps (one per collab/llm child, a fault included)
+    llm_calls: int = 0            #: LLM-involving steps (one per collab/llm/delegate child, a fault included)
     #: HTTP attempts to a remote LLM that failed and were retried (a retry that then succeeded
     #: leaves no fault, so this is where an unreliable endpoint shows); charged by the client
     llm_retries: int = 0

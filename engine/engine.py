@@ -124,9 +124,12 @@ class Engine:
         for role, what in (("llm", "LLM"), ("base", "base model")):
             if "slm" in self.roles and role in self.roles:
                 a, b = self.role("slm"), self.role(role)
-                if a is not b and not a.tokenizer.same_vocab(b.tokenizer):
-                    raise ValueError(f"SLM {a.key!r} and {what} {b.key!r} use different vocabularies; "
-                                     "token-level fusion needs one tokenizer")
+                diff = None if a is b else a.tokenizer.vocab_difference(b.tokenizer)
+                if diff is not None:
+                    token, i, j = diff
+                    raise ValueError(f"SLM {a.key!r} and {what} {b.key!r} use different vocabularies: token {token!r} "
+                                     f"is {_id(i)} in the SLM's and {_id(j)} in the {what}'s; "
+                                     "token-level fusion needs one tokenizer (logit widths may differ)")
                 if role == "base" and a.config.vocab_size != b.config.vocab_size:  # rows are fused as-is
                     raise ValueError(f"SLM {a.key!r} has {a.config.vocab_size} logits, its base model "
                                      f"{b.key!r} {b.config.vocab_size}; proxy fusion needs the same")
@@ -198,3 +201,7 @@ class Engine:
         if len(out.token_ids) >= p.max_tokens or not fits(len(seq.token_ids) + 1, m.model.max_positions):
             return "length"
         return None
+
+
+def _id(i: int | None) -> str:
+    return "absent" if i is None else f"id {i}"

@@ -26,11 +26,13 @@ class Stack:
     scheduler: Scheduler
     executor: EngineExecutor
     llm: object | None
+    writer: object | None = None  # a chat endpoint's client (delegated steps), when there is one
 
     async def aclose(self) -> None:
         try:
-            if self.llm is not None:
-                await self.llm.aclose()
+            for client in (self.llm, self.writer):
+                if client is not None:
+                    await client.aclose()
         finally:
             try:
                 if self.executor.base is not None:
@@ -44,9 +46,11 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
                       dtype: str = "bfloat16",
                       device: str = "cpu", kv_memory_gb: float = 2.0, block_size: int = 16,
                       options: CollabOptions | None = None, llm_timeout_s: float = 60.0,
-                      llm_top_logprobs: int = 20) -> Stack:
+                      llm_top_logprobs: int = 20, llm_kind: str = "auto", llm_model: str | None = None) -> Stack:
     """`llm` is a model name/path (resident, shares the pool) or an http(s) URL of an
-    OpenAI-compatible endpoint. The PRM defaults to the local LLM (judge), else the SLM;
+    OpenAI-compatible endpoint, whose kinds (`llm_kind`: auto | completions | chat, see
+    engine/llm/endpoints.py) are probed at start-up; `llm_model` names the endpoint's model (else
+    the first it lists). The PRM defaults to the local LLM (judge), else the SLM;
     `prm="value-head:DIR"` scores with a trained value head on the resident model it was trained on.
     `base`: the SLM's untuned base model (resident, same tokenizer), needed by fusion_rule="proxy"."""
     remote = is_url(llm)
@@ -69,19 +73,27 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
         Engine.from_pretrained, slm, None if remote else llm, prm, base=base, dtype=dtype, device=device,
         block_size=block_size, kv_memory_bytes=int(kv_memory_gb * (1 << 30)))
     sched = Scheduler(engine)
-    general = None
+    general = writer = None
     if llm and remote:
-        from engine.llm.remote import RemoteLLM
-        tok = engine.role("slm").tokenizer
-        general = RemoteLLM(llm, timeout_s=llm_timeout_s, top_logprobs=llm_top_logprobs,
-                            token_to_id=tok.token_to_id)
-        probe = tok.encode("Step 1: 2 + 3 = 5.")
+        from engine.llm.endpoints import open_endpoint
+        slm_m = engine.role("slm")
         try:
-            await general.check(engine.role("slm").config.vocab_size, probe, tok.decode(probe))
+            # the endpoint must share the SLM's tokenizer (its size, not the SLM's padded logit
+            # width); its rows are fused at the SLM's width, ids past it being padding
+            ep = await open_endpoint(llm, llm_kind, tokenizer=slm_m.tokenizer, model=llm_model,
+                                     timeout_s=llm_timeout_s,
+                                     completions_kw={"top_logprobs": llm_top_logprobs,
+                                                     "vocab_size": slm_m.config.vocab_size})
         except BaseException:  # nothing half-built outlives a failed start-up check
-            await general.aclose()
             sched.close()
             raise
+        try:
+            _check_endpoint_runs(cfg, ep)
+        except BaseException:
+            await ep.aclose()
+            sched.close()
+            raise
+        general, writer = ep.scorer, ep.writer
     elif llm:
         from engine.llm.local import LocalLLM
         general = LocalLLM(engine, sched)
@@ -94,5 +106,21 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
     if base:
         from engine.llm.local import LocalLLM
         base_lm = LocalLLM(engine, sched, role="base", charge_as="base_tokens")
-    executor = EngineExecutor(engine, sched, cfg, llm=general, prm=scorer, base=base_lm, options=options)
-    return Stack(engine, sched, executor, general)
+    executor = EngineExecutor(engine, sched, cfg, llm=general, prm=scorer, base=base_lm, writer=writer,
+                              options=options)
+    return Stack(engine, sched, executor, general, writer)
+
+
+def _check_endpoint_runs(cfg: SearchConfig, ep) -> None:
+    """The server's config needs endpoint kinds ``ep`` offers; the error says which and why not.
+    (The llm and rsd baselines run on either kind: delegated steps where there is no fusion.)"""
+    if cfg.fuses():
+        try:
+            ep.need("completions", f"fused steps (method={cfg.method}"
+                    + (", collab_width > 0)" if cfg.method == "gboost" else ")"))
+        except ValueError as e:
+            hint = "; on a chat-only endpoint use delegated steps: collab_width=0, delegate_width=1" \
+                if cfg.method == "gboost" else ""
+            raise type(e)(f"{e}{hint}") from None
+    if cfg.delegates():
+        ep.need("chat", "delegated steps (delegate_width > 0)")

@@ -13,6 +13,11 @@ SPECIALS = ["<|endoftext|>", "<extra_0>"]
 EXTRA = ["\u043a\u0438"]  # Math-Shepherd's step tag, one token
 
 
+#: a minimal chat template for tiny models (role: content lines, then the assistant's turn)
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
 def byte_tokenizer(chat_template: str | None = None) -> Tokenizer:
     """One token per byte (ids 0..255) plus <|endoftext|> (256), <extra_0> (257), 'ки' (258)."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -46,10 +51,10 @@ def tiny_model(cfg: ModelConfig, seed: int, dtype=torch.float32, scale: float = 
 
 def tiny_engine(roles: dict[str, int], *, num_blocks: int = 512, block_size: int = 16,
                 configs: dict[str, ModelConfig] | None = None, dtype=torch.float32,
-                device: str | torch.device = "cpu") -> Engine:
+                device: str | torch.device = "cpu", chat_template: str | None = None) -> Engine:
     """roles: role -> seed; roles with the same seed share one model (like the 1.5B LLM+PRM).
     The weights are drawn on the CPU (the same model on every device), then moved to ``device``."""
-    tok = byte_tokenizer()
+    tok = byte_tokenizer(chat_template)
     by_seed: dict[int, ResidentModel] = {}
     for role, seed in roles.items():
         if seed not in by_seed:

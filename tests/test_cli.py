@@ -302,3 +302,29 @@ def test_an_out_of_range_seed_is_one_line_and_rc_2(tiny_dir, capsys, cmd):
     assert main([cmd[0], *model, "--dtype", "float32", "--seed", str(2**70), *cmd[1:]]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "seed must be an integer in [-2**63, 2**64 - 1]" in err, err
+
+
+def test_solve_with_a_chat_only_llm_delegates_or_says_why_not(tiny_dir, tmp_path, capsys):
+    """`--llm URL --llm-kind chat`: a hosted chat API as the general LLM (engine/mock_chat_api.py)."""
+    from engine.cli import main
+    from engine.mock_chat_api import ChatOnlyAPI
+    from engine.scheduler import Scheduler
+    from engine.server.app import create_app
+    from engine.server.engine_backend import EngineCompletionBackend
+    from engine.server.uvicorn_server import BackgroundServer
+    from engine.testing import CHAT_TEMPLATE, tiny_engine
+    eng = tiny_engine({"slm": 2}, chat_template=CHAT_TEMPLATE)
+    api = ChatOnlyAPI(create_app(EngineCompletionBackend(eng, Scheduler(eng), model_name="m")), model="hosted")
+    cfg = tmp_path / "delegate.json"
+    cfg.write_text(json.dumps({"num_simulations": 2, "max_step_tokens": 6, "max_depth": 2, "collab_width": 0,
+                               "delegate_width": 1}))
+    solve = ["solve", "--slm", str(tiny_dir), "--prm-kind", "token_pair", "--dtype", "float32", "--json"]
+    with BackgroundServer(api) as srv:
+        rc = main([*solve, "--llm", srv.url + "/v1", "--llm-kind", "chat", "--llm-model", "hosted",
+                   "--config", str(cfg), "q"])
+        out = capsys.readouterr().out
+        assert rc == 0 and json.loads(out)["cost"]["llm_calls"] == api.calls - 1 > 0  # the probe is one call
+        rc = main([*solve, "--llm", srv.url + "/v1", "--llm-model", "hosted", "--config", str(_cfg(tmp_path)), "q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "fused steps" in err and "offers chat" in err \
+        and "delegate_width=1" in err, err

@@ -20,15 +20,16 @@ def count_step(cost: CostRecord, action: str, n_tokens: int, fault: str | None) 
     slm        k                0
     collab     k                k   (every fused token needs both models)
     llm        0                k
+    delegate   0                k
     =========  ===============  ===============
 
-    A collab/llm step that reports a ``fault`` (the SLM wrote it) is SLM tokens, still one LLM
+    A collab/llm/delegate step that reports a ``fault`` (the SLM wrote it) is SLM tokens, still one LLM
     call, and one ``llm_faults[fault]``.
     """
     if action == "slm":
         cost.slm_tokens += n_tokens
         return
-    if action not in ("collab", "llm"):
+    if action not in ("collab", "llm", "delegate"):
         raise ValueError(f"unknown action {action!r}")
     cost.llm_calls += 1
     if fault is not None:

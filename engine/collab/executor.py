@@ -25,13 +25,14 @@ from engine.cost import CostRecord, charge, charge_fault
 from engine.search.api import settle
 from engine.search.protocol import StepOut
 
+from .delegated_step import delegated_step
 from .fused_step import collab_step, llm_step
 from .rules import node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
 from .slm_step import slm_step
 from .state import NodeState
 
 #: action name -> the function that writes one step of it onto a forked SLM sequence
-STEPS = {"slm": slm_step, "collab": collab_step, "llm": llm_step}
+STEPS = {"slm": slm_step, "collab": collab_step, "llm": llm_step, "delegate": delegated_step}
 
 
 @dataclass
@@ -61,9 +62,12 @@ class StepCounts:
 
 class EngineExecutor:
     def __init__(self, engine, scheduler, cfg: SearchConfig, *, llm=None, prm=None, base=None,
-                 options: CollabOptions | None = None):
+                 writer=None, options: CollabOptions | None = None):
+        """``llm``: a general LLM giving next-token rows (fused steps); ``writer``: one answering
+        chat requests (engine.llm.chat.ChatLLM: delegated steps). A chat-only endpoint is a writer
+        and no ``llm``; the ``llm`` action is then a delegated step."""
         self.engine, self.scheduler, self.cfg = engine, scheduler, cfg
-        self.llm, self.prm, self.base = llm, prm, base
+        self.llm, self.prm, self.base, self.writer = llm, prm, base, writer
         self.opt = options or CollabOptions()
         self.slm = engine.role("slm")
         self.tok = self.slm.tokenizer
@@ -77,10 +81,12 @@ class EngineExecutor:
                 lm.cost = self.cost         # a local LLM (or base) charges what it computes itself
         self.counts = StepCounts()
         self._ready: dict[int, tuple[int, torch.Tensor]] = {}  # child seq_id -> (length, parent's ready logits)
+        self._parents: dict[int, NodeState] = {}  # child seq_id -> the state it continues (delegated steps read it)
 
     def check_config(self, cfg: SearchConfig) -> None:
         """Raise ConfigError if this executor cannot run ``cfg`` (before any state exists)."""
-        check_stack_runs(cfg, has_llm=self.llm is not None, has_base=self.base is not None)
+        check_stack_runs(cfg, has_llm=self.llm is not None, has_base=self.base is not None,
+                         has_writer=self.writer is not None)
 
     def with_config(self, cfg: SearchConfig) -> "EngineExecutor":
         """This executor generating with one request's ``cfg`` (sampling, fusion, step rules);
@@ -109,7 +115,7 @@ class EngineExecutor:
             raise
         charge(self.cost, prefix_cache_tokens=slm.cached_tokens + (prm.cached_tokens if prm else 0))
         self.counts.live_states += 1
-        return NodeState(slm, prm, 0, ())
+        return NodeState(slm, prm, 0, (), question=question)
 
     def _root_ids(self, question: str) -> tuple[list[int], list[int] | None]:
         return slm_prompt_ids(self.tok, question), None if self.prm is None else self.prm.root_ids(question)
@@ -117,8 +123,7 @@ class EngineExecutor:
     async def expand(self, state: NodeState, action: str, n: int) -> list[StepOut]:
         if action not in STEPS:
             raise ValueError(f"unknown action {action!r}")
-        if action != "slm" and self.llm is None:
-            raise ValueError(f"action {action!r} needs a general LLM; none is configured")
+        self._step(action)  # refuses an action this stack cannot run before any child exists
         res = await settle([self._child(state, action, i) for i in range(n)],
                            on_orphan=lambda out: self.release(out.state))
         errors = [r for r in res if isinstance(r, BaseException)]
@@ -147,6 +152,22 @@ class EngineExecutor:
                 if hasattr(lm, "release_sessions"):
                     lm.release_sessions()
 
+    def _step(self, action: str):
+        """The step function of ``action`` on this stack."""
+        if action == "llm" and self.llm is None and self.writer is not None:
+            return delegated_step  # the llm and rsd baselines on a chat-only general LLM
+        if action == "delegate" and self.writer is None:
+            raise ValueError("action 'delegate' needs a general LLM that answers chat requests; none is configured")
+        if action in ("collab", "llm") and self.llm is None:
+            raise ValueError(f"action {action!r} needs a general LLM that gives next-token distributions"
+                             + ("; this one is chat-only (use 'delegate')" if self.writer is not None else
+                                "; none is configured"))
+        return STEPS[action]
+
+    def parent_of(self, seq: Sequence) -> NodeState:
+        """The state a child's sequence continues (while its step is being written)."""
+        return self._parents[seq.seq_id]
+
     # -- one child ------------------------------------------------------------------------
     def _generator(self, key: tuple) -> torch.Generator:
         g = torch.Generator(device=self.engine.cache.pool.device)
@@ -161,11 +182,12 @@ class EngineExecutor:
         fault = prm = None
         if parent.ready is not None:
             self._ready[seq.seq_id] = (start, parent.ready)
+        self._parents[seq.seq_id] = parent
         try:
             gen = self._generator(key)
             with self.cost.timed(f"expand_{action}"):
                 try:
-                    await STEPS[action](self, seq, gen)
+                    await self._step(action)(self, seq, gen)
                 except LLMError as e:
                     if self.opt.on_llm_fault == "fail":
                         raise
@@ -185,13 +207,15 @@ class EngineExecutor:
             raise
         finally:
             self._ready.pop(seq.seq_id, None)
+            self._parents.pop(seq.seq_id, None)
         depth = parent.depth + 1
         terminal = step_terminal(text, toks, depth, len(seq.token_ids), self.cfg, self.eos,
                                  self.slm.model.max_positions, self.answer_re)
         self.counts.live_states += 1
         if action != "slm":
             charge(self.cost, llm_calls=1)  # a fault too: a failing endpoint uses up the budget
-        state = NodeState(seq, prm, depth, key, parent.steps + [text], step_tokens=len(toks))
+        state = NodeState(seq, prm, depth, key, parent.steps + [text], step_tokens=len(toks),
+                          question=parent.question)
         return StepOut(text, toks, state, terminal, action, fault)
 
     # -- what step functions call ---------------------------------------------------------
@@ -200,8 +224,15 @@ class EngineExecutor:
         return step_ends(self.tok, seq.token_ids[start:], len(seq.token_ids), self.cfg, self.eos,
                          self.slm.model.max_positions)
 
+    @property
+    def shared_width(self) -> int:
+        """Ids the SLM and the general LLM both have rows for. Their logit widths may differ by
+        padding (one tokenizer); a sampled id past the narrower one would index past its embedding."""
+        llm_width = getattr(self.llm, "vocab_size", None)
+        return min(self.slm.config.vocab_size, llm_width or self.slm.config.vocab_size)
+
     def sample(self, logits: torch.Tensor, gen: torch.Generator) -> int:
-        return sample_token(logits, self.cfg.temperature, self.cfg.top_p, gen)
+        return sample_token(logits[..., :self.shared_width], self.cfg.temperature, self.cfg.top_p, gen)
 
     async def slm_forward(self, seq: Sequence):
         """The SLM's logits after ``seq``'s last token (a value head's score may have them ready)."""

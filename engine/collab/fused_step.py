@@ -89,9 +89,11 @@ async def speculative_step(ex, seq: Sequence, gen: torch.Generator, alpha: float
             ex.slm_forward(seq),
             ex.llm_rows(ex.llm.score(seq.token_ids[:draft_start], draft), len(draft) + 1),
             ex.base_rows(list(seq.token_ids), len(draft) + 1, proxy))
+        # drafts come from the ids both models have (ex.sample): so do q and p
+        n = ex.shared_width
         slm_all = torch.stack(slm_rows + [bonus])
-        q = processed_probs(torch.stack(slm_rows), T, 0, top_p)
-        p = processed_probs(_fused(ex, slm_all, llm_rows, alpha, base_rows), T, 0, top_p)
+        q = processed_probs(torch.stack(slm_rows)[..., :n], T, 0, top_p)
+        p = processed_probs(_fused(ex, slm_all, llm_rows, alpha, base_rows)[..., :n], T, 0, top_p)
         K, V, dev = len(draft), q.shape[-1], p.device
         acc_noise = torch.rand(1, K, generator=gen, device=gen.device).to(dev)
         res_noise = make_noise(1, V, gen, dev)

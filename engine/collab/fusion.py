@@ -3,6 +3,11 @@
 ``log_linear``: (1 - alpha) log p_slm + alpha log p_llm; ``proxy`` (proxy tuning):
 llm + alpha * (slm - base), with base the SLM's untuned base model. LLM rows may be full or
 top-k only (an endpoint): then fusion runs over the union of both top-k sets (engine/llm/topk.py).
+
+One tokenizer may come with logit widths that differ by padding (Qwen2.5: 151936 rows for 0.5B-3B,
+152064 for 7B and up). Fusion runs over the ids both models have rows for, ``[0, shared_width)``:
+the wider model's extra rows are padding, which the fused distribution gives probability zero by
+leaving them out (a fused row is ``shared_width`` wide).
 """
 from __future__ import annotations
 
@@ -11,6 +16,20 @@ import torch
 from engine.llm.base import TokenLogprobs
 from engine.llm.topk import union_support
 from kernels.fused_sampling import fuse_logprobs, fused_sample, make_noise
+
+
+def shared_width(slm_width: int, llm_rows: list[TokenLogprobs]) -> int:
+    """Ids the SLM and the LLM both have rows for (a full row is its model's whole width)."""
+    return min([slm_width] + [len(r) for r in llm_rows if r.full])
+
+
+def head(row: TokenLogprobs, n: int) -> TokenLogprobs:
+    """A full row cut to the ids below ``n`` (still full: it covers [0, n)). A top-k row is kept
+    as it is: its client dropped the ids past the fusion width (RemoteLLM.vocab_size)."""
+    if not row.full or len(row) == n:
+        return row
+    keep = row.ids < n
+    return TokenLogprobs(row.ids[keep], row.logprobs[keep], row.full)
 
 
 def vocab_rows(rows: list[TokenLogprobs], like: torch.Tensor) -> torch.Tensor:
@@ -23,8 +42,12 @@ def vocab_rows(rows: list[TokenLogprobs], like: torch.Tensor) -> torch.Tensor:
 
 def fused_logp(slm_logits: torch.Tensor, llm_rows: list[TokenLogprobs], alpha: float,
                base_rows: list[TokenLogprobs] | None = None, topk_support: int = 20) -> torch.Tensor:
-    """Fused log-probs [R, V] of SLM logits rows and LLM rows (full or top-k); with ``base_rows``
-    (full rows of the SLM's base) the rule is proxy, else log-linear."""
+    """Fused log-probs [R, n] of SLM logits rows and LLM rows (full or top-k) over the ids both
+    have (n = shared_width); with ``base_rows`` (full rows of the SLM's base) the rule is proxy,
+    else log-linear."""
+    n = shared_width(slm_logits.shape[-1], llm_rows)
+    slm_logits, llm_rows = slm_logits[..., :n], [head(r, n) for r in llm_rows]
+    base_rows = None if base_rows is None else [head(r, n) for r in base_rows]
     slm_lp = torch.log_softmax(slm_logits.float(), -1)
     base_lp = None if base_rows is None else vocab_rows(base_rows, slm_lp)
     if all(r.full for r in llm_rows):
@@ -46,7 +69,9 @@ def fuse_and_sample(slm_logits: torch.Tensor, row: TokenLogprobs, alpha: float,
     """GPU: fusion and sampling in one launch (kernels/fused_sampling.fused_sample), no fused [V]
     row in between. It fuses raw SLM logits: log-softmax shifts a row by a constant, and both
     rules are linear in the SLM row, so the fused distribution is fused_logp's."""
-    slm = slm_logits[None].float()
+    n = shared_width(slm_logits.shape[-1], [row])
+    row, base_rows = head(row, n), None if base_rows is None else [head(r, n) for r in base_rows]
+    slm = slm_logits[None, :n].float()
     llm = vocab_rows([row], slm)
     noise = make_noise(1, slm.shape[-1], gen, slm.device)
     if base_rows is None:

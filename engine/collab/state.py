@@ -20,3 +20,4 @@ class NodeState:
     # SLM logits after the last token, once a value head's score computed that token: the
     # children's first draw reads them instead of computing the token again
     ready: torch.Tensor | None = None
+    question: str = ""       # the request's question (a delegated step sends it to the LLM)

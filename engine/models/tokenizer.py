@@ -157,6 +157,17 @@ class Tokenizer:
             return False
         return self.vocab_fingerprint() == other.vocab_fingerprint()
 
+    def vocab_difference(self, other: "Tokenizer") -> tuple[str, int | None, int | None] | None:
+        """None when both map every token to the same id, else one token that differs, as
+        ``(token, its id here, its id in other)`` (None where a tokenizer lacks it), lowest id first."""
+        if self.same_vocab(other):
+            return None
+        mine, theirs = self.backend.get_vocab(with_added_tokens=True), other.backend.get_vocab(with_added_tokens=True)
+        diffs = [(i, t, theirs.get(t)) for t, i in mine.items() if theirs.get(t) != i]
+        diffs += [(j, t, None) for t, j in theirs.items() if t not in mine]
+        i, token, j = min(diffs, key=lambda d: d[0])
+        return (token, i, j) if token in mine else (token, None, i)
+
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, eos_token_ids={self.eos_token_ids}, "
                 f"chat_template={'yes' if self.chat_template else 'no'})")

@@ -33,6 +33,10 @@ decoding (``collab``):
     counts as one visit of value ``arm_fpu``) and expands only the chosen arm's
     children.  Adaptive per node, but each arm costs its own round.
 
+Delegated steps (``delegate_width``) are a third kind of child, for general LLMs that only answer
+chat requests (hosted APIs): the LLM writes the whole step. Every policy treats them as it treats
+collab children (the LLM quota goes to collab first); the PRM values decide between all three.
+
 When the LLM budget of a request is spent (``max_llm_calls``,
 ``max_llm_tokens``, ``max_llm_faults``), every policy falls back to SLM-only
 expansions.
@@ -51,11 +55,14 @@ from typing import Any
 
 from engine.seeds import check_seed
 
-__all__ = ["SearchConfig", "ConfigError", "ACTIONS", "METHODS", "ACTION_POLICIES", "FINAL_CHOICES",
+__all__ = ["SearchConfig", "ConfigError", "ACTIONS", "LLM_ACTIONS", "METHODS", "ACTION_POLICIES", "FINAL_CHOICES",
            "PRM_AGGREGATIONS", "FUSION_RULES", "check_stack_runs"]
 
-#: How a step can be written; each name is one step function in engine/collab/executor.py's STEPS
-ACTIONS = ("slm", "collab", "llm")
+#: How a step can be written; each name is one step function in engine/collab/executor.py's STEPS.
+#: ``delegate``: the general LLM writes the whole step through a chat request (chat-only APIs)
+ACTIONS = ("slm", "collab", "llm", "delegate")
+#: the actions that ask the general LLM (the per-request LLM budgets count them)
+LLM_ACTIONS = ("collab", "llm", "delegate")
 
 METHODS = ("gboost", "slm", "llm", "fusion", "bon", "beam", "rsd")
 ACTION_POLICIES = ("both", "gate", "arms")
@@ -97,6 +104,9 @@ class SearchConfig:
     slm_width: int = 2
     #: collab (SLM+LLM fused) children per expansion
     collab_width: int = 1
+    #: delegated children per expansion: the general LLM writes the whole step through a chat
+    #: request (the one LLM action a chat-only API allows; see engine/collab/delegated_step.py)
+    delegate_width: int = 0
     #: maximum reasoning steps; a step at this depth is terminal
     max_depth: int = 12
     #: how an expansion picks slm vs collab: both | gate | arms (see module docstring)
@@ -133,9 +143,10 @@ class SearchConfig:
     #: LLM tokens after which only SLM steps are generated (checked before each round, so the
     #: round in flight may overshoot it by its own tokens): what the LLM computed for this
     #: request as its executor charged it (engine/cost.py) -- context prefill and verified
-    #: drafts included, not just the tokens of the steps it helped write
+    #: drafts included, not just the tokens of the steps it helped write; for delegated steps
+    #: the prompt and completion tokens the API billed (its ``usage``)
     max_llm_tokens: int | None = None
-    #: LLM-involving step generations (one per collab/llm child) allowed per request
+    #: LLM-involving step generations (one per collab/llm/delegate child) allowed per request
     max_llm_calls: int | None = None
     #: after this many LLM faults (timeouts...) in a request, stop asking the LLM
     max_llm_faults: int | None = 3
@@ -173,6 +184,10 @@ class SearchConfig:
         """Whether this config samples from a fusion of SLM and LLM (collab steps)."""
         return self.method == "fusion" or (self.method == "gboost" and self.collab_width > 0)
 
+    def delegates(self) -> bool:
+        """Whether this config asks for delegated steps by name (gboost with delegate_width > 0)."""
+        return self.method == "gboost" and self.delegate_width > 0
+
     def validate(self) -> None:
         for f in fields(self):
             v = _check_type(f.name, getattr(self, f.name), f.type)
@@ -192,9 +207,10 @@ class SearchConfig:
         need(self.leaf_parallelism >= 1, "leaf_parallelism", "must be >= 1")
         need(self.slm_width >= 0, "slm_width", "must be >= 0")
         need(self.collab_width >= 0, "collab_width", "must be >= 0")
+        need(self.delegate_width >= 0, "delegate_width", "must be >= 0")
         if self.method == "gboost":
-            need(self.slm_width + self.collab_width >= 1, "slm_width",
-                 "slm_width + collab_width must be >= 1 for method=gboost")
+            need(self.slm_width + self.collab_width + self.delegate_width >= 1, "slm_width",
+                 "slm_width + collab_width + delegate_width must be >= 1 for method=gboost")
         if self.method == "beam":
             need(self.slm_width >= 1, "slm_width", "must be >= 1 for method=beam (children per beam)")
         need(self.max_depth >= 1, "max_depth", "must be >= 1")
@@ -296,13 +312,24 @@ class SearchConfig:
         }
 
 
-def check_stack_runs(cfg: SearchConfig, *, has_llm: bool, has_base: bool) -> None:
-    """Raise ConfigError if a stack with (or without) a general LLM and a base model cannot run
-    ``cfg`` -- callable before any model is loaded."""
-    needs_llm = cfg.method in ("llm", "fusion", "rsd") or (cfg.method == "gboost" and cfg.collab_width > 0)
-    if needs_llm and not has_llm:
-        what = f"method={cfg.method}" + (" with collab_width > 0" if cfg.method == "gboost" else "")
+def check_stack_runs(cfg: SearchConfig, *, has_llm: bool, has_base: bool, has_writer: bool = False) -> None:
+    """Raise ConfigError if a stack cannot run ``cfg`` -- callable before any model is loaded.
+    ``has_llm``: a general LLM that gives next-token distributions (resident, or a completions
+    endpoint): fused steps. ``has_writer``: one that writes steps through chat: delegated steps.
+    The ``llm`` and ``rsd`` baselines take either (delegated steps where there is no fusion)."""
+    what = f"method={cfg.method}"
+    if cfg.method in ("llm", "rsd") and not (has_llm or has_writer):
         raise ConfigError(f"{what} needs a general LLM, and this stack has none")
+    if cfg.fuses() and not has_llm:
+        what += " with collab_width > 0" if cfg.method == "gboost" else ""
+        if has_writer:
+            raise ConfigError(f"{what} needs fused steps, and this stack's general LLM is chat-only (it writes "
+                              "text, it gives no next-token distributions): use delegated steps instead "
+                              "(collab_width=0, delegate_width=1)", "collab_width")
+        raise ConfigError(f"{what} needs a general LLM, and this stack has none")
+    if cfg.delegates() and not has_writer:
+        raise ConfigError(f"{what} with delegate_width > 0 needs a general LLM that answers chat requests "
+                          "(a /v1/chat/completions endpoint), and this stack has none", "delegate_width")
     if cfg.fusion_rule == "proxy" and cfg.fuses() and not has_base:
         raise ConfigError("fusion_rule='proxy' needs the SLM's base model, which this stack does not "
                           "load (pass --base / base=...); or use 'loglinear'")

@@ -10,8 +10,9 @@ select
     steer later picks elsewhere, and a picked leaf (and any ancestor with nothing
     else to offer) is blocked for the rest of the round, so picks are distinct.
 expand
-    The leaf gets children from the two actions -- ``slm_width`` SLM samples and
-    ``collab_width`` SLM+LLM fused samples -- as decided by ``action_policy``
+    The leaf gets children from the actions -- ``slm_width`` SLM samples,
+    ``collab_width`` SLM+LLM fused samples and ``delegate_width`` steps the LLM writes
+    alone through a chat request -- as decided by ``action_policy``
     (see engine/search/config.py).  All expansion calls of a round run
     concurrently (``asyncio.gather``) so the executor batches the frontier.
     Children are terminal when the executor says so, when the step matches
@@ -29,8 +30,8 @@ Budgets: before each round the request's LLM quota is computed from
 ``max_llm_calls`` / ``max_llm_tokens`` / ``max_llm_faults``; once it is spent only
 SLM children are generated.  After the simulations, if no terminal node exists
 and ``finish_unterminated`` is set, the best open leaf is completed greedily:
-per step one SLM and (budget permitting) one collab sample, the PRM keeps the
-better one.  The answer comes from the best terminal path
+per step one SLM and (budget permitting) one collab and one delegated sample (those
+with a width), the PRM keeps the best one.  The answer comes from the best terminal path
 (``final_choice``/``prm_aggregation``).
 """
 from __future__ import annotations
@@ -46,6 +47,24 @@ if TYPE_CHECKING:
     from .api import SearchContext
 
 __all__ = ["run_gboost"]
+
+#: the LLM actions an expansion may add to its SLM children, in the order the LLM quota goes to them
+LLM_ARMS = ("collab", "delegate")
+ARMS = ("slm",) + LLM_ARMS  # cheapest first: ties between arms go to the cheaper
+
+
+def _width(cfg: SearchConfig, action: str) -> int:
+    return cfg.collab_width if action == "collab" else cfg.delegate_width
+
+
+def _llm_widths(cfg: SearchConfig, quota: int) -> list[tuple[str, int]]:
+    """(action, children) of each LLM action an expansion asks for now, cut to the quota."""
+    out = []
+    for action in LLM_ARMS:
+        n = min(_width(cfg, action), quota)
+        quota -= n
+        out.append((action, n))
+    return out
 
 
 # --------------------------------------------------------------------------------- MCTS
@@ -79,7 +98,7 @@ def _select(ctx: SearchContext, root: Node, quota: int,
         # actions as UCT arms
         explore = math.log(max(1, node.visits + node.vloss))
         cands: list[tuple[float, int, str, list[Node]]] = []
-        for rank, action in enumerate(("slm", "collab")):
+        for rank, action in enumerate(ARMS):
             n_a, w_a, kids = _arm_stats(node, action)
             if action in node.expanded_actions:
                 free = [k for k in kids if k.id not in blocked]
@@ -103,7 +122,7 @@ def _block(ctx: SearchContext, leaf: Node, blocked: set[int], quota: int) -> Non
         if any(ch.id not in blocked for ch in node.children if not ch.pruned):
             return
         if ctx.cfg.action_policy == "arms" and any(
-                a not in node.expanded_actions and _arm_width(ctx.cfg, a, quota) > 0 for a in ("slm", "collab")):
+                a not in node.expanded_actions and _arm_width(ctx.cfg, a, quota) > 0 for a in ARMS):
             return
         blocked.add(node.id)
         node = node.parent
@@ -111,17 +130,18 @@ def _block(ctx: SearchContext, leaf: Node, blocked: set[int], quota: int) -> Non
 
 def _arm_width(cfg: SearchConfig, action: str, quota: int) -> int:
     """Children an expansion of this arm would request now (0: arm unavailable)."""
-    if action == "collab":
-        return min(cfg.collab_width, quota)
+    if action in LLM_ARMS:
+        return min(_width(cfg, action), quota)
     if cfg.slm_width > 0:
         return cfg.slm_width
-    return 1 if min(cfg.collab_width, quota) == 0 else 0  # SLM is the fallback when collab is off
+    # SLM is the fallback when no LLM action can run
+    return 1 if all(n == 0 for _, n in _llm_widths(cfg, quota)) else 0
 
 
 def _plan_both(cfg: SearchConfig, leaf: Node, quota: int) -> list[tuple[Node, str, int]]:
-    n_collab = min(cfg.collab_width, quota)
-    n_slm = cfg.slm_width if (cfg.slm_width > 0 or n_collab > 0) else 1
-    return [(leaf, "slm", n_slm), (leaf, "collab", n_collab)]
+    llm = _llm_widths(cfg, quota)
+    n_slm = cfg.slm_width if (cfg.slm_width > 0 or any(n for _, n in llm)) else 1
+    return [(leaf, "slm", n_slm)] + [(leaf, a, n) for a, n in llm]
 
 
 async def run_gboost(ctx: SearchContext) -> Node | None:
@@ -146,8 +166,8 @@ async def run_gboost(ctx: SearchContext) -> Node | None:
                 while node is not None:
                     node.vloss += 1
                     node = node.parent
-                if arm == "collab":
-                    quota -= min(cfg.collab_width, quota)
+                if arm in LLM_ARMS:
+                    quota -= _arm_width(cfg, arm, quota)
                 _block(ctx, leaf, blocked, quota)
             for n in root.iter_nodes():
                 n.vloss = 0
@@ -197,8 +217,8 @@ async def _expand_round(ctx: SearchContext, leaves: list[tuple[Node, str | None]
         reqs = []
         for leaf, arm in leaves:
             arm = arm or "slm"
-            if arm == "collab":
-                n = min(cfg.collab_width, quota)
+            if arm in LLM_ARMS:
+                n = _arm_width(cfg, arm, quota)
                 quota -= n
                 if n == 0:  # quota vanished since selection: fall back to the SLM
                     arm, n = "slm", max(1, cfg.slm_width)
@@ -212,12 +232,12 @@ async def _expand_round(ctx: SearchContext, leaves: list[tuple[Node, str | None]
         reqs = []
         for leaf, _ in leaves:
             plan = _plan_both(cfg, leaf, quota)
-            quota -= plan[1][2]
+            quota -= sum(n for _, a, n in plan if a != "slm")
             reqs.extend(plan)
         new = [c for kids in await ctx.expand(reqs) for c in kids]
         await ctx.score(new)
         return new
-    # gate: SLM first, collab only where the best SLM child is weak
+    # gate: SLM first, the LLM actions only where the best SLM child is weak
     first: list[Node] = []
     slm_kids: list[list[Node]] = [[] for _ in leaves]
     if cfg.slm_width > 0:
@@ -228,12 +248,11 @@ async def _expand_round(ctx: SearchContext, leaves: list[tuple[Node, str | None]
     for (leaf, _), kids in zip(leaves, slm_kids):
         best = max((c.reward or 0.0 for c in kids), default=-1.0)
         if best < cfg.gate_threshold:
-            n = min(cfg.collab_width, quota)
-            quota -= n
-            if n == 0 and not kids:
+            llm = [(a, n) for a, n in _llm_widths(cfg, quota) if n > 0]
+            quota -= sum(n for _, n in llm)
+            if not llm and not kids:
                 reqs.append((leaf, "slm", 1))
-            elif n > 0:
-                reqs.append((leaf, "collab", n))
+            reqs.extend((leaf, a, n) for a, n in llm)
     second = [c for kids in await ctx.expand(reqs) for c in kids] if reqs else []
     await ctx.score(second)
     return first + second
@@ -242,8 +261,8 @@ async def _expand_round(ctx: SearchContext, leaves: list[tuple[Node, str | None]
 async def _finish(ctx: SearchContext, root: Node) -> None:
     """No terminal node yet: complete the best open leaf greedily, one step at a time.
 
-    Each completion step samples one SLM child and -- if ``collab_width > 0`` and the LLM
-    budget allows -- one collab child, concurrently; the PRM picks the better (ties: SLM).
+    Each completion step samples one SLM child and -- for each LLM action with a width, while
+    the LLM budget allows -- one child of it, concurrently; the PRM picks the best (ties: SLM).
     """
     if any(n.terminal and not n.is_root and not n.pruned for n in root.iter_nodes()):
         return
@@ -256,8 +275,11 @@ async def _finish(ctx: SearchContext, root: Node) -> None:
     with ctx.cost.timed("finish"):
         while not node.terminal:
             reqs = [(node, "slm", 1)]
-            if ctx.cfg.collab_width > 0 and ctx.llm_quota() > 0:
-                reqs.append((node, "collab", 1))
+            quota = ctx.llm_quota()
+            for action in LLM_ARMS:
+                if _width(ctx.cfg, action) > 0 and quota > 0:
+                    reqs.append((node, action, 1))
+                    quota -= 1
             kids = [c for cs in await ctx.expand(reqs) for c in cs]
             if not kids:
                 node.exhausted = node.terminal = True

@@ -15,7 +15,10 @@ Semantics every executor must honour
   - ``"slm"``: the private SLM alone;
   - ``"collab"``: every token is sampled from the fusion of the SLM's and the
     LLM's next-token distributions (``fusion_rule`` / ``fusion_alpha``);
-  - ``"llm"``: the general LLM alone (baselines ``llm`` and ``rsd``).
+  - ``"llm"``: the general LLM alone (baselines ``llm`` and ``rsd``);
+  - ``"delegate"``: the general LLM writes the whole step through a chat request
+    (what a chat-only API can do; an executor whose LLM is chat-only writes ``"llm"``
+    steps this way too).
 
   Each returned child carries a *new* state (typically a forked KV sequence
   sharing the parent's blocks).  The parent state stays valid.
@@ -51,8 +54,8 @@ class StepOut:
     token_ids: list[int]  #: generated token ids of the step
     state: Any            #: opaque child handle (holds the forked KV sequences)
     terminal: bool        #: ended at EOS or final-answer pattern, or depth cap
-    action: str           #: "slm" | "collab" | "llm" -- the action that was requested
-    fault: str | None = None  #: e.g. "llm_timeout": a collab/llm step fell back to the SLM
+    action: str           #: "slm" | "collab" | "llm" | "delegate" -- the action that was requested
+    fault: str | None = None  #: e.g. "llm_timeout": an LLM step fell back to the SLM
 
 
 @runtime_checkable

@@ -4,6 +4,8 @@ Routes
 ------
 ``POST /v1/completions``  legacy completions (see :mod:`engine.server.completions`;
                           log-probs wire format in :mod:`engine.server.wire`).
+``POST /v1/chat/completions``  chat completions through the model's chat template
+                          (see :mod:`engine.server.chat`).
 ``POST /v1/solve``        with a ``solver``: G-Boost or a baseline, JSON or SSE
                           (see :mod:`engine.server.solve`).
 ``GET  /v1/models``       the served model, with ``max_model_len`` and ``vocab_size``.
@@ -27,6 +29,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from typing import Optional
 
 from fastapi import FastAPI, Request
@@ -35,11 +38,12 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import ValidationError
 
 from .backend import BackendInputError, CompletionBackend
+from .chat import create_chat_completion, stream_chat_completion
 from .completions import create_completion
 from .errors import APIError, error_response, install_error_handlers
 from .faults import FaultConfig, FaultInjector
 from .metrics import Metrics, MetricsMiddleware
-from .schemas import CompletionRequest, ErrorResponse, ModelCard, ModelList
+from .schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList
 from .solve import Solver, _gone, _until, handle_solve
 from .sse import SSEResponse, cancel_and_wait
 from .streaming import stream_completion
@@ -107,15 +111,14 @@ def create_app(
     async def metrics_route() -> PlainTextResponse:
         sched = getattr(backend, "scheduler", None)
         kv = sched.kv_stats() if hasattr(sched, "kv_stats") else None
-        llm = getattr(getattr(solver, "executor", None), "llm", None)
-        return PlainTextResponse(metrics.render(faults.injected, solver, kv,
-                                                llm.metrics() if hasattr(llm, "metrics") else None))
+        return PlainTextResponse(metrics.render(faults.injected, solver, kv, _llm_metrics(solver)))
 
     async def json_body(request: Request):
         return parse_json_body(await request.body())
 
-    @app.post("/v1/completions", openapi_extra=_json_body("CompletionRequest"), responses=_errors(401, 404, 500))
-    async def completions(request: Request) -> Response:
+    async def answer(request: Request, parse, create, stream) -> Response:
+        """What the completion routes share: auth, faults, in-flight tracking, metrics, a body
+        parsed by ``parse(dict)``, then ``create(req)`` (JSON) or ``stream(req, on_done)`` (SSE)."""
         check_auth(request)
         with metrics.track_in_flight() as held:
             injected = await faults.before()
@@ -125,7 +128,7 @@ def create_app(
             if not isinstance(data, dict):
                 raise APIError(400, "request body must be a JSON object")
             try:
-                req = CompletionRequest.model_validate(data)
+                req = parse(data)
             except ValidationError as e:
                 raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
             if req.stream:
@@ -133,11 +136,11 @@ def create_app(
                     metrics.completions += 1
                     metrics.prompt_tokens += n_prompt
                     metrics.completion_tokens += n_completion
-                events = await stream_completion(req, backend, model_name, max_logprobs, on_done=done)
+                events = await stream(req, done)
                 return SSEResponse(events, on_close=held.keep())  # in flight until the stream closes
             # the server does not cancel a handler whose client left: watch for it, as /v1/solve
             # does, so that n x prompts x max_tokens of generation is not done for nobody
-            task = asyncio.ensure_future(create_completion(req, backend, model_name, max_logprobs))
+            task = asyncio.ensure_future(create(req))
             try:
                 if not await _until(task, request.is_disconnected):
                     raise _gone("generation")
@@ -155,6 +158,21 @@ def create_app(
             body = await asyncio.to_thread(json.dumps, result, allow_nan=False, separators=(",", ":"))
             return Response(body, media_type="application/json")
 
+    @app.post("/v1/completions", openapi_extra=_json_body("CompletionRequest"), responses=_errors(401, 404, 500))
+    async def completions(request: Request) -> Response:
+        return await answer(
+            request, CompletionRequest.model_validate,
+            lambda req: create_completion(req, backend, model_name, max_logprobs),
+            lambda req, done: stream_completion(req, backend, model_name, max_logprobs, on_done=done))
+
+    @app.post("/v1/chat/completions", openapi_extra=_json_body("ChatCompletionRequest"),
+              responses=_errors(401, 404, 500))
+    async def chat_completions(request: Request) -> Response:
+        return await answer(
+            request, ChatCompletionRequest.model_validate,
+            lambda req: create_chat_completion(req, backend, model_name, max_logprobs),
+            lambda req, done: stream_chat_completion(req, backend, model_name, max_logprobs, on_done=done))
+
     if solver is not None:
         @app.post("/v1/solve", openapi_extra=_json_body("SolveRequest"), responses=_errors(401, 499, 500, 502, 503))
         async def solve_route(request: Request) -> Response:
@@ -167,6 +185,19 @@ def create_app(
 
     app.openapi = lambda: _openapi(app)
     return app
+
+
+def _llm_metrics(solver) -> Optional[dict]:
+    """The remote general LLM's counters (RemoteLLM.metrics()), its completions and chat clients added up."""
+    ex = getattr(solver, "executor", None)
+    parts = [c.metrics() for c in (getattr(ex, "llm", None), getattr(ex, "writer", None)) if hasattr(c, "metrics")]
+    if not parts:
+        return None
+    out = {"requests": sum(p["requests"] for p in parts), "retries": Counter(), "errors": Counter()}
+    for p in parts:
+        out["retries"].update(p["retries"])
+        out["errors"].update(p["errors"])
+    return out
 
 
 def _json_body(model: str) -> dict:
@@ -199,7 +230,7 @@ def _openapi(app: FastAPI) -> dict:
         from .solve import FIXED, SolveRequest
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (CompletionRequest, SolveRequest):
+        for model in (CompletionRequest, ChatCompletionRequest, SolveRequest):
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             comps.update(body.pop("$defs", {}))
             comps[model.__name__] = body
@@ -225,6 +256,16 @@ def _openapi(app: FastAPI) -> dict:
             props[key] = {"enum": allowed, "description": "not supported: only the default is accepted"}
         props["logit_bias"] = {"anyOf": [{"type": "null"}, {"type": "object", "maxProperties": 0}],
                                "description": "not supported: only null or {} is accepted"}
+        # /v1/chat/completions: the same for the chat options it does not implement
+        chat = comps["ChatCompletionRequest"]["properties"]
+        empty = {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}
+        for key, allowed in {"tools": empty, "functions": empty, "tool_choice": {"enum": [None, "none"]},
+                             "presence_penalty": {"enum": [None, 0]}, "frequency_penalty": {"enum": [None, 0]},
+                             "logit_bias": props["logit_bias"],
+                             "response_format": {"anyOf": [{"type": "null"}, {
+                                 "type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"]}]},
+                             }.items():
+            chat[key] = {**allowed, "description": "not supported: only the default is accepted"}
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -60,6 +60,11 @@ class CompletionBackend(Protocol):
         """Token ids -> text (skipping special tokens)."""
         ...
 
+    # Optional: ``encode_chat(messages) -> list[int]``, the messages ([{"role", "content"}, ...])
+    # rendered by the model's chat template with the generation prompt, as token ids; it may raise
+    # BackendInputError (no template, or the template refuses the messages). Without it,
+    # /v1/chat/completions answers 400.
+
     async def prompt_logprobs(self, ids: list[int], top_k: int) -> list[TokenLogprobs]:
         """``len(ids)`` rows: row ``i`` is the distribution of token ``i+1`` given
         ``ids[:i+1]``; the last row is the next-token distribution after ``ids``.

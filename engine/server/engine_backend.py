@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from engine.llm.base import TokenLogprobs
+from engine.models.tokenizer import ChatTemplateError
 from engine.server.backend import BackendInputError
 from engine.sampling import SamplingParams
 
@@ -38,6 +39,15 @@ class EngineCompletionBackend:
 
     def decode(self, ids: list[int]) -> str:
         return self.m.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        tok = self.m.tokenizer
+        if not tok.chat_template:
+            raise BackendInputError(f"model {self.model_name!r} has no chat template: use /v1/completions")
+        try:
+            return tok.encode_chat(messages)
+        except ChatTemplateError as e:
+            raise BackendInputError(str(e)) from None
 
     def _check(self, ids: list[int]) -> None:
         if not ids:

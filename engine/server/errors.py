@@ -79,7 +79,7 @@ def error_response(
                         headers=headers)
 
 
-_OBJECT_FIELDS = ("stream_options",)  # request fields holding an object whose keys are checked
+_OBJECT_FIELDS = ("stream_options", "messages")  # request fields whose inner keys errors name
 _PROMPT_HELP = "must be a string, a list of token ids, a list of strings or a list of token-id lists"
 
 

@@ -1,6 +1,6 @@
-"""Fault injection for ``/v1/completions`` (tests, chaos runs).
+"""Fault injection for ``/v1/completions`` and ``/v1/chat/completions`` (tests, chaos runs).
 
-Applied to every completions call, before the model runs:
+Applied to every completions call (either route), before the model runs:
 
 1. ``latency_s`` of non-blocking delay (``asyncio.sleep``), other requests and
    ``/health`` keep being served meanwhile;

@@ -14,7 +14,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from engine.sampling import SEED_MAX, SEED_MIN, SEED_RANGE, check_seed
 
-__all__ = ["CompletionRequest", "StreamOptions", "Seed", "JSONInt", "ErrorBody", "ErrorResponse", "ModelCard",
+__all__ = ["CompletionRequest", "ChatCompletionRequest", "ChatMessage", "StreamOptions", "Seed", "JSONInt", "ErrorBody", "ErrorResponse", "ModelCard",
            "ModelList"]
 
 
@@ -85,6 +85,80 @@ class CompletionRequest(BaseModel):
             return "best_of"
         if self.suffix:
             return "suffix"
+        if self.logit_bias:
+            return "logit_bias"
+        if self.presence_penalty:
+            return "presence_penalty"
+        if self.frequency_penalty:
+            return "frequency_penalty"
+        return None
+
+
+class TextPart(BaseModel):
+    """One part of a message's content; only text parts reach a text-only model."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(BaseModel):
+    """One message of ``messages``. ``developer`` is OpenAI's newer name for ``system``; tool and
+    function messages are refused (no tool calling), as is an assistant message without content."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[StrictStr, list[TextPart]]
+    name: Optional[StrictStr] = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions`` body (OpenAI chat completions).
+
+    The same strictness as :class:`CompletionRequest`. Sampling knobs may be ``null`` (OpenAI's
+    schema allows it): null means the default. ``max_completion_tokens`` is OpenAI's newer name
+    for ``max_tokens`` and wins when both are set; neither means up to the context length.
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: Optional[str] = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: Optional[JSONInt] = Field(None, ge=1)
+    max_completion_tokens: Optional[JSONInt] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    seed: Seed = None
+    n: Optional[JSONInt] = Field(None, ge=1, le=16)
+    stop: Optional[Union[StrictStr, list[StrictStr]]] = None
+    logprobs: Optional[StrictBool] = None
+    top_logprobs: Optional[JSONInt] = Field(None, ge=0, le=20)
+    stream: Optional[StrictBool] = None
+    stream_options: Optional[StreamOptions] = None
+    # known but unsupported (must stay unset or at their defaults)
+    tools: Optional[list] = None
+    tool_choice: Optional[Union[StrictStr, dict]] = None
+    functions: Optional[list] = None
+    response_format: Optional[dict] = None
+    logit_bias: Optional[dict[str, float]] = None
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+
+    def unsupported(self) -> Optional[str]:
+        """Name of the first unsupported option that was set, else None."""
+        if self.tools:
+            return "tools"
+        if self.tool_choice not in (None, "none"):
+            return "tool_choice"
+        if self.functions:
+            return "functions"
+        if self.response_format and self.response_format.get("type") != "text":
+            return "response_format"
         if self.logit_bias:
             return "logit_bias"
         if self.presence_penalty:

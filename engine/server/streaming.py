@@ -86,16 +86,18 @@ class _Choice:
 
 
 async def stream_completion(req: CompletionRequest, backend: CompletionBackend, model_name: str,
-                            max_logprobs: int, on_done=None) -> AsyncIterator[bytes]:
+                            max_logprobs: int, on_done=None, shape=None) -> AsyncIterator[bytes]:
     """Validate (raising APIError before anything is sent), then return the SSE byte stream.
-    ``on_done(prompt_tokens, completion_tokens)`` is called once the stream has finished."""
+    ``on_done(prompt_tokens, completion_tokens)`` is called once the stream has finished.
+    ``shape(chunk) -> dict``, when given, rewrites every chunk before it is sent (the chat route's
+    ``delta`` chunks are these chunks, reshaped); in-band errors are sent as they are."""
     if req.echo:
         raise APIError(400, "echo is not supported with stream=true", param="echo")
     prep = await prepare_completion(req, backend, model_name, max_logprobs)
-    return _events(req, backend, model_name, prep, on_done)
+    return _events(req, backend, model_name, prep, on_done, shape or (lambda c: c))
 
 
-async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIterator[bytes]:
+async def _events(req, backend, model_name, prep: Prepared, on_done, shape) -> AsyncIterator[bytes]:
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": model_name}
     queue: asyncio.Queue = asyncio.Queue()
@@ -119,8 +121,8 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
         tasks[index].add_done_callback(lambda t, i=index: queue.put_nowait(("end", i, t)))
 
     def chunk(index: int, text: str, finish: str | None, logprobs: dict | None = None) -> bytes:
-        return sse_event({**head, "choices": [{"index": index, "text": text, "logprobs": logprobs,
-                                          "finish_reason": finish, "stop_reason": None}]})
+        return sse_event(shape({**head, "choices": [{"index": index, "text": text, "logprobs": logprobs,
+                                                "finish_reason": finish, "stop_reason": None}]}))
 
     def last_logprobs(c: _Choice, n: int) -> dict | None:
         return None if prep.top_k is None else c.logprobs_upto(backend, n, req)
@@ -175,7 +177,7 @@ async def _events(req, backend, model_name, prep: Prepared, on_done) -> AsyncIte
                     yield chunk(index, new, None, lp)
         n_prompt = sum(len(p.ids) for p in prep.prompts)
         if req.stream_options and req.stream_options.include_usage:
-            yield sse_event({**head, "choices": [], "usage": usage(n_prompt, n_completion)})
+            yield sse_event(shape({**head, "choices": [], "usage": usage(n_prompt, n_completion)}))
         if on_done is not None:
             on_done(n_prompt, n_completion)
     except asyncio.CancelledError:

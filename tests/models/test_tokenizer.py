@@ -112,6 +112,10 @@ def test_same_vocab(tiny_tokenizer, tok):
     c_backend = make_tiny_tokenizer()
     c_backend.add_tokens([AddedToken("<extra>", special=True)])  # one more token
     assert not a.same_vocab(Tokenizer(c_backend))
+    extra = c_backend.token_to_id("<extra>")
+    assert a.vocab_difference(b) is None
+    assert a.vocab_difference(Tokenizer(c_backend)) == ("<extra>", None, extra)
+    assert Tokenizer(c_backend).vocab_difference(a) == ("<extra>", extra, None)
     from tokenizers import Tokenizer as HFTokenizer
     swapped = HFTokenizer.from_str(tiny_tokenizer.to_str())
     vocab = tiny_tokenizer.get_vocab()
@@ -125,6 +129,7 @@ def test_same_vocab(tiny_tokenizer, tok):
     swapped = HFTokenizer.from_str(json.dumps(j))  # same size, two ids exchanged
     assert swapped.get_vocab_size() == tiny_tokenizer.get_vocab_size()
     assert not a.same_vocab(Tokenizer(swapped))
+    assert a.vocab_difference(Tokenizer(swapped)) == ("<|im_start|>", t1, t2)  # the lower id first
 
 
 def test_encode_piece_is_encode_for_byte_level_bpe(tok):

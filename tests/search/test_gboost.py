@@ -237,6 +237,39 @@ def test_arms_policy_tries_collab_only_when_slm_arm_is_weak():
     assert {ch.action for ch in res.root.children} == {"slm", "collab"}
 
 
+# ------------------------------------------------------------------------- delegated children
+def test_both_policy_adds_delegated_children_and_the_llm_quota_goes_to_collab_first():
+    b = ToyExecutor(labelled_step, lambda q, s: 0.5)
+    res = run(solve("q", b, cfg(num_simulations=4, collab_width=1, delegate_width=1, max_llm_calls=3)))
+    # expansion 1: collab + delegate (2 calls); expansion 2: the last call goes to collab; then SLM only
+    assert [len(c[4]) for c in b.expand_calls("collab")] == [0, 1]
+    assert [len(c[4]) for c in b.expand_calls("delegate")] == [0]
+    assert len(b.expand_calls("slm")) == 4 and res.cost.llm_calls == 3
+    assert {ch.action for ch in res.root.children} == {"slm", "collab", "delegate"}
+
+
+def test_the_prm_chooses_a_delegated_step_when_it_scores_best():
+    b = ToyExecutor(labelled_step, lambda q, s: 0.9 if "delegate" in s[-1] else 0.3)
+    res = run(solve("q", b, cfg(num_simulations=4, collab_width=0, delegate_width=1, uct_c=0.0, max_depth=3,
+                                finish_unterminated=True)))
+    assert [s["action"] for s in res.steps] == ["delegate"] * 3
+
+
+def test_gate_and_arms_policies_treat_delegated_children_as_llm_children():
+    def reward(q, steps):
+        return 0.6 if "delegate" in steps[-1] else (0.3 if steps[-1].startswith("d1") else 0.9)
+    b = ToyExecutor(labelled_step, reward)
+    run(solve("q", b, cfg(num_simulations=3, action_policy="gate", gate_threshold=0.5, collab_width=0,
+                          delegate_width=1)))
+    assert [len(c[4]) for c in b.expand_calls("delegate")] == [0] and b.expand_calls("collab") == []
+
+    weak = ToyExecutor(labelled_step, lambda q, s: 0.9 if "delegate" in s[-1] else 0.1)
+    run(solve("q", weak, cfg(num_simulations=3, action_policy="arms", uct_c=0.0, arm_fpu=0.5, collab_width=0,
+                             delegate_width=1)))
+    assert [(c[4], c[2]) for c in weak.expand_calls()] == [((), "slm"), ((), "delegate"),
+                                                          (("d1-delegate0",), "slm")]
+
+
 def test_leaf_parallelism_expands_distinct_leaves_in_one_round():
     b = ToyExecutor(labelled_step, lambda q, s: 0.5)
     res = run(solve("q", b, cfg(num_simulations=5, leaf_parallelism=2)))

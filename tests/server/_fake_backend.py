@@ -60,6 +60,10 @@ class FakeBackend:
 
     encode_prompt = encode  # no BOS in this vocabulary
 
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """A chat template of this alphabet: "role content" lines, then "assistant " to answer."""
+        return self.encode("".join(f"{m['role']} {m['content']}\n" for m in messages) + "assistant ")
+
     def decode(self, ids: list[int]) -> str:
         return "".join(ALPHABET[i] for i in ids if i != self.eos_id)
 

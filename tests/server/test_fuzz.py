@@ -23,7 +23,7 @@ from engine.server.app import create_app
 from engine.server.engine_backend import EngineCompletionBackend
 from engine.server.uvicorn_server import BackgroundServer
 from engine.scheduler import Scheduler
-from engine.testing import tiny_app, tiny_config, tiny_engine, tiny_stack
+from engine.testing import CHAT_TEMPLATE, tiny_app, tiny_config, tiny_engine, tiny_stack
 
 schemathesis = pytest.importorskip("schemathesis")
 
@@ -44,7 +44,8 @@ def _solve_server():
 
 
 def _completions_server():
-    eng = tiny_engine({"slm": 1}, num_blocks=512, configs={"slm": tiny_config(max_positions=64)})
+    eng = tiny_engine({"slm": 1}, num_blocks=512, configs={"slm": tiny_config(max_positions=64)},
+                      chat_template=CHAT_TEMPLATE)  # /v1/chat/completions is fuzzed for real
     srv = BackgroundServer(create_app(EngineCompletionBackend(eng, Scheduler(eng), model_name="tiny"),
                                       max_logprobs=8)).start()
     srv.cache = eng.cache
@@ -142,9 +143,12 @@ JSON = st.recursive(JSON_LEAF, lambda kids: st.lists(kids, max_size=4) | st.dict
 
 @st.composite
 def hostile_bodies(draw, route: str):
-    base = {"question": "2+2?"} if route == "/v1/solve" else {"prompt": "hi", "max_tokens": 2}
+    base = {"/v1/solve": {"question": "2+2?"},
+            "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            }.get(route, {"prompt": "hi", "max_tokens": 2})
     key = draw(st.sampled_from(["question", "prompt", "seed", "config", "n", "max_tokens", "temperature", "stop",
-                                "stream", "stream_options", "logprobs", "method", "stop_token_ids", "logit_bias"]))
+                                "stream", "stream_options", "logprobs", "method", "stop_token_ids", "logit_bias",
+                                "messages", "top_logprobs", "max_completion_tokens", "response_format"]))
     depth = draw(st.integers(1, 3000))
     kind = draw(st.sampled_from(["nested", "digits", "nan", "utf8", "value", "not_object", "dup", "huge_str"]))
     if kind == "nested":

@@ -241,7 +241,7 @@ class NoLLM(ToyExecutor):
     """A stack without a general LLM: what it cannot run is refused before any state exists."""
     from engine.collab.executor import EngineExecutor
     check_config = EngineExecutor.check_config
-    llm = base = None
+    llm = base = writer = None
 
 
 @pytest.mark.parametrize("body, ok", [({"method": "fusion"}, False), ({"method": "slm"}, True),

@@ -45,6 +45,14 @@ class StreamOptions(BaseModel):
     include_usage: Optional[StrictBool] = None  # a last chunk with usage
 
 
+def _unsupported_sampling(req) -> Optional[str]:
+    """The sampling options both request kinds know but do not implement: the first one set."""
+    for name in ("logit_bias", "presence_penalty", "frequency_penalty"):
+        if getattr(req, name):
+            return name
+    return None
+
+
 class CompletionRequest(BaseModel):
     """``POST /v1/completions`` body (OpenAI legacy completions + a few vLLM extras).
 
@@ -85,13 +93,7 @@ class CompletionRequest(BaseModel):
             return "best_of"
         if self.suffix:
             return "suffix"
-        if self.logit_bias:
-            return "logit_bias"
-        if self.presence_penalty:
-            return "presence_penalty"
-        if self.frequency_penalty:
-            return "frequency_penalty"
-        return None
+        return _unsupported_sampling(self)
 
 
 class TextPart(BaseModel):
@@ -159,13 +161,7 @@ class ChatCompletionRequest(BaseModel):
             return "functions"
         if self.response_format and self.response_format.get("type") != "text":
             return "response_format"
-        if self.logit_bias:
-            return "logit_bias"
-        if self.presence_penalty:
-            return "presence_penalty"
-        if self.frequency_penalty:
-            return "frequency_penalty"
-        return None
+        return _unsupported_sampling(self)
 
 
 class ErrorBody(BaseModel):

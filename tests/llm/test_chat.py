@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from _fake_backend import FakeBackend
+from _sleep import SleepRecorder
 from engine.llm.base import LLMError
 from engine.llm.chat import ChatLLM
 from engine.llm.endpoints import EndpointKindError, open_endpoint
@@ -26,15 +27,6 @@ HI = [{"role": "user", "content": "say hi"}]
 
 def run(coro):
     return asyncio.run(coro)
-
-
-class SleepRecorder:
-    def __init__(self):
-        self.delays = []
-
-    async def __call__(self, s):
-        self.delays.append(s)
-        await asyncio.sleep(0)
 
 
 @pytest.fixture

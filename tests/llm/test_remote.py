@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from _fake_backend import FakeBackend
+from _sleep import SleepRecorder
 from engine.llm.base import GeneralLLM, LLMError, TokenLogprobs
 from engine.llm.remote import RemoteLLM, parse_retry_after
 from engine.llm.topk import MISSING_LOGPROB_PENALTY, dense_from_topk, union_support
@@ -27,17 +28,6 @@ K = 5
 
 def run(coro, timeout=20):
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-class SleepRecorder:
-    """Stands in for asyncio.sleep in back-off: records, never waits."""
-
-    def __init__(self):
-        self.delays = []
-
-    async def __call__(self, s):
-        self.delays.append(s)
-        await asyncio.sleep(0)
 
 
 def client(url, **kw):

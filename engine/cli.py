@@ -55,9 +55,10 @@ def _search_config(args):
     return cfg
 
 
-async def _stack(args, cfg, check: bool = True):
+async def _stack(args, cfg, check: bool = True, serving: bool = False):
     """The stack for ``cfg``; with ``check`` a config it cannot run is refused (ConfigError, exit 2)
-    before any model loads -- serve checks each request's config instead."""
+    before any model loads -- serve checks each request's config instead. Forwards leave the event
+    loop only where it has other work: serving HTTP, or waiting on a remote LLM."""
     from engine.collab.executor import CollabOptions
     from engine.search.config import check_stack_runs
     from engine.stack import build_stack, is_url
@@ -68,7 +69,7 @@ async def _stack(args, cfg, check: bool = True):
     return await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
                              dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
                              options=CollabOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault),
-                             llm_kind=args.llm_kind, llm_model=args.llm_model)
+                             llm_kind=args.llm_kind, llm_model=args.llm_model, offload=serving or is_url(llm))
 
 
 # -- generate -------------------------------------------------------------------------------
@@ -210,10 +211,10 @@ def cmd_train_prm(args) -> int:
 
     async def main():
         from engine.collab.executor import CollabOptions
-        from engine.stack import build_stack
+        from engine.stack import build_stack, is_url
         stack = await build_stack(cfg, slm=args.slm, llm=llm, prm="none", dtype=args.dtype, device=args.device,
                                   kv_memory_gb=args.kv_memory_gb, options=CollabOptions(collab_mode=args.collab_mode),
-                                  llm_kind=args.llm_kind, llm_model=args.llm_model)
+                                  llm_kind=args.llm_kind, llm_model=args.llm_model, offload=is_url(llm))
         try:
             desc = {"path": str(Path(args.data).resolve()), "lines": list(lines) if lines else None}
             if args.fit_only:
@@ -256,7 +257,7 @@ def cmd_serve(args) -> int:
             from engine.server.app import aserve, create_app
             from engine.server.sse import cancel_and_wait
             # the stack is built on the loop that serves it (scheduler and LLM client bind to it)
-            stack = await _stack(args, cfg, check=False)
+            stack = await _stack(args, cfg, check=False, serving=True)
             try:
                 backend = EngineCompletionBackend(stack.engine, stack.scheduler,
                                                   model_name=args.served_name or args.slm)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +20,9 @@ class Context:
     cu_seqlens_q: torch.Tensor   # [B+1] int32: packed offsets of the new tokens
     max_q_len: int
     max_seq_len: int
+    # what layers derive from the above (rotary rows, attention's padding plan): the first layer
+    # computes it, the others reuse it; a Context lives for one forward
+    memo: dict = field(default_factory=dict)
 
 
 # Thread-local: engines in one process (a server and a client in tests, say) may run

@@ -150,7 +150,7 @@ class Engine:
             raise ValueError("one SamplingParams per prompt")
 
         async def run_all() -> list[GenerationOutput]:
-            scheduler = Scheduler(self)
+            scheduler = Scheduler(self, offload=False)  # a loop of its own: nothing else to keep responsive
             try:
                 return list(await asyncio.gather(*[self.agenerate(scheduler, p, sp, role)
                                                    for p, sp in zip(prompts, params)]))

@@ -32,6 +32,7 @@ import torch
 
 from engine.context import Context, use_context
 from engine.kv.cache import KVCache, KVPoolExhausted, Sequence
+from engine.models.cpu_linear import pack_linears
 from engine.positions import PromptTooLong, check_fits
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class ModelRunner:
         self.name, self.model, self.cache = name, model, cache
         self.device = cache.pool.device
         model.bind_kv(cache.view(name))
+        pack_linears(model)  # bf16 on CPU: weights in oneDNN's layout once, not reordered per call
         self.tokens_computed = 0  # counts every token this runner pushed through the model
 
     # -- metadata -----------------------------------------------------------------
@@ -151,8 +153,12 @@ class _Work:
 
 class Scheduler:
     def __init__(self, engine: "Engine", max_batch_tokens: int = 8192, gather_yields: int = 4,
-                 preempt: bool = True):
+                 preempt: bool = True, offload: bool = True):
         self.engine = engine
+        # offload: run forwards in a worker thread, so the loop stays responsive (servers, remote
+        # LLM calls). Inline is faster where nothing else needs the loop: on a CPU the worker's
+        # OpenMP team and the loop thread's (sampling) contend for the same cores.
+        self.offload = offload
         self.preempt = preempt  # False: fail fast (the oldest waiting work) rather than recompute
         self._first: str | None = None  # the model whose queue goes first next tick
         self.max_batch_tokens = max_batch_tokens
@@ -214,7 +220,8 @@ class Scheduler:
                 seqs, wants = [w.seq for w in batch], [w.want for w in batch]
                 try:
                     prepared = runner.prepare(seqs, wants)
-                    outs = await loop.run_in_executor(self._pool, runner.compute, prepared, wants)
+                    outs = (await loop.run_in_executor(self._pool, runner.compute, prepared, wants)
+                            if self.offload else runner.compute(prepared, wants))
                     runner.finish(seqs, prepared.cu_seqlens)
                 except BaseException as e:  # every waiter learns the failure; the loop lives on
                     for w in batch:

@@ -46,13 +46,15 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
                       dtype: str = "bfloat16",
                       device: str = "cpu", kv_memory_gb: float = 2.0, block_size: int = 16,
                       options: CollabOptions | None = None, llm_timeout_s: float = 60.0,
-                      llm_top_logprobs: int = 20, llm_kind: str = "auto", llm_model: str | None = None) -> Stack:
+                      llm_top_logprobs: int = 20, llm_kind: str = "auto", llm_model: str | None = None,
+                      offload: bool = True) -> Stack:
     """`llm` is a model name/path (resident, shares the pool) or an http(s) URL of an
     OpenAI-compatible endpoint, whose kinds (`llm_kind`: auto | completions | chat, see
     engine/llm/endpoints.py) are probed at start-up; `llm_model` names the endpoint's model (else
     the first it lists). The PRM defaults to the local LLM (judge), else the SLM;
     `prm="value-head:DIR"` scores with a trained value head on the resident model it was trained on.
-    `base`: the SLM's untuned base model (resident, same tokenizer), needed by fusion_rule="proxy"."""
+    `base`: the SLM's untuned base model (resident, same tokenizer), needed by fusion_rule="proxy".
+    `offload`: forwards in a worker thread (see Scheduler); False suits a process with one caller."""
     remote = is_url(llm)
     if is_url(base):
         raise ValueError(f"base={base!r}: the proxy-tuning base model must be a local checkpoint, not a URL")
@@ -72,7 +74,7 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
     engine = await asyncio.to_thread(
         Engine.from_pretrained, slm, None if remote else llm, prm, base=base, dtype=dtype, device=device,
         block_size=block_size, kv_memory_bytes=int(kv_memory_gb * (1 << 30)))
-    sched = Scheduler(engine)
+    sched = Scheduler(engine, offload=offload)
     general = writer = None
     if llm and remote:
         from engine.llm.endpoints import open_endpoint

@@ -28,14 +28,19 @@ def _store_kv_kernel(
         tl.store(vc_ptr + blk * svc_b + off * svc_o + h * svc_h + d * svc_d, vv.to(vc_ptr.dtype.element_ty), mask=m)
 
 
-def store_kv_ref(k, v, k_cache, v_cache, slot_mapping):
-    """Reference: index_put on the (strided) cache views; slots < 0 are skipped."""
-    BS = k_cache.shape[1]
-    keep = slot_mapping >= 0
-    slots = slot_mapping[keep]
-    blk, off = slots // BS, slots % BS
-    k_cache[blk, off] = k[keep].to(k_cache.dtype)
-    v_cache[blk, off] = v[keep].to(v_cache.dtype)
+def store_kv_ref(k, v, k_cache, v_cache, slot_mapping, memo: dict | None = None):
+    """Reference (and CPU path): index_put on the (strided) cache views; slots < 0 are skipped.
+    memo: a dict that lives for one forward; the slots' (block, offset) are worked out once in it."""
+    where = None if memo is None else memo.get("kv_slots")
+    if where is None:
+        keep = slot_mapping >= 0
+        slots = slot_mapping[keep]
+        where = None if bool(keep.all()) else keep, slots // k_cache.shape[1], slots % k_cache.shape[1]
+        if memo is not None:
+            memo["kv_slots"] = where
+    keep, blk, off = where
+    k_cache[blk, off] = (k if keep is None else k[keep]).to(k_cache.dtype)
+    v_cache[blk, off] = (v if keep is None else v[keep]).to(v_cache.dtype)
 
 
 def store_kv_triton(k, v, k_cache, v_cache, slot_mapping):
@@ -53,10 +58,11 @@ def store_kv_triton(k, v, k_cache, v_cache, slot_mapping):
     )
 
 
-def store_kv(k, v, k_cache, v_cache, slot_mapping):
-    """k, v: [T, Hkv, D]; k_cache, v_cache: [num_blocks, BS, Hkv, D] (any strides); slot_mapping: [T] int64."""
+def store_kv(k, v, k_cache, v_cache, slot_mapping, memo=None):
+    """k, v: [T, Hkv, D]; k_cache, v_cache: [num_blocks, BS, Hkv, D] (any strides); slot_mapping: [T] int64.
+    memo: a dict that lives for one forward (the CPU path keeps the slots' coordinates there)."""
     same_device(k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
     if use_triton(k, k_cache):
         store_kv_triton(k, v, k_cache, v_cache, slot_mapping)
     else:
-        store_kv_ref(k, v, k_cache, v_cache, slot_mapping)
+        store_kv_ref(k, v, k_cache, v_cache, slot_mapping, memo)

@@ -5,6 +5,7 @@ cu[b]:cu[b+1] belong to sequence b, query i of b sits at position seq_lens[b]-ql
 0..that position. GQA: q head h reads kv head h // (Hq // Hkv).
 """
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -148,53 +149,86 @@ def paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_
 
 
 def paged_attention_torch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=None,
-                          max_q_len=None):
+                          max_q_len=None, memo: dict | None = None):
     """The CPU path: the reference's math, vectorised over the batch, one padded computation per
     class of (query length, context length), classes by powers of two.  A scheduler batch mixes
     decode rows with extends (PRM steps, speculative drafts) and short contexts with long ones,
     and padding every row to the longest of both would dominate the forward.  Classes cut that
-    padding to under 2x per dimension, bit-identical to one padding."""
+    padding to under 2x per dimension, bit-identical to one padding. The padding plan depends on
+    the batch only: `memo` (one dict per forward) lets every layer after the first reuse it."""
     out = torch.empty_like(q) if out is None else out
-    cu = cu_seqlens_q.long()
-    qlens = cu[1:] - cu[:-1]
-    BS = k_cache.shape[1]
-    classes: dict[tuple[int, int], list[int]] = {}
-    for b, (n, L) in enumerate(zip(qlens.tolist(), seq_lens.tolist())):
-        classes.setdefault((max(n - 1, 0).bit_length(), (-(-L // BS) - 1).bit_length()), []).append(b)
-    for members in classes.values():
-        idx = torch.tensor(members, device=q.device) if len(classes) > 1 else None
-        sl = seq_lens if idx is None else seq_lens[idx]
-        width = -(-int(sl.max()) // BS)
-        tables = (block_tables if idx is None else block_tables[idx])[:, :width]
-        starts, lens = (cu[:-1], qlens) if idx is None else (cu[:-1][idx], qlens[idx])
-        _attend_padded(q, k_cache, v_cache, tables, sl, starts, lens, scale, out)
+    plans = None if memo is None else memo.get("cpu_attention")
+    if plans is None:
+        plans = plan_classes(block_tables, seq_lens, cu_seqlens_q, k_cache.shape[1], k_cache.shape[0], q.shape[0])
+        if memo is not None:
+            memo["cpu_attention"] = plans
+    for p in plans:
+        _attend(q, k_cache, v_cache, p, scale, out)
     return out
 
 
-def _attend_padded(q, k_cache, v_cache, tables, seq_lens, starts, qlens, scale, out):
-    """Queries padded to the longest of these sequences, keys gathered through the padded tables.
-    Masked logits are -1e30, not -inf: the same zeros after exp, without the CPU's slow path."""
-    T, Hq, D = q.shape
-    B = seq_lens.shape[0]
-    NB, BS, Hkv = k_cache.shape[0], k_cache.shape[1], k_cache.shape[2]
-    group = Hq // Hkv
-    dev = q.device
-    Qmax = int(qlens.max())
-    Lmax = tables.shape[1] * BS
-    tables = tables.long().clamp(0, NB - 1)  # entries past a sequence's length are masked anyway
-    K = k_cache[tables].reshape(B, Lmax, Hkv, D).float()
-    V = v_cache[tables].reshape(B, Lmax, Hkv, D).float()
+class PaddedPlan(NamedTuple):
+    tables: torch.Tensor        # [B, W] int64, clamped into the pool
+    rows: torch.Tensor | None   # [B, Qmax] packed row of each query; None: the rows are q itself
+    valid: torch.Tensor         # [B, Qmax] real (not padding) queries
+    hidden: torch.Tensor        # [B, 1, 1, Qmax, Lmax] keys a query must not see
+    dest: torch.Tensor | None   # packed rows of the valid queries (None when rows is None)
+
+
+def plan_classes(block_tables, seq_lens, cu_seqlens_q, block_size: int, num_blocks: int, T: int) -> list[PaddedPlan]:
+    cu = cu_seqlens_q.long()
+    qlens = cu[1:] - cu[:-1]
+    classes: dict[tuple[int, int], list[int]] = {}
+    for b, (n, L) in enumerate(zip(qlens.tolist(), seq_lens.tolist())):
+        classes.setdefault((max(n - 1, 0).bit_length(), (-(-L // block_size) - 1).bit_length()), []).append(b)
+    plans = []
+    for members in classes.values():
+        idx = torch.tensor(members, device=cu.device) if len(classes) > 1 else None
+        sl = seq_lens if idx is None else seq_lens[idx]
+        width = -(-int(sl.max()) // block_size)
+        tables = (block_tables if idx is None else block_tables[idx])[:, :width]
+        starts, lens = (cu[:-1], qlens) if idx is None else (cu[:-1][idx], qlens[idx])
+        plans.append(plan_padded(tables, sl, starts, lens, block_size, num_blocks, T))
+    return plans
+
+
+def plan_padded(tables, seq_lens, starts, qlens, block_size: int, num_blocks: int, T: int) -> PaddedPlan:
+    """Queries padded to the longest of these sequences, keys gathered through the padded tables."""
+    dev = tables.device
+    B, Qmax, Lmax = seq_lens.shape[0], int(qlens.max()), tables.shape[1] * block_size
     i = torch.arange(Qmax, device=dev)
-    rows = (starts[:, None] + i[None, :]).clamp(max=T - 1)                # [B, Qmax] packed row of each query
+    rows = (starts[:, None] + i[None, :]).clamp(max=T - 1)
     valid = i[None, :] < qlens[:, None]
-    Q = q[rows].float().view(B, Qmax, Hkv, group, D)
-    qpos = seq_lens.long()[:, None] - qlens[:, None] + i[None, :]         # [B, Qmax]
-    visible = torch.arange(Lmax, device=dev)[None, None, :] <= qpos[:, :, None]  # [B, Qmax, Lmax]
+    qpos = seq_lens.long()[:, None] - qlens[:, None] + i[None, :]
+    hidden = torch.arange(Lmax, device=dev)[None, None, :] > qpos[:, :, None]
+    # every row real and in order (decode batches, equal extends): no gather, no scatter
+    dense = B * Qmax == T and bool(torch.equal(rows.flatten(), torch.arange(T, device=dev)))
+    # entries past a sequence's length are masked anyway
+    return PaddedPlan(tables.long().clamp(0, num_blocks - 1), None if dense else rows, valid,
+                      hidden[:, None, None], None if dense else rows[valid])
+
+
+def _attend(q, k_cache, v_cache, p: PaddedPlan, scale, out):
+    """Masked logits are -1e30, not -inf: the same zeros after exp, without the CPU's slow path."""
+    T, Hq, D = q.shape
+    (B, Qmax), Hkv = p.valid.shape, k_cache.shape[2]
+    Lmax = p.hidden.shape[-1]
+    K = k_cache[p.tables].reshape(B, Lmax, Hkv, D).float()
+    V = v_cache[p.tables].reshape(B, Lmax, Hkv, D).float()
+    Q = (q if p.rows is None else q[p.rows]).float().reshape(B, Qmax, Hkv, Hq // Hkv, D)
     S = torch.einsum("bqkgd,blkd->bkgql", Q, K) * scale
-    S = S.masked_fill(~visible[:, None, None], -1e30)
-    P = torch.softmax(S, dim=-1)
-    O = torch.einsum("bkgql,blkd->bqkgd", P, V).reshape(B, Qmax, Hq, D)
-    out[rows[valid]] = O[valid].to(q.dtype)
+    P = torch.softmax(S.masked_fill(p.hidden, -1e30), dim=-1)
+    O = torch.einsum("bkgql,blkd->bqkgd", P, V)
+    if p.rows is None:
+        out.copy_(O.reshape(T, Hq, D))
+    else:
+        out[p.dest] = O.reshape(B, Qmax, Hq, D)[p.valid].to(q.dtype)
+
+
+def _attend_padded(q, k_cache, v_cache, tables, seq_lens, starts, qlens, scale, out):
+    """One padding for the given sequences (the benchmark's baseline for the classes)."""
+    _attend(q, k_cache, v_cache, plan_padded(tables, seq_lens, starts, qlens, k_cache.shape[1], k_cache.shape[0],
+                                             q.shape[0]), scale, out)
 
 
 _NUM_SMS = {}
@@ -270,11 +304,12 @@ def paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqle
                    num_warps, num_stages, num_splits=num_splits)
 
 
-def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=None):
+def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=None, memo=None):
     """q [T,Hq,D] packed; k/v_cache [num_blocks,BS,Hkv,D] (strided); block_tables [B,MAXB] int32;
-    seq_lens [B] int32 (length incl. the new tokens); cu_seqlens_q [B+1] int32 -> out [T,Hq,D]."""
+    seq_lens [B] int32 (length incl. the new tokens); cu_seqlens_q [B+1] int32 -> out [T,Hq,D].
+    memo: a dict that lives for one forward (the CPU path keeps its padding plan there)."""
     same_device(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, seq_lens=seq_lens,
                 cu_seqlens_q=cu_seqlens_q, out=out)
     if use_triton(q, k_cache):
         return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)
-    return paged_attention_torch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out)
+    return paged_attention_torch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, out=out, memo=memo)

@@ -27,9 +27,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32 and cast back before the weight, as the HF reference does.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
 class Rotary(nn.Module):
@@ -45,20 +43,28 @@ class Rotary(nn.Module):
         self.register_buffer("cos", freqs.cos() * att, persistent=False)
         self.register_buffer("sin", freqs.sin() * att, persistent=False)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, max_len: int) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, max_len: int, memo: dict | None = None) -> torch.Tensor:
         # x: [T, H, D]; rotate in fp32 for exactness, cast back. max_len bounds positions + 1, from the
         # batch metadata on the host: reading positions.max() would sync with the GPU twice a layer.
-        if max_len > self.cos.shape[0]:
-            raise ValueError(f"a sequence of {max_len} tokens exceeds the model's {self.cos.shape[0]} positions")
-        cos = self.cos[positions].unsqueeze(1)
-        sin = self.sin[positions].unsqueeze(1)
+        # x*[cos, cos] + [x2, x1]*[-sin, sin] is x1*cos - x2*sin, x2*cos + x1*sin, bit for bit.
+        key = ("rope", id(self))
+        rows = None if memo is None else memo.get(key)
+        if rows is None:
+            if max_len > self.cos.shape[0]:
+                raise ValueError(f"a sequence of {max_len} tokens exceeds the model's {self.cos.shape[0]} positions")
+            cos, sin = self.cos[positions], self.sin[positions]
+            rows = torch.cat((cos, cos), -1).unsqueeze(1), torch.cat((-sin, sin), -1).unsqueeze(1)
+            if memo is not None:
+                memo[key] = rows
+        cos, sin = rows
         xf = x.float()
         x1, x2 = xf.chunk(2, dim=-1)
-        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        return out.to(x.dtype)
+        return (xf * cos + torch.cat((x2, x1), dim=-1) * sin).to(x.dtype)
 
 
 class Attention(nn.Module):
+    FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj")}  # one packed matmul on CPU (cpu_linear.py)
+
     def __init__(self, hidden: int, n_heads: int, n_kv: int, head_dim: int, bias: bool, rotary: Rotary):
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = n_heads, n_kv, head_dim
@@ -66,6 +72,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, n_kv * head_dim, bias=bias)
         self.v_proj = nn.Linear(hidden, n_kv * head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * head_dim, hidden, bias=False)
+        self.qkv_proj: nn.Module | None = None
         self.rotary = rotary
         self.scale = head_dim ** -0.5
         self.k_cache: torch.Tensor | None = None  # bound by the runner to this layer's pool view
@@ -74,24 +81,36 @@ class Attention(nn.Module):
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
         ctx = get_context()
-        q = self.rotary(positions, self.q_proj(x).view(T, self.n_heads, self.head_dim), ctx.max_seq_len)
-        k = self.rotary(positions, self.k_proj(x).view(T, self.n_kv, self.head_dim), ctx.max_seq_len)
-        v = self.v_proj(x).view(T, self.n_kv, self.head_dim)
-        store_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping)
+        H, K, D = self.n_heads, self.n_kv, self.head_dim
+        if self.qkv_proj is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q = self.rotary(positions, q.view(T, H, D), ctx.max_seq_len, ctx.memo)
+            k = self.rotary(positions, k.view(T, K, D), ctx.max_seq_len, ctx.memo)
+        else:  # q and k side by side: one rotation
+            qk, v = self.qkv_proj(x).split([(H + K) * D, K * D], -1)
+            q, k = self.rotary(positions, qk.view(T, H + K, D), ctx.max_seq_len, ctx.memo).split([H, K], 1)
+        v = v.view(T, K, D)
+        store_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping, ctx.memo)
         o = paged_attention(q, self.k_cache, self.v_cache, ctx.block_tables, ctx.seq_lens,
-                            ctx.cu_seqlens_q, self.scale)
+                            ctx.cu_seqlens_q, self.scale, memo=ctx.memo)
         return self.o_proj(o.reshape(T, self.n_heads * self.head_dim))
 
 
 class MLP(nn.Module):
+    FUSED = {"gate_up_proj": ("gate_proj", "up_proj")}
+
     def __init__(self, hidden: int, inter: int):
         super().__init__()
         self.gate_proj = nn.Linear(hidden, inter, bias=False)
         self.up_proj = nn.Linear(hidden, inter, bias=False)
         self.down_proj = nn.Linear(inter, hidden, bias=False)
+        self.gate_up_proj: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, -1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 # -- decoder --------------------------------------------------------------------------------

@@ -1,0 +1,108 @@
+"""oneDNN-prepacked linears (engine/models/cpu_linear.py): the packed product against an fp64
+reference within bf16's rounding bound, the fused layouts, and a packed model no further from exact
+arithmetic than the plain bf16 one. Skipped where this CPU's oneDNN has no bf16 kernels (AVX2-only);
+the fallback is tested everywhere."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from engine.models import cpu_linear
+from engine.models.cpu_linear import PackedLinear, can_pack, pack_linears
+from engine.testing import tiny_config, tiny_model
+
+U32, U16 = 2.0 ** -24, 2.0 ** -8  # unit roundoff of fp32 and of bf16 (8 significant bits)
+packs = pytest.mark.skipif(not can_pack(torch.empty(1, 1, dtype=torch.bfloat16)),
+                           reason="this CPU's oneDNN has no bf16 kernels: the plain path runs")
+
+
+def _linear(n_in, n_out, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(n_in, n_out, bias=bias).to(torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(n_out, n_in, generator=g) * n_in ** -0.5)
+        if bias:
+            lin.bias.copy_(torch.randn(n_out, generator=g))
+    return lin
+
+
+def _assert_within_linear_bound(y, x, parts):
+    """bf16 x bf16 products are exact in fp32; a K-term fp32 sum in any order errs by at most
+    (K-1) u32 sum|w x|; adding the bias and rounding to bf16 adds u16 |y| (first order)."""
+    W = torch.cat([p.weight for p in parts]).double()
+    b = [p.bias.double() if p.bias is not None else torch.zeros(p.out_features, dtype=torch.float64) for p in parts]
+    ref = x.double() @ W.T + torch.cat(b)
+    K = x.shape[-1]
+    bound = (K - 1) * U32 * (x.double().abs() @ W.abs().T) * (1 + U16) + U16 * ref.abs() * (1 + 1e-3) + 1e-30
+    err = (y.double() - ref).abs()
+    assert (err <= bound).all(), f"max excess {(err - bound).max().item():.3g}"
+
+
+@packs
+@pytest.mark.parametrize("M", [1, 3, 17])
+@pytest.mark.parametrize("shapes,bias", [([(67, 37)], True), ([(96, 131)], False),
+                                         ([(67, 40), (67, 9), (67, 9)], True), ([(45, 70), (45, 70)], False)])
+def test_packed_product_within_bf16_bound(M, shapes, bias):
+    parts = [_linear(k, n, bias and i != 1, seed=i) for i, (k, n) in enumerate(shapes)]  # one part without bias
+    packed = PackedLinear(parts)
+    assert packed.out_features == sum(n for _, n in shapes)
+    x = torch.randn(M, shapes[0][0], generator=torch.Generator().manual_seed(M)).to(torch.bfloat16)
+    y = packed(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (M, packed.out_features)
+    _assert_within_linear_bound(y, x, parts)
+    assert torch.equal(packed(x[None]), y[None])  # leading dims pass through
+
+
+@packs
+def test_pack_linears_fuses_in_order_and_keeps_the_weights():
+    model = tiny_model(tiny_config(attention_bias=True), seed=3, dtype=torch.bfloat16)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    q, k, v, g, u = (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj)
+    lm_head = model.lm_head.weight.clone()
+    n = pack_linears(model)
+    assert n == 4 * len(model.model.layers) + 1  # qkv, o, gate_up, down per layer, and the lm_head
+    assert not hasattr(attn, "q_proj") and not hasattr(mlp, "up_proj")
+    assert torch.equal(attn.qkv_proj.weight, torch.cat([q.weight, k.weight, v.weight]))
+    assert torch.equal(attn.qkv_proj.bias, torch.cat([q.bias, k.bias, v.bias]))
+    assert torch.equal(mlp.gate_up_proj.weight, torch.cat([g.weight, u.weight]))
+    assert torch.equal(model.lm_head.weight, lm_head) and model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert pack_linears(model) == n  # packing twice changes nothing
+
+
+def test_fallback_keeps_plain_linears(monkeypatch):
+    for model in (tiny_model(tiny_config(), seed=1), tiny_model(tiny_config(), seed=1, dtype=torch.bfloat16)):
+        if model.lm_head.weight.dtype == torch.bfloat16:
+            monkeypatch.setenv(cpu_linear.ENV, "0")  # the switch turns it off for bf16 too
+        assert pack_linears(model) == 0  # fp32: never packed
+        assert type(model.lm_head) is nn.Linear and hasattr(model.model.layers[0].self_attn, "q_proj")
+
+
+@packs
+def test_packed_model_is_as_close_to_exact_as_the_plain_one(monkeypatch):
+    """Packing changes only the order of fp32 accumulations, so the packed bf16 model must sit as
+    close to exact (fp64) arithmetic on the same weights as the plain bf16 model does; a mis-fused
+    layout (q and k swapped, gate and up) would put it orders of magnitude further."""
+    from engine.engine import Engine, ResidentModel
+    cfg = tiny_config(attention_bias=True, layers=3)
+    plain = tiny_model(cfg, seed=5, dtype=torch.bfloat16)
+    exact = copy.deepcopy(plain).double()
+    packed = copy.deepcopy(plain)
+    ids = torch.tensor([(31 * i) % 250 + 3 for i in range(21)])
+    outs = {}
+    for name, model, dt in (("plain", plain, torch.bfloat16), ("packed", packed, torch.bfloat16),
+                            ("exact", exact, torch.float64)):
+        monkeypatch.setenv(cpu_linear.ENV, "0" if name == "plain" else "1")
+        eng = Engine([ResidentModel(name, cfg, model, None, None, [])], {"slm": name}, num_blocks=16, dtype=dt)
+        assert (type(model.lm_head) is PackedLinear) == (name == "packed")
+        s = eng.cache.new_sequence(name, ids[:17].tolist())
+        prefill = model_runner_all(eng, name, s)
+        eng.cache.append(s, ids[17:].tolist())
+        outs[name] = torch.cat([prefill, model_runner_all(eng, name, s)]).double()  # prefill, then a 4-token extend
+    err_plain = (outs["plain"] - outs["exact"]).abs().max()
+    err_packed = (outs["packed"] - outs["exact"]).abs().max()
+    assert err_packed <= 2 * err_plain + 1e-3 * outs["exact"].abs().max(), (err_packed, err_plain)
+
+
+def model_runner_all(eng, name, seq):
+    return eng.models[name].runner.run([seq], "all")[0]

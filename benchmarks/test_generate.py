@@ -84,3 +84,45 @@ def test_decode_throughput(benchmark, pair, impl, batch):
     tps = batch * NEW / benchmark.stats.stats.median
     benchmark.extra_info.update({"tokens_per_s": round(tps, 2), "batch": batch, "device": DEVICE, "model": what})
     print(f"\n[decode] {impl} batch {batch} on {DEVICE} ({what}): {tps:.1f} tok/s")
+
+
+def _demo_engine(dtype: str, packed: bool) -> Engine:
+    os.environ["GBOOST_CPU_PACKED_LINEAR"] = "1" if packed else "0"
+    try:
+        return Engine.from_pretrained("qwen2.5-coder-0.5b", dtype=dtype, device=DEVICE, kv_memory_bytes=1 << 30)
+    finally:
+        del os.environ["GBOOST_CPU_PACKED_LINEAR"]
+
+
+def test_greedy_tokens_against_fp32(pair):
+    """The speed is for the same output. In bf16 no two paths round alike (transformers' bf16
+    attention, the engine's fp32 one, packed or plain matmul blocking), so near-ties can split
+    greedy tokens; the reference is fp32 (fp32 engine = transformers: tests/models). Measured on 24
+    prompts (16 GSM8K questions from the tuning lines 201-216, the timed prompts): the packed path
+    must agree with fp32 at least as often as the plain bf16 path does."""
+    import json
+    from pathlib import Path
+    if pair[3] != "qwen2.5-coder-0.5b" or DEVICE != "cpu":
+        pytest.skip("compares the CPU paths of the demo model")
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
+    if not data.exists():
+        pytest.skip(f"{data} not found")
+    qs = [json.loads(line)["question"] for line in data.read_text().splitlines()[200:216]]
+    sp = SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True)
+    out = {}
+    for name, dtype, packed in (("fp32", "float32", False), ("plain bf16", "bfloat16", False),
+                                ("packed bf16", "bfloat16", True)):
+        eng = pair[0] if name == "packed bf16" else _demo_engine(dtype, packed)
+        tok = eng.role("slm").tokenizer
+        prompts = [tok.encode_chat([{"role": "user", "content": q}]) for q in qs] + [pair[2] + [i] for i in range(8)]
+        out[name] = [o.token_ids for o in eng.generate(prompts, sp)]
+    agree = lambda a, b: next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))  # noqa: E731
+    stats = {}
+    for name in ("plain bf16", "packed bf16"):
+        pre = [agree(a, b) for a, b in zip(out[name], out["fp32"])]
+        stats[name] = (sum(p == NEW for p in pre), sum(pre) / len(pre))
+        print(f"\n[decode] {name} vs fp32: {stats[name][0]}/{len(pre)} identical, "
+              f"{stats[name][1]:.1f} of {NEW} tokens agree before the first difference (mean)")
+    same = sum(a == b for a, b in zip(out["plain bf16"], out["packed bf16"]))
+    print(f"[decode] packed = plain bf16 on {same}/{len(out['fp32'])} prompts")
+    assert stats["packed bf16"][0] >= stats["plain bf16"][0]

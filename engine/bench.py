@@ -455,7 +455,7 @@ async def run(st: Setup, log=print) -> list[Row]:
     cfg0 = st.cfgs["gboost"]
     log(f"loading the engine stack: SLM {st.slm}, LLM and judge {st.llm} ({st.dtype}, {st.device})")
     stack = await build_stack(cfg0, slm=st.slm, llm=st.llm, dtype=st.dtype, device=st.device,
-                              kv_memory_gb=st.kv_memory_gb)
+                              kv_memory_gb=st.kv_memory_gb, offload=False)  # one caller, as `gboost solve`
     try:
         log("loading the same checkpoints into transformers")
         hf_slm = naive_mod.load_hf(st.slm, st.dtype, st.device)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.kv.cache import KVCache, ModelSpec, Sequence
+from engine.malloc import tune_malloc
 from engine.models.qwen2_llama import CausalLM, build_model
 from engine.positions import fits
 from engine.sampling import SamplingParams, sample_rows
@@ -86,6 +87,8 @@ class Engine:
     def __init__(self, models: list[ResidentModel], roles: dict[str, str], *, block_size: int = 16,
                  kv_memory_bytes: int = 2 << 30, num_blocks: int | None = None,
                  dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
+        if torch.device(device).type == "cpu":
+            tune_malloc()
         self.models = {m.key: m for m in models}
         for role, key in roles.items():
             if key not in self.models:

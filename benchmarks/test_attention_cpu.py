@@ -43,4 +43,12 @@ def test_mixed_batch_attention(benchmark, batch, impl):
     fn = one_padding if impl == "one_padding" else (
         lambda q, kc, vc, bt, sl, cu: paged_attention_torch(q, kc, vc, bt, sl, cu, D ** -0.5))
     out = benchmark.pedantic(fn, args=batch, rounds=5, warmup_rounds=1)
-    torch.testing.assert_close(out, one_padding(*batch), rtol=0, atol=0)   # same numbers, bit for bit
+    # torch's fused attention blocks keys by the padded length, so paddings may round differently:
+    # both within the fp64 bound (tests/fp_bounds.py; key blocks of up to 512, P rounded to bf16)
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fp_bounds import assert_within, attention64
+    want, bound = attention64(*batch[:6], D ** -0.5, rescales=-(-int(batch[4].max()) // 512) + 1,
+                              low_precision=True)
+    assert_within(out, want, bound, impl)

@@ -104,7 +104,7 @@ def test_vectorised_torch_path_matches_ref(name, dtype):
     paged_attention_torch(q, kc, vc, bt, sl, cu, D ** -0.5, out=out)
     ref = paged_attention_ref(q, kc, vc, bt, sl, cu, D ** -0.5)
     assert not out.isnan().any()
-    _within_bounds(out, ref, q, kc, vc, bt, sl, cu, D ** -0.5, 1 << 30)
+    _within_bounds(out, ref, q, kc, vc, bt, sl, cu, D ** -0.5, 512)  # torch's fused CPU attention: key blocks <= 512
 
 
 def test_dispatch_forced_and_cpu(device, monkeypatch):

@@ -1,10 +1,10 @@
 """Batches forward work from every live request: one batch per model per tick, and runs it.
 
 Search coroutines call `await scheduler.forward(seq)`; the scheduler collects whatever all
-live requests are waiting on, runs it as one batch per model in a worker thread (so the
-event loop keeps serving HTTP calls to a remote LLM meanwhile) and hands each coroutine its
-logits. Block tables change only on the event loop (`prepare` and `finish`); the worker
-thread runs the forward alone.
+live requests are waiting on, runs it as one batch per model (with `offload`, in a worker
+thread, so the event loop keeps serving HTTP calls to a remote LLM meanwhile) and hands each
+coroutine its logits. Block tables change only on the event loop (`prepare` and `finish`); a
+worker thread runs the forward alone.
 
 A batch that does not fit in the KV pool is shrunk. When nothing fits at all, room is made
 by preemption (vLLM's recompute mode, at block granularity, so a fork's shared prefix is

@@ -34,6 +34,16 @@ def same_device(**tensors) -> None:
                              "a kernel's tensor arguments must share one device")
 
 
+def memoized(memo: dict | None, key, make):
+    """make() once per memo, a dict that lives for one forward (batch-derived values every layer
+    would otherwise rebuild); without a memo, on every call."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 

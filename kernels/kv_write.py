@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from ._common import launch, next_pow2, same_device, use_triton
+from ._common import launch, memoized, next_pow2, same_device, use_triton
 
 
 @triton.jit
@@ -31,14 +31,11 @@ def _store_kv_kernel(
 def store_kv_ref(k, v, k_cache, v_cache, slot_mapping, memo: dict | None = None):
     """Reference (and CPU path): index_put on the (strided) cache views; slots < 0 are skipped.
     memo: a dict that lives for one forward; the slots' (block, offset) are worked out once in it."""
-    where = None if memo is None else memo.get("kv_slots")
-    if where is None:
+    def coordinates():
         keep = slot_mapping >= 0
         slots = slot_mapping[keep]
-        where = None if bool(keep.all()) else keep, slots // k_cache.shape[1], slots % k_cache.shape[1]
-        if memo is not None:
-            memo["kv_slots"] = where
-    keep, blk, off = where
+        return None if bool(keep.all()) else keep, slots // k_cache.shape[1], slots % k_cache.shape[1]
+    keep, blk, off = memoized(memo, "kv_slots", coordinates)
     k_cache[blk, off] = (k if keep is None else k[keep]).to(k_cache.dtype)
     v_cache[blk, off] = (v if keep is None else v[keep]).to(v_cache.dtype)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import interpreting, launch, next_pow2, same_device, use_triton
+from ._common import interpreting, launch, memoized, next_pow2, same_device, use_triton
 
 
 @triton.jit
@@ -158,11 +158,8 @@ def paged_attention_torch(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlen
     padding to under 2x per dimension. The padding plan depends on
     the batch only: `memo` (one dict per forward) lets every layer after the first reuse it."""
     out = torch.empty_like(q) if out is None else out
-    plans = None if memo is None else memo.get("cpu_attention")
-    if plans is None:
-        plans = plan_classes(block_tables, seq_lens, cu_seqlens_q, k_cache.shape[1], k_cache.shape[0], q.shape[0])
-        if memo is not None:
-            memo["cpu_attention"] = plans
+    plans = memoized(memo, "cpu_attention", lambda: plan_classes(block_tables, seq_lens, cu_seqlens_q,
+                                                                 k_cache.shape[1], k_cache.shape[0], q.shape[0]))
     for p in plans:
         _attend(q, k_cache, v_cache, p, scale, out)
     return out

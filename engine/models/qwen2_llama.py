@@ -14,6 +14,7 @@ from torch import nn
 from engine.context import get_context
 from engine.models.config import ModelConfig
 from engine.models.rope import rope_inv_freq
+from kernels._common import memoized
 from kernels.kv_write import store_kv
 from kernels.paged_attention import paged_attention
 
@@ -47,16 +48,12 @@ class Rotary(nn.Module):
         # x: [T, H, D]; rotate in fp32 for exactness, cast back. max_len bounds positions + 1, from the
         # batch metadata on the host: reading positions.max() would sync with the GPU twice a layer.
         # x*[cos, cos] + [x2, x1]*[-sin, sin] is x1*cos - x2*sin, x2*cos + x1*sin, bit for bit.
-        key = ("rope", id(self))
-        rows = None if memo is None else memo.get(key)
-        if rows is None:
+        def rows():
             if max_len > self.cos.shape[0]:
                 raise ValueError(f"a sequence of {max_len} tokens exceeds the model's {self.cos.shape[0]} positions")
             cos, sin = self.cos[positions], self.sin[positions]
-            rows = torch.cat((cos, cos), -1).unsqueeze(1), torch.cat((-sin, sin), -1).unsqueeze(1)
-            if memo is not None:
-                memo[key] = rows
-        cos, sin = rows
+            return torch.cat((cos, cos), -1).unsqueeze(1), torch.cat((-sin, sin), -1).unsqueeze(1)
+        cos, sin = memoized(memo, ("rope", id(self)), rows)
         xf = x.float()
         x1, x2 = xf.chunk(2, dim=-1)
         return (xf * cos + torch.cat((x2, x1), dim=-1) * sin).to(x.dtype)

@@ -24,13 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-from engine.evals.datasets import load_rows
+from engine.cli import load_lines, parse_lines
 from engine.engine import tune_malloc_for_long_runs
 from engine.evals.loop import run_eval
 from engine.evals.slots import PrioritySlots
 from engine.collab.executor import EngineExecutor
 from engine.search.config import SearchConfig
-from engine.stack import build_stack
+from engine.collab.value_prm import ValueHeadScorer
+from engine.stack import VALUE_HEAD, build_stack
 
 HERE = Path(__file__).resolve().parent
 # a name here is a method of its own in the suite (records gsm8k_<name>_<N>.jsonl); a variant's
@@ -46,9 +47,13 @@ CHAIN = HERE / "configs/gsm8k_chain.toml"
 CONCURRENCY = {"slm": 6, "llm": 12, "fusion": 9, "gboost": 11}
 
 
-def config_for(method: str, seed: int) -> SearchConfig:
-    cfg = SearchConfig.from_file(CONFIGS.get(method, CHAIN))
-    if method not in CONFIGS:
+# the GSM8K test lines this project never runs anything on (kept for a final, untouched report)
+RESERVED = (1001, 1319)
+
+
+def config_for(method: str, seed: int, configs: dict[str, Path] = CONFIGS) -> SearchConfig:
+    cfg = SearchConfig.from_file(configs.get(method, CHAIN))
+    if method not in configs:
         cfg.method = method
     cfg.seed = seed
     cfg.validate()
@@ -59,12 +64,20 @@ async def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/gsm8k_test.jsonl"))
     ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--lines", default=None, metavar="FIRST-LAST",
+                    help="1-based inclusive line range of --data instead of --limit (dev: 201-1000)")
+    ap.add_argument("--config", nargs="+", default=[], metavar="NAME=FILE",
+                    help="a method of its own named NAME, run with the SearchConfig FILE (its "
+                         "`method` says which engine method), e.g. gboost_mean=my.toml")
     ap.add_argument("--methods", nargs="+", default=["slm", "llm", "fusion", "gboost"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kv-memory-gb", type=float, default=7.0)
     ap.add_argument("--prm", default=None, metavar="value-head:DIR",
                     help="the PRM of every method (default: the 1.5B judge); with --tag, e.g. _head, "
                          "its records do not overwrite the judge's")
+    ap.add_argument("--prm-of", nargs="+", default=[], metavar="METHOD=value-head:DIR",
+                    help="another value head for one method (same resident models), e.g. to compare "
+                         "a head on the SLM's rows with one on the LLM's in one shared batch")
     ap.add_argument("--out-dir", default=str(HERE / "runs"))
     ap.add_argument("--tag", default="", help="suffix of the output names")
     ap.add_argument("--resume", action="store_true",
@@ -98,13 +111,29 @@ async def main(argv=None) -> int:
     if args.pool is not None and args.pool < 1:
         ap.error("--pool must be >= 1")
     pool = PrioritySlots(args.pool) if args.pool is not None else None
-    rows = load_rows(args.data)[: args.limit]
-    cfgs = {m: config_for(m, args.seed) for m in args.methods}
+    configs = dict(CONFIGS)
+    for item in args.config:
+        m, _, f = item.partition("=")
+        if not m or not f:
+            ap.error(f"--config {item!r}: want NAME=FILE")
+        configs[m] = Path(f)
+    lines = parse_lines(args.lines)
+    if lines and "gsm8k" in Path(args.data).name and lines[1] >= RESERVED[0]:
+        ap.error(f"--lines {args.lines}: GSM8K lines {RESERVED[0]}-{RESERVED[1]} are reserved")
+    rows = load_lines(args.data, lines, None if lines else args.limit)
+    span = f"{lines[0]}-{lines[1]}" if lines else f"{len(rows)}"
+    cfgs = {m: config_for(m, args.seed, configs) for m in args.methods}
     t0 = time.perf_counter()
     stack = await build_stack(cfgs[args.methods[0]], kv_memory_gb=args.kv_memory_gb, prm=args.prm)
     print(f"models loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     base = stack.executor
-    backends = {m: EngineExecutor(stack.engine, stack.scheduler, cfgs[m], llm=base.llm, prm=base.prm,
+    prms = {m: base.prm for m in args.methods}
+    for item in args.prm_of:
+        m, _, spec = item.partition("=")
+        if m not in args.methods or not spec.startswith(VALUE_HEAD):
+            ap.error(f"--prm-of {item!r}: want METHOD=value-head:DIR with METHOD in --methods")
+        prms[m] = ValueHeadScorer(stack.engine, stack.scheduler, spec[len(VALUE_HEAD):])
+    backends = {m: EngineExecutor(stack.engine, stack.scheduler, cfgs[m], llm=base.llm, prm=prms[m],
                                  base=base.base, options=base.opt) for m in args.methods}
     done = {m: [0, 0] for m in args.methods}
 
@@ -117,7 +146,7 @@ async def main(argv=None) -> int:
         return on_record
 
     out = Path(args.out_dir)
-    name = {m: out / f"gsm8k_{m}_{len(rows)}{args.tag}.jsonl" for m in args.methods}
+    name = {m: out / f"gsm8k_{m}_{span}{args.tag}.jsonl" for m in args.methods}
     t1 = time.perf_counter()
     admit = None if args.admit_for is None else (lambda: time.perf_counter() - t1 < args.admit_for)
     try:
@@ -134,7 +163,9 @@ async def main(argv=None) -> int:
         d.pop("records", None)
         d["backend_cost"] = None   # shared by every method in this process: not attributable
         d["suite"] = {"methods": args.methods, "wall_s": round(wall, 1),
-                      "concurrency": slots.get(m, 8), "pool": args.pool, "priority": prio[m], "prm": args.prm,
+                      "lines": args.lines, "config": str(configs.get(m, CHAIN)),
+                      "concurrency": slots.get(m, 8), "pool": args.pool, "priority": prio[m],
+                      "prm": dict(i.partition("=")[::2] for i in args.prm_of).get(m, args.prm),
                       "argv": sys.argv[1:]}
         name[m].with_name(name[m].stem + ".summary.json").write_text(json.dumps(d, indent=1))
         print(json.dumps({"method": m, "n": d["n"], "accuracy": d["accuracy"], "ci95": d["ci95"],

@@ -28,7 +28,8 @@ def test_recorded_rewards_skip_unscored_solutions_and_the_table_counts_them():
     assert table({"judge": [[0.1], [0.2]]}, sols[:1] + sols[2:3])[2].endswith("n/a | n/a | n/a |")  # one class
 
 
-def test_gsm8k_suite_passes_its_prm_to_the_stack(monkeypatch, tmp_path):
+def _suite_until_the_stack(monkeypatch, tmp_path, argv, rows=1):
+    """Run benchmarks/gsm8k_suite.py up to build_stack; returns build_stack's keywords."""
     import asyncio
 
     import gsm8k_suite
@@ -39,17 +40,46 @@ def test_gsm8k_suite_passes_its_prm_to_the_stack(monkeypatch, tmp_path):
         pass
 
     async def fake_build_stack(cfg, **kw):
-        seen.update(kw)
+        seen.update(kw, cfg=cfg)
         raise Stop
 
     monkeypatch.setattr(gsm8k_suite, "build_stack", fake_build_stack)
-    data = tmp_path / "d.jsonl"
-    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    data = tmp_path / "gsm8k_d.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n' * rows)
+    with pytest.raises(Stop):
+        asyncio.run(gsm8k_suite.main(["--data", str(data), "--out-dir", str(tmp_path), *argv]))
+    return seen
+
+
+def test_gsm8k_suite_passes_its_prm_to_the_stack(monkeypatch, tmp_path):
     for argv, want in ((["--prm", "value-head:/some/head"], "value-head:/some/head"), ([], None)):
-        with pytest.raises(Stop):
-            asyncio.run(gsm8k_suite.main(["--data", str(data), "--limit", "1", "--methods", "slm",
-                                          "--out-dir", str(tmp_path), *argv]))
+        seen = _suite_until_the_stack(monkeypatch, tmp_path, ["--limit", "1", "--methods", "slm", *argv])
         assert seen["prm"] == want
+
+
+def test_gsm8k_suite_runs_a_named_config_on_a_line_range(monkeypatch, tmp_path):
+    cfg = tmp_path / "v.toml"
+    cfg.write_text('[search]\nmethod = "rsd"\nrsd_threshold = 0.4\n')
+    seen = _suite_until_the_stack(monkeypatch, tmp_path, ["--lines", "2-3", "--methods", "myrsd",
+                                                          "--config", f"myrsd={cfg}"], rows=3)
+    assert (seen["cfg"].method, seen["cfg"].rsd_threshold) == ("rsd", 0.4)  # the file, not the chain config
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--lines", "990-1001", "--methods", "slm"], "reserved"),
+    (["--methods", "slm", "--config", "slm"], "want NAME=FILE"),
+    (["--methods", "slm", "--prm-of", "gboost=value-head:/x"], "--prm-of"),
+    (["--methods", "slm", "--prm-of", "slm=/x"], "--prm-of"),
+])
+def test_gsm8k_suite_refuses_bad_arguments(tmp_path, capsys, argv, msg):
+    import asyncio
+
+    import gsm8k_suite
+    data = tmp_path / "gsm8k_test.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n' * 1010)
+    with pytest.raises(SystemExit):
+        asyncio.run(gsm8k_suite.main(["--data", str(data), "--out-dir", str(tmp_path), *argv]))
+    assert msg in capsys.readouterr().err
 
 
 def test_final_step_token_follows_the_heads_sequence_and_the_flag():

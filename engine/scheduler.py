@@ -39,7 +39,9 @@ if TYPE_CHECKING:
     from engine.engine import Engine
 
 
-Want = Literal["last", "all", "none", "hidden"]  # hidden: (last logits row, its feature row)
+# hidden: (last logits row, its feature row); an int n: the logits of the last n new rows only (a
+# speculative check of n-1 drafts must not pay the vocabulary projection for a whole uncached context)
+Want = Literal["last", "all", "none", "hidden"] | int
 
 
 class Batch(NamedTuple):
@@ -108,8 +110,8 @@ class ModelRunner:
     # -- execution ----------------------------------------------------------------
     def run(self, seqs: list[Sequence], want: Want | list[Want] = "last") -> list[torch.Tensor | None]:
         """Compute every pending token; return per sequence the logits of its last row
-        ([V]), of all its new rows ([n, V]), or None."""
-        wants = [want] * len(seqs) if isinstance(want, str) else list(want)
+        ([V]), of all its new rows or of its last `want` ones ([n, V]), or None."""
+        wants = list(want) if isinstance(want, list) else [want] * len(seqs)
         batch = self.prepare(seqs, wants)
         out = self.compute(batch, wants)
         self.finish(seqs, batch.cu_seqlens)
@@ -125,7 +127,8 @@ class ModelRunner:
         rows, spans = [], []
         for i, w in enumerate(wants):
             a, b = cu[i], cu[i + 1]
-            sel = [b - 1] if w in ("last", "hidden") else list(range(a, b)) if w == "all" else []
+            sel = ([b - 1] if w in ("last", "hidden") else list(range(a, b)) if w == "all" else
+                   list(range(max(a, b - w), b)) if isinstance(w, int) else [])
             spans.append((len(rows), len(rows) + len(sel), w))
             rows += sel
         logits = self.model.compute_logits(hidden[rows]) if rows else None
@@ -147,7 +150,7 @@ class ModelRunner:
 @dataclass
 class _Work:
     seq: Sequence
-    want: str
+    want: Want
     fut: asyncio.Future
 
 
@@ -172,15 +175,15 @@ class Scheduler:
         self.preempted_tokens = 0   # computed tokens they dropped (recomputed unless re-matched)
         self.batch_sizes: deque[int] = deque(maxlen=4096)  # recent batches only: a server runs for days
 
-    async def forward(self, seq: Sequence, want: str = "last") -> torch.Tensor | None:
+    async def forward(self, seq: Sequence, want: Want = "last") -> torch.Tensor | None:
         """Compute seq's pending tokens in the next batch of its model; logits per `want`."""
         return await self._submit(seq, want)
 
-    async def forward_many(self, seqs: list[Sequence], want: str = "last") -> list:
+    async def forward_many(self, seqs: list[Sequence], want: Want = "last") -> list:
         # queued at once, so no tick can see (and preempt) a sequence its caller already counted
         return list(await asyncio.gather(*[self._submit(s, want) for s in seqs]))
 
-    def _submit(self, seq: Sequence, want: str) -> asyncio.Future:
+    def _submit(self, seq: Sequence, want: Want) -> asyncio.Future:
         self._ensure_running()
         fut = asyncio.get_running_loop().create_future()
         self.pending.setdefault(seq.model, []).append(_Work(seq, want, fut))

@@ -46,7 +46,7 @@ class LocalLLM:
         cache = self.engine.cache
         try:
             cache.rewind(seq, len(ids) - n_rows)  # the last n_rows positions must be computed now
-            logits = await self.scheduler.forward(seq, "all")
+            logits = await self.scheduler.forward(seq, n_rows)
             computed = seq.last_computed  # not len(ids) - num_computed before: it may be preempted
             charge(self.cost, **{self.charge_as: computed}, prefix_cache_tokens=len(ids) - computed)
             self.tokens_computed += computed

@@ -72,8 +72,10 @@ def test_prefill_extend_decode_logits_match(arch, kw, engine_device):
     extra = [torch.randint(0, VOCAB, (k,), generator=g).tolist() for k in (5, 1, 9)]
     for s, e in zip(seqs, extra):
         s.token_ids += e
-    for s, out in zip(seqs, runner.run(seqs, "all")):                    # extend onto cached prefix
+    # extend onto cached prefix; an int want is the logits of that many last rows (all if fewer)
+    for s, want, out in zip(seqs, ["all", 3, 4], runner.run(seqs, ["all", 3, 4])):
         full = ref_logits(hf, s.token_ids)
+        assert out.shape[0] == {"all": 5, 3: 1, 4: 4}[want]
         close(out, full[-out.shape[0]:])
     for _ in range(4):                                                     # decode steps
         for s in seqs:

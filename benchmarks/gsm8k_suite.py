@@ -123,16 +123,18 @@ async def main(argv=None) -> int:
     rows = load_lines(args.data, lines, None if lines else args.limit)
     span = f"{lines[0]}-{lines[1]}" if lines else f"{len(rows)}"
     cfgs = {m: config_for(m, args.seed, configs) for m in args.methods}
-    t0 = time.perf_counter()
-    stack = await build_stack(cfgs[args.methods[0]], kv_memory_gb=args.kv_memory_gb, prm=args.prm)
-    print(f"models loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-    base = stack.executor
-    prms = {m: base.prm for m in args.methods}
+    heads = {}  # checked before any model loads
     for item in args.prm_of:
         m, _, spec = item.partition("=")
         if m not in args.methods or not spec.startswith(VALUE_HEAD):
             ap.error(f"--prm-of {item!r}: want METHOD=value-head:DIR with METHOD in --methods")
-        prms[m] = ValueHeadScorer(stack.engine, stack.scheduler, spec[len(VALUE_HEAD):])
+        heads[m] = spec[len(VALUE_HEAD):]
+    t0 = time.perf_counter()
+    stack = await build_stack(cfgs[args.methods[0]], kv_memory_gb=args.kv_memory_gb, prm=args.prm)
+    print(f"models loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    base = stack.executor
+    prms = {m: base.prm if m not in heads else ValueHeadScorer(stack.engine, stack.scheduler, heads[m])
+            for m in args.methods}
     backends = {m: EngineExecutor(stack.engine, stack.scheduler, cfgs[m], llm=base.llm, prm=prms[m],
                                  base=base.base, options=base.opt) for m in args.methods}
     done = {m: [0, 0] for m in args.methods}

@@ -71,10 +71,15 @@ def test_gsm8k_suite_runs_a_named_config_on_a_line_range(monkeypatch, tmp_path):
     (["--methods", "slm", "--prm-of", "gboost=value-head:/x"], "--prm-of"),
     (["--methods", "slm", "--prm-of", "slm=/x"], "--prm-of"),
 ])
-def test_gsm8k_suite_refuses_bad_arguments(tmp_path, capsys, argv, msg):
+def test_gsm8k_suite_refuses_bad_arguments(monkeypatch, tmp_path, capsys, argv, msg):
     import asyncio
 
     import gsm8k_suite
+
+    async def no_models(*a, **kw):  # a bad argument must fail before the models load
+        raise AssertionError("build_stack reached")
+
+    monkeypatch.setattr(gsm8k_suite, "build_stack", no_models)
     data = tmp_path / "gsm8k_test.jsonl"
     data.write_text('{"question": "1+1?", "answer": "#### 2"}\n' * 1010)
     with pytest.raises(SystemExit):

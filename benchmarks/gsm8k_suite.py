@@ -167,7 +167,7 @@ async def main(argv=None) -> int:
         d["suite"] = {"methods": args.methods, "wall_s": round(wall, 1),
                       "lines": args.lines, "config": str(configs.get(m, CHAIN)),
                       "concurrency": slots.get(m, 8), "pool": args.pool, "priority": prio[m],
-                      "prm": dict(i.partition("=")[::2] for i in args.prm_of).get(m, args.prm),
+                      "prm": VALUE_HEAD + heads[m] if m in heads else args.prm,
                       "argv": sys.argv[1:]}
         name[m].with_name(name[m].stem + ".summary.json").write_text(json.dumps(d, indent=1))
         print(json.dumps({"method": m, "n": d["n"], "accuracy": d["accuracy"], "ci95": d["ci95"],

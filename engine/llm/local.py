@@ -54,7 +54,7 @@ class LocalLLM:
             cache.free(seq)
             raise
         self._put_session(seq)
-        logp = torch.log_softmax(logits[-n_rows:].float(), dim=-1)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # want=n_rows: exactly those rows
         return [TokenLogprobs(self._all_ids, row, full=True) for row in logp]
 
     def _take_session(self, ids: list[int]) -> Sequence:

@@ -157,7 +157,9 @@ class EngineExecutor:
         if action == "llm" and self.llm is None and self.writer is not None:
             return delegated_step  # the llm and rsd baselines on a chat-only general LLM
         if action == "delegate" and self.writer is None:
-            raise ValueError("action 'delegate' needs a general LLM that answers chat requests; none is configured")
+            if self.llm is not None:  # a resident or completions LLM writes the step from its own rows
+                return STEPS["llm"]
+            raise ValueError("action 'delegate' needs a general LLM; none is configured")
         if action in ("collab", "llm") and self.llm is None:
             raise ValueError(f"action {action!r} needs a general LLM that gives next-token distributions"
                              + ("; this one is chat-only (use 'delegate')" if self.writer is not None else

@@ -33,9 +33,11 @@ decoding (``collab``):
     counts as one visit of value ``arm_fpu``) and expands only the chosen arm's
     children.  Adaptive per node, but each arm costs its own round.
 
-Delegated steps (``delegate_width``) are a third kind of child, for general LLMs that only answer
-chat requests (hosted APIs): the LLM writes the whole step. Every policy treats them as it treats
-collab children (the LLM quota goes to collab first); the PRM values decide between all three.
+Delegated steps (``delegate_width``) are a third kind of child: the general LLM writes the whole
+step alone -- through a chat request when it is a chat-only API (hosted), from its own next-token
+distribution (action ``llm``) when it is resident or a completions endpoint. Every policy treats
+them as it treats collab children (the LLM quota goes to collab first); the PRM values decide
+between all three.
 
 When the LLM budget of a request is spent (``max_llm_calls``,
 ``max_llm_tokens``, ``max_llm_faults``), every policy falls back to SLM-only
@@ -104,8 +106,8 @@ class SearchConfig:
     slm_width: int = 2
     #: collab (SLM+LLM fused) children per expansion
     collab_width: int = 1
-    #: delegated children per expansion: the general LLM writes the whole step through a chat
-    #: request (the one LLM action a chat-only API allows; see engine/collab/delegated_step.py)
+    #: delegated children per expansion: the general LLM writes the whole step alone -- through a
+    #: chat request on a chat-only API (engine/collab/delegated_step.py), else from its own rows
     delegate_width: int = 0
     #: maximum reasoning steps; a step at this depth is terminal
     max_depth: int = 12
@@ -327,9 +329,9 @@ def check_stack_runs(cfg: SearchConfig, *, has_llm: bool, has_base: bool, has_wr
                               "text, it gives no next-token distributions): use delegated steps instead "
                               "(collab_width=0, delegate_width=1)", "collab_width")
         raise ConfigError(f"{what} needs a general LLM, and this stack has none")
-    if cfg.delegates() and not has_writer:
-        raise ConfigError(f"{what} with delegate_width > 0 needs a general LLM that answers chat requests "
-                          "(a /v1/chat/completions endpoint), and this stack has none", "delegate_width")
+    if cfg.delegates() and not (has_writer or has_llm):
+        raise ConfigError(f"{what} with delegate_width > 0 needs a general LLM, and this stack has none",
+                          "delegate_width")
     if cfg.fusion_rule == "proxy" and cfg.fuses() and not has_base:
         raise ConfigError("fusion_rule='proxy' needs the SLM's base model, which this stack does not "
                           "load (pass --base / base=...); or use 'loglinear'")

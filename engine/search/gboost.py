@@ -12,7 +12,7 @@ select
 expand
     The leaf gets children from the actions -- ``slm_width`` SLM samples,
     ``collab_width`` SLM+LLM fused samples and ``delegate_width`` steps the LLM writes
-    alone through a chat request -- as decided by ``action_policy``
+    alone -- as decided by ``action_policy``
     (see engine/search/config.py).  All expansion calls of a round run
     concurrently (``asyncio.gather``) so the executor batches the frontier.
     Children are terminal when the executor says so, when the step matches

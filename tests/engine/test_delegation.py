@@ -185,3 +185,32 @@ def test_gboost_serve_solve_on_a_chat_only_llm(fresh):
         assert eng.cache.live == {} and all(r == 0 for r in eng.cache.blocks.ref)
     finally:
         sched.close()
+
+
+def test_on_a_resident_llm_a_delegated_step_is_the_llms_own_step():
+    """delegate_width on a resident general LLM: the child is the step the LLM writes alone (action
+    `llm`), token for token what the llm chain writes at temperature 0; no chat writer is needed."""
+    from engine.testing import tiny_stack
+
+    def steps(c):
+        st = tiny_stack(c)
+        try:
+            res = asyncio.run(solve(QUESTION, st.executor, c))
+        finally:
+            st.scheduler.close()
+        assert st.engine.cache.live == {} and all(r == 0 for r in st.engine.cache.blocks.ref)
+        return res
+
+    chain = steps(cfg(method="llm", max_depth=2))
+    tree = steps(cfg(slm_width=0, num_simulations=2, max_depth=2))
+    assert [s["action"] for s in tree.steps] == ["delegate", "delegate"]
+    assert [s["text"] for s in tree.steps] == [s["text"] for s in chain.steps] and chain.steps[0]["text"]
+    assert tree.cost.llm_calls == 2 and tree.cost.llm_tokens > 0
+    # with no general LLM at all the config is refused before anything runs
+    st = tiny_stack(llm=False)
+    try:
+        with pytest.raises(ConfigError, match="delegate_width > 0 needs a general LLM"):
+            asyncio.run(solve(QUESTION, st.executor, cfg()))
+    finally:
+        st.scheduler.close()
+    assert st.engine.cache.live == {}

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.cli import load_lines, parse_lines
+from engine.evals.datasets import load_lines, parse_lines
 from engine.engine import tune_malloc_for_long_runs
 from engine.evals.loop import run_eval
 from engine.evals.slots import PrioritySlots

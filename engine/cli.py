@@ -135,6 +135,7 @@ def cmd_eval(args) -> int:
     if args.resume and not args.out:
         raise SystemExit("error: --resume needs --out (the records to resume)")
 
+    from engine.evals.datasets import load_lines, parse_lines
     rows = load_lines(args.data, parse_lines(args.lines))  # a bad file or range fails before loading
 
     async def main():
@@ -157,31 +158,6 @@ def cmd_eval(args) -> int:
 
 
 # -- train-prm ------------------------------------------------------------------------------
-def parse_lines(spec: str | None) -> tuple[int, int] | None:
-    """'201-1000' -> (201, 1000): 1-based, inclusive line numbers of a data file."""
-    if spec is None:
-        return None
-    a, sep, b = spec.partition("-")
-    try:
-        lo, hi = int(a), int(b) if sep else int(a)
-    except ValueError:
-        raise ValueError(f"--lines {spec!r}: expected FIRST-LAST, e.g. 201-1000") from None
-    if not 1 <= lo <= hi:
-        raise ValueError(f"--lines {spec!r}: need 1 <= FIRST <= LAST")
-    return lo, hi
-
-
-def load_lines(path: str, lines: tuple[int, int] | None, limit: int | None = None):
-    from engine.evals.datasets import load_rows
-    rows = load_rows(path)
-    if lines is not None:
-        lo, hi = lines
-        if hi > len(rows):
-            raise ValueError(f"--lines {lo}-{hi}: {path} has {len(rows)} rows")
-        rows = rows[lo - 1:hi]
-    return rows[:limit] if limit is not None else rows
-
-
 def cmd_train_prm(args) -> int:
     from pathlib import Path
 
@@ -195,6 +171,7 @@ def cmd_train_prm(args) -> int:
                      features=args.features, layers=args.layers, labels=args.labels,
                      fit=FitConfig(mlp_hidden=args.mlp_hidden, seed=args.seed))
     plan.validate()
+    from engine.evals.datasets import load_lines, parse_lines
     lines = parse_lines(args.lines)
     rows = load_lines(args.data, lines, args.limit)
     if args.fit_only:  # the rollouts already in --out, within --lines: no sampling

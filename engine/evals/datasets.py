@@ -21,7 +21,8 @@ from typing import Any, Iterable
 
 from engine.search.answer import extract_gsm8k_gold, extract_math_gold, normalize_number
 
-__all__ = ["EvalRow", "load_rows", "read_data_file", "rows_from_dicts", "detect_kind", "DatasetError", "KINDS"]
+__all__ = ["EvalRow", "load_rows", "read_data_file", "rows_from_dicts", "detect_kind", "DatasetError", "KINDS",
+           "parse_lines", "load_lines"]
 
 KINDS = ("gsm8k", "math")
 _PLAIN_NUMBER = re.compile(r"\s*[-+]?\$?\d[\d,]*(\.\d+)?\s*%?\s*")
@@ -171,3 +172,28 @@ def load_rows(path: str | Path, kind: str = "auto", limit: int | None = None) ->
     if not objs:
         raise DatasetError(f"{p}: no rows")
     return rows_from_dicts(objs, kind, source=str(p), lines=lines)
+
+
+def parse_lines(spec: str | None) -> tuple[int, int] | None:
+    """'201-1000' -> (201, 1000): 1-based, inclusive line numbers of a data file."""
+    if spec is None:
+        return None
+    a, sep, b = spec.partition("-")
+    try:
+        lo, hi = int(a), int(b) if sep else int(a)
+    except ValueError:
+        raise ValueError(f"--lines {spec!r}: expected FIRST-LAST, e.g. 201-1000") from None
+    if not 1 <= lo <= hi:
+        raise ValueError(f"--lines {spec!r}: need 1 <= FIRST <= LAST")
+    return lo, hi
+
+
+def load_lines(path: str | Path, lines: tuple[int, int] | None, limit: int | None = None) -> list[EvalRow]:
+    """The rows of ``path`` on ``lines`` (1-based, inclusive; None: all), then the first ``limit``."""
+    rows = load_rows(path)
+    if lines is not None:
+        lo, hi = lines
+        if hi > len(rows):
+            raise ValueError(f"--lines {lo}-{hi}: {path} has {len(rows)} rows")
+        rows = rows[lo - 1:hi]
+    return rows[:limit] if limit is not None else rows

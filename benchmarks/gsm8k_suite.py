@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from engine.evals.datasets import load_lines, parse_lines
-from engine.engine import tune_malloc_for_long_runs
+from engine.malloc import tune_malloc
 from engine.evals.loop import run_eval
 from engine.evals.slots import PrioritySlots
 from engine.collab.executor import EngineExecutor
@@ -94,7 +94,7 @@ async def main(argv=None) -> int:
                     help="start no new question after S seconds; the ones in flight finish "
                          "(time-boxed sessions: resume later with --resume)")
     args = ap.parse_args(argv)
-    tune_malloc_for_long_runs()
+    tune_malloc()
 
     slots = dict(CONCURRENCY)
     for item in args.slots:

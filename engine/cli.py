@@ -401,8 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd in ("serve", "eval", "solve", "train-prm"):
-        from engine.engine import tune_malloc_for_long_runs
-        tune_malloc_for_long_runs()
+        from engine.malloc import tune_malloc
+        tune_malloc()
     from engine.llm.base import LLMError
     try:
         return args.fn(args)

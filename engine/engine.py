@@ -24,38 +24,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
           "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def tune_malloc_for_long_runs() -> bool:
-    """Fix glibc's mmap threshold (unless the environment already sets one), for processes that
-    run for hours (servers, evals).  Its default threshold grows after each freed large buffer,
-    so activation buffers of varying size then come from the heap and stay there; fixed, large
-    buffers go back to the OS when freed.  Returns whether the setting was applied."""
-    import ctypes
-    import os
-    import sys
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD: 128 KiB, no longer adaptive
-    except (OSError, AttributeError):  # not glibc
-        return False
-
-
-def release_free_memory() -> bool:
-    """Hand the C heap's free memory back to the OS (glibc ``malloc_trim``). A server's small
-    allocations (tensors under the mmap threshold, request bodies, JSON) leave free memory in the heap
-    that RSS keeps counting. Returns whether it ran (glibc only)."""
-    import ctypes
-    import sys
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        return True
-    except (OSError, AttributeError):  # not glibc
-        return False
-
-
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype

@@ -178,8 +178,8 @@ def test_eval_out_then_resume(tiny_dir, tmp_path):
 
 
 def test_malloc_tuning_respects_the_environment():
-    code = "from engine.engine import tune_malloc_for_long_runs as t; print(t())"
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
+    code = "from engine.malloc import tune_malloc as t; print(t())"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MALLOC_", "GBOOST_MALLOC"))}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
     assert out == ("True" if sys.platform.startswith("linux") else "False")
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"   # the user's own setting wins

@@ -373,7 +373,7 @@ async def aserve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_le
     ``trim_every_s`` seconds the C heap's free memory goes back to the OS (what bursts freed)."""
     import uvicorn
 
-    from engine.engine import release_free_memory
+    from engine.malloc import release_free_memory
 
     from .uvicorn_server import SignalServer
 

@@ -260,42 +260,19 @@ class SearchConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "SearchConfig":
         """Read a ``.json`` or ``.toml`` file (keys at top level or under ``search``). Errors are
-        one line, ``FILE:LINE: what`` where a line applies (syntax, a bad or unknown key)."""
-        p = Path(path)
-        if p.is_dir():
-            raise ConfigError(f"{p}: is a directory, not a config file")
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        suffix = p.suffix.lower()
-        if suffix not in (".json", ".toml"):
-            raise ConfigError(f"{p}: unsupported config format {suffix!r} (use .json or .toml)")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        try:
-            if suffix == ".json":
-                data = json.loads(text)
-            else:
-                import tomllib
-                data = tomllib.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{p}:{e.lineno}: cannot parse JSON: {e.msg} (column {e.colno})") from None
-        except (ValueError, RecursionError) as e:  # tomllib.TOMLDecodeError is a ValueError
-            m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
-            where = f"{p}:{m.group(1)}" if m else str(p)
-            if "(at end of document)" in str(e):  # the file ends inside a value: its last line
-                where = f"{p}:{max(1, len(text.splitlines()))}"
-            msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e)) or type(e).__name__
-            raise ConfigError(f"{where}: cannot parse {suffix[1:].upper()}: {msg}"
-                              + (f" (column {m.group(2)})" if m else "")) from None
-        if isinstance(data, dict) and set(data) == {"search"} and isinstance(data["search"], dict):
-            data = data["search"]
+        one line, ``FILE:LINE: what`` where a line applies (syntax, a bad or unknown key).
+        ``extends = "base.toml"`` (a path relative to the file) starts from another config file's
+        keys, which this file's own keys override; bases may extend further bases."""
+        chain: list[tuple[Path, str, str]] = []  # (file, text, suffix), the file itself first
+        data = _read_chain(Path(path), chain)
         try:
             return cls.from_dict(data)
         except ConfigError as e:
-            line = _key_line(text, e.key, suffix) if e.key else None
-            raise ConfigError(f"{p}{'' if line is None else f':{line}'}: {e}", e.key) from None
+            for p, text, suffix in chain:  # the key's line in the first file of the chain that sets it
+                line = _key_line(text, e.key, suffix) if e.key else None
+                if line is not None:
+                    raise ConfigError(f"{p}:{line}: {e}", e.key) from None
+            raise ConfigError(f"{chain[0][0]}: {e}", e.key) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -335,6 +312,61 @@ def check_stack_runs(cfg: SearchConfig, *, has_llm: bool, has_base: bool, has_wr
     if cfg.fusion_rule == "proxy" and cfg.fuses() and not has_base:
         raise ConfigError("fusion_rule='proxy' needs the SLM's base model, which this stack does not "
                           "load (pass --base / base=...); or use 'loglinear'")
+
+
+def _read_file(p: Path) -> tuple[dict, str, str]:
+    """The keys of one config file (its ``[search]`` table, if that is all it has), its text, suffix."""
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, not a config file")
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    suffix = p.suffix.lower()
+    if suffix not in (".json", ".toml"):
+        raise ConfigError(f"{p}: unsupported config format {suffix!r} (use .json or .toml)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        if suffix == ".json":
+            data = json.loads(text)
+        else:
+            import tomllib
+            data = tomllib.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}:{e.lineno}: cannot parse JSON: {e.msg} (column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # tomllib.TOMLDecodeError is a ValueError
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        where = f"{p}:{m.group(1)}" if m else str(p)
+        if "(at end of document)" in str(e):  # the file ends inside a value: its last line
+            where = f"{p}:{max(1, len(text.splitlines()))}"
+        msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e)) or type(e).__name__
+        raise ConfigError(f"{where}: cannot parse {suffix[1:].upper()}: {msg}"
+                          + (f" (column {m.group(2)})" if m else "")) from None
+    if isinstance(data, dict) and set(data) == {"search"} and isinstance(data["search"], dict):
+        data = data["search"]
+    return data, text, suffix
+
+
+def _read_chain(p: Path, chain: list[tuple[Path, str, str]]) -> Any:
+    """The keys of ``p`` over those of the files it ``extends`` (appended to ``chain``, ``p`` first)."""
+    if any(p.resolve() == q.resolve() for q, _, _ in chain):
+        raise ConfigError(f"{chain[0][0]}: 'extends' goes round in a circle: "
+                          + " -> ".join(str(q) for q, _, _ in chain) + f" -> {p}", "extends")
+    data, text, suffix = _read_file(p)
+    chain.append((p, text, suffix))
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    data = dict(data)
+    base = data.pop("extends")
+    if not isinstance(base, str) or not base:
+        line = _key_line(text, "extends", suffix)
+        raise ConfigError(f"{p}{'' if line is None else f':{line}'}: extends must be the path of a config "
+                          f"file (relative to this one), got {base!r}", "extends")
+    base_data = _read_chain(p.parent / base, chain)
+    if not isinstance(base_data, dict):
+        return base_data  # from_dict says what is wrong with it
+    return {**base_data, **data}
 
 
 def _key_line(text: str, key: str, suffix: str) -> int | None:

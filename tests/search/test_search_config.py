@@ -154,3 +154,39 @@ def test_missing_and_binary_config_files(tmp_path):
     (tmp_path / "bin.json").write_bytes(b'{"seed": 1}\xff')
     with pytest.raises(ConfigError, match=r"bin\.json: not UTF-8 text"):
         SearchConfig.from_file(tmp_path / "bin.json")
+
+
+def test_a_config_file_extends_another(tmp_path):
+    (tmp_path / "base.toml").write_text('[search]\nnum_simulations = 6\nmax_depth = 5\nuct_c = 0.4\n')
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "mid.json").write_text(json.dumps({"extends": "../base.toml", "max_depth": 7}))
+    (sub / "top.toml").write_text('extends = "mid.json"\nuct_c = 0.1\n')
+    c = SearchConfig.from_file(sub / "top.toml")
+    # each file's own keys win over what it extends; paths are relative to the extending file
+    assert (c.num_simulations, c.max_depth, c.uct_c) == (6, 7, 0.1)
+    assert SearchConfig.from_file(sub / "mid.json").uct_c == 0.4
+    # a bad key is reported at its line in the file that sets it, named by that file
+    (tmp_path / "base.toml").write_text('[search]\nnum_simulations = 6\n\nmax_depth = -1\n')
+    with pytest.raises(ConfigError, match=r"base\.toml:4: max_depth=-1"):
+        SearchConfig.from_file(tmp_path / "base.toml")
+    (sub / "fix.toml").write_text('extends = "../base.toml"\nuct_c = 0.1\n')
+    with pytest.raises(ConfigError, match=r"base\.toml:4: max_depth=-1"):
+        SearchConfig.from_file(sub / "fix.toml")
+    (sub / "over.toml").write_text('extends = "../base.toml"\nmax_depth = 3\n')
+    assert SearchConfig.from_file(sub / "over.toml").max_depth == 3  # the override hides the base's bad value
+
+
+@pytest.mark.parametrize("files, want", [
+    ({"a.toml": 'extends = "b.toml"\n', "b.toml": 'extends = "a.toml"\n'}, r"a\.toml: 'extends' goes round in a circle"),
+    ({"a.toml": 'extends = "a.toml"\n'}, r"a\.toml: 'extends' goes round in a circle"),
+    ({"a.toml": 'max_depth = 3\nextends = 3\n'}, r"a\.toml:2: extends must be the path of a config file"),
+    ({"a.toml": 'extends = "gone.toml"\n'}, r"config file not found: .*gone\.toml"),
+    ({"a.toml": 'extends = "b.json"\n', "b.json": '{"max_depth": 3,'}, r"b\.json:1: cannot parse JSON"),
+])
+def test_bad_extends_are_one_line_errors(tmp_path, files, want):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=want) as e:
+        SearchConfig.from_file(tmp_path / "a.toml")
+    assert "\n" not in str(e.value)

@@ -12,7 +12,10 @@ import json
 import sys
 from pathlib import Path
 
+import statistics
+
 from engine.evals.loop import wilson_interval
+from engine.search.config import LLM_ACTIONS
 
 COST = ("slm_tokens", "llm_tokens", "prm_tokens", "llm_calls")
 
@@ -43,12 +46,14 @@ def row(name: str, recs: list[dict]) -> str:
     lo, hi = wilson_interval(ok, n)
     tot = {k: sum(r["cost"][k] for r in recs) for k in COST}
     steps = [s for r in recs for s in r["steps"]]
-    helped = sum(s["action"] in ("collab", "llm") for s in steps)
+    helped = sum(s["action"] in LLM_ACTIONS for s in steps)
+    walls = [r["wall_s"] for r in recs if r.get("wall_s") is not None]
+    wall = f"{statistics.median(walls) / 60:.1f}" if walls else "—"
     errors = sum(r.get("error") is not None for r in recs)
     auc = auroc(recs)
     return (f"| {name} | {ok} / {n} | {ok / n:.2f} ({lo:.2f}–{hi:.2f}) | {tot['slm_tokens']} | "
-            f"{tot['llm_tokens']} | {tot['llm_tokens'] / n:.0f} | {tot['prm_tokens']} | {tot['llm_calls']} | "
-            f"{helped} of {len(steps)} | {'—' if auc is None else f'{auc:.2f}'} | {errors} |")
+            f"{tot['llm_tokens']} | {tot['llm_tokens'] / n:.0f} | {tot['prm_tokens'] / n:.0f} | {tot['llm_calls']} | "
+            f"{helped} of {len(steps)} | {'—' if auc is None else f'{auc:.2f}'} | {wall} | {errors} |")
 
 
 def main(argv=None) -> int:
@@ -59,9 +64,9 @@ def main(argv=None) -> int:
     runs = {p.stem: read(p) for p in args.runs}
     keep = set.intersection(*(set(r) for r in runs.values())) if args.common else None
     print("| run | correct | accuracy (95% Wilson CI) | SLM tokens | LLM tokens | LLM tokens / question | "
-          "PRM tokens | LLM-involving steps | LLM-helped steps on the chosen paths | PRM AUROC right vs wrong | "
-          "errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "PRM tokens / question | LLM-involving steps | LLM-helped steps on the chosen paths | "
+          "PRM AUROC right vs wrong | median wall min / question (concurrent) | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, recs in runs.items():
         chosen = [recs[i] for i in sorted(recs) if keep is None or i in keep]
         if chosen:

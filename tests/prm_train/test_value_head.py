@@ -339,3 +339,17 @@ def test_text_solution_can_end_on_the_slms_end_of_turn():
     assert eos.ends[0] == plain.ends[0] and eos.ids[:eos.ends[0] + 1] == plain.ids[:plain.ends[0] + 1]
     assert eos.ids[-1] == m.eos_token_ids[0] and eos.ends[-1] == len(eos.ids) - 1
     assert m.tokenizer.decode(eos.ids[eos.ends[0] + 1:-1]) == "b c"
+
+
+def test_every_head_the_repository_names_is_there_whole():
+    """The heads RESULTS.md and the configs point users to load: card and weights (`*.safetensors`
+    is git-ignored, so a head's weights land only when added on purpose)."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    named = set()
+    for doc in [root / "README.md", root / "benchmarks" / "RESULTS.md", *(root / "benchmarks" / "configs").glob("*")]:
+        named |= set(__import__("re").findall(r"benchmarks/runs/(prm_head_[\w.-]+)", doc.read_text()))
+    assert named, "no head is named any more: drop this test"
+    for name in sorted(named):
+        _, card = load_head(root / "benchmarks" / "runs" / name)  # refuses a missing or broken file
+        assert card.base_model and card.metrics

@@ -28,7 +28,7 @@ from engine.evals.datasets import load_lines, parse_lines
 from engine.malloc import tune_malloc
 from engine.evals.loop import run_eval
 from engine.evals.slots import PrioritySlots
-from engine.collab.executor import EngineExecutor
+from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.search.config import SearchConfig
 from engine.collab.value_prm import ValueHeadScorer
 from engine.stack import VALUE_HEAD, build_stack
@@ -72,6 +72,8 @@ async def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["slm", "llm", "fusion", "gboost"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kv-memory-gb", type=float, default=7.0)
+    ap.add_argument("--max-draft", type=int, default=16, metavar="K",
+                    help="SLM tokens drafted per LLM call in speculative LLM-involving steps")
     ap.add_argument("--prm", default=None, metavar="value-head:DIR",
                     help="the PRM of every method (default: the 1.5B judge); with --tag, e.g. _head, "
                          "its records do not overwrite the judge's")
@@ -130,7 +132,10 @@ async def main(argv=None) -> int:
             ap.error(f"--prm-of {item!r}: want METHOD=value-head:DIR with METHOD in --methods")
         heads[m] = spec[len(VALUE_HEAD):]
     t0 = time.perf_counter()
-    stack = await build_stack(cfgs[args.methods[0]], kv_memory_gb=args.kv_memory_gb, prm=args.prm)
+    if args.max_draft < 1:
+        ap.error(f"--max-draft must be >= 1, got {args.max_draft}")
+    stack = await build_stack(cfgs[args.methods[0]], kv_memory_gb=args.kv_memory_gb, prm=args.prm,
+                              options=CollabOptions(max_draft=args.max_draft))
     print(f"models loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     base = stack.executor
     prms = {m: base.prm if m not in heads else ValueHeadScorer(stack.engine, stack.scheduler, heads[m])

@@ -14,6 +14,16 @@ def _add_runtime_args(p, kv_gb: float):
     p.add_argument("--kv-memory-gb", type=float, default=kv_gb, help="budget of the shared KV pool")
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def _add_stack_args(p):
     from engine.stack import DEFAULT_LLM, DEFAULT_SLM
     p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")
@@ -33,6 +43,9 @@ def _add_stack_args(p):
                    help="the SLM's untuned base model (same tokenizer): needed by fusion_rule = \"proxy\"")
     p.add_argument("--config", default=None, help="SearchConfig file (.json or .toml)")
     p.add_argument("--collab-mode", default="speculative", choices=["speculative", "exact"])
+    p.add_argument("--max-draft", type=_at_least_one, default=16, metavar="K",
+                   help="speculative LLM-involving steps: SLM tokens drafted per LLM call (the LLM computes "
+                        "every drafted position, accepted or not: fewer wastes fewer LLM tokens, more calls)")
     p.add_argument("--on-llm-fault", default="fallback", choices=["fallback", "fail"])
 
 
@@ -68,7 +81,8 @@ async def _stack(args, cfg, check: bool = True, serving: bool = False):
                          has_writer=is_url(llm) and args.llm_kind != "completions")
     return await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
                              dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
-                             options=CollabOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault),
+                             options=CollabOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault,
+                                                   max_draft=args.max_draft),
                              llm_kind=args.llm_kind, llm_model=args.llm_model, offload=serving or is_url(llm))
 
 
@@ -190,7 +204,8 @@ def cmd_train_prm(args) -> int:
         from engine.collab.executor import CollabOptions
         from engine.stack import build_stack, is_url
         stack = await build_stack(cfg, slm=args.slm, llm=llm, prm="none", dtype=args.dtype, device=args.device,
-                                  kv_memory_gb=args.kv_memory_gb, options=CollabOptions(collab_mode=args.collab_mode),
+                                  kv_memory_gb=args.kv_memory_gb,
+                                  options=CollabOptions(collab_mode=args.collab_mode, max_draft=args.max_draft),
                                   llm_kind=args.llm_kind, llm_model=args.llm_model, offload=is_url(llm))
         try:
             desc = {"path": str(Path(args.data).resolve()), "lines": list(lines) if lines else None}

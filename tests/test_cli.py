@@ -328,3 +328,25 @@ def test_solve_with_a_chat_only_llm_delegates_or_says_why_not(tiny_dir, tmp_path
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "fused steps" in err and "offers chat" in err \
         and "delegate_width=1" in err, err
+
+
+@pytest.mark.parametrize("cmd", [["solve", "q"], ["eval", "--data", "DATA"], ["train-prm", "--data", "DATA", "--out", "OUT"]])
+def test_max_draft_reaches_the_executor_and_zero_is_refused(tiny_dir, tmp_path, monkeypatch, capsys, cmd):
+    import engine.stack
+    from engine.cli import main
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    cmd = [str(data) if c == "DATA" else str(tmp_path / "out") if c == "OUT" else c for c in cmd]
+    seen = []
+
+    async def stop(*a, options=None, **kw):
+        seen.append(options)
+        raise KeyboardInterrupt  # the CLI's own way out before a stack exists: rc 130
+    monkeypatch.setattr(engine.stack, "build_stack", stop)
+    models = ["--slm", str(tiny_dir), "--dtype", "float32"] + (["--llm", "none", "--method", "slm"]
+                                                              if cmd[0] != "train-prm" else ["--collab-share", "0"])
+    assert main([cmd[0], *models, "--max-draft", "3", *cmd[1:]]) == 130
+    assert [o.max_draft for o in seen] == [3]
+    with pytest.raises(SystemExit) as e:
+        main([cmd[0], *models, "--max-draft", "0", *cmd[1:]])
+    assert e.value.code == 2 and "--max-draft: must be >= 1, got 0" in capsys.readouterr().err

@@ -63,6 +63,9 @@ def test_gsm8k_suite_runs_a_named_config_on_a_line_range(monkeypatch, tmp_path):
     seen = _suite_until_the_stack(monkeypatch, tmp_path, ["--lines", "2-3", "--methods", "myrsd",
                                                           "--config", f"myrsd={cfg}"], rows=3)
     assert (seen["cfg"].method, seen["cfg"].rsd_threshold) == ("rsd", 0.4)  # the file, not the chain config
+    assert seen["options"].max_draft == 16  # the engine's default unless --max-draft says otherwise
+    seen = _suite_until_the_stack(monkeypatch, tmp_path, ["--limit", "1", "--methods", "slm", "--max-draft", "4"])
+    assert seen["options"].max_draft == 4
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -70,6 +73,7 @@ def test_gsm8k_suite_runs_a_named_config_on_a_line_range(monkeypatch, tmp_path):
     (["--methods", "slm", "--config", "slm"], "want NAME=FILE"),
     (["--methods", "slm", "--prm-of", "gboost=value-head:/x"], "--prm-of"),
     (["--methods", "slm", "--prm-of", "slm=/x"], "--prm-of"),
+    (["--methods", "slm", "--max-draft", "0"], "--max-draft must be >= 1"),
 ])
 def test_gsm8k_suite_refuses_bad_arguments(monkeypatch, tmp_path, capsys, argv, msg):
     import asyncio

@@ -179,7 +179,8 @@ def cmd_train_prm(args) -> int:
     from engine.prm_train.pipeline import TrainPlan, fit_records, train_prm
     from engine.prm_train.rollouts import RolloutPlan
     from engine.search.config import SearchConfig
-    plan = TrainPlan(RolloutPlan(samples=args.samples, collab_share=args.collab_share, mc_rollouts=args.mc_rollouts,
+    plan = TrainPlan(RolloutPlan(samples=args.samples, collab_share=args.collab_share, llm_share=args.llm_share,
+                                 mc_rollouts=args.mc_rollouts,
                                  concurrency=args.concurrency,
                                  max_tokens=args.max_chain_tokens if args.max_chain_tokens > 0 else None),
                      features=args.features, layers=args.layers, labels=args.labels,
@@ -197,8 +198,9 @@ def cmd_train_prm(args) -> int:
     cfg = SearchConfig.from_file(args.config) if args.config else SearchConfig(temperature=0.7, top_p=0.95)
     cfg = cfg.replace(seed=args.seed)
     llm = None if args.llm in (None, "", "none") else args.llm
-    if plan.rollouts.collab_share > 0 and llm is None:
-        raise ValueError("collaborative rollout steps need a general LLM: pass --llm, or --collab-share 0")
+    if (plan.rollouts.collab_share > 0 or plan.rollouts.llm_share > 0) and llm is None:
+        raise ValueError("collaborative or LLM-written rollout steps need a general LLM: pass --llm, "
+                         "or --collab-share 0 (and --llm-share 0)")
 
     async def main():
         from engine.collab.executor import CollabOptions
@@ -351,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, default=None)
     r.add_argument("--samples", type=int, default=4, help="solutions sampled per question")
     r.add_argument("--collab-share", type=float, default=0.3, help="share of collaborative rollout steps")
+    r.add_argument("--llm-share", type=float, default=0.0,
+                   help="share of rollout steps the general LLM writes alone (as a search's delegated children)")
     r.add_argument("--mc-rollouts", type=int, default=0, help="SLM completions per step for soft (mc) labels")
     r.add_argument("--labels", default="outcome", choices=["outcome", "mc"])
     r.add_argument("--features", default="slm", choices=["slm", "llm"], help="whose hidden rows the head reads")

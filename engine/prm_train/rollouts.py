@@ -2,7 +2,8 @@
 
 Each solution is a chain of steps through the search backend (so it is batched by the scheduler
 with every other chain in flight); each step is an SLM step or, with probability `collab_share`,
-a collaborative one, so a head sees both kinds. Every step keeps its token ids: the features of
+a collaborative (fused) one, or with probability `llm_share` one the LLM writes alone (what a
+search's delegated children are), so a head sees every kind it will score. Every step keeps its token ids: the features of
 stage 2 are read at exactly the tokens the search will later score. Records are appended to a
 JSONL file as chains finish, and a rerun skips the (line, k) pairs already there (resumable).
 """
@@ -27,6 +28,7 @@ Checker = Callable[[str, EvalRow], bool]
 class RolloutPlan:
     samples: int = 4           # K solutions per question
     collab_share: float = 0.3  # chance that a step is collaborative (needs a general LLM)
+    llm_share: float = 0.0     # chance that a step is the LLM's alone (needs a general LLM)
     mc_rollouts: int = 0       # M SLM completions per step for Math-Shepherd soft labels (0: off)
     concurrency: int = 16      # chains in flight (their forwards share batches)
     # A chain stops (and is graded as it stands, so it is wrong unless it already answered) once its
@@ -39,6 +41,8 @@ class RolloutPlan:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
         if not 0.0 <= self.collab_share <= 1.0:
             raise ValueError(f"collab_share must be in [0, 1], got {self.collab_share}")
+        if not 0.0 <= self.llm_share <= 1.0 - self.collab_share:
+            raise ValueError(f"llm_share must be in [0, 1 - collab_share], got {self.llm_share}")
         if self.mc_rollouts < 0:
             raise ValueError(f"mc_rollouts must be >= 0, got {self.mc_rollouts}")
         if self.concurrency < 1:
@@ -69,6 +73,13 @@ def read_records(path: Path) -> dict[tuple[int, int], dict]:
     return out
 
 
+def _action(r: float, plan: RolloutPlan) -> str:
+    """One uniform draw per step picks its writer (collab first: the draws of older runs stand)."""
+    if r < plan.collab_share:
+        return "collab"
+    return "llm" if r < plan.collab_share + plan.llm_share else "slm"
+
+
 async def _complete(backend, state) -> tuple[list[str], list]:
     """SLM steps from `state` to a terminal step; returns the new steps' texts and the states made."""
     texts, made = [], []
@@ -97,7 +108,7 @@ async def sample_chain(backend, cfg: SearchConfig, row: EvalRow, line: int, k: i
         prompt_ids = list(root.slm.token_ids)
         state = root
         while True:
-            action = "collab" if (be.llm is not None and rng.random() < plan.collab_share) else "slm"
+            action = _action(rng.random(), plan) if be.llm is not None else "slm"
             (out,) = await be.expand(state, action, 1)
             held.append(out.state)
             steps.append({"text": out.text, "action": action, "fault": out.fault,

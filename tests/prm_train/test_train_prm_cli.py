@@ -66,7 +66,10 @@ def test_bad_data_is_one_line_naming_the_line(models, tmp_path, capsys, content,
 
 @pytest.mark.parametrize("args,msg", [(("--lines", "5-2"), "FIRST <= LAST"), (("--lines", "1-99"), "has 5 rows"),
                                       (("--samples", "0"), "samples must be >= 1"),
-                                      (("--llm", "none"), "need a general LLM")])
+                                      (("--llm", "none"), "need a general LLM"),
+                                      (("--llm", "none", "--collab-share", "0", "--llm-share", "0.2"),
+                                       "need a general LLM"),
+                                      (("--collab-share", "0.9", "--llm-share", "0.2"), "llm_share must be in")])
 def test_bad_arguments_are_refused_before_loading(models, data, tmp_path, capsys, args, msg):
     rc, err = cli(capsys, "train-prm", "--data", data, "--out", tmp_path / "h", "--slm", models[0], *args)
     assert rc == 2 and msg in err, err

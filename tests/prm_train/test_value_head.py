@@ -241,7 +241,7 @@ def _train_backend():
 def test_train_prm_end_to_end(tmp_path, features):
     rows = rows_from_dicts(ROWS)
     be, cfg = _train_backend()
-    plan = TrainPlan(RolloutPlan(samples=2, collab_share=0.5, concurrency=4), features=features,
+    plan = TrainPlan(RolloutPlan(samples=2, collab_share=0.4, llm_share=0.3, concurrency=4), features=features,
                      fit=FitConfig(max_epochs=30))
     card, recs = run(train_prm(be, cfg, rows, tmp_path, plan, check=_scripted, progress=False))
     assert len(recs) == 12 and {(r["line"], r["k"]) for r in recs} == {(i, k) for i in range(1, 7) for k in (0, 1)}
@@ -251,7 +251,7 @@ def test_train_prm_end_to_end(tmp_path, features):
         assert step_labels(r, "outcome") == [float(r["correct"])] * len(r["steps"])
         assert slm_solution(r).ids[-1] == r["steps"][-1]["token_ids"][-1]
     actions = {s["action"] for r in recs for s in r["steps"]}
-    assert actions == {"slm", "collab"}
+    assert actions == {"slm", "collab", "llm"}  # the head sees every kind of step a search scores
     assert 0 < sum(r["correct"] for r in recs) < 12
     head, card2 = load_head(tmp_path)
     assert card2 == card and card.sequence == ("slm" if features == "slm" else "text")
@@ -353,3 +353,10 @@ def test_every_head_the_repository_names_is_there_whole():
     for name in sorted(named):
         _, card = load_head(root / "benchmarks" / "runs" / name)  # refuses a missing or broken file
         assert card.base_model and card.metrics
+
+
+@pytest.mark.parametrize("kw, msg", [({"collab_share": 1.2}, "collab_share"), ({"llm_share": -0.1}, "llm_share"),
+                                     ({"collab_share": 0.8, "llm_share": 0.3}, r"llm_share must be in \[0, 1 - collab_share\]")])
+def test_rollout_shares_are_checked(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        RolloutPlan(**kw).validate()

@@ -73,7 +73,8 @@ async def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kv-memory-gb", type=float, default=7.0)
     ap.add_argument("--max-draft", type=int, default=16, metavar="K",
-                    help="SLM tokens drafted per LLM call in speculative LLM-involving steps")
+                    help="SLM tokens drafted per LLM call in speculative LLM-involving steps (at most, if adaptive)")
+    ap.add_argument("--draft-policy", default="fixed", choices=["fixed", "adaptive"])
     ap.add_argument("--prm", default=None, metavar="value-head:DIR",
                     help="the PRM of every method (default: the 1.5B judge); with --tag, e.g. _head, "
                          "its records do not overwrite the judge's")
@@ -135,7 +136,7 @@ async def main(argv=None) -> int:
     if args.max_draft < 1:
         ap.error(f"--max-draft must be >= 1, got {args.max_draft}")
     stack = await build_stack(cfgs[args.methods[0]], kv_memory_gb=args.kv_memory_gb, prm=args.prm,
-                              options=CollabOptions(max_draft=args.max_draft))
+                              options=CollabOptions(max_draft=args.max_draft, draft_policy=args.draft_policy))
     print(f"models loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     base = stack.executor
     prms = {m: base.prm if m not in heads else ValueHeadScorer(stack.engine, stack.scheduler, heads[m])

@@ -119,7 +119,8 @@ GBOOST_API void gboost_shutdown(void);
  *    "device": "cpu" | "cuda" | "cuda:N",                                  default "cpu"
  *    "kv_memory_gb": 2.0, "block_size": 16,
  *    "search": { SearchConfig fields (engine/search/config.py) },          default {}
- *    "collab_mode": "speculative" | "exact", "max_draft": 16, "on_llm_fault": "fallback" | "fail",
+ *    "collab_mode": "speculative" | "exact", "max_draft": 16, "draft_policy": "fixed" | "adaptive",
+ *    "on_llm_fault": "fallback" | "fail",
  *    "topk_support": 20, "llm_timeout_s": 60.0, "llm_top_logprobs": 20,
  *    "llm_kind": "auto" | "completions" | "chat", "llm_model": name | null}
  * Unknown keys are an error. A remote LLM's API key is read from $GBOOST_LLM_API_KEY. The PRM uses

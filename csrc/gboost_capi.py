@@ -44,7 +44,8 @@ CONFIG_KEYS = {
     "block_size": "KV block size in tokens",
     "search": "SearchConfig fields (engine/search/config.py)",
     "collab_mode": "speculative | exact",
-    "max_draft": "speculative: SLM tokens drafted per round",
+    "max_draft": "speculative: SLM tokens drafted per round (at most, if adaptive)",
+    "draft_policy": "speculative: fixed | adaptive (engine/collab/fused_step.py next_draft)",
     "on_llm_fault": "fallback | fail",
     "topk_support": "SLM top-k entering the support when LLM rows are top-k only",
     "llm_timeout_s": "remote LLM: request timeout",
@@ -52,7 +53,7 @@ CONFIG_KEYS = {
     "llm_kind": "remote LLM: auto | completions | chat (what the URL offers; auto probes it)",
     "llm_model": "remote LLM: the model name at the URL (null: the first it lists)",
 }
-_OPTION_KEYS = ("collab_mode", "max_draft", "on_llm_fault", "topk_support")
+_OPTION_KEYS = ("collab_mode", "max_draft", "draft_policy", "on_llm_fault", "topk_support")
 _STACK_KEYS = ("prm_kind", "base", "dtype", "device", "kv_memory_gb", "block_size", "llm_timeout_s", "llm_top_logprobs",
                "llm_kind", "llm_model")
 

@@ -46,6 +46,9 @@ def _add_stack_args(p):
     p.add_argument("--max-draft", type=_at_least_one, default=16, metavar="K",
                    help="speculative LLM-involving steps: SLM tokens drafted per LLM call (the LLM computes "
                         "every drafted position, accepted or not: fewer wastes fewer LLM tokens, more calls)")
+    p.add_argument("--draft-policy", default="fixed", choices=["fixed", "adaptive"],
+                   help="adaptive: start at 4 drafted tokens, double after a fully accepted round, else draft "
+                        "one more than were accepted (at most --max-draft)")
     p.add_argument("--on-llm-fault", default="fallback", choices=["fallback", "fail"])
 
 
@@ -82,7 +85,7 @@ async def _stack(args, cfg, check: bool = True, serving: bool = False):
     return await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
                              dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
                              options=CollabOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault,
-                                                   max_draft=args.max_draft),
+                                                   max_draft=args.max_draft, draft_policy=args.draft_policy),
                              llm_kind=args.llm_kind, llm_model=args.llm_model, offload=serving or is_url(llm))
 
 
@@ -207,7 +210,8 @@ def cmd_train_prm(args) -> int:
         from engine.stack import build_stack, is_url
         stack = await build_stack(cfg, slm=args.slm, llm=llm, prm="none", dtype=args.dtype, device=args.device,
                                   kv_memory_gb=args.kv_memory_gb,
-                                  options=CollabOptions(collab_mode=args.collab_mode, max_draft=args.max_draft),
+                                  options=CollabOptions(collab_mode=args.collab_mode, max_draft=args.max_draft,
+                                                        draft_policy=args.draft_policy),
                                   llm_kind=args.llm_kind, llm_model=args.llm_model, offload=is_url(llm))
         try:
             desc = {"path": str(Path(args.data).resolve()), "lines": list(lines) if lines else None}

@@ -345,8 +345,8 @@ def test_max_draft_reaches_the_executor_and_zero_is_refused(tiny_dir, tmp_path, 
     monkeypatch.setattr(engine.stack, "build_stack", stop)
     models = ["--slm", str(tiny_dir), "--dtype", "float32"] + (["--llm", "none", "--method", "slm"]
                                                               if cmd[0] != "train-prm" else ["--collab-share", "0"])
-    assert main([cmd[0], *models, "--max-draft", "3", *cmd[1:]]) == 130
-    assert [o.max_draft for o in seen] == [3]
+    assert main([cmd[0], *models, "--max-draft", "3", "--draft-policy", "adaptive", *cmd[1:]]) == 130
+    assert [(o.max_draft, o.draft_policy) for o in seen] == [(3, "adaptive")]
     with pytest.raises(SystemExit) as e:
         main([cmd[0], *models, "--max-draft", "0", *cmd[1:]])
     assert e.value.code == 2 and "--max-draft: must be >= 1, got 0" in capsys.readouterr().err

@@ -38,7 +38,8 @@ STEPS = {"slm": slm_step, "collab": collab_step, "llm": llm_step, "delegate": de
 @dataclass
 class CollabOptions:
     collab_mode: str = "speculative"   # speculative | exact
-    max_draft: int = 16                # SLM tokens drafted per speculative round
+    max_draft: int = 16                # SLM tokens drafted per speculative round (at most, if adaptive)
+    draft_policy: str = "fixed"        # fixed: max_draft every round | adaptive: see fused_step.next_draft
     on_llm_fault: str = "fallback"     # fallback (SLM step, fault counted) | fail
     topk_support: int = 20             # SLM top-k entering the support when LLM rows are top-k only
 
@@ -49,6 +50,8 @@ class CollabOptions:
             raise ValueError(f"on_llm_fault must be fallback or fail, got {self.on_llm_fault!r}")
         if self.max_draft < 1:
             raise ValueError("max_draft must be >= 1")
+        if self.draft_policy not in ("fixed", "adaptive"):
+            raise ValueError(f"draft_policy must be fixed or adaptive, got {self.draft_policy!r}")
 
 
 @dataclass

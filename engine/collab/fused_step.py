@@ -40,6 +40,21 @@ async def llm_step(ex, seq: Sequence, gen: torch.Generator) -> None:
     await step(ex, seq, gen, 1.0)
 
 
+def first_draft(opt) -> int:
+    return opt.max_draft if opt.draft_policy == "fixed" else min(4, opt.max_draft)
+
+
+def next_draft(opt, k: int, drafted: int, accepted: int) -> int:
+    """The next round's draft length. The LLM computes every drafted position, so a rejected tail
+    is LLM work thrown away: adaptive drafting doubles k after a round whose whole draft was
+    accepted, and after a rejection drafts one more token than were accepted (a rough estimate of
+    the run the models agree on now). It depends on this step's past rounds only, so each round
+    still samples the fused distribution exactly, and a seeded step stays reproducible."""
+    if opt.draft_policy == "fixed":
+        return k
+    return min(opt.max_draft, 2 * k) if accepted == drafted else accepted + 1
+
+
 def _fused(ex, slm_logits, llm_rows, alpha, base_rows):
     a = ex.cfg.fusion_alpha if alpha is None else alpha
     return fused_logp(slm_logits, llm_rows, a, base_rows, ex.opt.topk_support)
@@ -72,10 +87,11 @@ async def speculative_step(ex, seq: Sequence, gen: torch.Generator, alpha: float
     cache, start = ex.engine.cache, len(seq.token_ids)
     T, top_p = ex.cfg.temperature, ex.cfg.top_p
     proxy = ex.uses_base(alpha)
+    k = first_draft(ex.opt)
     while True:
         draft_start = len(seq.token_ids)
         draft, slm_rows, ended = [], [], False
-        while len(draft) < ex.opt.max_draft:  # SLM drafts until the step ends or K tokens
+        while len(draft) < k:  # SLM drafts until the step ends or k tokens
             logits = await ex.slm_forward(seq)
             slm_rows.append(logits)
             t = ex.sample(logits, gen)
@@ -111,3 +127,4 @@ async def speculative_step(ex, seq: Sequence, gen: torch.Generator, alpha: float
         cache.append(seq, [out[n_acc]])
         if ex.ends(seq, start):
             return
+        k = next_draft(ex.opt, k, K, n_acc)

@@ -71,10 +71,10 @@ def fused(t, rule="loglinear"):
     return torch.softmax(z / T, -1)
 
 
-def exact_distribution(last, rule="loglinear"):
+def exact_distribution(last, rule="loglinear", step=STEP):
     dist = {}
     def walk(prefix, prev, prob):
-        if prefix and (prefix[-1] == EOS or len(prefix) == STEP):
+        if prefix and (prefix[-1] == EOS or len(prefix) == step):
             dist[tuple(prefix)] = dist.get(tuple(prefix), 0.0) + prob
             return
         p = fused(prev, rule)
@@ -105,13 +105,14 @@ def tv(samples, dist):
     return 0.5 * sum(abs(emp.get(k, 0) - dist.get(k, 0)) for k in set(emp) | set(dist))
 
 
-def make(mode, seed, scheduler=None, llm=None, engine=None, rule="loglinear"):
+def make(mode, seed, scheduler=None, llm=None, engine=None, rule="loglinear", step=STEP, max_draft=2,
+         draft_policy="fixed"):
     engine = engine or tiny_engine({"slm": 1})
-    cfg = SearchConfig(temperature=T, top_p=1.0, fusion_alpha=ALPHA, max_step_tokens=STEP, seed=seed,
+    cfg = SearchConfig(temperature=T, top_p=1.0, fusion_alpha=ALPHA, max_step_tokens=step, seed=seed,
                        step_delimiter="\n\n\n\n", fusion_rule=rule)
     be = EngineExecutor(engine, scheduler or TableScheduler(), cfg, llm=llm or TableLLM(),
                        base=TableLLM(BASE) if rule == "proxy" else None,
-                       options=CollabOptions(collab_mode=mode, max_draft=2))
+                       options=CollabOptions(collab_mode=mode, max_draft=max_draft, draft_policy=draft_policy))
     return be, engine
 
 
@@ -150,6 +151,33 @@ def test_speculative_equals_exact_fused_distribution_bigram(rule):
                 walk(prefix + [t], t, prob * float(p[t]))
         walk([], last, 1.0)
         assert tv(s_llm, llm_only) < 0.05 and tv(s_llm, dist) > 0.1
+    eng.cache.check_refcounts()
+
+
+def test_adaptive_drafts_sample_the_same_distribution_with_less_llm_work():
+    """Draft lengths that follow the step's own acceptances (fused_step.next_draft) keep every
+    round exact: 5-token steps, drafts of 1-4 tokens, against the closed-form distribution."""
+    from engine.collab.fused_step import next_draft
+    opt = CollabOptions(max_draft=4, draft_policy="adaptive")
+    assert [next_draft(opt, 2, 2, 2), next_draft(opt, 4, 4, 4), next_draft(opt, 4, 4, 1), next_draft(opt, 4, 3, 0)] \
+        == [4, 4, 2, 1]
+    assert next_draft(CollabOptions(max_draft=4), 4, 4, 0) == 4
+    step, n = 5, 6000
+    be, eng = make("speculative", 5, step=step, max_draft=4, draft_policy="adaptive")
+    fixed, _ = make("speculative", 5, engine=eng, step=step, max_draft=4)
+    root = asyncio.run(be.root("ab"))
+    dist = exact_distribution(root.slm.token_ids[-1], step=step)
+    be.release(root)
+    assert abs(sum(dist.values()) - 1) < 1e-6
+    # E[TV] of n samples is at most about 0.4 * sum(sqrt(p)) / sqrt(n) = 0.068 here (less where
+    # n * p < 1); the distribution of fusion weight 0.3 or 0.7 instead of 0.5 is 0.18 / 0.14 away
+    assert sum(dist[k] ** 0.5 for k in dist) < 14
+    assert tv(sample_steps(be, eng, n, "ab"), dist) < 0.1
+    sample_steps(fixed, eng, n // 3, "ab")
+    # the same steps cost fewer drafted (so LLM-computed) positions, at a higher acceptance
+    c, f = be.counts, fixed.counts
+    assert c.draft_proposed / n < f.draft_proposed / (n // 3)
+    assert c.draft_accepted / c.draft_proposed > f.draft_accepted / f.draft_proposed
     eng.cache.check_refcounts()
 
 

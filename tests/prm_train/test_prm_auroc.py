@@ -64,8 +64,9 @@ def test_gsm8k_suite_runs_a_named_config_on_a_line_range(monkeypatch, tmp_path):
                                                           "--config", f"myrsd={cfg}"], rows=3)
     assert (seen["cfg"].method, seen["cfg"].rsd_threshold) == ("rsd", 0.4)  # the file, not the chain config
     assert seen["options"].max_draft == 16  # the engine's default unless --max-draft says otherwise
-    seen = _suite_until_the_stack(monkeypatch, tmp_path, ["--limit", "1", "--methods", "slm", "--max-draft", "4"])
-    assert seen["options"].max_draft == 4
+    seen = _suite_until_the_stack(monkeypatch, tmp_path, ["--limit", "1", "--methods", "slm", "--max-draft", "4",
+                                                          "--draft-policy", "adaptive"])
+    assert (seen["options"].max_draft, seen["options"].draft_policy) == (4, "adaptive")
 
 
 @pytest.mark.parametrize("argv, msg", [

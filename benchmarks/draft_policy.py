@@ -6,8 +6,10 @@ For each policy (fixed 16, fixed 4, adaptive up to 16) and each action (`llm`, g
 and rsd baselines write; `collab`, fused at T 0.7, as G-Boost writes) it runs a chain of `--depth`
 steps on every question, all questions in flight at once, in one process on one engine, and
 prints the LLM tokens computed per token written, LLM calls, draft acceptance and wall time. Greedy
-`llm` steps are the LLM's own greedy continuation under every policy, so that row also checks that
-the policies write the same tokens. Lines 1001-1319 of GSM8K are refused.
+`llm` steps are the LLM's own greedy continuation under every policy in exact arithmetic; in bf16 the
+LLM's rows depend on how many positions a call computes, so near-ties can flip (the script says
+whether the texts agree). The first policy of the first action also pays the prompts' prefill,
+which the prefix cache then serves to the others. Lines 1001-1319 of GSM8K are refused.
 """
 from __future__ import annotations
 

@@ -22,12 +22,12 @@ from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.evals.datasets import load_lines, parse_lines
 from engine.search.api import solve
 from engine.search.config import SearchConfig
+from gsm8k_suite import RESERVED, touches_reserved
 
 POLICIES = (("fixed 16", CollabOptions(max_draft=16)), ("fixed 4", CollabOptions(max_draft=4)),
             ("adaptive <= 16", CollabOptions(max_draft=16, draft_policy="adaptive")))
 ACTIONS = (("llm, greedy", dict(method="llm", temperature=0.0, top_p=1.0)),
            ("collab, T 0.7", dict(method="fusion", temperature=0.7, top_p=0.95)))
-RESERVED = (1001, 1319)
 
 
 async def run(stack, questions: list[str], depth: int) -> None:
@@ -60,10 +60,10 @@ async def main(argv=None) -> int:
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="tiny random models (checks the script, measures nothing)")
     args = ap.parse_args(argv)
-    lo, hi = parse_lines(args.lines)
-    if "gsm8k" in args.data and hi >= RESERVED[0]:
+    lines = parse_lines(args.lines)
+    if touches_reserved(args.data, lines):
         ap.error(f"--lines {args.lines}: GSM8K lines {RESERVED[0]}-{RESERVED[1]} are reserved")
-    questions = [r.question for r in load_lines(args.data, (lo, hi))]
+    questions = [r.question for r in load_lines(args.data, lines)]
     if args.tiny:
         from engine.testing import tiny_stack
         stack = tiny_stack()

@@ -51,6 +51,11 @@ CONCURRENCY = {"slm": 6, "llm": 12, "fusion": 9, "gboost": 11}
 RESERVED = (1001, 1319)
 
 
+def touches_reserved(data: str, lines: tuple[int, int] | None) -> bool:
+    """Whether a 1-based line range of ``data`` reaches the reserved GSM8K lines."""
+    return bool(lines) and "gsm8k" in Path(data).name and lines[1] >= RESERVED[0]
+
+
 def config_for(method: str, seed: int, configs: dict[str, Path] = CONFIGS) -> SearchConfig:
     cfg = SearchConfig.from_file(configs.get(method, CHAIN))
     if method not in configs:
@@ -121,7 +126,7 @@ async def main(argv=None) -> int:
             ap.error(f"--config {item!r}: want NAME=FILE")
         configs[m] = Path(f)
     lines = parse_lines(args.lines)
-    if lines and "gsm8k" in Path(args.data).name and lines[1] >= RESERVED[0]:
+    if touches_reserved(args.data, lines):
         ap.error(f"--lines {args.lines}: GSM8K lines {RESERVED[0]}-{RESERVED[1]} are reserved")
     rows = load_lines(args.data, lines, None if lines else args.limit)
     span = f"{lines[0]}-{lines[1]}" if lines else f"{len(rows)}"

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
-
-import statistics
 
 from engine.evals.loop import wilson_interval
 from engine.search.config import LLM_ACTIONS

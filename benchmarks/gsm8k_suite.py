@@ -126,8 +126,9 @@ async def main(argv=None) -> int:
             ap.error(f"--config {item!r}: want NAME=FILE")
         configs[m] = Path(f)
     lines = parse_lines(args.lines)
-    if touches_reserved(args.data, lines):
-        ap.error(f"--lines {args.lines}: GSM8K lines {RESERVED[0]}-{RESERVED[1]} are reserved")
+    if touches_reserved(args.data, lines or (1, args.limit)):
+        what = f"--lines {args.lines}" if lines else f"--limit {args.limit}"
+        ap.error(f"{what}: GSM8K lines {RESERVED[0]}-{RESERVED[1]} are reserved")
     rows = load_lines(args.data, lines, None if lines else args.limit)
     span = f"{lines[0]}-{lines[1]}" if lines else f"{len(rows)}"
     cfgs = {m: config_for(m, args.seed, configs) for m in args.methods}

@@ -71,6 +71,7 @@ def test_gsm8k_suite_runs_a_named_config_on_a_line_range(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("argv, msg", [
     (["--lines", "990-1001", "--methods", "slm"], "reserved"),
+    (["--limit", "1001", "--methods", "slm"], "--limit 1001: GSM8K lines 1001-1319 are reserved"),
     (["--methods", "slm", "--config", "slm"], "want NAME=FILE"),
     (["--methods", "slm", "--prm-of", "gboost=value-head:/x"], "--prm-of"),
     (["--methods", "slm", "--prm-of", "slm=/x"], "--prm-of"),

@@ -50,8 +50,11 @@ def row(name: str, recs: list[dict]) -> str:
     wall = f"{statistics.median(walls) / 60:.1f}" if walls else "—"
     errors = sum(r.get("error") is not None for r in recs)
     auc = auroc(recs)
+    # records before the split was measured lack the field
+    ctx = [r["cost"]["llm_context_tokens"] for r in recs if "llm_context_tokens" in r["cost"]]
+    ctx_share = f"{sum(ctx) / tot['llm_tokens']:.2f}" if len(ctx) == n and tot["llm_tokens"] else "—"
     return (f"| {name} | {ok} / {n} | {ok / n:.2f} ({lo:.2f}–{hi:.2f}) | {tot['slm_tokens']} | "
-            f"{tot['llm_tokens']} | {tot['llm_tokens'] / n:.0f} | {tot['prm_tokens'] / n:.0f} | {tot['llm_calls']} | "
+            f"{tot['llm_tokens']} | {tot['llm_tokens'] / n:.0f} | {ctx_share} | {tot['prm_tokens'] / n:.0f} | {tot['llm_calls']} | "
             f"{helped} of {len(steps)} | {'—' if auc is None else f'{auc:.2f}'} | {wall} | {errors} |")
 
 
@@ -62,10 +65,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     runs = {p.stem: read(p) for p in args.runs}
     keep = set.intersection(*(set(r) for r in runs.values())) if args.common else None
-    print("| run | correct | accuracy (95% Wilson CI) | SLM tokens | LLM tokens | LLM tokens / question | "
+    print("| run | correct | accuracy (95% Wilson CI) | SLM tokens | LLM tokens | LLM tokens / question | of them context read | "
           "PRM tokens / question | LLM-involving steps | LLM-helped steps on the chosen paths | "
           "PRM AUROC right vs wrong | median wall min / question (concurrent) | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, recs in runs.items():
         chosen = [recs[i] for i in sorted(recs) if keep is None or i in keep]
         if chosen:

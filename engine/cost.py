@@ -25,8 +25,8 @@ from typing import Any, Iterator
 
 __all__ = ["CostRecord", "request_scope", "charge", "charge_fault"]
 
-_INT_FIELDS = ("slm_tokens", "llm_tokens", "prm_tokens", "base_tokens", "prefix_cache_tokens", "llm_calls",
-               "prm_tokens_saved", "llm_retries")
+_INT_FIELDS = ("slm_tokens", "llm_tokens", "llm_context_tokens", "prm_tokens", "base_tokens",
+               "prefix_cache_tokens", "llm_calls", "prm_tokens_saved", "llm_retries")
 
 
 @dataclass
@@ -35,6 +35,9 @@ class CostRecord:
 
     slm_tokens: int = 0           #: tokens computed by the SLM (prompt prefill included)
     llm_tokens: int = 0           #: tokens computed by the general LLM
+    #: of those, context the LLM read before the positions it was asked to score (tokens it had
+    #: not seen, or whose K/V no session or prefix block kept): the rest are drafted positions
+    llm_context_tokens: int = 0
     prm_tokens: int = 0           #: tokens run through the process reward model
     base_tokens: int = 0          #: tokens computed by the SLM's base model (fusion_rule "proxy")
     prefix_cache_tokens: int = 0  #: tokens served from a prefix cache instead of being recomputed

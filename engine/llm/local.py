@@ -48,7 +48,8 @@ class LocalLLM:
             cache.rewind(seq, len(ids) - n_rows)  # the last n_rows positions must be computed now
             logits = await self.scheduler.forward(seq, n_rows)
             computed = seq.last_computed  # not len(ids) - num_computed before: it may be preempted
-            charge(self.cost, **{self.charge_as: computed}, prefix_cache_tokens=len(ids) - computed)
+            context = {"llm_context_tokens": max(0, computed - n_rows)} if self.charge_as == "llm_tokens" else {}
+            charge(self.cost, **{self.charge_as: computed}, **context, prefix_cache_tokens=len(ids) - computed)
             self.tokens_computed += computed
         except BaseException:
             cache.free(seq)

@@ -1,0 +1,35 @@
+"""A resident LLM charges what it computes, split into context read and positions scored."""
+import asyncio
+
+from engine.cost import CostRecord
+from engine.llm.local import LocalLLM
+from engine.scheduler import Scheduler
+from engine.testing import tiny_engine
+
+
+def test_context_tokens_are_what_the_llm_read_before_the_scored_rows():
+    eng = tiny_engine({"slm": 1, "llm": 2})
+    llm = LocalLLM(eng, Scheduler(eng))
+    llm.cost = CostRecord()
+    bs = eng.cache.block_size
+    prefix = [(7 * i) % 200 + 3 for i in range(2 * bs + 5)]
+
+    async def go():
+        await llm.score(prefix, [11, 12, 13])  # cold: the whole prefix is context
+        first = llm.cost.copy()
+        # the next round keeps one draft token, adds the resampled one (40) and drafts 3 more: its
+        # session holds everything up to the kept token, and 40's row is one of the rows asked for
+        await llm.score(prefix + [11, 40], [41, 42, 43])
+        second = llm.cost.minus(first)
+        # a different continuation of the prefix, past one session: the prefix blocks are shared,
+        # the tokens after the last full block are context read again
+        await llm.next_logprobs(prefix[:bs + 3] + [99, 98])
+        third = llm.cost.minus(first).minus(second)
+        return first, second, third
+
+    first, second, third = asyncio.run(go())
+    assert (first.llm_tokens, first.llm_context_tokens) == (len(prefix) + 3, len(prefix) - 1)
+    assert (second.llm_tokens, second.llm_context_tokens) == (4, 0)  # rows after 40, 41, 42, 43
+    assert third.llm_tokens - third.llm_context_tokens == 1
+    assert third.llm_context_tokens + third.prefix_cache_tokens == bs + 4
+    llm.release_sessions()

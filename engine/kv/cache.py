@@ -155,6 +155,18 @@ class KVCache:
         seq.num_computed += gained
         return gained
 
+    def cached_prefix_len(self, model: str, token_ids: list[int]) -> int:
+        """Tokens a new sequence of ``token_ids`` would take from the prefix cache (full blocks,
+        never the last token); reads the cache without holding anything."""
+        bs, parent, n = self.block_size, self._root_hash(model), 0
+        for i in range((len(token_ids) - 1) // bs if token_ids else 0):
+            key = (parent, tuple(token_ids[i * bs:(i + 1) * bs]))
+            h = hash(key)
+            if self.blocks.lookup(h, key) is None:
+                break
+            parent, n = h, n + bs
+        return n
+
     def preemptible_blocks(self, seq: Sequence) -> int:
         """Blocks `preempt(seq)` would give back: the tail that no other sequence holds."""
         n = 0

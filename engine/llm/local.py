@@ -59,7 +59,10 @@ class LocalLLM:
         return [TokenLogprobs(self._all_ids, row, full=True) for row in logp]
 
     def _take_session(self, ids: list[int]) -> Sequence:
-        """The live session sharing the longest prefix with ids, cut back and extended to ids."""
+        """The live session sharing the longest prefix with ids, cut back and extended to ids, if
+        it holds at least as much of ids as the prefix cache; else a new sequence on the cached
+        blocks. (Sessions of other questions share the system prompt: taking one for that would
+        recompute the whole question and path, which earlier calls on this path left cached.)"""
         best, best_lcp = None, 0
         for key, s in self._sessions.items():
             n = min(len(s.token_ids), len(ids))
@@ -69,7 +72,7 @@ class LocalLLM:
             if lcp > best_lcp:
                 best, best_lcp = key, lcp
         cache = self.engine.cache
-        if best is None or best_lcp < cache.block_size:  # the prefix cache does as well
+        if best is None or best_lcp < max(cache.block_size, cache.cached_prefix_len(self.model.key, ids)):
             return cache.new_sequence(self.model.key, ids)
         seq = self._sessions.pop(best)
         cache.truncate(seq, best_lcp)

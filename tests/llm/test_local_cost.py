@@ -33,3 +33,29 @@ def test_context_tokens_are_what_the_llm_read_before_the_scored_rows():
     assert third.llm_tokens - third.llm_context_tokens == 1
     assert third.llm_context_tokens + third.prefix_cache_tokens == bs + 4
     llm.release_sessions()
+
+
+def test_a_session_of_another_path_does_not_hide_this_paths_cached_prefix():
+    eng = tiny_engine({"slm": 1, "llm": 2})
+    llm = LocalLLM(eng, Scheduler(eng))
+    llm.cost = CostRecord()
+    bs = eng.cache.block_size
+    shared = [5 + i for i in range(bs + bs // 2)]          # a system prompt: 1.5 blocks
+    path_a = shared + [100 + i for i in range(3 * bs)]     # question A and its steps
+    path_b = shared + [150 + i for i in range(3 * bs)]     # question B
+
+    async def go():
+        await llm.next_logprobs(path_a)
+        await llm.next_logprobs(path_b)  # takes A's session (it shares more than one cached block)
+        before = llm.cost.copy()
+        # A's next call: B's session shares 1.5 blocks, the prefix cache holds A's 4 full blocks
+        await llm.score(path_a + [7, 8], [9])
+        return llm.cost.minus(before)
+
+    got = asyncio.run(go())
+    held = (len(path_a) // bs) * bs
+    assert eng.cache.cached_prefix_len(llm.model.key, path_a + [7]) == held
+    assert got.llm_tokens == len(path_a) + 3 - held
+    assert got.prefix_cache_tokens == held
+    llm.release_sessions()
+    assert eng.cache.cached_prefix_len(llm.model.key, [1]) == 0  # a one-token sequence takes nothing

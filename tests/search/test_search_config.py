@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from engine.search.config import ConfigError, SearchConfig
+from engine.search.config import METHODS, ConfigError, SearchConfig
 from engine.cost import CostRecord
 
 
@@ -190,3 +190,19 @@ def test_bad_extends_are_one_line_errors(tmp_path, files, want):
     with pytest.raises(ConfigError, match=want) as e:
         SearchConfig.from_file(tmp_path / "a.toml")
     assert "\n" not in str(e.value)
+
+
+def test_every_benchmark_config_loads_and_names_its_method():
+    from pathlib import Path
+    files = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "configs").glob("*.toml"))
+    assert files
+    for f in files:
+        cfg = SearchConfig.from_file(f)  # validates, following `extends`
+        assert cfg.method in METHODS, f
+    bon = SearchConfig.from_file(files[0].with_name("gsm8k_bon_head.toml"))
+    beam = SearchConfig.from_file(files[0].with_name("gsm8k_beam_head.toml"))
+    head = SearchConfig.from_file(files[0].with_name("gsm8k_gboost_head.toml"))
+    for cfg in (bon, beam):  # the baselines sample and choose as the G-Boost they are compared with
+        assert (cfg.temperature, cfg.top_p, cfg.prm_aggregation, cfg.final_choice) == \
+            (head.temperature, head.top_p, head.prm_aggregation, head.final_choice)
+    assert (bon.method, bon.bon_n, beam.method, beam.beam_width, beam.slm_width) == ("bon", 4, "beam", 2, 2)

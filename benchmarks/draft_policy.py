@@ -22,7 +22,7 @@ from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.evals.datasets import load_lines, parse_lines
 from engine.search.api import solve
 from engine.search.config import SearchConfig
-from gsm8k_suite import RESERVED, touches_reserved
+from gsm8k_suite import refuse_reserved
 
 POLICIES = (("fixed 16", CollabOptions(max_draft=16)), ("fixed 4", CollabOptions(max_draft=4)),
             ("adaptive <= 16", CollabOptions(max_draft=16, draft_policy="adaptive")))
@@ -61,8 +61,7 @@ async def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny random models (checks the script, measures nothing)")
     args = ap.parse_args(argv)
     lines = parse_lines(args.lines)
-    if touches_reserved(args.data, lines):
-        ap.error(f"--lines {args.lines}: GSM8K lines {RESERVED[0]}-{RESERVED[1]} are reserved")
+    refuse_reserved(ap, args.data, lines, f"--lines {args.lines}")
     questions = [r.question for r in load_lines(args.data, lines)]
     if args.tiny:
         from engine.testing import tiny_stack

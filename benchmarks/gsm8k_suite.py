@@ -56,6 +56,12 @@ def touches_reserved(data: str, lines: tuple[int, int] | None) -> bool:
     return bool(lines) and "gsm8k" in Path(data).name and lines[1] >= RESERVED[0]
 
 
+def refuse_reserved(ap: argparse.ArgumentParser, data: str, lines: tuple[int, int], flag: str) -> None:
+    """Exit with a usage error (``flag`` names the option that chose the lines) if they are reserved."""
+    if touches_reserved(data, lines):
+        ap.error(f"{flag}: GSM8K lines {RESERVED[0]}-{RESERVED[1]} are reserved")
+
+
 def config_for(method: str, seed: int, configs: dict[str, Path] = CONFIGS) -> SearchConfig:
     cfg = SearchConfig.from_file(configs.get(method, CHAIN))
     if method not in configs:
@@ -126,9 +132,8 @@ async def main(argv=None) -> int:
             ap.error(f"--config {item!r}: want NAME=FILE")
         configs[m] = Path(f)
     lines = parse_lines(args.lines)
-    if touches_reserved(args.data, lines or (1, args.limit)):
-        what = f"--lines {args.lines}" if lines else f"--limit {args.limit}"
-        ap.error(f"{what}: GSM8K lines {RESERVED[0]}-{RESERVED[1]} are reserved")
+    refuse_reserved(ap, args.data, lines or (1, args.limit),
+                    f"--lines {args.lines}" if lines else f"--limit {args.limit}")
     rows = load_lines(args.data, lines, None if lines else args.limit)
     span = f"{lines[0]}-{lines[1]}" if lines else f"{len(rows)}"
     cfgs = {m: config_for(m, args.seed, configs) for m in args.methods}

@@ -21,7 +21,7 @@ from engine.collab.executor import CollabOptions, EngineExecutor
 from engine.evals.datasets import load_lines, parse_lines
 from engine.search.api import solve
 from engine.search.config import SearchConfig
-from gsm8k_suite import RESERVED, touches_reserved
+from gsm8k_suite import refuse_reserved
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,8 +35,7 @@ async def main(argv=None) -> int:
     ap.add_argument("--kv-memory-gb", type=float, default=3.0)
     args = ap.parse_args(argv)
     lines = parse_lines(args.lines)
-    if touches_reserved(args.data, lines):
-        ap.error(f"--lines {args.lines}: GSM8K lines {RESERVED[0]}-{RESERVED[1]} are reserved")
+    refuse_reserved(ap, args.data, lines, f"--lines {args.lines}")
     questions = [r.question for r in load_lines(args.data, lines)]
     cfgs = {m: SearchConfig.from_file(HERE / f"configs/gsm8k_{m}.toml") for m in args.methods}
     from engine.stack import build_stack

@@ -135,37 +135,36 @@ class KVCache:
         """Extend seq's computed prefix with published blocks of the same tokens (never its last
         token); returns the tokens gained. Only from a block boundary with no partial block, e.g.
         a new sequence or one cut back by `preempt`."""
-        bs = self.block_size
         self._check_live(seq)
-        if seq.num_computed != len(seq.block_table) * bs or len(seq.block_hashes) != len(seq.block_table):
+        if seq.num_computed != len(seq.block_table) * self.block_size or len(seq.block_hashes) != len(seq.block_table):
             return 0
         parent = seq.block_hashes[-1] if seq.block_hashes else self._root_hash(seq.model)
         start = len(seq.block_table)
-        for i in range(start, (len(seq.token_ids) - 1) // bs if seq.token_ids else 0):
-            key = (parent, tuple(seq.token_ids[i * bs:(i + 1) * bs]))
-            h = hash(key)
-            b = self.blocks.lookup(h, key)
-            if b is None:
-                break
+        for b, h in self._cached_blocks(parent, seq.token_ids, start):
             self.blocks.incref(b)
             seq.block_table.append(b)
             seq.block_hashes.append(h)
-            parent = h
-        gained = (len(seq.block_table) - start) * bs
+        gained = (len(seq.block_table) - start) * self.block_size
         seq.num_computed += gained
         return gained
 
     def cached_prefix_len(self, model: str, token_ids: list[int]) -> int:
         """Tokens a new sequence of ``token_ids`` would take from the prefix cache (full blocks,
         never the last token); reads the cache without holding anything."""
-        bs, parent, n = self.block_size, self._root_hash(model), 0
-        for i in range((len(token_ids) - 1) // bs if token_ids else 0):
+        return sum(1 for _ in self._cached_blocks(self._root_hash(model), token_ids, 0)) * self.block_size
+
+    def _cached_blocks(self, parent: int, token_ids: list[int], start: int):
+        """(block, hash) of each published block that holds ``token_ids``' full blocks from block
+        ``start`` on (after the chained hash ``parent``), up to the first miss; never the last token."""
+        bs = self.block_size
+        for i in range(start, (len(token_ids) - 1) // bs if token_ids else 0):
             key = (parent, tuple(token_ids[i * bs:(i + 1) * bs]))
             h = hash(key)
-            if self.blocks.lookup(h, key) is None:
-                break
-            parent, n = h, n + bs
-        return n
+            b = self.blocks.lookup(h, key)
+            if b is None:
+                return
+            yield b, h
+            parent = h
 
     def preemptible_blocks(self, seq: Sequence) -> int:
         """Blocks `preempt(seq)` would give back: the tail that no other sequence holds."""

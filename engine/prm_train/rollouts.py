@@ -4,8 +4,9 @@ Each solution is a chain of steps through the search backend (so it is batched b
 with every other chain in flight); each step is an SLM step or, with probability `collab_share`,
 a collaborative (fused) one, or with probability `llm_share` one the LLM writes alone (what a
 search's delegated children are), so a head sees every kind it will score. Every step keeps its
-token ids: the features of stage 2 are read at exactly the tokens the search will later score. Records are appended to a
-JSONL file as chains finish, and a rerun skips the (line, k) pairs already there (resumable).
+token ids: the features of stage 2 are read at exactly the tokens the search will later score.
+Records are appended to a JSONL file as chains finish, and a rerun skips the (line, k) pairs
+already there (resumable).
 """
 from __future__ import annotations
 

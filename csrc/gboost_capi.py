@@ -206,9 +206,9 @@ class EngineHandle:
             raise ValueError("config_json: 'search' must be an object of SearchConfig fields")
 
         from engine.collab.executor import CollabOptions
-        from engine.search.config import SearchConfig
+        from engine.search.config import SearchConfig, prm_kind_of
 
-        self.cfg = SearchConfig.from_dict(search)
+        self.cfg = SearchConfig.from_dict(search, prm_kind_of(cfg.get("prm"), cfg.get("prm_kind", "judge")))
         options = CollabOptions(**{k: cfg[k] for k in _OPTION_KEYS if k in cfg})
         stack_kw = {k: cfg[k] for k in _STACK_KEYS if k in cfg}
         self.config = {"slm": slm, "llm": llm, "prm": cfg.get("prm"), **stack_kw}

@@ -61,8 +61,10 @@ def _add_model_args(p):
 
 
 def _search_config(args):
-    from engine.search.config import SearchConfig
-    cfg = SearchConfig.from_file(args.config) if args.config else SearchConfig()
+    """--config's SearchConfig; keys it does not set take the defaults of the PRM kind to be run."""
+    from engine.search.config import SearchConfig, prm_kind_of
+    kind = prm_kind_of(getattr(args, "prm", None), getattr(args, "prm_kind", "judge"))
+    cfg = SearchConfig.from_file(args.config, kind) if args.config else SearchConfig.from_dict({}, kind)
     if getattr(args, "method", None):
         cfg.method = args.method
     if getattr(args, "seed", None) is not None:

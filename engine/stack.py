@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from engine.engine import Engine
 from engine.scheduler import Scheduler
 from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.search.config import SearchConfig
+from engine.search.config import VALUE_HEAD_PREFIX as VALUE_HEAD, SearchConfig
 from engine.collab.prm import PRMScorer, PRMSpec
 
 DEFAULT_SLM = "qwen2.5-coder-0.5b"
 DEFAULT_LLM = "qwen2.5-coder-1.5b"
-VALUE_HEAD = "value-head:"  # --prm value-head:DIR: a head trained by `gboost train-prm`
 
 
 def is_url(s: str | None) -> bool:

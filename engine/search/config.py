@@ -39,6 +39,15 @@ distribution (action ``llm``) when it is resident or a completions endpoint. Eve
 them as it treats collab children (the LLM quota goes to collab first); the PRM values decide
 between all three.
 
+Defaults by PRM kind (``PRM_KIND_DEFAULTS``)
+---------------------------------------------
+A few defaults depend on what the PRM's values mean, and the entry points (CLI, server, C ABI)
+start from those of the PRM kind they run (``SearchConfig.from_dict(d, prm_kind=...)``; a key
+the user sets always wins). A value head is trained to predict its solution's final outcome from
+each step, so its last step's value is already the path's value: ``prm_aggregation = "last"``
+(GSM8K dev lines, benchmarks/RESULTS.md: the 1.5B head's held-out path AUROC 1.00 last, 0.94
+mean, 0.91 min). A judge rates each step on its own, so a path keeps its weakest step (``min``).
+
 When the LLM budget of a request is spent (``max_llm_calls``,
 ``max_llm_tokens``, ``max_llm_faults``), every policy falls back to SLM-only
 expansions.
@@ -58,7 +67,7 @@ from typing import Any
 from engine.seeds import check_seed
 
 __all__ = ["SearchConfig", "ConfigError", "ACTIONS", "LLM_ACTIONS", "METHODS", "ACTION_POLICIES", "FINAL_CHOICES",
-           "PRM_AGGREGATIONS", "FUSION_RULES", "check_stack_runs"]
+           "PRM_AGGREGATIONS", "FUSION_RULES", "PRM_KINDS", "PRM_KIND_DEFAULTS", "prm_kind_of", "check_stack_runs"]
 
 #: How a step can be written; each name is one step function in engine/collab/executor.py's STEPS.
 #: ``delegate``: the general LLM writes the whole step through a chat request (chat-only APIs)
@@ -71,6 +80,16 @@ ACTION_POLICIES = ("both", "gate", "arms")
 FINAL_CHOICES = ("best_path", "weighted_vote")
 PRM_AGGREGATIONS = ("last", "min", "prod", "mean")
 FUSION_RULES = ("loglinear", "proxy")
+#: PRM kinds (engine/collab/prm.py's judge kinds, and a trained value head)
+PRM_KINDS = ("judge", "token_pair", "two_class", "value_head")
+#: defaults that differ from the dataclass's for a PRM kind (see the module docstring)
+PRM_KIND_DEFAULTS: dict[str, dict[str, Any]] = {"value_head": {"prm_aggregation": "last"}}
+VALUE_HEAD_PREFIX = "value-head:"  # --prm value-head:DIR names a head from `gboost train-prm`
+
+
+def prm_kind_of(prm: str | None, prm_kind: str = "judge") -> str:
+    """The kind of PRM a stack built with these arguments scores with."""
+    return "value_head" if isinstance(prm, str) and prm.startswith(VALUE_HEAD_PREFIX) else prm_kind
 
 
 class ConfigError(ValueError):
@@ -243,7 +262,9 @@ class SearchConfig:
 
     # -------------------------------------------------------------------------- convert
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
+    def from_dict(cls, d: dict[str, Any], prm_kind: str | None = None) -> "SearchConfig":
+        """The config of `d`'s keys; the others take the defaults of `prm_kind` (PRM_KIND_DEFAULTS),
+        else the dataclass's."""
         if not isinstance(d, dict):
             raise ConfigError(f"search config must be a mapping, got {type(d).__name__}")
         names = [f.name for f in fields(cls)]
@@ -255,10 +276,12 @@ class SearchConfig:
                 hints.append(_show(k) + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError(f"unknown search config key(s): {', '.join(hints)}; "
                               f"valid keys: {', '.join(names)}", str(unknown[0]))
-        return cls(**d)
+        if prm_kind is not None and prm_kind not in PRM_KINDS:
+            raise ConfigError(f"prm_kind={_show(prm_kind)}: must be one of {', '.join(PRM_KINDS)}")
+        return cls(**{**PRM_KIND_DEFAULTS.get(prm_kind, {}), **d})
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "SearchConfig":
+    def from_file(cls, path: str | Path, prm_kind: str | None = None) -> "SearchConfig":
         """Read a ``.json`` or ``.toml`` file (keys at top level or under ``search``). Errors are
         one line, ``FILE:LINE: what`` where a line applies (syntax, a bad or unknown key).
         ``extends = "base.toml"`` (a path relative to the file) starts from another config file's
@@ -266,7 +289,7 @@ class SearchConfig:
         chain: list[tuple[Path, str, str]] = []  # (file, text, suffix), the file itself first
         data = _read_chain(Path(path), chain)
         try:
-            return cls.from_dict(data)
+            return cls.from_dict(data, prm_kind)
         except ConfigError as e:
             for p, text, suffix in chain:  # the key's line in the first file of the chain that sets it
                 line = _key_line(text, e.key, suffix) if e.key else None

@@ -206,3 +206,36 @@ def test_every_benchmark_config_loads_and_names_its_method():
         assert (cfg.temperature, cfg.top_p, cfg.prm_aggregation, cfg.final_choice) == \
             (head.temperature, head.top_p, head.prm_aggregation, head.final_choice)
     assert (bon.method, bon.bon_n, beam.method, beam.beam_width, beam.slm_width) == ("bon", 4, "beam", 2, 2)
+
+
+def test_prm_kind_defaults_fill_only_unset_keys(tmp_path):
+    """A value head's config starts from its kind's defaults (PRM_KIND_DEFAULTS); a key the user
+    sets wins, a judge keeps the dataclass defaults, and an unknown kind is refused."""
+    from engine.search.config import PRM_KIND_DEFAULTS, prm_kind_of
+    assert PRM_KIND_DEFAULTS["value_head"]["prm_aggregation"] != SearchConfig().prm_aggregation
+    assert SearchConfig.from_dict({}, "value_head").prm_aggregation == "last"
+    assert SearchConfig.from_dict({"prm_aggregation": "min"}, "value_head").prm_aggregation == "min"
+    assert SearchConfig.from_dict({}, "judge") == SearchConfig() == SearchConfig.from_dict({})
+    with pytest.raises(ConfigError, match="prm_kind='oracle'"):
+        SearchConfig.from_dict({}, "oracle")
+    f = tmp_path / "c.toml"
+    f.write_text('[search]\nnum_simulations = 3\n')
+    got = SearchConfig.from_file(f, "value_head")
+    assert (got.num_simulations, got.prm_aggregation) == (3, "last")
+    f.write_text('[search]\nprm_aggregation = "mean"\n')
+    assert SearchConfig.from_file(f, "value_head").prm_aggregation == "mean"
+    assert prm_kind_of("value-head:/x") == prm_kind_of(None, "value_head") == "value_head"
+    assert prm_kind_of("qwen2.5-coder-1.5b", "judge") == "judge" and prm_kind_of(None) == "judge"
+
+
+@pytest.mark.parametrize("argv,want", [(["--prm", "value-head:/h"], "last"),
+                                       (["--prm-kind", "value_head", "--prm", "/h"], "last"),
+                                       ([], "min"), (["--prm", "value-head:/h", "--config", "{cfg}"], "mean")])
+def test_cli_config_takes_the_defaults_of_its_prm_kind(tmp_path, argv, want):
+    from engine.cli import _search_config, build_parser
+    f = tmp_path / "c.toml"
+    f.write_text('prm_aggregation = "mean"\n')
+    for cmd in ("solve", "eval", "serve"):
+        extra = {"solve": ["q"], "eval": ["--data", "d.jsonl"], "serve": ["--solve"]}[cmd]
+        args = build_parser().parse_args([cmd, *[a.format(cfg=f) for a in argv], *extra])
+        assert _search_config(args).prm_aggregation == want, cmd

@@ -25,6 +25,7 @@ def _at_least_one(text: str) -> int:
 
 
 def _add_stack_args(p):
+    from engine.search.config import PRM_KINDS
     from engine.stack import DEFAULT_LLM, DEFAULT_SLM
     p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")
     p.add_argument("--llm", default=DEFAULT_LLM,
@@ -37,7 +38,7 @@ def _add_stack_args(p):
                         "from $GBOOST_LLM_API_KEY")
     p.add_argument("--prm", default=None, help="PRM model (default: the local LLM as a judge, else the SLM), "
                                                 "or value-head:DIR (a head from `gboost train-prm`)")
-    p.add_argument("--prm-kind", default="judge", choices=["judge", "token_pair", "two_class", "value_head"],
+    p.add_argument("--prm-kind", default="judge", choices=PRM_KINDS,
                    help="value_head: --prm names a directory written by `gboost train-prm`")
     p.add_argument("--base", default=None,
                    help="the SLM's untuned base model (same tokenizer): needed by fusion_rule = \"proxy\"")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from engine.engine import Engine
 from engine.scheduler import Scheduler
 from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.search.config import VALUE_HEAD_PREFIX as VALUE_HEAD, SearchConfig
+from engine.search.config import VALUE_HEAD_PREFIX as VALUE_HEAD, SearchConfig, prm_kind_of
 from engine.collab.prm import PRMScorer, PRMSpec
 
 DEFAULT_SLM = "qwen2.5-coder-0.5b"
@@ -57,11 +57,11 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
     remote = is_url(llm)
     if is_url(base):
         raise ValueError(f"base={base!r}: the proxy-tuning base model must be a local checkpoint, not a URL")
-    head_dir = prm[len(VALUE_HEAD):] if prm and prm.startswith(VALUE_HEAD) else None
-    if prm_kind == "value_head":
-        if not (head_dir or prm):
+    head_dir = None
+    if prm_kind_of(prm, prm_kind) == "value_head":
+        if not prm:
             raise ValueError("prm_kind='value_head' needs the head's directory as the PRM (value-head:DIR)")
-        head_dir = head_dir or prm
+        head_dir = prm.removeprefix(VALUE_HEAD)
     if head_dir is not None:
         from engine.models.value_head import load_head
         load_head(head_dir)  # a missing or broken head fails before any model loads

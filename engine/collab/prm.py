@@ -14,9 +14,10 @@ import torch
 
 from engine.kv.cache import Sequence
 from engine.cost import charge
+from engine.search.config import PRM_KINDS
 from kernels.step_scoring import step_rewards
 
-KINDS = ("judge", "token_pair", "two_class")
+KINDS = tuple(k for k in PRM_KINDS if k != "value_head")  # the kinds a PRM model itself scores
 
 JUDGE_SYSTEM = "You are a meticulous math teacher. You check a student's solution one step at a time."
 JUDGE_HEAD = "Problem:\n{question}\n\nStudent's solution so far:\n\n"

@@ -47,21 +47,32 @@ def can_upcast(weight: torch.Tensor) -> bool:
             and os.environ.get(ENV, "1") != "0" and not can_pack(weight))
 
 
-class PackedLinear(nn.Module):
+class _FusedLinear(nn.Module):
+    """One layer from the row-concatenation of `parts` (several projections of one input in one
+    matmul: their outputs side by side, split by the caller)."""
+
+    def _fuse(self, parts: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W, b) of the concatenated parts; one part's weight is shared, not copied (a tied
+        lm_head keeps the embedding's storage); a part without bias contributes zeros."""
+        self.in_features, self.out_features = parts[0].in_features, sum(p.out_features for p in parts)
+        w = torch.cat([p.weight.detach() for p in parts]) if len(parts) > 1 else parts[0].weight.detach()
+        biases = [p.bias for p in parts]
+        b = (None if all(b is None for b in biases) else
+             torch.cat([b.detach() if b is not None else w.new_zeros(p.out_features) for b, p in zip(biases, parts)]))
+        return w, b
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class PackedLinear(_FusedLinear):
     """y = x W^T + b with W held in oneDNN's blocked layout (an opaque tensor, not a parameter:
     it cannot be moved, cast or saved, so it is made last, from the loaded weights)."""
 
     def __init__(self, parts: list[nn.Linear], batch_hint: int = 1):
-        """One layer from the row-concatenation of `parts` (several projections of one input in
-        one matmul: their outputs side by side, split by the caller)."""
         super().__init__()
-        self.in_features, self.out_features = parts[0].in_features, sum(p.out_features for p in parts)
-        w = torch.cat([p.weight.detach() for p in parts]) if len(parts) > 1 else parts[0].weight.detach()
+        w, self.bias = self._fuse(parts)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w, batch_hint)
-        biases = [p.bias for p in parts]
-        self.bias = (None if all(b is None for b in biases) else
-                     torch.cat([b.detach() if b is not None else w.new_zeros(p.out_features)
-                                for b, p in zip(biases, parts)]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.bfloat16 or x.device.type != "cpu":
@@ -73,23 +84,16 @@ class PackedLinear(nn.Module):
         """A dense copy of W (for fingerprints and inspection; not for the hot path)."""
         return self.packed.to_dense()
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
-
-class UpcastLinear(nn.Module):
+class UpcastLinear(_FusedLinear):
     """y = x W^T + b with W kept in bf16: below UPCAST_MIN_ROWS rows the bf16 product, from there
     on W copied into a per-thread fp32 scratch (in row chunks of SCRATCH_ELEMS) and multiplied in
     fp32; both accumulate in fp32, and y is rounded to bf16 either way."""
 
     def __init__(self, parts: list[nn.Linear]):
         super().__init__()
-        self.in_features, self.out_features = parts[0].in_features, sum(p.out_features for p in parts)
-        w = torch.cat([p.weight.detach() for p in parts]) if len(parts) > 1 else parts[0].weight.detach()
-        self.register_buffer("weight", w, persistent=False)  # a tied lm_head shares the embedding's storage
-        biases = [p.bias for p in parts]
-        b = (None if all(b is None for b in biases) else
-             torch.cat([b.detach() if b is not None else w.new_zeros(p.out_features) for b, p in zip(biases, parts)]))
+        w, b = self._fuse(parts)
+        self.register_buffer("weight", w, persistent=False)
         self.register_buffer("bias", b, persistent=False)
         self.register_buffer("bias32", None if b is None else b.float(), persistent=False)
 
@@ -106,9 +110,6 @@ class UpcastLinear(nn.Module):
             b = None if self.bias32 is None else self.bias32[lo:hi]
             y[..., lo:hi] = F.linear(xf, _scratch(self.weight[lo:hi]), b)
         return y
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 _SCRATCH = threading.local()

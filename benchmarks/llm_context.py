@@ -31,7 +31,7 @@ async def main(argv=None) -> int:
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/gsm8k_test.jsonl"))
     ap.add_argument("--lines", default="266-269")
     ap.add_argument("--methods", nargs="+", default=["rsd_head", "gboost_head"])
-    ap.add_argument("--prm", default=f"value-head:{HERE / 'runs/prm_head_llm_201-255'}")
+    ap.add_argument("--prm", default="value-head:gsm8k-qwen2.5-coder-1.5b")
     ap.add_argument("--kv-memory-gb", type=float, default=3.0)
     args = ap.parse_args(argv)
     lines = parse_lines(args.lines)

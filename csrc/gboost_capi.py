@@ -36,7 +36,7 @@ CONFIG_KEYS = {
     "slm": "SLM: demo name, HF directory, .gguf file or Hub id (required)",
     "llm": "general LLM: model name/path (resident), http(s) URL (OpenAI-compatible) or null",
     "prm": "PRM model (null: the local LLM, else the SLM)",
-    "prm_kind": "judge | token_pair | two_class | value_head (prm: value-head:DIR from gboost train-prm)",
+    "prm_kind": "judge | token_pair | two_class | value_head (prm: value-head:DIR from gboost train-prm, or value-head:NAME of a shipped head)",
     "base": "the SLM's untuned base model, for search fusion_rule 'proxy' (null: none)",
     "dtype": "bfloat16 | float16 | float32",
     "device": "cpu | cuda | cuda:N",

@@ -25,6 +25,7 @@ def _at_least_one(text: str) -> int:
 
 
 def _add_stack_args(p):
+    from engine.models.value_head import shipped_heads
     from engine.search.config import PRM_KINDS
     from engine.stack import DEFAULT_LLM, DEFAULT_SLM
     p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")
@@ -37,7 +38,8 @@ def _add_stack_args(p):
                    help="model name at a remote --llm (default: the first it lists); the API key is read "
                         "from $GBOOST_LLM_API_KEY")
     p.add_argument("--prm", default=None, help="PRM model (default: the local LLM as a judge, else the SLM), "
-                                                "or value-head:DIR (a head from `gboost train-prm`)")
+                                                "or value-head:DIR (a head from `gboost train-prm`) or value-head:NAME "
+                                                f"(shipped with gboost: {', '.join(shipped_heads())})")
     p.add_argument("--prm-kind", default="judge", choices=PRM_KINDS,
                    help="value_head: --prm names a directory written by `gboost train-prm`")
     p.add_argument("--base", default=None,

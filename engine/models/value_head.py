@@ -19,6 +19,24 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 FORMAT = "gboost-value-head/1"
+#: heads that ship with the package, one directory each: `--prm value-head:NAME`
+SHIPPED = Path(__file__).resolve().parent.parent / "heads"
+
+
+def shipped_heads() -> list[str]:
+    return sorted(p.name for p in SHIPPED.iterdir() if (p / "card.json").is_file()) if SHIPPED.is_dir() else []
+
+
+def head_dir(spec: str | Path) -> Path:
+    """The directory a head is read from: `spec` when it exists, else the shipped head of that name
+    (a directory the user names always wins over a shipped name)."""
+    d = Path(spec)
+    if d.exists():
+        return d
+    if str(spec) in shipped_heads():
+        return SHIPPED / str(spec)
+    raise FileNotFoundError(f"value head {str(spec)!r}: no such directory, and no head of that name ships with "
+                            f"gboost (shipped: {', '.join(shipped_heads()) or 'none'})")
 
 
 def model_fingerprint(model) -> str:
@@ -84,7 +102,8 @@ def save_head(directory: str | Path, head: ValueHead, card: HeadCard) -> Path:
 
 
 def load_head(directory: str | Path) -> tuple[ValueHead, HeadCard]:
-    d = Path(directory)
+    """A head from its directory, or a shipped head by name (head_dir)."""
+    d = head_dir(directory)
     card_path, weights = d / "card.json", d / "head.safetensors"
     for p in (card_path, weights):
         if not p.is_file():

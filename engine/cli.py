@@ -41,7 +41,7 @@ def _add_stack_args(p):
                                                 "or value-head:DIR (a head from `gboost train-prm`) or value-head:NAME "
                                                 f"(shipped with gboost: {', '.join(shipped_heads())})")
     p.add_argument("--prm-kind", default="judge", choices=PRM_KINDS,
-                   help="value_head: --prm names a directory written by `gboost train-prm`")
+                   help="value_head: --prm names a head (value-head:DIR from `gboost train-prm`, or a shipped NAME)")
     p.add_argument("--base", default=None,
                    help="the SLM's untuned base model (same tokenizer): needed by fusion_rule = \"proxy\"")
     p.add_argument("--config", default=None, help="SearchConfig file (.json or .toml)")

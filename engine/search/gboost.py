@@ -263,6 +263,8 @@ async def _finish(ctx: SearchContext, root: Node) -> None:
 
     Each completion step samples one SLM child and -- for each LLM action with a width, while
     the LLM budget allows -- one child of it, concurrently; the PRM picks the best (ties: SLM).
+    Under ``action_policy = "gate"`` the LLM children come only where the SLM child scores
+    below ``gate_threshold``, as in the search itself (the rule users chose to bound LLM spend).
     """
     if any(n.terminal and not n.is_root and not n.pruned for n in root.iter_nodes()):
         return
@@ -273,18 +275,25 @@ async def _finish(ctx: SearchContext, root: Node) -> None:
     node = max(leaves, key=lambda n: (path_score(n, how), n.depth, -n.id))
     ctx.stats["finished_from"] = node.id
     with ctx.cost.timed("finish"):
+        gated = ctx.cfg.action_policy == "gate"
         while not node.terminal:
-            reqs = [(node, "slm", 1)]
-            quota = ctx.llm_quota()
-            for action in LLM_ARMS:
-                if _width(ctx.cfg, action) > 0 and quota > 0:
-                    reqs.append((node, action, 1))
-                    quota -= 1
-            kids = [c for cs in await ctx.expand(reqs) for c in cs]
+            kids: list[Node] = []
+            if gated:
+                kids = (await ctx.expand([(node, "slm", 1)]))[0]
+                await ctx.score(kids)
+            reqs = [] if gated else [(node, "slm", 1)]
+            if not kids or max(c.reward or 0.0 for c in kids) < ctx.cfg.gate_threshold:
+                quota = ctx.llm_quota()
+                for action in LLM_ARMS:
+                    if _width(ctx.cfg, action) > 0 and quota > 0:
+                        reqs.append((node, action, 1))
+                        quota -= 1
+            more = [c for cs in await ctx.expand(reqs) for c in cs] if reqs else []
+            await ctx.score(more)
+            kids += more
             if not kids:
                 node.exhausted = node.terminal = True
                 break
-            await ctx.score(kids)
             for c in kids:
                 c.backpropagate(c.reward or 0.0)
             node = max(kids, key=lambda c: (c.reward or 0.0, -c.id))

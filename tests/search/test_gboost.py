@@ -154,6 +154,27 @@ def test_finish_is_prm_greedy_over_both_actions_within_budget():
     assert res.cost.llm_calls == 3 and res.answer == "1"
 
 
+def test_finish_under_the_gate_policy_asks_the_llm_only_where_the_slm_step_is_weak():
+    def step(q, steps, action, i):
+        return f"{action} The answer is 1." if len(steps) == 4 else f"d{len(steps) + 1}-{action}{i}"
+
+    def reward(q, steps):  # the SLM is weak at depth 3 only; the collab step there is better
+        last = steps[-1]
+        if last.startswith("d3-"):
+            return 0.8 if "collab" in last else 0.2
+        return 0.4 if "collab" in last else 0.9
+
+    b = ToyExecutor(step, reward)
+    res = run(solve("q", b, cfg(num_simulations=1, finish_unterminated=True, action_policy="gate",
+                                gate_threshold=0.5)))
+    # the search's one expansion (root) had strong SLM children: no LLM; the completion asks it
+    # at depth 3 only, and takes its step there
+    assert [len(c[4]) for c in b.expand_calls("collab")] == [2]
+    assert [s["action"] for s in res.steps] == ["slm", "slm", "collab", "slm", "slm"]
+    assert res.cost.llm_calls == 1 and res.answer == "1"
+    assert len(b.live) == 0
+
+
 # ------------------------------------------------------------------------------------ budgets
 def test_llm_call_budget_then_slm_only():
     b = ToyExecutor(labelled_step, lambda q, s: 0.5)

@@ -27,6 +27,8 @@ decoding (``collab``):
     Sample the SLM children first; only if the best of them scores below
     ``gate_threshold`` sample collab children as well (a second round).  Uses the
     LLM only where the SLM is weak, at the price of an extra round-trip there.
+    With ``gate_replaces`` the LLM's children replace the weak SLM children
+    (reward-guided speculative decoding's rule, inside the tree).
 ``"arms"``
     Actions are UCT arms at each node: selection at a node compares its arms
     (value = mean of the values backed up through that arm; an untried arm
@@ -134,6 +136,10 @@ class SearchConfig:
     action_policy: str = "both"
     #: gate: sample collab children when the best SLM child's PRM reward is below this
     gate_threshold: float = 0.7
+    #: gate: the LLM's children replace the weak SLM children (rsd's rule inside the tree: the PRM
+    #: asked for help there, so the steps it judged weak are not followed again) instead of
+    #: joining them; the SLM children stay where the LLM returns nothing
+    gate_replaces: bool = False
     #: arms: value assumed for an untried action arm (first-play urgency)
     arm_fpu: float = 0.5
     #: drop sibling children whose text duplicates an earlier sibling (not scored, released)

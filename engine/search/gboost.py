@@ -90,7 +90,7 @@ def _select(ctx: SearchContext, root: Node, quota: int,
         if cfg.action_policy != "arms":
             if not node.children:
                 return node, None
-            free = [ch for ch in node.children if ch.id not in blocked]
+            free = [ch for ch in node.children if ch.id not in blocked and not ch.pruned]
             if not free:
                 return None
             node = select_child(node, cfg.uct_c, ctx.rng, among=free)
@@ -255,7 +255,21 @@ async def _expand_round(ctx: SearchContext, leaves: list[tuple[Node, str | None]
             reqs.extend((leaf, a, n) for a, n in llm)
     second = [c for kids in await ctx.expand(reqs) for c in kids] if reqs else []
     await ctx.score(second)
+    if cfg.gate_replaces:
+        first = [c for c in first if not _replaced(ctx, c, second)]
     return first + second
+
+
+def _replaced(ctx: SearchContext, slm_child: Node, llm_children: list[Node]) -> bool:
+    """gate_replaces: prune an SLM child whose parent got an LLM child in its place (its KV is
+    released; it keeps its own evaluation for the trace but is never backed up or followed).
+    A faulted LLM child was written by the SLM as a fallback: it replaces nothing."""
+    if not any(c.parent is slm_child.parent and c.action != "slm" and not c.fault for c in llm_children):
+        return False
+    slm_child.pruned = True
+    slm_child.visits, slm_child.value_sum = 1, slm_child.reward or 0.0
+    ctx.release(slm_child.state)
+    return True
 
 
 async def _finish(ctx: SearchContext, root: Node) -> None:
@@ -290,6 +304,8 @@ async def _finish(ctx: SearchContext, root: Node) -> None:
                         quota -= 1
             more = [c for cs in await ctx.expand(reqs) for c in cs] if reqs else []
             await ctx.score(more)
+            if ctx.cfg.gate_replaces:
+                kids = [c for c in kids if not _replaced(ctx, c, more)]
             kids += more
             if not kids:
                 node.exhausted = node.terminal = True

@@ -173,6 +173,13 @@ def test_finish_under_the_gate_policy_asks_the_llm_only_where_the_slm_step_is_we
     assert [s["action"] for s in res.steps] == ["slm", "slm", "collab", "slm", "slm"]
     assert res.cost.llm_calls == 1 and res.answer == "1"
     assert len(b.live) == 0
+    # with gate_replaces the LLM's step is taken there even when it scores below the SLM's
+    low = lambda q, s: 0.1 if s[-1] == "d3-collab0" else reward(q, s)  # noqa: E731
+    for replaces, action in ((False, "slm"), (True, "collab")):
+        b = ToyExecutor(step, low)
+        res = run(solve("q", b, cfg(num_simulations=1, finish_unterminated=True, action_policy="gate",
+                                    gate_threshold=0.5, gate_replaces=replaces)))
+        assert res.steps[2]["action"] == action and len(b.live) == 0
 
 
 # ------------------------------------------------------------------------------------ budgets
@@ -242,6 +249,54 @@ def test_gate_policy_uses_collab_only_below_threshold():
     assert collab_depths == [0]  # only the root's SLM children were weak
     assert len(b.expand_calls("slm")) == 3
     assert res.cost.llm_calls == 1
+
+
+class LiveAtExpand(ToyExecutor):
+    """Records which states (by their steps) are live at each SLM expansion."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.live_at_expand: list[set[int]] = []
+
+    async def expand(self, state, action, n):
+        if action == "slm":
+            self.live_at_expand.append({st.steps for st in self.live.values()})
+        return await super().expand(state, action, n)
+
+
+def test_gate_replaces_prunes_the_weak_slm_children_where_the_llm_wrote_a_step():
+    def reward(q, steps):  # the SLM is weak at depth 1; the LLM's step scores below it there
+        last = steps[-1]
+        if last.startswith("d1"):
+            return 0.2 if "collab" in last else 0.3
+        return 0.9
+
+    for replaces in (False, True):
+        b = LiveAtExpand(labelled_step, reward)
+        res = run(solve("q", b, cfg(num_simulations=3, uct_c=0.0, action_policy="gate", gate_threshold=0.5,
+                                    gate_replaces=replaces)))
+        live = [c.text for c in res.root.children if not c.pruned]
+        if not replaces:  # the weak SLM children outscore the LLM's and are followed
+            assert live == ["d1-slm0", "d1-slm1", "d1-collab0"]
+            assert b.expand_calls("slm")[1][4][0].startswith("d1-slm")
+            continue
+        assert live == ["d1-collab0"]
+        assert [c[4][:1] for c in b.expand_calls("slm")] == [(), ("d1-collab0",), ("d1-collab0",)]
+        pruned = [c for c in res.root.children if c.pruned]
+        assert len(pruned) == 2 and all(c.visits == 1 for c in pruned)
+        followed = [n for n in res.root.iter_nodes() if not n.is_root and not n.pruned]
+        assert res.root.visits == len(followed) == 5  # the pruned children were never backed up
+        # released at once: the next expansion already runs without them
+        assert ("d1-collab0",) in b.live_at_expand[1] and len(b.live) == 0
+        assert not {("d1-slm0",), ("d1-slm1",)} & b.live_at_expand[1]
+
+
+def test_gate_replaces_keeps_the_slm_children_when_the_llm_fails():
+    b = ToyExecutor(labelled_step, lambda q, s: 0.3, fault_fn=lambda q, s, a, i: "llm_timeout")
+    res = run(solve("q", b, cfg(num_simulations=2, action_policy="gate", gate_threshold=0.5,
+                                gate_replaces=True, dedup_children=False)))
+    assert not any(c.pruned for c in res.root.iter_nodes())
+    assert {c.action for c in res.root.children if not c.fault} == {"slm"}
 
 
 def test_arms_policy_tries_collab_only_when_slm_arm_is_weak():

@@ -105,7 +105,9 @@ def _resume_records(out_path: Path, cfg: SearchConfig) -> list[dict[str, Any]]:
     cp = _config_path(out_path)
     if not cp.exists():
         raise ValueError(f"cannot resume {out_path}: {cp.name} (the config it was run with) is missing")
-    old = json.loads(cp.read_text())
+    # a key the engine gained since that run, at its default, is the setting that run had
+    # (a new key's default keeps the old behaviour)
+    old = {**json.loads(json.dumps(SearchConfig().to_dict())), **json.loads(cp.read_text())}
     new = json.loads(json.dumps(cfg.to_dict()))
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:

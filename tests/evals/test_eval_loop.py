@@ -159,6 +159,21 @@ def test_eval_loop_time_box_then_resume(tmp_path):
         run(run_eval(rows(), ToyExecutor(adder, prm), cfg, progress=False, resume=True))
 
 
+def test_resume_reads_a_key_added_since_the_run_as_its_default(tmp_path):
+    out = tmp_path / "slm.jsonl"
+    cfg = SearchConfig(method="slm")
+    run(run_eval(rows()[:2], ToyExecutor(adder, prm), cfg, out_path=out, progress=False))
+    cp = tmp_path / "slm.config.json"
+    saved = json.loads(cp.read_text())
+    del saved["gate_replaces"]  # as written before the engine had the key
+    cp.write_text(json.dumps(saved))
+    rep = run(run_eval(rows(), ToyExecutor(adder, prm), cfg, out_path=out, progress=False, resume=True))
+    assert rep.resumed == 2 and rep.n == 5
+    with pytest.raises(ValueError, match="other settings.*gate_replaces"):
+        run(run_eval(rows(), ToyExecutor(adder, prm), SearchConfig(method="slm", gate_replaces=True),
+                     out_path=out, progress=False, resume=True))
+
+
 def test_eval_loop_resume_retries_errors(tmp_path):
     out = tmp_path / "slm.jsonl"
 

@@ -49,6 +49,11 @@ the user sets always wins). A value head is trained to predict its solution's fi
 each step, so its last step's value is already the path's value: ``prm_aggregation = "last"``
 (GSM8K dev lines, benchmarks/RESULTS.md: the 1.5B head's held-out path AUROC 1.00 last, 0.94
 mean, 0.91 min). A judge rates each step on its own, so a path keeps its weakest step (``min``).
+A head's value is the chance that the solution ends right, so 0.5 is where it judges a step wrong:
+the LLM is asked only there, and its step replaces the SLM's (``gate``, ``gate_threshold = 0.5``,
+``gate_replaces``), written by the LLM alone (``delegate_width = 1``, no fused children). On GSM8K
+dev lines 312-345 that search scored 15 of 29 against 12 for ``both`` with fused children, at
+about half the LLM tokens (benchmarks/RESULTS.md, session 14).
 
 When the LLM budget of a request is spent (``max_llm_calls``,
 ``max_llm_tokens``, ``max_llm_faults``), every policy falls back to SLM-only
@@ -85,7 +90,9 @@ FUSION_RULES = ("loglinear", "proxy")
 #: PRM kinds: those a PRM model scores itself (engine/collab/prm.py), and a trained value head
 PRM_KINDS = ("judge", "token_pair", "two_class", "value_head")
 #: defaults that differ from the dataclass's for a PRM kind (see the module docstring)
-PRM_KIND_DEFAULTS: dict[str, dict[str, Any]] = {"value_head": {"prm_aggregation": "last"}}
+PRM_KIND_DEFAULTS: dict[str, dict[str, Any]] = {"value_head": {
+    "prm_aggregation": "last", "action_policy": "gate", "gate_threshold": 0.5, "gate_replaces": True,
+    "collab_width": 0, "delegate_width": 1}}
 VALUE_HEAD_PREFIX = "value-head:"  # --prm value-head:DIR names a head from `gboost train-prm`
 
 

@@ -214,6 +214,11 @@ def test_prm_kind_defaults_fill_only_unset_keys(tmp_path):
     from engine.search.config import PRM_KIND_DEFAULTS, prm_kind_of
     assert PRM_KIND_DEFAULTS["value_head"]["prm_aggregation"] != SearchConfig().prm_aggregation
     assert SearchConfig.from_dict({}, "value_head").prm_aggregation == "last"
+    head = SearchConfig.from_dict({}, "value_head")  # the search chosen on dev lines (rsd's rule in the tree)
+    assert (head.action_policy, head.gate_threshold, head.gate_replaces, head.collab_width, head.delegate_width) \
+        == ("gate", 0.5, True, 0, 1)
+    for key, value in PRM_KIND_DEFAULTS["value_head"].items():
+        assert getattr(SearchConfig(), key) != value, key  # each entry changes something
     assert SearchConfig.from_dict({"prm_aggregation": "min"}, "value_head").prm_aggregation == "min"
     assert SearchConfig.from_dict({}, "judge") == SearchConfig() == SearchConfig.from_dict({})
     with pytest.raises(ConfigError, match="prm_kind='oracle'"):

@@ -158,6 +158,13 @@ class SearchContext:
         if st is not None:
             self.executor.release(st)
 
+    def prune(self, node: Node) -> None:
+        """Discard a scored node that another step replaces (rsd, gate_replaces): it keeps its own
+        evaluation for the trace, is never backed up or followed, and its KV is released now."""
+        node.pruned = True
+        node.visits, node.value_sum = 1, node.reward or 0.0
+        self.release(node.state)
+
     @property
     def n_held(self) -> int:
         return len(self._held)

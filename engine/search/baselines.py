@@ -121,9 +121,7 @@ async def run_rsd(ctx: SearchContext) -> Node | None:
         if (draft.reward or 0.0) < cfg.rsd_threshold and ctx.llm_quota() > 0:
             regen = (await ctx.expand([(node, "llm", 1)], dedup=False))[0]
             if regen:  # (if the LLM returned nothing, the draft is kept)
-                draft.pruned = True
-                draft.visits, draft.value_sum = 1, draft.reward or 0.0  # own evaluation, not backed up
-                ctx.release(draft.state)
+                ctx.prune(draft)
                 accepted = regen[0]
                 await ctx.score([accepted])
                 ctx.stats["rsd_regenerated"] += 1

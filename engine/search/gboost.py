@@ -246,8 +246,7 @@ async def _expand_round(ctx: SearchContext, leaves: list[tuple[Node, str | None]
         await ctx.score(first)
     reqs = []
     for (leaf, _), kids in zip(leaves, slm_kids):
-        best = max((c.reward or 0.0 for c in kids), default=-1.0)
-        if best < cfg.gate_threshold:
+        if _gate_opens(cfg, kids):
             llm = [(a, n) for a, n in _llm_widths(cfg, quota) if n > 0]
             quota -= sum(n for _, n in llm)
             if not llm and not kids:
@@ -260,15 +259,17 @@ async def _expand_round(ctx: SearchContext, leaves: list[tuple[Node, str | None]
     return first + second
 
 
+def _gate_opens(cfg: SearchConfig, slm_kids: list[Node]) -> bool:
+    """gate: the LLM is asked where no SLM child scores gate_threshold (or there is none)."""
+    return max((c.reward or 0.0 for c in slm_kids), default=-1.0) < cfg.gate_threshold
+
+
 def _replaced(ctx: SearchContext, slm_child: Node, llm_children: list[Node]) -> bool:
-    """gate_replaces: prune an SLM child whose parent got an LLM child in its place (its KV is
-    released; it keeps its own evaluation for the trace but is never backed up or followed).
-    A faulted LLM child was written by the SLM as a fallback: it replaces nothing."""
+    """gate_replaces: prune an SLM child whose parent got an LLM child in its place. A faulted
+    LLM child was written by the SLM as a fallback: it replaces nothing."""
     if not any(c.parent is slm_child.parent and c.action != "slm" and not c.fault for c in llm_children):
         return False
-    slm_child.pruned = True
-    slm_child.visits, slm_child.value_sum = 1, slm_child.reward or 0.0
-    ctx.release(slm_child.state)
+    ctx.prune(slm_child)
     return True
 
 
@@ -296,7 +297,7 @@ async def _finish(ctx: SearchContext, root: Node) -> None:
                 kids = (await ctx.expand([(node, "slm", 1)]))[0]
                 await ctx.score(kids)
             reqs = [] if gated else [(node, "slm", 1)]
-            if not kids or max(c.reward or 0.0 for c in kids) < ctx.cfg.gate_threshold:
+            if _gate_opens(ctx.cfg, kids):  # (kids is empty unless gated)
                 quota = ctx.llm_quota()
                 for action in LLM_ARMS:
                     if _width(ctx.cfg, action) > 0 and quota > 0:

@@ -4,11 +4,14 @@
 
 Works on a run still in progress (it reads the records written so far) and, with --common,
 restricts every method to the questions all of them have finished, so rows stay comparable.
+--paired adds the first run against each other one on the questions both finished: right only
+with the first, right only with the other, and the exact two-sided McNemar p.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -58,10 +61,25 @@ def row(name: str, recs: list[dict]) -> str:
             f"{helped} of {len(steps)} | {'—' if auc is None else f'{auc:.2f}'} | {wall} | {errors} |")
 
 
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p for b and c discordant pairs (binomial, p = 1/2)."""
+    n = b + c
+    return min(1.0, 2 * sum(math.comb(n, j) for j in range(min(b, c) + 1)) / 2 ** n) if n else 1.0
+
+
+def paired(first: dict[int, dict], other: dict[int, dict]) -> tuple[int, int, int, float]:
+    """(shared questions, right only in first, right only in other, McNemar p)."""
+    both = set(first) & set(other)
+    b = sum(bool(first[i]["correct"]) and not other[i]["correct"] for i in both)
+    c = sum(bool(other[i]["correct"]) and not first[i]["correct"] for i in both)
+    return len(both), b, c, mcnemar_p(b, c)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--common", action="store_true", help="only questions every run has finished")
+    ap.add_argument("--paired", action="store_true", help="the first run against each other one, paired")
     args = ap.parse_args(argv)
     runs = {p.stem: read(p) for p in args.runs}
     keep = set.intersection(*(set(r) for r in runs.values())) if args.common else None
@@ -75,6 +93,13 @@ def main(argv=None) -> int:
             print(row(name, chosen))
     if keep is not None:
         print(f"\n(common questions: {len(keep)})", file=sys.stderr)
+    if args.paired:
+        (first, a), *others = runs.items()
+        print(f"\n| {first} against | shared | right only in {first} | right only in the other | McNemar p |")
+        print("|---|---|---|---|---|")
+        for name, recs in others:
+            n, b, c, p = paired(a, recs)
+            print(f"| {name} | {n} | {b} | {c} | {p:.2g} |")
     return 0
 
 

@@ -51,9 +51,8 @@ each step, so its last step's value is already the path's value: ``prm_aggregati
 mean, 0.91 min). A judge rates each step on its own, so a path keeps its weakest step (``min``).
 A head's value is the chance that the solution ends right, so 0.5 is where it judges a step wrong:
 the LLM is asked only there, and its step replaces the SLM's (``gate``, ``gate_threshold = 0.5``,
-``gate_replaces``), written by the LLM alone (``delegate_width = 1``, no fused children). On GSM8K
-dev lines 312-345 that search scored 15 of 29 against 12 for ``both`` with fused children, at
-about half the LLM tokens (benchmarks/RESULTS.md, session 14).
+``gate_replaces``), written by the LLM alone (``delegate_width = 1``, no fused children); chosen
+on GSM8K dev lines (benchmarks/RESULTS.md, session 14).
 
 When the LLM budget of a request is spent (``max_llm_calls``,
 ``max_llm_tokens``, ``max_llm_faults``), every policy falls back to SLM-only

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 from engine.search.api import solve
 from engine.search.config import SearchConfig
+from engine.search.final import candidates
 from engine.cost import CostRecord
 
 from .datasets import EvalRow, load_rows, rows_from_dicts
@@ -52,6 +53,17 @@ def wilson_interval(k: int, n: int, z: float = _Z95) -> tuple[float, float]:
     lo = 0.0 if k == 0 else max(0.0, centre - half)
     hi = 1.0 if k == n else min(1.0, centre + half)
     return lo, hi
+
+
+def _candidates(res: Any, cfg: SearchConfig, row: EvalRow) -> list[dict]:
+    """Every terminal path the search left, graded: what benchmarks/gsm8k_choice.py re-chooses
+    under other final choices, and how often the right answer was found but not chosen."""
+    out = []
+    for c, node in candidates(res.root, cfg.step_delimiter):
+        _, ok = grade(node.solution_text(cfg.step_delimiter), row.gold, row.kind)
+        out.append({"id": c.id, "rewards": list(c.rewards), "visits": c.visits,
+                    "has_answer": c.has_answer, "key": c.key, "correct": ok})
+    return out
 
 
 @dataclass
@@ -219,7 +231,8 @@ async def run_eval(rows: Sequence[EvalRow] | Sequence[dict] | str | Path,
                 pred, ok = grade(res.text, row.gold, row.kind)
                 rec.update(pred=pred, correct=ok, answer=res.answer, text=res.text, steps=res.steps,
                            score=res.score, cost=res.cost.to_dict(), error=None,
-                           stats={k: res.stats.get(k) for k in ("simulations", "nodes", "stop_reason")})
+                           stats={k: res.stats.get(k) for k in ("simulations", "nodes", "stop_reason")},
+                           candidates=_candidates(res, cfg, row))
             rec["wall_s"] = round(time.perf_counter() - t0, 4)
         records.append(rec)
         n_correct += bool(rec["correct"])

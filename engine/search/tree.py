@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-__all__ = ["Node", "uct_score", "select_child", "aggregate", "path_score", "best_terminal", "ROOT_ACTION"]
+__all__ = ["Node", "uct_score", "select_child", "aggregate", "path_score", "ROOT_ACTION"]
 
 ROOT_ACTION = "root"
 
@@ -174,19 +174,3 @@ def aggregate(rewards: Sequence[float], how: str) -> float:
 
 def path_score(node: Node, how: str) -> float:
     return aggregate(node.rewards(), how)
-
-
-def best_terminal(root: Node, how: str, *,
-                  has_answer: Callable[[Node], bool] | None = None) -> Node | None:
-    """The terminal node whose path has the highest aggregated PRM.
-
-    Terminal nodes whose path states an answer (``has_answer``) are preferred over
-    those that only hit a limit.  Ties: more visits, then the earlier-created node.
-    """
-    terms = [n for n in root.iter_nodes() if n.terminal and not n.is_root and not n.pruned]
-    if has_answer is not None:
-        with_answer = [n for n in terms if has_answer(n)]
-        terms = with_answer or terms
-    if not terms:
-        return None
-    return max(terms, key=lambda n: (path_score(n, how), n.visits, -n.id))

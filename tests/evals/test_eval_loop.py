@@ -214,3 +214,22 @@ def test_eval_loop_runs_share_one_slot_pool():
     slm, fusion = run(both())
     assert peak[0] == 2
     assert (slm.n, slm.correct, fusion.n, fusion.correct) == (5, 3, 5, 5)
+
+
+@pytest.mark.parametrize("final_choice", ["best_path", "weighted_vote"])
+def test_records_list_every_terminal_path_and_the_final_rule_rechooses_the_answer(final_choice):
+    def misled(q, steps):  # the PRM prefers the SLM's wrong sums: the right one is found, not chosen
+        return 0.95 if steps[-1] in ("The answer is 9.", "The answer is 14.") else 0.6
+
+    from engine.search.final import Candidate, pick_final
+    cfg = SearchConfig(num_simulations=6, final_choice=final_choice)
+    rep = run(run_eval(rows(), ToyExecutor(adder, misled), cfg, progress=False))
+    for r in rep.records:
+        cands = r["candidates"]
+        assert cands and all(set(c) == {"id", "rewards", "visits", "has_answer", "key", "correct"} for c in cands)
+        got = pick_final([Candidate(c["id"], tuple(c["rewards"]), c["visits"], c["has_answer"], c["key"])
+                          for c in cands], final_choice, cfg.prm_aggregation)
+        chosen = next(c for c in cands if c["id"] == got.id)
+        assert chosen["correct"] == r["correct"] and chosen["rewards"][-1] == r["steps"][-1]["reward"]
+    hard = [r for r in rep.records if r["question"].startswith("Hard")]
+    assert all(not r["correct"] and any(c["correct"] for c in r["candidates"]) for r in hard)

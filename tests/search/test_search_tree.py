@@ -3,7 +3,8 @@ import random
 
 import pytest
 
-from engine.search.tree import Node, aggregate, best_terminal, path_score, select_child, uct_score
+from engine.search.final import Candidate, pick_final, terminals
+from engine.search.tree import Node, aggregate, path_score, select_child, uct_score
 
 
 def _tree():
@@ -68,6 +69,14 @@ def test_aggregate():
     assert aggregate([], "min") == 0.0
     with pytest.raises(ValueError):
         aggregate(r, "max")
+
+
+def best_terminal(root, how, has_answer=lambda n: True):
+    """best_path's choice over a tree's terminals (the rule of engine/search/final.py)."""
+    nodes = {n.id: n for n in terminals(root)}
+    got = pick_final([Candidate(n.id, tuple(n.rewards()), n.visits, has_answer(n), None)
+                      for n in nodes.values()], "best_path", how)
+    return None if got is None else nodes[got.id]
 
 
 def test_best_terminal_depends_on_aggregation():

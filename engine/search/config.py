@@ -52,7 +52,8 @@ mean, 0.91 min). A judge rates each step on its own, so a path keeps its weakest
 A head's value is the chance that the solution ends right, so 0.5 is where it judges a step wrong:
 the LLM is asked only there, and its step replaces the SLM's (``gate``, ``gate_threshold = 0.5``,
 ``gate_replaces``), written by the LLM alone (``delegate_width = 1``, no fused children); chosen
-on GSM8K dev lines (benchmarks/RESULTS.md, session 14).
+on GSM8K dev lines; ``uct_c``, more simulations, ``arms``, a gate at 0.7 and the other final choices
+did not beat it there (benchmarks/RESULTS.md, sessions 14 and 15).
 
 When the LLM budget of a request is spent (``max_llm_calls``,
 ``max_llm_tokens``, ``max_llm_faults``), every policy falls back to SLM-only

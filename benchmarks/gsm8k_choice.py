@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+import gsm8k_table  # a sibling: benchmarks/ is on the path as this script's folder
 from engine.evals.loop import wilson_interval
 from engine.search.final import Candidate, pick_final
 
@@ -26,8 +27,7 @@ RULES = [(fc, how) for fc in ("best_path", "weighted_vote") for how in ("last", 
 
 
 def read(path: Path) -> list[dict]:
-    recs = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
-    return [r for r in recs if r.get("error") is None]
+    return [r for r in gsm8k_table.read(path).values() if r.get("error") is None]
 
 
 def as_candidates(rec: dict, *, votes: bool = False) -> list[tuple[Candidate, bool]]:

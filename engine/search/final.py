@@ -14,7 +14,7 @@ from .tree import Node, aggregate
 if TYPE_CHECKING:
     from .api import SearchContext
 
-__all__ = ["Candidate", "candidates", "choose_final", "pick_final"]
+__all__ = ["Candidate", "candidates", "choose_final", "pick_final", "terminals"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ def pick_final(cands: Sequence[Candidate], final_choice: str, how: str) -> Candi
 
 
 def terminals(root: Node) -> Iterable[Node]:
+    """The nodes a final choice may end at: terminal, not the root, not pruned."""
     return (n for n in root.iter_nodes() if n.terminal and not n.is_root and not n.pruned)
 
 

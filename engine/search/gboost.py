@@ -40,7 +40,7 @@ import math
 from typing import TYPE_CHECKING
 
 from .config import SearchConfig
-from .final import choose_final
+from .final import choose_final, terminals
 from .tree import Node, path_score, select_child
 
 if TYPE_CHECKING:
@@ -281,7 +281,7 @@ async def _finish(ctx: SearchContext, root: Node) -> None:
     Under ``action_policy = "gate"`` the LLM children come only where the SLM child scores
     below ``gate_threshold``, as in the search itself (the rule users chose to bound LLM spend).
     """
-    if any(n.terminal and not n.is_root and not n.pruned for n in root.iter_nodes()):
+    if next(terminals(root), None) is not None:
         return
     how = ctx.cfg.prm_aggregation
     leaves = [n for n in root.iter_nodes() if not n.is_root and n.is_leaf and not n.terminal and not n.pruned]

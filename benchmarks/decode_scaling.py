@@ -8,8 +8,8 @@ prompt's prefill cancels out; batch b means b distinct sequences decoded togethe
 import sys
 import time
 
-from engine.engine import Engine
-from engine.sampling import SamplingParams
+from gboost.engine import Engine
+from gboost.sampling import SamplingParams
 
 
 def main(name: str) -> None:

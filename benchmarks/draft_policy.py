@@ -18,10 +18,10 @@ import asyncio
 import sys
 import time
 
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.evals.datasets import load_lines, parse_lines
-from engine.search.api import solve
-from engine.search.config import SearchConfig
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.evals.datasets import load_lines, parse_lines
+from gboost.search.api import solve
+from gboost.search.config import SearchConfig
 from gsm8k_suite import refuse_reserved
 
 POLICIES = (("fixed 16", CollabOptions(max_draft=16)), ("fixed 4", CollabOptions(max_draft=4)),
@@ -64,10 +64,10 @@ async def main(argv=None) -> int:
     refuse_reserved(ap, args.data, lines, f"--lines {args.lines}")
     questions = [r.question for r in load_lines(args.data, lines)]
     if args.tiny:
-        from engine.testing import tiny_stack
+        from gboost.testing import tiny_stack
         stack = tiny_stack()
     else:
-        from engine.stack import build_stack
+        from gboost.stack import build_stack
         stack = await build_stack(SearchConfig(method="llm"), prm="none", kv_memory_gb=3.0)
     try:
         await run(stack, questions, args.depth)

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 import gsm8k_table  # a sibling: benchmarks/ is on the path as this script's folder
-from engine.evals.loop import wilson_interval
-from engine.search.final import Candidate, pick_final
+from gboost.evals.loop import wilson_interval
+from gboost.search.final import Candidate, pick_final
 
 RULES = [(fc, how) for fc in ("best_path", "weighted_vote") for how in ("last", "mean", "min")]
 

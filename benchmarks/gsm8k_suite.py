@@ -24,14 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-from engine.evals.datasets import load_lines, parse_lines
-from engine.malloc import tune_malloc
-from engine.evals.loop import run_eval
-from engine.evals.slots import PrioritySlots
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.search.config import SearchConfig
-from engine.collab.value_prm import ValueHeadScorer
-from engine.stack import VALUE_HEAD, build_stack
+from gboost.evals.datasets import load_lines, parse_lines
+from gboost.malloc import tune_malloc
+from gboost.evals.loop import run_eval
+from gboost.evals.slots import PrioritySlots
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.search.config import SearchConfig
+from gboost.collab.value_prm import ValueHeadScorer
+from gboost.stack import VALUE_HEAD, build_stack
 
 HERE = Path(__file__).resolve().parent
 # a name here is a method of its own in the suite (records gsm8k_<name>_<N>.jsonl); a variant's

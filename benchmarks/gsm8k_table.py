@@ -16,8 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from engine.evals.loop import wilson_interval
-from engine.search.config import LLM_ACTIONS
+from gboost.evals.loop import wilson_interval
+from gboost.search.config import LLM_ACTIONS
 
 COST = ("slm_tokens", "llm_tokens", "prm_tokens", "llm_calls")
 

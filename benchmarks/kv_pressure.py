@@ -19,13 +19,13 @@ import argparse
 import asyncio
 import time
 
-from engine.llm.local import LocalLLM
-from engine.scheduler import Scheduler
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.search.api import solve
-from engine.search.config import SearchConfig
-from engine.collab.prm import PRMScorer, PRMSpec
-from engine.testing import tiny_engine
+from gboost.llm.local import LocalLLM
+from gboost.scheduler import Scheduler
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.search.api import solve
+from gboost.search.config import SearchConfig
+from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.testing import tiny_engine
 
 PREAMBLE = "You are a careful solver. " * 12
 
@@ -63,7 +63,7 @@ def run_demo(kv_gb: float, requests: int) -> dict:
     import json
     from pathlib import Path
 
-    from engine.stack import build_stack
+    from gboost.stack import build_stack
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
     qs = [json.loads(line)["question"] for line in data.open()][:requests]
     cfg = SearchConfig(method="gboost", num_simulations=3, max_depth=4, max_step_tokens=48, seed=0)

@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.evals.datasets import load_lines, parse_lines
-from engine.search.api import solve
-from engine.search.config import SearchConfig
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.evals.datasets import load_lines, parse_lines
+from gboost.search.api import solve
+from gboost.search.config import SearchConfig
 from gsm8k_suite import refuse_reserved
 
 HERE = Path(__file__).resolve().parent
@@ -38,7 +38,7 @@ async def main(argv=None) -> int:
     refuse_reserved(ap, args.data, lines, f"--lines {args.lines}")
     questions = [r.question for r in load_lines(args.data, lines)]
     cfgs = {m: SearchConfig.from_file(HERE / f"configs/gsm8k_{m}.toml") for m in args.methods}
-    from engine.stack import build_stack
+    from gboost.stack import build_stack
     stack = await build_stack(cfgs[args.methods[0]], prm=args.prm, kv_memory_gb=args.kv_memory_gb)
 
     async def one(cfg):

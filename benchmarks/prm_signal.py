@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from engine.engine import Engine
-from engine.collab.rules import SLM_SYSTEM
-from engine.collab.prm import PRMScorer, single_token
+from gboost.engine import Engine
+from gboost.collab.rules import SLM_SYSTEM
+from gboost.collab.prm import PRMScorer, single_token
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gsm8k_table import auroc  # noqa: E402

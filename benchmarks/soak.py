@@ -4,7 +4,7 @@
     python benchmarks/soak.py --clients 2 --minutes 0.1                                 # a smoke run
 
 Two servers run as the command line runs them, on tiny random checkpoints written to a temporary
-directory (engine.testing.write_tiny_checkpoint; one byte-level tokenizer, so they can fuse):
+directory (gboost.testing.write_tiny_checkpoint; one byte-level tokenizer, so they can fuse):
   * the general LLM: `gboost serve --model LLM --fault-error-rate E --fault-latency L` (every call
     waits L seconds; a share E is answered 503, which the solve server's client retries);
   * the stack under test: `gboost serve --solve --slm SLM --llm http://.../v1` (PRM on the SLM).
@@ -59,7 +59,7 @@ def start(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     """`gboost ARGS --port P` in a subprocess (stderr to log); returns it and its URL once /health answers."""
     port = free_port()
     f = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *args, "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "gboost.cli", *args, "--port", str(port)],
                             stdout=f, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="gboost-soak-"))
-    from engine.testing import write_tiny_checkpoint
+    from gboost.testing import write_tiny_checkpoint
     slm, llm = write_tiny_checkpoint(work / "slm", seed=1), write_tiny_checkpoint(work / "llm", seed=2)
     (work / "search.json").write_text(json.dumps(SEARCH))
     common = ["--dtype", "float32"]

@@ -6,7 +6,7 @@ baseline) against per-class padding (what paged_attention_torch does), in one pr
 import pytest
 import torch
 
-from kernels.paged_attention import _attend_padded, paged_attention_torch
+from gboost.kernels.paged_attention import _attend_padded, paged_attention_torch
 
 BS, HQ, HKV, D = 16, 12, 2, 128          # the 1.5B demo model's attention shape
 

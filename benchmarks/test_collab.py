@@ -11,17 +11,17 @@ import time
 
 import pytest
 
-from engine.llm.remote import RemoteLLM
-from engine.scheduler import Scheduler
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.search.api import solve
-from engine.search.config import SearchConfig
-from engine.collab.prm import PRMScorer, PRMSpec
-from engine.server.app import create_app
-from engine.server.engine_backend import EngineCompletionBackend
-from engine.server.faults import FaultConfig
-from engine.server.uvicorn_server import BackgroundServer
-from engine.testing import tiny_engine
+from gboost.llm.remote import RemoteLLM
+from gboost.scheduler import Scheduler
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.search.api import solve
+from gboost.search.config import SearchConfig
+from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.server.app import create_app
+from gboost.server.engine_backend import EngineCompletionBackend
+from gboost.server.faults import FaultConfig
+from gboost.server.uvicorn_server import BackgroundServer
+from gboost.testing import tiny_engine
 
 V = 260
 
@@ -71,7 +71,7 @@ QUESTION = ("A robe takes 2 bolts of blue fiber and half that much white fiber. 
 
 @pytest.mark.parametrize("mode", ["speculative", "exact"])
 def test_demo_pair_collaborative_steps(benchmark, mode):
-    from engine.stack import build_stack
+    from gboost.stack import build_stack
     out = {}
 
     async def go():

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.models.cpu_linear import UpcastLinear
+from gboost.models.cpu_linear import UpcastLinear
 
 N_OUT, N_IN = 1536, 8960
 

@@ -13,8 +13,8 @@ import os
 import pytest
 import torch
 
-from engine.engine import Engine, ResidentModel
-from engine.sampling import SamplingParams
+from gboost.engine import Engine, ResidentModel
+from gboost.sampling import SamplingParams
 
 NEW = 32
 PROMPT = "Write a Python function that checks whether a number is prime.\n"
@@ -25,7 +25,7 @@ QWEN05 = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hi
 
 
 def _demo(transformers):
-    from engine.models import registry
+    from gboost.models import registry
     path = registry.model_path("qwen2.5-coder-0.5b")
     eng = Engine.from_pretrained("qwen2.5-coder-0.5b", dtype="bfloat16", device=DEVICE, kv_memory_bytes=1 << 30)
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
@@ -35,8 +35,8 @@ def _demo(transformers):
 
 
 def _synthetic(transformers):
-    from engine.models.config import ModelConfig
-    from engine.models.qwen2_llama import build_model
+    from gboost.models.config import ModelConfig
+    from gboost.models.qwen2_llama import build_model
     torch.manual_seed(0)
     hf_cfg = transformers.Qwen2Config(**QWEN05)
     hf = transformers.Qwen2ForCausalLM(hf_cfg).to(torch.bfloat16).to(DEVICE).eval()
@@ -50,7 +50,7 @@ def _synthetic(transformers):
 
 @pytest.fixture(scope="module")
 def pair():
-    from engine.models import registry
+    from gboost.models import registry
     transformers = pytest.importorskip("transformers")
     if registry.is_installed("qwen2.5-coder-0.5b"):
         return _demo(transformers)

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.fused_sampling import (fuse_logprobs_ref, fuse_logprobs_triton, fused_logits_ref, fused_sample_ref,
+from gboost.kernels.fused_sampling import (fuse_logprobs_ref, fuse_logprobs_triton, fused_logits_ref, fused_sample_ref,
                                     fused_sample_triton, make_noise)
-from kernels.kv_write import store_kv_ref, store_kv_triton
-from kernels.paged_attention import paged_attention_ref, paged_attention_triton
-from kernels.spec_verify import spec_verify_ref, spec_verify_triton
-from kernels.step_scoring import step_rewards_ref, step_rewards_triton
+from gboost.kernels.kv_write import store_kv_ref, store_kv_triton
+from gboost.kernels.paged_attention import paged_attention_ref, paged_attention_triton
+from gboost.kernels.spec_verify import spec_verify_ref, spec_verify_triton
+from gboost.kernels.step_scoring import step_rewards_ref, step_rewards_triton
 
 HAS_CUDA = torch.cuda.is_available()
 cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA (compiled Triton kernels)")
@@ -227,8 +227,8 @@ def test_cpu_fused_sample_ref(bench):
 def test_cpu_step_token_sampling(bench, path):
     """What the step executor pays per sampled token on CPU (T 0.7, top-p 0.95, one row):
     sample_ref with a full-vocab sort and noise row, against sample_kept."""
-    from engine.sampling import sample_kept
-    from kernels.fused_sampling import sample
+    from gboost.sampling import sample_kept
+    from gboost.kernels.fused_sampling import sample
     x = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(0)) * 2
     x[:, :50] += 12  # LM-like: a few dominant tokens
     g = torch.Generator().manual_seed(1)

@@ -148,7 +148,7 @@ GBOOST_API char* gboost_generate(gboost_engine* engine, const char* prompt, cons
  * Solve one question with the configured search (SearchConfig.method: gboost, slm, llm, fusion,
  * bon, beam, rsd). overrides_json (NULL or "" for none): SearchConfig fields replacing the
  * engine's "search" config for this call only, plus "include_tree": true to add the search tree.
- * Returns (free with gboost_string_free) the JSON of engine.search.api.SolveResult.to_dict():
+ * Returns (free with gboost_string_free) the JSON of gboost.search.api.SolveResult.to_dict():
  *   {"answer": str | null, "text": str, "method": str, "score": float | null,
  *    "steps": [{"text", "action", "reward"}], "cost": {...}, "stats": {...} [, "tree": {...}]}
  * or NULL with *error_out set.

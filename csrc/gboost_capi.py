@@ -5,7 +5,7 @@ runs it as the module ``_gboost_capi``; nothing is read from disk at run time. I
 imported on its own (tests/csrc does) because it only uses the engine's public Python API.
 
 One :class:`EngineHandle` per ``gboost_engine*``. It owns the serving stack of
-:func:`engine.stack.build_stack` (engine, scheduler, general LLM, PRM, step executor) and ONE
+:func:`gboost.stack.build_stack` (engine, scheduler, general LLM, PRM, step executor) and ONE
 asyncio event loop running in a dedicated daemon thread. Every C call (from any host thread, GIL
 taken by the C side) submits a coroutine to that loop with ``run_coroutine_threadsafe`` and
 waits for it; the wait releases the GIL. Concurrent ``generate`` and ``solve`` calls on one handle
@@ -131,8 +131,8 @@ def check_environment() -> None:
     import importlib.util
     import sys
 
-    if importlib.util.find_spec("engine") is None or importlib.util.find_spec("engine.stack") is None:
-        raise ImportError(f"the gboost Python package (module 'engine') is not importable from Python "
+    if importlib.util.find_spec("gboost") is None or importlib.util.find_spec("gboost.stack") is None:
+        raise ImportError(f"the gboost Python package (module 'gboost') is not importable from Python "
                           f"{sys.version.split()[0]} at {sys.prefix}; install gboost into that Python, or "
                           f"point gboost_init at the right one (python home or interpreter path) / set PYTHONPATH")
 
@@ -205,8 +205,8 @@ class EngineHandle:
         if not isinstance(search, dict):
             raise ValueError("config_json: 'search' must be an object of SearchConfig fields")
 
-        from engine.collab.executor import CollabOptions
-        from engine.search.config import SearchConfig, prm_kind_of
+        from gboost.collab.executor import CollabOptions
+        from gboost.search.config import SearchConfig, prm_kind_of
 
         self.cfg = SearchConfig.from_dict(search, prm_kind_of(cfg.get("prm"), cfg.get("prm_kind", "judge")))
         options = CollabOptions(**{k: cfg[k] for k in _OPTION_KEYS if k in cfg})
@@ -221,7 +221,7 @@ class EngineHandle:
         self._thread = threading.Thread(target=self._run_loop, name="gboost-capi-loop", daemon=True)
         self._thread.start()
         try:
-            from engine.stack import build_stack
+            from gboost.stack import build_stack
             self.stack = self._call(build_stack(self.cfg, slm=slm, llm=llm, prm=cfg.get("prm"),
                                                 options=options, **stack_kw))
         except BaseException:
@@ -250,7 +250,7 @@ class EngineHandle:
 
     # -- generate ----------------------------------------------------------------------
     def generate(self, prompt: str, params_json: str | None = None) -> str:
-        from engine.sampling import SamplingParams
+        from gboost.sampling import SamplingParams
 
         p = _parse_object(params_json, "params_json")
         fields = set(SamplingParams.__dataclass_fields__)
@@ -288,7 +288,7 @@ class EngineHandle:
 
     # -- solve ---------------------------------------------------------------------------
     def solve(self, question: str, overrides_json: str | None = None) -> str:
-        from engine.search.api import solve
+        from gboost.search.api import solve
 
         o = _parse_object(overrides_json, "overrides_json")
         include_tree = o.pop("include_tree", False)

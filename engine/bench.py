@@ -68,7 +68,7 @@ QUICK_CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{
 # ------------------------------------------------------------------------------ checkpoints
 def _tokenizer():
     """Byte-level: one token per byte, ``<|endoftext|>`` (EOS), and "Yes" one token for the judge."""
-    from engine.testing import byte_tokenizer
+    from gboost.testing import byte_tokenizer
     tok = byte_tokenizer().backend
     tok.add_tokens(["Yes"])
     return tok
@@ -76,7 +76,7 @@ def _tokenizer():
 
 def tiny_qwen2(*, hidden: int, layers: int, heads: int, kv_heads: int, seed: int, max_positions: int = 2048):
     """A random transformers Qwen2 model over the bench tokenizer, drawn like
-    engine.testing.tiny_model: unit norms, scaled normals, a sharpened lm_head."""
+    gboost.testing.tiny_model: unit norms, scaled normals, a sharpened lm_head."""
     import transformers
     vocab = _tokenizer().get_vocab_size(with_added_tokens=True)
     torch.manual_seed(seed)
@@ -251,7 +251,7 @@ class Setup:
 
 
 def quick_setup(root: Path) -> Setup:
-    from engine.search.config import SearchConfig
+    from gboost.search.config import SearchConfig
     slm, llm = write_pair(root, **QUICK_PAIR)
     base = dict(temperature=0.0, top_p=1.0, seed=0, max_step_tokens=12, max_depth=3)
     # sized to finish in about two minutes on two busy CPU cores
@@ -262,8 +262,8 @@ def quick_setup(root: Path) -> Setup:
 
 
 def demo_setup(args) -> Setup:
-    from engine.search.config import SearchConfig
-    from engine.stack import DEFAULT_LLM, DEFAULT_SLM
+    from gboost.search.config import SearchConfig
+    from gboost.stack import DEFAULT_LLM, DEFAULT_SLM
     base = SearchConfig.from_file(args.config) if args.config else SearchConfig()
     base = base.replace(temperature=0.0, top_p=1.0)  # greedy: both implementations must agree
     if args.simulations:
@@ -286,7 +286,7 @@ def forget_cached_prefixes(cache) -> None:
 
 
 async def _solve_all(executor, cfg, questions: list[str], inflight: int):
-    from engine.search.api import solve
+    from gboost.search.api import solve
     sem = asyncio.Semaphore(inflight)
 
     async def one(q):
@@ -301,7 +301,7 @@ async def _end_to_end(st: Setup, be, naive, clock: ForwardClock, rows: list[Row]
     """Both implementations on the same questions, one request at a time, taking turns question by
     question (a shared CPU's load drifts: both sides see the same); then the engine with N in flight
     (questions repeated up to N if needed, answers compared per question)."""
-    from engine.search.api import solve
+    from gboost.search.api import solve
     info = {}
     for method, cfg in st.cfgs.items():
         warm = cfg.replace(max_depth=1, num_simulations=1)
@@ -352,7 +352,7 @@ async def _per_action(st: Setup, be, naive, clock: ForwardClock, rows: list[Row]
     steps start from a depth-1 node whose prefix the engine's SLM, LLM and PRM already hold, as for
     most nodes of a search (a root's first children each prefill the prompt: forks of a sequence
     that never ran are not matched against the prefix cache, so that repeats compute alike)."""
-    from engine.collab.executor import CollabOptions
+    from gboost.collab.executor import CollabOptions
     cfg = st.cfgs["gboost"]
     be, naive = be.with_config(cfg), naive.with_config(cfg)
     exact = copy.copy(be)
@@ -418,7 +418,7 @@ async def _per_action(st: Setup, be, naive, clock: ForwardClock, rows: list[Row]
 def _decode(st: Setup, eng, hf_slm, naive, rows: list[Row]) -> None:
     """Greedy decode tokens/s of the SLM: (time for n+4 new tokens - time for 4) / n per step, so
     the prompt's prefill cancels out; batch b = b distinct prompts of one length."""
-    from engine.sampling import SamplingParams
+    from gboost.sampling import SamplingParams
     tok = eng.role("slm").tokenizer
     ids = tok.encode(DECODE_PROMPT * 4)
     n = st.decode_tokens
@@ -448,8 +448,8 @@ def _decode(st: Setup, eng, hf_slm, naive, rows: list[Row]) -> None:
 
 
 async def run(st: Setup, log=print) -> list[Row]:
-    from engine.search.api import solve  # noqa: F401  (import cost outside the timings)
-    from engine.stack import build_stack
+    from gboost.search.api import solve  # noqa: F401  (import cost outside the timings)
+    from gboost.stack import build_stack
     naive_mod = load_naive()
     torch.manual_seed(0)
     cfg0 = st.cfgs["gboost"]

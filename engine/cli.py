@@ -25,9 +25,9 @@ def _at_least_one(text: str) -> int:
 
 
 def _add_stack_args(p):
-    from engine.models.value_head import shipped_heads
-    from engine.search.config import PRM_KINDS
-    from engine.stack import DEFAULT_LLM, DEFAULT_SLM
+    from gboost.models.value_head import shipped_heads
+    from gboost.search.config import PRM_KINDS
+    from gboost.stack import DEFAULT_LLM, DEFAULT_SLM
     p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")
     p.add_argument("--llm", default=DEFAULT_LLM,
                    help="general LLM: model name/path (resident) or http(s)://HOST:PORT/v1 endpoint; 'none' to disable")
@@ -65,7 +65,7 @@ def _add_model_args(p):
 
 def _search_config(args):
     """--config's SearchConfig; keys it does not set take the defaults of the PRM kind to be run."""
-    from engine.search.config import SearchConfig, prm_kind_of
+    from gboost.search.config import SearchConfig, prm_kind_of
     kind = prm_kind_of(getattr(args, "prm", None), getattr(args, "prm_kind", "judge"))
     cfg = SearchConfig.from_file(args.config, kind) if args.config else SearchConfig.from_dict({}, kind)
     if getattr(args, "method", None):
@@ -80,9 +80,9 @@ async def _stack(args, cfg, check: bool = True, serving: bool = False):
     """The stack for ``cfg``; with ``check`` a config it cannot run is refused (ConfigError, exit 2)
     before any model loads -- serve checks each request's config instead. Forwards leave the event
     loop only where it has other work: serving HTTP, or waiting on a remote LLM."""
-    from engine.collab.executor import CollabOptions
-    from engine.search.config import check_stack_runs
-    from engine.stack import build_stack, is_url
+    from gboost.collab.executor import CollabOptions
+    from gboost.search.config import check_stack_runs
+    from gboost.stack import build_stack, is_url
     llm = None if args.llm in (None, "", "none") else args.llm
     if check:  # what a URL offers is known after its probe: build_stack checks that
         check_stack_runs(cfg, has_llm=llm is not None and args.llm_kind != "chat", has_base=bool(args.base),
@@ -96,8 +96,8 @@ async def _stack(args, cfg, check: bool = True, serving: bool = False):
 
 # -- generate -------------------------------------------------------------------------------
 def cmd_generate(args) -> int:
-    from engine.engine import Engine
-    from engine.sampling import SamplingParams
+    from gboost.engine import Engine
+    from gboost.sampling import SamplingParams
     eng = Engine.from_pretrained(args.model, dtype=args.dtype, device=args.device,
                                  kv_memory_bytes=int(args.kv_memory_gb * (1 << 30)))
     m = eng.role("slm")
@@ -126,7 +126,7 @@ def cmd_solve(args) -> int:
     cfg = _search_config(args)
 
     async def main():
-        from engine.search.api import solve
+        from gboost.search.api import solve
         stack = await _stack(args, cfg)
         def on_step(step):
             if not args.json:
@@ -138,7 +138,7 @@ def cmd_solve(args) -> int:
         finally:
             await stack.aclose()
         if args.trace:
-            from engine.trace import to_json
+            from gboost.trace import to_json
             with open(args.trace, "w") as f:
                 json.dump(to_json(res.root, res.chosen), f, indent=1)
         if args.json:
@@ -157,11 +157,11 @@ def cmd_eval(args) -> int:
     if args.resume and not args.out:
         raise SystemExit("error: --resume needs --out (the records to resume)")
 
-    from engine.evals.datasets import load_lines, parse_lines
+    from gboost.evals.datasets import load_lines, parse_lines
     rows = load_lines(args.data, parse_lines(args.lines))  # a bad file or range fails before loading
 
     async def main():
-        from engine.evals.loop import run_eval
+        from gboost.evals.loop import run_eval
         stack = await _stack(args, cfg)
         try:
             report = await run_eval(rows, stack.executor, cfg, limit=args.limit, out_path=args.out,
@@ -183,10 +183,10 @@ def cmd_eval(args) -> int:
 def cmd_train_prm(args) -> int:
     from pathlib import Path
 
-    from engine.prm_train.fit import FitConfig
-    from engine.prm_train.pipeline import TrainPlan, fit_records, train_prm
-    from engine.prm_train.rollouts import RolloutPlan
-    from engine.search.config import SearchConfig
+    from gboost.prm_train.fit import FitConfig
+    from gboost.prm_train.pipeline import TrainPlan, fit_records, train_prm
+    from gboost.prm_train.rollouts import RolloutPlan
+    from gboost.search.config import SearchConfig
     plan = TrainPlan(RolloutPlan(samples=args.samples, collab_share=args.collab_share, llm_share=args.llm_share,
                                  mc_rollouts=args.mc_rollouts,
                                  concurrency=args.concurrency,
@@ -194,11 +194,11 @@ def cmd_train_prm(args) -> int:
                      features=args.features, layers=args.layers, labels=args.labels,
                      fit=FitConfig(mlp_hidden=args.mlp_hidden, seed=args.seed))
     plan.validate()
-    from engine.evals.datasets import load_lines, parse_lines
+    from gboost.evals.datasets import load_lines, parse_lines
     lines = parse_lines(args.lines)
     rows = load_lines(args.data, lines, args.limit)
     if args.fit_only:  # the rollouts already in --out, within --lines: no sampling
-        from engine.prm_train.rollouts import read_records
+        from gboost.prm_train.rollouts import read_records
         want = {row.idx + 1 for row in rows}
         records = [r for key, r in sorted(read_records(Path(args.out) / "rollouts.jsonl").items()) if key[0] in want]
         if not records:
@@ -211,8 +211,8 @@ def cmd_train_prm(args) -> int:
                          "or --collab-share 0 (and --llm-share 0)")
 
     async def main():
-        from engine.collab.executor import CollabOptions
-        from engine.stack import build_stack, is_url
+        from gboost.collab.executor import CollabOptions
+        from gboost.stack import build_stack, is_url
         stack = await build_stack(cfg, slm=args.slm, llm=llm, prm="none", dtype=args.dtype, device=args.device,
                                   kv_memory_gb=args.kv_memory_gb,
                                   options=CollabOptions(collab_mode=args.collab_mode, max_draft=args.max_draft,
@@ -242,12 +242,12 @@ def cmd_train_prm(args) -> int:
 def cmd_serve(args) -> int:
     import os
 
-    from engine.engine import Engine
-    from engine.scheduler import Scheduler
-    from engine.server.app import serve
-    from engine.server.engine_backend import EngineCompletionBackend
-    from engine.server.faults import FaultConfig
-    from engine.server.solve import Solver
+    from gboost.engine import Engine
+    from gboost.scheduler import Scheduler
+    from gboost.server.app import serve
+    from gboost.server.engine_backend import EngineCompletionBackend
+    from gboost.server.faults import FaultConfig
+    from gboost.server.solve import Solver
     if (args.model is None) == (not args.solve):
         raise SystemExit("error: give --model (one model's completions) or --solve (the G-Boost stack)")
     fault = FaultConfig(latency_s=args.fault_latency, error_rate=args.fault_error_rate,
@@ -257,8 +257,8 @@ def cmd_serve(args) -> int:
         cfg = _search_config(args)
 
         async def main():
-            from engine.server.app import aserve, create_app
-            from engine.server.sse import cancel_and_wait
+            from gboost.server.app import aserve, create_app
+            from gboost.server.sse import cancel_and_wait
             # the stack is built on the loop that serves it (scheduler and LLM client bind to it)
             stack = await _stack(args, cfg, check=False, serving=True)
             try:
@@ -301,7 +301,7 @@ def _stopped(sig, cache, what: str | None = None) -> int:
 
 # -- trace ----------------------------------------------------------------------------------
 def cmd_trace(args) -> int:
-    from engine.trace import save_html
+    from gboost.trace import save_html
     with open(args.file) as f:
         obj = json.load(f)
     out = save_html(args.out, obj)
@@ -310,12 +310,12 @@ def cmd_trace(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from engine.bench import main as bench_main
+    from gboost.bench import main as bench_main
     return bench_main(args)
 
 
 def cmd_models(args) -> int:
-    from engine.models.registry import list_models
+    from gboost.models.registry import list_models
     for name in list_models():
         print(name)
     return 0
@@ -429,9 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd in ("serve", "eval", "solve", "train-prm"):
-        from engine.malloc import tune_malloc
+        from gboost.malloc import tune_malloc
         tune_malloc()
-    from engine.llm.base import LLMError
+    from gboost.llm.base import LLMError
     try:
         return args.fn(args)
     except LLMError as e:  # start-up check of a remote LLM: unreachable, 401, other vocabulary

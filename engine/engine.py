@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.kv.cache import KVCache, ModelSpec, Sequence
-from engine.malloc import tune_malloc
-from engine.models.qwen2_llama import CausalLM, build_model
-from engine.positions import fits
-from engine.sampling import SamplingParams, sample_rows
-from engine.scheduler import ModelRunner, Scheduler
+from gboost.kv.cache import KVCache, ModelSpec, Sequence
+from gboost.malloc import tune_malloc
+from gboost.models.qwen2_llama import CausalLM, build_model
+from gboost.positions import fits
+from gboost.sampling import SamplingParams, sample_rows
+from gboost.scheduler import ModelRunner, Scheduler
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,8 +75,8 @@ class Engine:
                         base: str | None = None, dtype: str | torch.dtype = "bfloat16", device: str = "cpu", block_size: int = 16,
                         kv_memory_bytes: int = 2 << 30, num_blocks: int | None = None,
                         cache_dir: str | None = None) -> "Engine":
-        from engine.models.loader import load_checkpoint
-        from engine.models.tokenizer import Tokenizer
+        from gboost.models.loader import load_checkpoint
+        from gboost.models.tokenizer import Tokenizer
         dt = parse_dtype(dtype)
         roles = {r: src for r, src in (("slm", slm), ("llm", llm), ("prm", prm), ("base", base)) if src}
         models = []

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 # the seed rules are model-free (SearchConfig checks them too); routes import them from here
-from engine.seeds import SEED_MAX, SEED_MIN, SEED_RANGE, check_seed, offset_seed  # noqa: F401
+from gboost.seeds import SEED_MAX, SEED_MIN, SEED_RANGE, check_seed, offset_seed  # noqa: F401
 
 
 @dataclass
@@ -52,13 +52,13 @@ def row_params(params: list[SamplingParams], device) -> tuple[torch.Tensor, torc
 
 def draw_noise(gens: list[torch.Generator], vocab: int, device) -> torch.Tensor:
     """One noise row per request, drawn from that request's own generator."""
-    from kernels.fused_sampling import make_noise
+    from gboost.kernels.fused_sampling import make_noise
     return torch.cat([make_noise(1, vocab, g, device) for g in gens])
 
 
 def sample_rows(logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator]) -> list[int]:
     """Sample one token per row of logits [B, V] (one row per request)."""
-    from kernels.fused_sampling import sample
+    from gboost.kernels.fused_sampling import sample
     t, k, p = row_params(params, logits.device)
     greedy = all(x.temperature <= 0 for x in params)  # argmax needs no noise: skip drawing B x V of it
     noise = None if greedy else draw_noise(gens, logits.shape[-1], logits.device)
@@ -67,7 +67,7 @@ def sample_rows(logits: torch.Tensor, params: list[SamplingParams], gens: list[t
 
 def keep_mask(x, top_k, top_p):
     """Kept set of the scaled logits x [B, V]: the top-`cand` path on CPU, the reference elsewhere."""
-    from kernels.fused_sampling import keep_mask_ref
+    from gboost.kernels.fused_sampling import keep_mask_ref
     return keep_mask_topc(x, top_k, top_p) if x.device.type == "cpu" else keep_mask_ref(x, top_k, top_p)
 
 
@@ -86,7 +86,7 @@ def processed_probs(z: torch.Tensor, temperature: float, top_k: int = 0, top_p: 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
     """One token from one row of logits [V], with the caller's own generator. On CPU the nucleus
     comes from a partial sort and noise is drawn for the kept tokens only; elsewhere the Triton sampler."""
-    from kernels.fused_sampling import make_noise, sample
+    from gboost.kernels.fused_sampling import make_noise, sample
     if logits.device.type == "cpu":
         return int(sample_kept(logits[None], temperature, 0, top_p, gen)[0])
     noise = make_noise(1, logits.shape[-1], gen, logits.device)
@@ -99,8 +99,8 @@ def keep_mask_topc(x, top_k, top_p, cand=1024):
     the cut are keep_mask_ref's own (nucleus_weights, nucleus_cut on the same canonical order).
     Rows whose kept set may reach past the window (nucleus not closed, or ties at its edge) take
     the full sort, with the same weights."""
-    from kernels._common import row_param
-    from kernels.fused_sampling import keep_full_sort, keep_mask_ref, nucleus_cut, nucleus_weights
+    from gboost.kernels._common import row_param
+    from gboost.kernels.fused_sampling import keep_full_sort, keep_mask_ref, nucleus_cut, nucleus_weights
     B, V = x.shape
     k = row_param(top_k, B, torch.int64, x.device)
     p = row_param(top_p, B, torch.float32, x.device)
@@ -131,8 +131,8 @@ def sample_kept(logits, temperature, top_k=0, top_p=1.0, generator=None):
     """One token per row of logits [B, V], exactly from the distribution `sample` draws from, with
     Gumbel noise drawn only for the kept tokens (CPU: full-vocab noise per token costs more than
     the sampling itself). Greedy rows (temperature <= 0) take the argmax and draw nothing."""
-    from kernels._common import row_param
-    from kernels.fused_sampling import make_noise
+    from gboost.kernels._common import row_param
+    from gboost.kernels.fused_sampling import make_noise
     B, V = logits.shape
     z = logits.float()
     t = row_param(temperature, B, torch.float32, z.device)

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 
-from engine.context import Context, use_context
-from engine.kv.cache import KVCache, KVPoolExhausted, Sequence
-from engine.models.cpu_linear import pack_linears
-from engine.positions import PromptTooLong, check_fits
+from gboost.context import Context, use_context
+from gboost.kv.cache import KVCache, KVPoolExhausted, Sequence
+from gboost.models.cpu_linear import pack_linears
+from gboost.positions import PromptTooLong, check_fits
 
 if TYPE_CHECKING:
-    from engine.engine import Engine
+    from gboost.engine import Engine
 
 
 # hidden: (last logits row, its feature row); an int n: the logits of the last n new rows only (a

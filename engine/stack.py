@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from engine.engine import Engine
-from engine.scheduler import Scheduler
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.search.config import VALUE_HEAD_PREFIX as VALUE_HEAD, SearchConfig, prm_kind_of
-from engine.collab.prm import PRMScorer, PRMSpec
+from gboost.engine import Engine
+from gboost.scheduler import Scheduler
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.search.config import VALUE_HEAD_PREFIX as VALUE_HEAD, SearchConfig, prm_kind_of
+from gboost.collab.prm import PRMScorer, PRMSpec
 
 DEFAULT_SLM = "qwen2.5-coder-0.5b"
 DEFAULT_LLM = "qwen2.5-coder-1.5b"
@@ -63,7 +63,7 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
             raise ValueError("prm_kind='value_head' needs the head's directory as the PRM (value-head:DIR)")
         head_dir = prm.removeprefix(VALUE_HEAD)
     if head_dir is not None:
-        from engine.models.value_head import load_head
+        from gboost.models.value_head import load_head
         load_head(head_dir)  # a missing or broken head fails before any model loads
         prm = None           # the head reads a resident model's rows: no PRM model of its own
     elif prm == "none":  # no step scoring (chain methods, `gboost train-prm` rollouts)
@@ -76,7 +76,7 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
     sched = Scheduler(engine, offload=offload)
     general = writer = None
     if llm and remote:
-        from engine.llm.endpoints import open_endpoint
+        from gboost.llm.endpoints import open_endpoint
         slm_m = engine.role("slm")
         try:
             # the endpoint must share the SLM's tokenizer (its size, not the SLM's padded logit
@@ -96,16 +96,16 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
             raise
         general, writer = ep.scorer, ep.writer
     elif llm:
-        from engine.llm.local import LocalLLM
+        from gboost.llm.local import LocalLLM
         general = LocalLLM(engine, sched)
     if head_dir is not None:
-        from engine.collab.value_prm import ValueHeadScorer
+        from gboost.collab.value_prm import ValueHeadScorer
         scorer = ValueHeadScorer(engine, sched, head_dir)
     else:
         scorer = PRMScorer(engine, sched, PRMSpec(kind=prm_kind)) if prm else None
     base_lm = None
     if base:
-        from engine.llm.local import LocalLLM
+        from gboost.llm.local import LocalLLM
         base_lm = LocalLLM(engine, sched, role="base", charge_as="base_tokens")
     executor = EngineExecutor(engine, sched, cfg, llm=general, prm=scorer, base=base_lm, writer=writer,
                               options=options)

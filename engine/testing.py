@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
-from engine.engine import Engine, ResidentModel
-from engine.models.config import ModelConfig
-from engine.models.qwen2_llama import build_model
-from engine.models.tokenizer import Tokenizer
+from gboost.engine import Engine, ResidentModel
+from gboost.models.config import ModelConfig
+from gboost.models.qwen2_llama import build_model
+from gboost.models.tokenizer import Tokenizer
 
 SPECIALS = ["<|endoftext|>", "<extra_0>"]
 EXTRA = ["\u043a\u0438"]  # Math-Shepherd's step tag, one token
@@ -70,14 +70,14 @@ def tiny_engine(roles: dict[str, int], *, num_blocks: int = 512, block_size: int
 def tiny_stack(cfg=None, *, num_blocks: int = 512, llm: bool = True, prm_kind: str = "token_pair",
                configs: dict[str, ModelConfig] | None = None, options=None, device: str | torch.device = "cpu"):
     """A whole serving stack on tiny random models: SLM (seed 1), a resident general LLM (seed 2,
-    unless ``llm=False``) and a PRM (seed 3) on one KV pool, wired as ``engine.stack.build_stack``
+    unless ``llm=False``) and a PRM (seed 3) on one KV pool, wired as ``gboost.stack.build_stack``
     wires real checkpoints. For in-process servers in tests, fuzzing and benchmarks."""
-    from engine.llm.local import LocalLLM
-    from engine.scheduler import Scheduler
-    from engine.collab.executor import CollabOptions, EngineExecutor
-    from engine.search.config import SearchConfig
-    from engine.collab.prm import PRMScorer, PRMSpec
-    from engine.stack import Stack
+    from gboost.llm.local import LocalLLM
+    from gboost.scheduler import Scheduler
+    from gboost.collab.executor import CollabOptions, EngineExecutor
+    from gboost.search.config import SearchConfig
+    from gboost.collab.prm import PRMScorer, PRMSpec
+    from gboost.stack import Stack
     cfg = cfg or SearchConfig(max_step_tokens=6, max_depth=3, num_simulations=3)
     eng = tiny_engine({"slm": 1, **({"llm": 2} if llm else {}), "prm": 3}, num_blocks=num_blocks,
                       configs=configs, device=device)
@@ -90,9 +90,9 @@ def tiny_stack(cfg=None, *, num_blocks: int = 512, llm: bool = True, prm_kind: s
 
 def tiny_app(stack, **create_app_kw):
     """``gboost serve --solve`` on a :func:`tiny_stack`: /v1/solve and the SLM's /v1/completions."""
-    from engine.server.app import create_app
-    from engine.server.engine_backend import EngineCompletionBackend
-    from engine.server.solve import Solver
+    from gboost.server.app import create_app
+    from gboost.server.engine_backend import EngineCompletionBackend
+    from gboost.server.solve import Solver
     backend = EngineCompletionBackend(stack.engine, stack.scheduler, model_name="tiny")
     return create_app(backend, solver=Solver(stack.executor, stack.executor.cfg), **create_app_kw)
 
@@ -121,10 +121,10 @@ def write_tiny_checkpoint(d, seed: int = 1, cfg: ModelConfig | None = None):
 
 
 def run_cli(*args, check: bool = True, timeout: float = 300):
-    """`python -m engine.cli ARGS` as a user runs it (a fresh process); with ``check`` it must exit 0."""
+    """`python -m gboost.cli ARGS` as a user runs it (a fresh process); with ``check`` it must exit 0."""
     import subprocess
     import sys
-    p = subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "gboost.cli", *map(str, args)], capture_output=True, text=True,
                        timeout=timeout)
     if check:
         assert p.returncode == 0, p.stderr

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from engine.search.tree import Node
+from gboost.search.tree import Node
 
 __all__ = ["to_json", "from_json", "render_html", "save_html", "ACTION_COLORS"]
 

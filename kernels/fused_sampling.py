@@ -299,7 +299,7 @@ def fuse_logprobs_ref(slm_logits, llm_logits, alpha, rule="loglinear", base_logi
 
 
 def nucleus_weights(x, m, tau_k):
-    """The top-p rule's masses, float64, shared by keep_mask_ref and engine.sampling.keep_mask_topc so both
+    """The top-p rule's masses, float64, shared by keep_mask_ref and gboost.sampling.keep_mask_topc so both
     compare the same numbers: w = exp(x - m) (m: the row max) on the top-k set (x >= tau_k), 0 elsewhere, and the
     set's mass D as a sequential sum in index order (CPU cumsum is a per-row loop: the same D whatever
     the batch shape or thread count, unlike a parallel reduction)."""

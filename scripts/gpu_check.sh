@@ -69,12 +69,12 @@ SOLVE_Q="Natalia sold clips to 48 of her friends in April, and then she sold hal
 plan() {
   cat <<EOF
 gpu_check plan (repo $REPO, python $PY, results $RESULTS, logs in $LOGS)
-  env      nvidia-smi; $PY -c 'import torch, triton' versions; ${WHEELS:+pip install --no-index --no-deps --target $WORK/site $WHEELS/*.whl; }$PY -m pip install --no-deps --no-build-isolation -e $REPO (else PYTHONPATH=$REPO)
+  env      nvidia-smi; $PY -c 'import torch, triton' versions; ${WHEELS:+pip install --no-index --no-deps --target $WORK/site $WHEELS/*.whl; }$PY -m pip install --no-deps --no-build-isolation -e $REPO (else PYTHONPATH=$WORK/pkg, gboost -> engine/)
   tests    [${T_TESTS}s] $PY -m pytest -q -m gpu -rfE --continue-on-collection-errors tests
   kernels  [${T_KERNELS}s] $PY -m pytest -q benchmarks/test_kernels.py -k 'not cpu_' --benchmark-columns=median,rounds
   decode   [${T_DECODE}s] $PY -m pytest -q -s benchmarks/test_generate.py
-  solve    [${T_SOLVE}s] $PY -m engine.cli solve --device cuda --json "<GSM8K question>" (demo pair; else tiny checkpoints: --slm/--llm DIR --prm-kind token_pair --dtype float32)
-  naive    [${T_NAIVE}s] $PY -m engine.cli bench --quick --device cuda (if engine/bench.py exists)
+  solve    [${T_SOLVE}s] $PY -m gboost.cli solve --device cuda --json "<GSM8K question>" (demo pair; else tiny checkpoints: --slm/--llm DIR --prm-kind token_pair --dtype float32)
+  naive    [${T_NAIVE}s] $PY -m gboost.cli bench --quick --device cuda (if engine/bench.py exists)
   results  $RESULTS
 The whole run stops within ${TOTAL_S}s: a step gets at most the time left, and is skipped under 20s; its limit
 stops it with SIGINT first, so pytest still prints what ran.
@@ -125,7 +125,10 @@ if [ -n "$WHEELS" ]; then
     && export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if ! "$PY" -m pip install -q --no-deps --no-build-isolation -e "$REPO" >>"$LOGS/env.log" 2>&1; then
+  # the checkout in place: `gboost` is the folder engine/ (kernels/ rides in through engine/kernels)
   echo "pip install -e failed: using the checkout in place (PYTHONPATH)" >>"$LOGS/env.log"
+  mkdir -p "$WORK/pkg" && ln -sfn "$REPO/engine" "$WORK/pkg/gboost"
+  export PYTHONPATH="$WORK/pkg${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" - >>"$LOGS/env.log" 2>&1 <<'EOF'
@@ -150,19 +153,19 @@ run kernels "$T_KERNELS" "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_
   --benchmark-columns=median,rounds
 run decode "$T_DECODE" "$PY" -m pytest -q -s -p no:cacheprovider benchmarks/test_generate.py --benchmark-columns=median,rounds
 
-if "$PY" -c "from engine.models import registry as r; import sys; sys.exit(0 if all(r.is_installed(m) for m in ('qwen2.5-coder-0.5b', 'qwen2.5-coder-1.5b')) else 1)" 2>/dev/null; then
+if "$PY" -c "from gboost.models import registry as r; import sys; sys.exit(0 if all(r.is_installed(m) for m in ('qwen2.5-coder-0.5b', 'qwen2.5-coder-1.5b')) else 1)" 2>/dev/null; then
   SOLVE_WHAT="the demo pair (0.5B SLM, 1.5B LLM + judge PRM), bf16"
-  run solve "$T_SOLVE" "$PY" -m engine.cli solve --device cuda --json --seed 1 "$SOLVE_Q"
+  run solve "$T_SOLVE" "$PY" -m gboost.cli solve --device cuda --json --seed 1 "$SOLVE_Q"
 else
   SOLVE_WHAT="tiny random checkpoints (the demo models are not installed here): a smoke run of the CLI on CUDA"
-  "$PY" -c "from engine.testing import write_tiny_checkpoint as w; w('$WORK/slm', 1); w('$WORK/llm', 2)" >/dev/null 2>&1
+  "$PY" -c "from gboost.testing import write_tiny_checkpoint as w; w('$WORK/slm', 1); w('$WORK/llm', 2)" >/dev/null 2>&1
   printf 'num_simulations = 4\nmax_depth = 3\nmax_step_tokens = 12\n' >"$WORK/search.toml"
-  run solve "$T_SOLVE" "$PY" -m engine.cli solve --device cuda --json --seed 1 --slm "$WORK/slm" --llm "$WORK/llm" \
+  run solve "$T_SOLVE" "$PY" -m gboost.cli solve --device cuda --json --seed 1 --slm "$WORK/slm" --llm "$WORK/llm" \
     --prm-kind token_pair --dtype float32 --config "$WORK/search.toml" "$SOLVE_Q"
 fi
 
-if [ -f "$REPO/engine/bench.py" ] && "$PY" -m engine.cli bench --help >/dev/null 2>&1; then
-  run naive "$T_NAIVE" "$PY" -m engine.cli bench --quick --device cuda
+if [ -f "$REPO/engine/bench.py" ] && "$PY" -m gboost.cli bench --help >/dev/null 2>&1; then
+  run naive "$T_NAIVE" "$PY" -m gboost.cli bench --quick --device cuda
 else
   ROWS+=("| naive | not present (no gboost bench in this checkout) | 0 |")
 fi

@@ -60,7 +60,7 @@ def run_in_executor(self, executor, func, *args):
 asyncio.BaseEventLoop.run_in_executor = run_in_executor
 
 
-import kernels.paged_attention as pa
+import gboost.kernels.paged_attention as pa
 
 
 captured = []
@@ -76,13 +76,13 @@ def attn(*a, **k):
 pa.paged_attention_torch = attn
 
 
-from engine import testing
+from gboost import testing
 d = tempfile.mkdtemp()
 slm = testing.write_tiny_checkpoint(os.path.join(d, "slm"), seed=1)
 llm = testing.write_tiny_checkpoint(os.path.join(d, "llm"), seed=2)
 cfgp = os.path.join(d, "c.json")
 json.dump({"method": "fusion", "score_baselines": False, "max_step_tokens": 4, "max_depth": 2}, open(cfgp, "w"))
-from engine import cli
+from gboost import cli
 with open(os.devnull, "w") as null:
     so = sys.stdout; sys.stdout = null
     try:

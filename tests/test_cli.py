@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from engine.testing import run_cli as gboost, write_tiny_checkpoint
+from gboost.testing import run_cli as gboost, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,8 @@ def test_generate_json_matches_the_engine(tiny_dir):
     out = json.loads(gboost("generate", "--model", tiny_dir, "--max-tokens", 12, "--dtype", "float32",
                             "--json", "Hello").stdout)
     assert set(out) >= {"text", "token_ids", "seconds"} and len(out["token_ids"]) <= 12
-    from engine.engine import Engine
-    from engine.sampling import SamplingParams
+    from gboost.engine import Engine
+    from gboost.sampling import SamplingParams
     eng = Engine.from_pretrained(str(tiny_dir), dtype="float32")
     tok = eng.role("slm").tokenizer
     ref = eng.generate([tok.encode("Hello")], SamplingParams(temperature=0.0, max_tokens=12))[0]
@@ -100,7 +100,7 @@ def wait_healthy(srv, url):
 def served(*args):
     """`gboost serve ARGS --port P` in a subprocess on 127.0.0.1; yields its URL once /health answers."""
     port = free_port()
-    srv = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", *map(str, args), "--port", str(port)],
+    srv = subprocess.Popen([sys.executable, "-m", "gboost.cli", "serve", *map(str, args), "--port", str(port)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -178,7 +178,7 @@ def test_eval_out_then_resume(tiny_dir, tmp_path):
 
 
 def test_malloc_tuning_respects_the_environment():
-    code = "from engine.malloc import tune_malloc as t; print(t())"
+    code = "from gboost.malloc import tune_malloc as t; print(t())"
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MALLOC_", "GBOOST_MALLOC"))}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
     assert out == ("True" if sys.platform.startswith("linux") else "False")
@@ -190,12 +190,12 @@ def test_malloc_tuning_respects_the_environment():
 def test_remote_llm_start_up_errors_are_one_line_and_rc_2(tiny_dir, tmp_path, capsys):
     """A general LLM that cannot be used (nobody listening, 401, another vocabulary) stops
     `gboost solve` with one line naming it, exit status 2, no traceback."""
-    from engine.cli import main
-    from engine.server.app import create_app
-    from engine.server.engine_backend import EngineCompletionBackend
-    from engine.server.uvicorn_server import BackgroundServer
-    from engine.scheduler import Scheduler
-    from engine.testing import tiny_config, tiny_engine
+    from gboost.cli import main
+    from gboost.server.app import create_app
+    from gboost.server.engine_backend import EngineCompletionBackend
+    from gboost.server.uvicorn_server import BackgroundServer
+    from gboost.scheduler import Scheduler
+    from gboost.testing import tiny_config, tiny_engine
     solve = ("solve", "--slm", tiny_dir, "--prm-kind", "token_pair", "--dtype", "float32", "q")
     # nobody listens: through the real command line, as a user would run it
     p = gboost(*solve, "--llm", f"http://127.0.0.1:{free_port()}/v1", check=False)
@@ -227,7 +227,7 @@ def test_ctrl_c_on_serve_solve_cancels_frees_and_exits_130_with_one_line(tiny_di
     conf = tmp_path / "long.json"   # a search that would run for minutes
     conf.write_text(json.dumps({"num_simulations": 5000, "max_step_tokens": 16, "max_depth": 50}))
     port = free_port()
-    srv = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--solve", "--slm", tiny_dir, "--llm",
+    srv = subprocess.Popen([sys.executable, "-m", "gboost.cli", "serve", "--solve", "--slm", tiny_dir, "--llm",
                             tiny_dir, "--prm-kind", "token_pair", "--dtype", "float32", "--config", conf,
                             "--port", str(port), "--shutdown-grace", "0.2"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -277,7 +277,7 @@ def test_bad_config_and_data_files_are_one_line_and_rc_2(tiny_dir, tmp_path, cap
     """`gboost eval` (and solve) refuse a bad --config or --data file before loading any model."""
     import re
 
-    from engine.cli import main
+    from gboost.cli import main
     f = tmp_path / name
     if content is not None:
         f.write_text(content)
@@ -296,8 +296,8 @@ def test_bad_config_and_data_files_are_one_line_and_rc_2(tiny_dir, tmp_path, cap
 
 @pytest.mark.parametrize("cmd", [("solve", "--llm", "none", "q"), ("generate", "--max-tokens", "2", "q")])
 def test_an_out_of_range_seed_is_one_line_and_rc_2(tiny_dir, capsys, cmd):
-    """The seed check every route uses (engine.sampling.check_seed) holds on the command line too."""
-    from engine.cli import main
+    """The seed check every route uses (gboost.sampling.check_seed) holds on the command line too."""
+    from gboost.cli import main
     model = ("--model", str(tiny_dir)) if cmd[0] == "generate" else ("--slm", str(tiny_dir))
     assert main([cmd[0], *model, "--dtype", "float32", "--seed", str(2**70), *cmd[1:]]) == 2
     err = capsys.readouterr().err
@@ -306,13 +306,13 @@ def test_an_out_of_range_seed_is_one_line_and_rc_2(tiny_dir, capsys, cmd):
 
 def test_solve_with_a_chat_only_llm_delegates_or_says_why_not(tiny_dir, tmp_path, capsys):
     """`--llm URL --llm-kind chat`: a hosted chat API as the general LLM (engine/mock_chat_api.py)."""
-    from engine.cli import main
-    from engine.mock_chat_api import ChatOnlyAPI
-    from engine.scheduler import Scheduler
-    from engine.server.app import create_app
-    from engine.server.engine_backend import EngineCompletionBackend
-    from engine.server.uvicorn_server import BackgroundServer
-    from engine.testing import CHAT_TEMPLATE, tiny_engine
+    from gboost.cli import main
+    from gboost.mock_chat_api import ChatOnlyAPI
+    from gboost.scheduler import Scheduler
+    from gboost.server.app import create_app
+    from gboost.server.engine_backend import EngineCompletionBackend
+    from gboost.server.uvicorn_server import BackgroundServer
+    from gboost.testing import CHAT_TEMPLATE, tiny_engine
     eng = tiny_engine({"slm": 2}, chat_template=CHAT_TEMPLATE)
     api = ChatOnlyAPI(create_app(EngineCompletionBackend(eng, Scheduler(eng), model_name="m")), model="hosted")
     cfg = tmp_path / "delegate.json"
@@ -332,8 +332,8 @@ def test_solve_with_a_chat_only_llm_delegates_or_says_why_not(tiny_dir, tmp_path
 
 @pytest.mark.parametrize("cmd", [["solve", "q"], ["eval", "--data", "DATA"], ["train-prm", "--data", "DATA", "--out", "OUT"]])
 def test_max_draft_reaches_the_executor_and_zero_is_refused(tiny_dir, tmp_path, monkeypatch, capsys, cmd):
-    import engine.stack
-    from engine.cli import main
+    import gboost.stack
+    from gboost.cli import main
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
     cmd = [str(data) if c == "DATA" else str(tmp_path / "out") if c == "OUT" else c for c in cmd]
@@ -342,7 +342,7 @@ def test_max_draft_reaches_the_executor_and_zero_is_refused(tiny_dir, tmp_path, 
     async def stop(*a, options=None, **kw):
         seen.append(options)
         raise KeyboardInterrupt  # the CLI's own way out before a stack exists: rc 130
-    monkeypatch.setattr(engine.stack, "build_stack", stop)
+    monkeypatch.setattr(gboost.stack, "build_stack", stop)
     models = ["--slm", str(tiny_dir), "--dtype", "float32"] + (["--llm", "none", "--method", "slm"]
                                                               if cmd[0] != "train-prm" else ["--collab-share", "0"])
     assert main([cmd[0], *models, "--max-draft", "3", "--draft-policy", "adaptive", *cmd[1:]]) == 130

@@ -23,7 +23,7 @@ def test_dry_run_prints_every_step_and_writes_nothing(tmp_path):
     assert r.returncode == 0, r.stderr
     plan = r.stdout
     for needle in ("-m pytest -q -m gpu", "benchmarks/test_kernels.py", "benchmarks/test_generate.py",
-                   "engine.cli solve --device cuda", "engine.cli bench --quick --device cuda", str(out),
+                   "gboost.cli solve --device cuda", "gboost.cli bench --quick --device cuda", str(out),
                    "pip install --no-deps"):
         assert needle in plan, needle
     # the step limits add up to no more than the whole run's, which is under 8 minutes

@@ -4,14 +4,14 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("engine", "kernels")
+PACKAGES = {"engine": "gboost", "kernels": "gboost.kernels"}   # folder -> installed import name
 
 
 def _modules() -> dict[str, Path]:
     mods = {}
-    for pkg in PACKAGES:
-        for f in (ROOT / pkg).rglob("*.py"):
-            parts = f.relative_to(ROOT).with_suffix("").parts
+    for folder, name in PACKAGES.items():
+        for f in (ROOT / folder).rglob("*.py"):
+            parts = (name, *f.relative_to(ROOT / folder).with_suffix("").parts)
             mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
     return mods
 
@@ -72,9 +72,9 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_the_imports():
     g = _graph(_modules())
-    assert "engine.kv.cache" in g["engine.scheduler"] and "engine.models.sources" in g["engine.models.loader"]
-    assert "engine.collab.fused_step" in g["engine.collab.executor"]   # relative imports resolved
-    assert "kernels.spec_verify" in g["engine.collab.fused_step"]      # and imports inside functions
+    assert "gboost.kv.cache" in g["gboost.scheduler"] and "gboost.models.sources" in g["gboost.models.loader"]
+    assert "gboost.collab.fused_step" in g["gboost.collab.executor"]   # relative imports resolved
+    assert "gboost.kernels.spec_verify" in g["gboost.collab.fused_step"]      # and imports inside functions
 
 
 def test_no_import_cycles():
@@ -95,11 +95,13 @@ def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
 def test_dependencies_point_down_the_request_path():
     """search (policy) never reaches collab (execution); llm, kv, models and kernels reach neither."""
     g = _graph(_modules())
-    below = {"engine.search": ("engine.collab", "engine.stack", "engine.server"),
-             "engine.llm": ("engine.search", "engine.collab"),
-             "engine.kv": ("engine.search", "engine.collab", "engine.llm", "engine.scheduler"),
-             "engine.models": ("engine.search", "engine.collab", "engine.llm", "engine.scheduler"),
-             "kernels": ("engine",)}
+    below = {"gboost.search": ("gboost.collab", "gboost.stack", "gboost.server"),
+             "gboost.llm": ("gboost.search", "gboost.collab"),
+             "gboost.kv": ("gboost.search", "gboost.collab", "gboost.llm", "gboost.scheduler"),
+             "gboost.models": ("gboost.search", "gboost.collab", "gboost.llm", "gboost.scheduler"),
+             "gboost.kernels": tuple(f"gboost.{d.name}" for d in (ROOT / "engine").iterdir()
+                                     if (d / "__init__.py").exists()) + tuple(f"gboost.{f.stem}" for f in
+                                     (ROOT / "engine").glob("*.py") if f.stem != "__init__")}
     for pkg, forbidden in below.items():
         for mod in (m for m in g if m == pkg or m.startswith(pkg + ".")):
             bad = sorted(d for d in _reach(g, mod) if any(d == f or d.startswith(f + ".") for f in forbidden))

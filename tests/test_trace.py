@@ -5,11 +5,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from engine.search.api import solve
+from gboost.search.api import solve
 from toy_executor import ToyExecutor
-from engine.search.config import SearchConfig
-from engine.search.tree import Node
-from engine.trace import ACTION_COLORS, from_json, render_html, save_html, to_json
+from gboost.search.config import SearchConfig
+from gboost.search.tree import Node
+from gboost.trace import ACTION_COLORS, from_json, render_html, save_html, to_json
 
 
 def small_tree():

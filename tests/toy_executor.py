@@ -8,8 +8,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from engine.cost import CostRecord, charge, charge_fault
-from engine.search.protocol import ACTIONS, StepOut
+from gboost.cost import CostRecord, charge, charge_fault
+from gboost.search.protocol import ACTIONS, StepOut
 
 def count_step(cost: CostRecord, action: str, n_tokens: int, fault: str | None) -> None:
     """What a generated step of ``n_tokens`` costs, by action:
@@ -87,7 +87,7 @@ def _default_reward(question: str, steps: tuple[str, ...]) -> float:
 
 
 class ToyExecutor:
-    """Deterministic model-free :class:`~engine.search.protocol.StepExecutor`.
+    """Deterministic model-free :class:`~gboost.search.protocol.StepExecutor`.
 
     ``step_fn(question, prior_step_texts, action, i)`` returns the text of the
     ``i``-th sampled child (or ``(text, terminal)``); ``reward_fn(question,

@@ -2,7 +2,7 @@
 
 :class:`NaiveExecutor` implements the search's StepExecutor protocol (engine/search/protocol.py)
 with nothing but ``AutoModelForCausalLM`` forward calls, and the engine's own search policy
-(``engine.search.api.solve``) drives it, so against ``EngineExecutor`` only model execution differs:
+(``gboost.search.api.solve``) drives it, so against ``EngineExecutor`` only model execution differs:
 
 * every tree node writes its step with fresh HF caches built from the node's full token prefix
   (nothing is reused between nodes, siblings or requests);
@@ -27,12 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.collab.prm import PRMPrompts, PRMSpec
-from engine.collab.rules import node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
-from engine.cost import CostRecord, charge
-from engine.sampling import sample_token
-from engine.search.config import ConfigError, SearchConfig
-from engine.search.protocol import ACTIONS, StepOut
+from gboost.collab.prm import PRMPrompts, PRMSpec
+from gboost.collab.rules import node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
+from gboost.cost import CostRecord, charge
+from gboost.sampling import sample_token
+from gboost.search.config import ConfigError, SearchConfig
+from gboost.search.protocol import ACTIONS, StepOut
 
 __all__ = ["NaiveExecutor", "NaiveState"]
 

@@ -10,8 +10,8 @@ def load_hf(name_or_path: str, dtype: str | torch.dtype = torch.float32, device:
     """``AutoModelForCausalLM`` for what the engine loads by the same argument: a demo name (its
     assembled GGUF), a ``.gguf`` file or a Hugging Face directory."""
     import transformers
-    from engine.engine import parse_dtype
-    from engine.models import registry
+    from gboost.engine import parse_dtype
+    from gboost.models import registry
 
     dt = parse_dtype(dtype)
     path = Path(name_or_path)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from engine.kv.cache import Sequence
-from engine.llm.base import LLMError
-from engine.cost import charge
+from gboost.kv.cache import Sequence
+from gboost.llm.base import LLMError
+from gboost.cost import charge
 
 DELEGATE_SYSTEM = (
     "You are solving a problem step by step together with another solver. You are given the problem "

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.kv.cache import Sequence
-from engine.llm.base import LLMError
-from engine.positions import check_fits
-from engine.sampling import sample_token
-from engine.search.config import ConfigError, SearchConfig, check_stack_runs
-from engine.cost import CostRecord, charge, charge_fault
-from engine.search.api import settle
-from engine.search.protocol import StepOut
+from gboost.kv.cache import Sequence
+from gboost.llm.base import LLMError
+from gboost.positions import check_fits
+from gboost.sampling import sample_token
+from gboost.search.config import ConfigError, SearchConfig, check_stack_runs
+from gboost.cost import CostRecord, charge, charge_fault
+from gboost.search.api import settle
+from gboost.search.protocol import StepOut
 
 from .delegated_step import delegated_step
 from .fused_step import collab_step, llm_step
@@ -67,7 +67,7 @@ class EngineExecutor:
     def __init__(self, engine, scheduler, cfg: SearchConfig, *, llm=None, prm=None, base=None,
                  writer=None, options: CollabOptions | None = None):
         """``llm``: a general LLM giving next-token rows (fused steps); ``writer``: one answering
-        chat requests (engine.llm.chat.ChatLLM: delegated steps). A chat-only endpoint is a writer
+        chat requests (gboost.llm.chat.ChatLLM: delegated steps). A chat-only endpoint is a writer
         and no ``llm``; the ``llm`` action is then a delegated step."""
         self.engine, self.scheduler, self.cfg = engine, scheduler, cfg
         self.llm, self.prm, self.base, self.writer = llm, prm, base, writer

@@ -12,8 +12,8 @@ import asyncio
 
 import torch
 
-from engine.kv.cache import Sequence
-from engine.sampling import processed_probs
+from gboost.kv.cache import Sequence
+from gboost.sampling import processed_probs
 
 from .fusion import fuse_and_sample, fused_logp
 
@@ -82,8 +82,8 @@ async def exact_step(ex, seq: Sequence, gen: torch.Generator, alpha: float | Non
 
 async def speculative_step(ex, seq: Sequence, gen: torch.Generator, alpha: float | None) -> None:
     """Draft, verify against the fused distribution, keep the accepted prefix, repeat."""
-    from kernels.fused_sampling import make_noise
-    from kernels.spec_verify import spec_verify
+    from gboost.kernels.fused_sampling import make_noise
+    from gboost.kernels.spec_verify import spec_verify
     cache, start = ex.engine.cache, len(seq.token_ids)
     T, top_p = ex.cfg.temperature, ex.cfg.top_p
     proxy = ex.uses_base(alpha)

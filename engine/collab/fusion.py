@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from engine.llm.base import TokenLogprobs
-from engine.llm.topk import union_support
-from kernels.fused_sampling import fuse_logprobs, fused_sample, make_noise
+from gboost.llm.base import TokenLogprobs
+from gboost.llm.topk import union_support
+from gboost.kernels.fused_sampling import fuse_logprobs, fused_sample, make_noise
 
 
 def shared_width(slm_width: int, llm_rows: list[TokenLogprobs]) -> int:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.kv.cache import Sequence
-from engine.cost import charge
-from engine.search.config import PRM_KINDS
-from kernels.step_scoring import step_rewards
+from gboost.kv.cache import Sequence
+from gboost.cost import charge
+from gboost.search.config import PRM_KINDS
+from gboost.kernels.step_scoring import step_rewards
 
 KINDS = tuple(k for k in PRM_KINDS if k != "value_head")  # the kinds a PRM model itself scores
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 import zlib
 
-from engine.search.config import SearchConfig
-from engine.positions import fits
-from engine.search.answer import ends_path
+from gboost.search.config import SearchConfig
+from gboost.positions import fits
+from gboost.search.answer import ends_path
 
 SLM_SYSTEM = "Please reason step by step, separating steps with a blank line, and put your final answer within \\boxed{}."
 

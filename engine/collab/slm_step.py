@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.kv.cache import Sequence
+from gboost.kv.cache import Sequence
 
 
 async def slm_step(ex, seq: Sequence, gen: torch.Generator) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.kv.cache import Sequence
+from gboost.kv.cache import Sequence
 
 
 @dataclass

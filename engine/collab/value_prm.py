@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from engine.kv.cache import Sequence
-from engine.models.value_head import HeadCard, check_base, load_head
-from engine.cost import charge
+from gboost.kv.cache import Sequence
+from gboost.models.value_head import HeadCard, check_base, load_head
+from gboost.cost import charge
 
 from .rules import slm_prompt_ids
 
@@ -31,7 +31,7 @@ def text_step_ids(tok, text: str) -> list[int]:
 
 def feature_role(engine, card: HeadCard) -> str:
     """The resident role whose model the head was trained on (the SLM first)."""
-    from engine.models.value_head import model_fingerprint
+    from gboost.models.value_head import model_fingerprint
     roles = ["slm"] if card.sequence == "slm" else [r for r in ("slm", "llm", "prm") if r in engine.roles]
     for r in roles:
         if model_fingerprint(engine.role(r).model) == card.fingerprint:

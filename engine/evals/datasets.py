@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from engine.search.answer import extract_gsm8k_gold, extract_math_gold, normalize_number
+from gboost.search.answer import extract_gsm8k_gold, extract_math_gold, normalize_number
 
 __all__ = ["EvalRow", "load_rows", "read_data_file", "rows_from_dicts", "detect_kind", "DatasetError", "KINDS",
            "parse_lines", "load_lines"]

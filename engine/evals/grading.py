@@ -1,7 +1,7 @@
-"""Grading of a model's solution text against a dataset gold answer (uses engine.search.answer)."""
+"""Grading of a model's solution text against a dataset gold answer (uses gboost.search.answer)."""
 from __future__ import annotations
 
-from engine.search.answer import extract_gsm8k_pred, extract_math_pred, gsm8k_equal, math_equal
+from gboost.search.answer import extract_gsm8k_pred, extract_math_pred, gsm8k_equal, math_equal
 
 __all__ = ["extract_pred", "is_correct", "grade"]
 

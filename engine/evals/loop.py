@@ -27,10 +27,10 @@ from pathlib import Path
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Callable, Sequence
 
-from engine.search.api import solve
-from engine.search.config import SearchConfig
-from engine.search.final import candidates
-from engine.cost import CostRecord
+from gboost.search.api import solve
+from gboost.search.config import SearchConfig
+from gboost.search.final import candidates
+from gboost.cost import CostRecord
 
 from .datasets import EvalRow, load_rows, rows_from_dicts
 from .grading import grade

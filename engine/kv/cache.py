@@ -20,7 +20,7 @@ from itertools import count
 
 import torch
 
-from engine.kv.block_pool import BlockPool, KVPoolExhausted
+from gboost.kv.block_pool import BlockPool, KVPoolExhausted
 
 __all__ = ["KVCache", "ModelSpec", "Sequence", "SeqStatus", "KVPoolExhausted"]
 

@@ -11,7 +11,7 @@ A general LLM answers two questions, both about *next-token distributions*:
 
 A row is a :class:`TokenLogprobs`. A local model returns the full vocabulary
 (``full=True``, ``ids = arange(V)``); a remote endpoint usually returns only its
-top-k (``full=False``); see :mod:`engine.llm.topk` for how such rows are fused.
+top-k (``full=False``); see :mod:`gboost.llm.topk` for how such rows are fused.
 
 Failures surface as :class:`LLMError` with a machine-readable ``kind``.
 """
@@ -34,7 +34,7 @@ class TokenLogprobs:
     logprobs: float32 ``[k]`` natural-log probabilities aligned with ``ids``.
     full:     True when ``ids`` covers the whole vocabulary.
 
-    Ids are unique within a row. Rows built by :mod:`engine.llm.remote` are sorted
+    Ids are unique within a row. Rows built by :mod:`gboost.llm.remote` are sorted
     by decreasing log-prob; nothing else should rely on an order.
     """
 

@@ -10,7 +10,7 @@ Requests carry only what OpenAI's chat API knows: ``model``, ``messages``, ``max
 ``temperature``, ``top_p``, ``seed`` (plus ``extra_body``). ``max_tokens`` rather than the newer
 ``max_completion_tokens``, because OpenAI-compatible servers (vLLM, SGLang, proxies) all read it.
 
-Retries, timeouts, the concurrency limit and the API key are :class:`~engine.llm.http.HTTPEndpoint`'s.
+Retries, timeouts, the concurrency limit and the API key are :class:`~gboost.llm.http.HTTPEndpoint`'s.
 """
 from __future__ import annotations
 

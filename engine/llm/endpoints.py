@@ -2,9 +2,9 @@
 
 * ``completions``: ``/v1/completions`` that takes token-id prompts and returns ``logprobs`` with
   ``echo`` (vLLM, SGLang, ``gboost serve``), on the SLM's tokenizer. Needed by fused steps and
-  speculative scoring (:class:`~engine.llm.remote.RemoteLLM`).
+  speculative scoring (:class:`~gboost.llm.remote.RemoteLLM`).
 * ``chat``: ``/v1/chat/completions`` (every hosted API). Enough for delegated steps, in which the
-  LLM writes a whole step (:class:`~engine.llm.chat.ChatLLM`); no shared tokenizer needed.
+  LLM writes a whole step (:class:`~gboost.llm.chat.ChatLLM`); no shared tokenizer needed.
 
 ``kind="auto"`` probes both: the completions probe is the existing start-up check (a few token ids
 echoed with their log-probs), the chat probe one 1-token reply. An endpoint that is down fails

@@ -1,7 +1,7 @@
 """The HTTP side of a remote general LLM: one OpenAI-compatible endpoint, reliably.
 
-:class:`HTTPEndpoint` is what :class:`~engine.llm.remote.RemoteLLM` (``/v1/completions``) and
-:class:`~engine.llm.chat.ChatLLM` (``/v1/chat/completions``) share:
+:class:`HTTPEndpoint` is what :class:`~gboost.llm.remote.RemoteLLM` (``/v1/completions``) and
+:class:`~gboost.llm.chat.ChatLLM` (``/v1/chat/completions``) share:
 
 * Every HTTP attempt holds a slot of an ``asyncio.Semaphore(max_concurrency)``
   (released during back-off) and is bounded by ``timeout_s`` overall.
@@ -10,7 +10,7 @@
   ``min(backoff_max_s, backoff_base_s * 2**(attempt-1)) * U[0.5, 1)``; a
   ``Retry-After`` header (seconds or HTTP date) replaces the back-off, capped
   at ``max_retry_after_s``. Other 4xx and malformed bodies are not retried.
-* Failures raise :class:`~engine.llm.base.LLMError` with ``kind`` in
+* Failures raise :class:`~gboost.llm.base.LLMError` with ``kind`` in
   {timeout, http_5xx, http_429, connect, malformed, vocab_mismatch, http_4xx}.
 * The API key is read from the environment variable ``api_key_env`` and sent as
   ``Authorization: Bearer <key>``. It is never logged, never part of an
@@ -31,13 +31,13 @@ from typing import Any, Awaitable, Callable, Optional
 
 import httpx
 
-from engine.cost import charge
+from gboost.cost import charge
 
 from .base import LLMError
 
 __all__ = ["HTTPEndpoint", "parse_retry_after"]
 
-log = logging.getLogger("engine.llm.remote")
+log = logging.getLogger("gboost.llm.remote")
 
 MODELS_PATH = "/v1/models"
 HEALTH_PATH = "/health"

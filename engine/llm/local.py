@@ -12,9 +12,9 @@ from collections import OrderedDict
 
 import torch
 
-from engine.cost import charge
-from engine.kv.cache import Sequence
-from engine.llm.base import TokenLogprobs
+from gboost.cost import charge
+from gboost.kv.cache import Sequence
+from gboost.llm.base import TokenLogprobs
 
 
 class LocalLLM:

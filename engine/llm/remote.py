@@ -22,7 +22,7 @@ fields).
   position after the draft. ``prefix`` must be non-empty (position 0 has no
   distribution).
 
-Responses (see :mod:`engine.server.wire` for gboost's format)
+Responses (see :mod:`gboost.server.wire` for gboost's format)
 -------------------------------------------------------------
 ``choices[0].logprobs`` is read in this order of preference:
 
@@ -41,7 +41,7 @@ remote vocabulary) are dropped and counted in ``stats["dropped_ids"]``.
 ``-9999.0`` (JSON stand-in for ``-inf``) is kept as is.
 
 -----------
-Retries, timeouts, the concurrency limit and the API key are :class:`~engine.llm.http.HTTPEndpoint`'s.
+Retries, timeouts, the concurrency limit and the API key are :class:`~gboost.llm.http.HTTPEndpoint`'s.
 """
 
 from __future__ import annotations
@@ -60,13 +60,13 @@ COMPLETIONS_PATH = "/v1/completions"
 
 
 class RemoteLLM(HTTPEndpoint):
-    """:class:`~engine.llm.base.GeneralLLM` over an OpenAI-compatible ``/v1/completions`` endpoint
+    """:class:`~gboost.llm.base.GeneralLLM` over an OpenAI-compatible ``/v1/completions`` endpoint
     that takes token-id prompts and returns ``logprobs`` (with ``echo`` for :meth:`score`).
 
     ``vocab_size`` is the fusion vocabulary width; when None it is set by
     :meth:`check` (to ``tokenizer_vocab_size``) and, until then, returned ids are
     not range-checked and rows are never ``full``. Transport keywords (timeouts, retries,
-    ``transport``, ``sleep``, ``rng``, ...) are :class:`~engine.llm.http.HTTPEndpoint`'s.
+    ``transport``, ``sleep``, ``rng``, ...) are :class:`~gboost.llm.http.HTTPEndpoint`'s.
     """
 
     kind = "completions"

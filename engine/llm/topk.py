@@ -50,7 +50,7 @@ to the **union of the SLM's top-k and the LLM's top-k tokens** of that position:
   the whole vocabulary.
 
 Pass the same ``k`` for the SLM that the endpoint was asked for (``top_logprobs``
-of :class:`engine.llm.remote.RemoteLLM`) so that both models contribute equally
+of :class:`gboost.llm.remote.RemoteLLM`) so that both models contribute equally
 to the support. Returned arrays are *not* renormalised: fusion combines them and
 then renormalises over the support (e.g. ``log_softmax`` of the masked result).
 """

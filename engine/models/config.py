@@ -1,7 +1,7 @@
 """Model hyper-parameters, independent of where the checkpoint came from.
 
 `ModelConfig` is what the rest of gboost sees of a checkpoint's shape: it is built from a Hugging
-Face `config.json` (`ModelConfig.from_hf_dict`) or from GGUF metadata (`engine.models.gguf_loader`).
+Face `config.json` (`ModelConfig.from_hf_dict`) or from GGUF metadata (`gboost.models.gguf_loader`).
 
 Conventions (the model code relies on them):
 - `attention_bias` means q/k/v projections carry a bias (Qwen2). `o_proj` and the MLP never do;
@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.models.rope import check_rope_scaling
+from gboost.models.rope import check_rope_scaling
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("qwen2", "llama")
 

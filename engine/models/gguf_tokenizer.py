@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-log = logging.getLogger("engine.models.gguf_loader")
+log = logging.getLogger("gboost.models.gguf_loader")
 
 # Split regexes that llama.cpp's `tokenizer.ggml.pre` names stand for (as transformers maps them).
 _QWEN2_SPLIT = (

@@ -1,6 +1,6 @@
 """`load_checkpoint`: one entry point for every place a model can come from.
 
-    ckpt = load_checkpoint("qwen2.5-coder-0.5b")          # demo model (engine.models.registry)
+    ckpt = load_checkpoint("qwen2.5-coder-0.5b")          # demo model (gboost.models.registry)
     ckpt = load_checkpoint("/models/Qwen2.5-0.5B")        # Hugging Face directory (safetensors)
     ckpt = load_checkpoint("/models/x.Q4_K_M.gguf")       # GGUF file (dequantized, cached)
     ckpt = load_checkpoint("Qwen/Qwen2.5-0.5B-Instruct")  # Hub id (safetensors/json only)
@@ -67,7 +67,7 @@ class Checkpoint:
         return next(iter(self.state_dict.values())).dtype
 
     def get_tokenizer(self):
-        """The `engine.models.tokenizer.Tokenizer` wrapper (encode/decode/chat template)."""
+        """The `gboost.models.tokenizer.Tokenizer` wrapper (encode/decode/chat template)."""
         from .tokenizer import Tokenizer
 
         return Tokenizer.from_checkpoint(self)

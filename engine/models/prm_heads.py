@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.models.config import ModelConfig
-from engine.models.qwen2_llama import CausalLM, build_model
+from gboost.models.config import ModelConfig
+from gboost.models.qwen2_llama import CausalLM, build_model
 
 
 class TwoClassPRM(CausalLM):

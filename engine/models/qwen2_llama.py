@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.context import get_context
-from engine.models.config import ModelConfig
-from engine.models.rope import rope_inv_freq
-from kernels._common import memoized
-from kernels.kv_write import store_kv
-from kernels.paged_attention import paged_attention
+from gboost.context import get_context
+from gboost.models.config import ModelConfig
+from gboost.models.rope import rope_inv_freq
+from gboost.kernels._common import memoized
+from gboost.kernels.kv_write import store_kv
+from gboost.kernels.paged_attention import paged_attention
 
 
 # -- blocks ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Where a model name points: a demo model (engine.models.registry), a local file or directory,
+"""Where a model name points: a demo model (gboost.models.registry), a local file or directory,
 or a Hugging Face Hub id (downloaded as safetensors and json only, never pickle)."""
 from __future__ import annotations
 
@@ -55,5 +55,5 @@ def download_from_hub(repo_id: str, cache_dir: str | os.PathLike | None = None) 
         raise HubDownloadError(
             f"could not download {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
             "If this machine is offline, pass a local directory or .gguf file, or a demo model name "
-            "(see engine.models.registry.list_models()); if you meant a local path, it does not exist."
+            "(see gboost.models.registry.list_models()); if you meant a local path, it does not exist."
         ) from e

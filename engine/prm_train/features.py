@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.collab.value_prm import text_root_ids, text_step_ids
+from gboost.collab.value_prm import text_root_ids, text_step_ids
 
 
 @dataclass

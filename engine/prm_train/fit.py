@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from engine.models.value_head import ValueHead
+from gboost.models.value_head import ValueHead
 
 
 def auroc(scores, labels) -> float:

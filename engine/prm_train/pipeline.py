@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.evals.datasets import EvalRow
-from engine.models.value_head import HeadCard, model_fingerprint, save_head
-from engine.search.config import SearchConfig
+from gboost.evals.datasets import EvalRow
+from gboost.models.value_head import HeadCard, model_fingerprint, save_head
+from gboost.search.config import SearchConfig
 
 from .features import extract, slm_solution, text_solution
 from .fit import PATH_AGGREGATIONS, FitConfig, auroc, fit_head

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.evals.datasets import EvalRow
-from engine.evals.grading import grade
-from engine.search.config import SearchConfig
+from gboost.evals.datasets import EvalRow
+from gboost.evals.grading import grade
+from gboost.search.config import SearchConfig
 
 Checker = Callable[[str, EvalRow], bool]
 

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from engine.cost import CostRecord, request_scope
+from gboost.cost import CostRecord, request_scope
 
 from .answer import ends_path, extract_answer
 from .baselines import run_beam, run_bon, run_chain, run_rsd

@@ -71,7 +71,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from engine.seeds import check_seed
+from gboost.seeds import check_seed
 
 __all__ = ["SearchConfig", "ConfigError", "ACTIONS", "LLM_ACTIONS", "METHODS", "ACTION_POLICIES", "FINAL_CHOICES",
            "PRM_AGGREGATIONS", "FUSION_RULES", "PRM_KINDS", "PRM_KIND_DEFAULTS", "prm_kind_of", "check_stack_runs"]
@@ -207,7 +207,7 @@ class SearchConfig:
     #: nucleus sampling mass
     top_p: float = 0.95
     #: seed for the search's tie-breaking and for the executor's sampling: an integer in
-    #: [-2**63, 2**64 - 1], the seeds torch.Generator accepts (engine.seeds.check_seed)
+    #: [-2**63, 2**64 - 1], the seeds torch.Generator accepts (gboost.seeds.check_seed)
     seed: int = 0
 
     # ------------------------------------------------------------------------------ checks

@@ -23,7 +23,7 @@ Semantics every executor must honour
   Each returned child carries a *new* state (typically a forked KV sequence
   sharing the parent's blocks).  The parent state stays valid.
   Sampling settings (temperature, top_p, seed, fusion, step limits) come from
-  the :class:`~engine.search.config.SearchConfig` the executor was built with
+  the :class:`~gboost.search.config.SearchConfig` the executor was built with
   (or handed through ``with_config``).
 * ``score(states)`` returns, for every state, the PRM reward in ``[0, 1]`` of
   its newest step given everything before it.  The search sends all the

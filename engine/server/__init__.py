@@ -1,11 +1,11 @@
 """OpenAI-compatible HTTP server (``gboost serve``).
 
-Public API (imported lazily so that ``engine.server.backend`` stays light):
+Public API (imported lazily so that ``gboost.server.backend`` stays light):
 
-* :func:`create_app` / :func:`serve` (``engine.server.app``)
-* :class:`CompletionBackend`, :class:`BackendInputError` (``engine.server.backend``)
-* :class:`FaultConfig` (``engine.server.faults``)
-* :class:`BackgroundServer` (``engine.server.uvicorn_server``)
+* :func:`create_app` / :func:`serve` (``gboost.server.app``)
+* :class:`CompletionBackend`, :class:`BackendInputError` (``gboost.server.backend``)
+* :class:`FaultConfig` (``gboost.server.faults``)
+* :class:`BackgroundServer` (``gboost.server.uvicorn_server``)
 """
 
 from __future__ import annotations

@@ -2,22 +2,22 @@
 
 Routes
 ------
-``POST /v1/completions``  legacy completions (see :mod:`engine.server.completions`;
-                          log-probs wire format in :mod:`engine.server.wire`).
+``POST /v1/completions``  legacy completions (see :mod:`gboost.server.completions`;
+                          log-probs wire format in :mod:`gboost.server.wire`).
 ``POST /v1/chat/completions``  chat completions through the model's chat template
-                          (see :mod:`engine.server.chat`).
+                          (see :mod:`gboost.server.chat`).
 ``POST /v1/solve``        with a ``solver``: G-Boost or a baseline, JSON or SSE
-                          (see :mod:`engine.server.solve`).
+                          (see :mod:`gboost.server.solve`).
 ``GET  /v1/models``       the served model, with ``max_model_len`` and ``vocab_size``.
 ``GET  /health``          ``{"status": "ok"}`` while the process serves requests.
 ``GET  /metrics``         plain-text counters (requests, errors, tokens, in-flight).
 
 Errors are always JSON ``{"error": {"message", "type", "param", "code"}}``
-(:mod:`engine.server.errors`). With ``api_key`` set, ``/v1/*`` requires
+(:mod:`gboost.server.errors`). With ``api_key`` set, ``/v1/*`` requires
 ``Authorization: Bearer <api_key>`` (``/health`` and ``/metrics`` stay open).
 
 The event loop never runs model work: backend coroutines are expected to
-offload it (see :mod:`engine.server.backend`), and tokenisation, response
+offload it (see :mod:`gboost.server.backend`), and tokenisation, response
 building and JSON encoding run in worker threads.
 """
 
@@ -50,7 +50,7 @@ from .streaming import stream_completion
 
 __all__ = ["create_app", "serve", "aserve", "DEFAULT_MAX_LOGPROBS"]
 
-log = logging.getLogger("engine.server")
+log = logging.getLogger("gboost.server")
 
 DEFAULT_MAX_LOGPROBS = 20
 
@@ -224,7 +224,7 @@ def _openapi(app: FastAPI) -> dict:
         from fastapi.openapi.utils import get_openapi
         from pydantic import TypeAdapter
 
-        from engine.search.config import ACTION_POLICIES, FINAL_CHOICES, FUSION_RULES, METHODS, \
+        from gboost.search.config import ACTION_POLICIES, FINAL_CHOICES, FUSION_RULES, METHODS, \
             PRM_AGGREGATIONS, SearchConfig
 
         from .solve import FIXED, SolveRequest
@@ -373,7 +373,7 @@ async def aserve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_le
     ``trim_every_s`` seconds the C heap's free memory goes back to the OS (what bursts freed)."""
     import uvicorn
 
-    from engine.malloc import release_free_memory
+    from gboost.malloc import release_free_memory
 
     from .uvicorn_server import SignalServer
 

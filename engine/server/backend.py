@@ -1,6 +1,6 @@
 """The protocol between the HTTP server and a model.
 
-The server (:mod:`engine.server.app`) only talks to a model through
+The server (:mod:`gboost.server.app`) only talks to a model through
 :class:`CompletionBackend`. The real engine implements it; tests use a small
 deterministic fake.
 
@@ -10,7 +10,7 @@ Conventions
 * Log-probs are natural logs of the model's *raw* next-token distribution
   (``log_softmax`` of the logits, independent of temperature / top_p), like
   vLLM's default. ``-inf`` is allowed (the server writes it as ``-9999.0``).
-* A row (:class:`~engine.llm.base.TokenLogprobs`) asked for with ``top_k`` holds
+* A row (:class:`~gboost.llm.base.TokenLogprobs`) asked for with ``top_k`` holds
   the ``top_k`` most likely tokens **plus the actual token at that position when
   it is not among them** (vLLM does the same), so rows may have ``top_k + 1``
   entries; with ``top_k = 0`` a row holds only the actual token (or nothing for
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol, runtime_checkable
 
-from engine.llm.base import TokenLogprobs
+from gboost.llm.base import TokenLogprobs
 
 __all__ = ["CompletionBackend", "BackendInputError"]
 

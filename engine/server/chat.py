@@ -70,7 +70,7 @@ def _entry(decode: Callable[[list[int]], str], token_id: int, logprob: Optional[
 
 
 def chat_logprobs(lp: Optional[dict], k: int, decode: Callable[[list[int]], str]) -> Optional[dict]:
-    """OpenAI's chat ``logprobs`` from the completions route's (:func:`engine.server.wire.build_logprobs`):
+    """OpenAI's chat ``logprobs`` from the completions route's (:func:`gboost.server.wire.build_logprobs`):
     the same tokens, each with its ``k`` most likely alternatives (that row's extra actual token dropped)."""
     if lp is None:
         return None

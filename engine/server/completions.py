@@ -1,7 +1,7 @@
 """``/v1/completions`` logic: validate, call the backend, shape the answer.
 
-Routing, auth, faults and metrics live in :mod:`engine.server.app`; the
-``logprobs`` wire format in :mod:`engine.server.wire`.
+Routing, auth, faults and metrics live in :mod:`gboost.server.app`; the
+``logprobs`` wire format in :mod:`gboost.server.wire`.
 
 Semantics worth knowing:
 
@@ -18,8 +18,8 @@ Semantics worth knowing:
   Single-token stop strings also stop generation early; longer ones are applied
   after generation.
 * ``seed`` with ``n > 1`` uses ``seed + j`` for choice ``j`` (wrapped to 64 bits, as
-  ``torch.Generator.manual_seed`` wraps seeds; see :data:`engine.sampling.SEED_RANGE`).
-* ``stream=true`` is answered by :mod:`engine.server.streaming` on the same validation
+  ``torch.Generator.manual_seed`` wraps seeds; see :data:`gboost.sampling.SEED_RANGE`).
+* ``stream=true`` is answered by :mod:`gboost.server.streaming` on the same validation
   (:func:`prepare_completion`) and the same choice building.
 """
 
@@ -31,8 +31,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from engine.llm.base import TokenLogprobs
-from engine.sampling import offset_seed
+from gboost.llm.base import TokenLogprobs
+from gboost.sampling import offset_seed
 
 from .backend import CompletionBackend
 from .errors import APIError
@@ -249,7 +249,7 @@ async def create_completion(
 ) -> dict:
     """Answer a validated request; raises :class:`APIError` for invalid ones."""
     if req.stream:
-        raise APIError(400, "stream=true is answered by engine.server.streaming", param="stream")
+        raise APIError(400, "stream=true is answered by gboost.server.streaming", param="stream")
     prep = await prepare_completion(req, backend, model_name, max_logprobs)
     top_k = prep.top_k
 

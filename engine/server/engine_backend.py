@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from engine.llm.base import TokenLogprobs
-from engine.models.tokenizer import ChatTemplateError
-from engine.server.backend import BackendInputError
-from engine.sampling import SamplingParams
+from gboost.llm.base import TokenLogprobs
+from gboost.models.tokenizer import ChatTemplateError
+from gboost.server.backend import BackendInputError
+from gboost.sampling import SamplingParams
 
 
 def _row(logp: torch.Tensor, top_k: int, actual: int | None) -> TokenLogprobs:

@@ -19,7 +19,7 @@ from .backend import BackendInputError
 
 __all__ = ["APIError", "error_response", "install_error_handlers"]
 
-log = logging.getLogger("engine.server")
+log = logging.getLogger("gboost.server")
 
 _TYPES = {
     400: "invalid_request_error",

@@ -95,7 +95,7 @@ class Metrics:
                        "Blocks whose reference count differs from the tables holding them (a bug unless 0).",
                        [("", kv["refcount_errors"])])
         if llm is not None:  # RemoteLLM.metrics(): retries hide faults, so count them
-            from engine.llm.base import LLM_ERROR_KINDS
+            from gboost.llm.base import LLM_ERROR_KINDS
             kinds = sorted(LLM_ERROR_KINDS)
             metric("gboost_llm_requests_total", "counter", "Requests to the general LLM endpoint (retries not counted).",
                    [("", llm["requests"])])

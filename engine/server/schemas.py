@@ -1,6 +1,6 @@
 """Pydantic models of the OpenAI-compatible request / error bodies.
 
-Responses are built as plain dicts (see :mod:`engine.server.wire`): validating
+Responses are built as plain dicts (see :mod:`gboost.server.wire`): validating
 tens of thousands of log-prob entries through pydantic would cost more than the
 model call for small models.
 """
@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
                       StrictStr, WithJsonSchema)
 
-from engine.sampling import SEED_MAX, SEED_MIN, SEED_RANGE, check_seed
+from gboost.sampling import SEED_MAX, SEED_MIN, SEED_RANGE, check_seed
 
 __all__ = ["CompletionRequest", "ChatCompletionRequest", "ChatMessage", "StreamOptions", "Seed", "JSONInt", "ErrorBody", "ErrorResponse", "ModelCard",
            "ModelList"]

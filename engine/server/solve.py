@@ -38,11 +38,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.kv.block_pool import KVPoolExhausted
-from engine.llm.base import LLMError
-from engine.positions import PromptTooLong
-from engine.search.api import solve
-from engine.search.config import ConfigError, SearchConfig
+from gboost.kv.block_pool import KVPoolExhausted
+from gboost.llm.base import LLMError
+from gboost.positions import PromptTooLong
+from gboost.search.api import solve
+from gboost.search.config import ConfigError, SearchConfig
 
 from .errors import APIError
 from .schemas import Seed
@@ -57,7 +57,7 @@ CAPPED = ("num_simulations", "leaf_parallelism", "slm_width", "collab_width", "d
 #: never set per request: a client regex runs on every step (ReDoS), the delimiter shapes the PRM
 FIXED = ("answer_pattern", "step_delimiter")
 
-log = logging.getLogger("engine.server")
+log = logging.getLogger("gboost.server")
 
 
 class SolveRequest(BaseModel):

@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import AsyncIterator
 
-from engine.sampling import offset_seed
+from gboost.sampling import offset_seed
 
 from .backend import BackendInputError, CompletionBackend
 from .completions import Prepared, _build_choice, _first_stop, prepare_completion, usage
@@ -31,7 +31,7 @@ from .sse import SSE_DONE, cancel_and_wait, sse_event
 
 __all__ = ["stream_completion"]
 
-log = logging.getLogger("engine.server")
+log = logging.getLogger("gboost.server")
 
 
 class _Choice:

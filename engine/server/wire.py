@@ -28,7 +28,7 @@ explicit id fields::
   decoded token strings (ambiguous: distinct ids may decode to the same string).
   ``token_ids`` / ``top_logprob_ids`` are always ids.
 
-:mod:`engine.llm.remote` reads ``top_logprob_ids`` when present, else
+:mod:`gboost.llm.remote` reads ``top_logprob_ids`` when present, else
 ``top_logprobs`` with ``token_id:<id>`` keys (gboost, or vLLM with
 ``return_tokens_as_token_ids``), else token-string keys through a caller-given
 ``token_to_id`` mapping.
@@ -41,7 +41,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from engine.llm.base import TokenLogprobs
+from gboost.llm.base import TokenLogprobs
 
 __all__ = ["TOKEN_ID_PREFIX", "NEG_INF_LOGPROB", "token_key", "json_logprob", "select_row", "build_logprobs"]
 

@@ -1,9 +1,9 @@
 """Helpers of `gboost bench` whose mistakes would skew the table without failing a run."""
 import io
 
-from engine.bench import Row, forget_cached_prefixes, print_table
-from engine.sampling import SamplingParams
-from engine.testing import tiny_engine
+from gboost.bench import Row, forget_cached_prefixes, print_table
+from gboost.sampling import SamplingParams
+from gboost.testing import tiny_engine
 
 
 def test_forget_cached_prefixes_makes_a_repeated_run_compute_again():

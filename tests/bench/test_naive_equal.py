@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from engine.bench import load_naive, write_pair  # noqa: E402
-from engine.collab.executor import CollabOptions  # noqa: E402
-from engine.search.api import solve  # noqa: E402
-from engine.search.config import SearchConfig  # noqa: E402
-from engine.stack import build_stack  # noqa: E402
+from gboost.bench import load_naive, write_pair  # noqa: E402
+from gboost.collab.executor import CollabOptions  # noqa: E402
+from gboost.search.api import solve  # noqa: E402
+from gboost.search.config import SearchConfig  # noqa: E402
+from gboost.stack import build_stack  # noqa: E402
 
 QUESTIONS = ["What is 2 + 3?", "Tom has 4 apples and buys 5 more. How many apples now?"]
 

@@ -67,12 +67,12 @@ def built(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    """A tiny random HF Qwen2 directory (safetensors) with the byte-level tokenizer of engine.testing:
+    """A tiny random HF Qwen2 directory (safetensors) with the byte-level tokenizer of gboost.testing:
     one token per byte, so the token_pair PRM's defaults ('ки', '+', '-') are single tokens."""
     transformers = pytest.importorskip("transformers")
     import torch
 
-    from engine.testing import byte_tokenizer
+    from gboost.testing import byte_tokenizer
 
     d = tmp_path_factory.mktemp("tiny-qwen2-capi")
     torch.manual_seed(0)
@@ -100,13 +100,13 @@ def engine_config(ckpt: Path, **kw) -> dict:
 @pytest.fixture(scope="module")
 def py_engine(tiny_ckpt):
     """The same checkpoint in the Python engine, for reference generations."""
-    from engine.engine import Engine
+    from gboost.engine import Engine
 
     return Engine.from_pretrained(str(tiny_ckpt), dtype="float32", kv_memory_bytes=8 << 20)
 
 
 def reference(py_engine, prompt: str, **params) -> list[int]:
-    from engine.sampling import SamplingParams
+    from gboost.sampling import SamplingParams
 
     ids = py_engine.role("slm").tokenizer.encode(prompt)
     return py_engine.generate([ids], SamplingParams(**params))[0].token_ids
@@ -157,7 +157,7 @@ def test_header_is_plain_c(built, tmp_path):
 # ------------------------------------------------------------------------------------ C++ host
 def test_example_two_threads_generate_and_solve(built, tiny_ckpt, py_engine, engine_device):
     if engine_device != "cpu":  # the handle's engine on CUDA, against the Python engine there
-        from engine.engine import Engine
+        from gboost.engine import Engine
         py_engine = Engine.from_pretrained(str(tiny_ckpt), dtype="float32", device=engine_device,
                                            kv_memory_bytes=8 << 20)
     params = {"temperature": 0.0, "max_tokens": 12}

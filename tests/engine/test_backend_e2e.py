@@ -4,13 +4,13 @@ import asyncio
 import pytest
 import torch
 
-from engine.llm.local import LocalLLM
-from engine.scheduler import Scheduler
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.search.api import solve
-from engine.search.config import SearchConfig
-from engine.collab.prm import PRMScorer, PRMSpec
-from engine.testing import tiny_engine
+from gboost.llm.local import LocalLLM
+from gboost.scheduler import Scheduler
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.search.api import solve
+from gboost.search.config import SearchConfig
+from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.testing import tiny_engine
 
 
 def build(kind="judge", mode="exact", num_blocks=512, device="cpu", **cfg_kw):
@@ -76,8 +76,8 @@ def test_same_seed_same_answer_and_different_seed_differs():
 def test_prm_kinds_match_a_from_scratch_run(kind):
     eng, sched, cfg, be = build(kind=kind)
     if kind == "two_class":  # the PRM role becomes a two-class head model (Qwen2.5-Math-PRM layout)
-        from engine.models.prm_heads import build_two_class_prm
-        from engine.scheduler import ModelRunner
+        from gboost.models.prm_heads import build_two_class_prm
+        from gboost.scheduler import ModelRunner
         m = eng.role("prm")
         g = torch.Generator().manual_seed(0)
         h = m.config.hidden_size

@@ -6,20 +6,20 @@ import asyncio
 import httpx
 import pytest
 
-from engine.collab.delegated_step import delegate_messages
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.collab.prm import PRMScorer, PRMSpec
-from engine.llm.base import LLMError
-from engine.llm.chat import ChatLLM
-from engine.llm.endpoints import EndpointKindError
-from engine.mock_chat_api import ChatOnlyAPI
-from engine.scheduler import Scheduler
-from engine.search.api import solve
-from engine.search.config import ConfigError, SearchConfig
-from engine.server.app import create_app
-from engine.server.engine_backend import EngineCompletionBackend
-from engine.server.uvicorn_server import BackgroundServer
-from engine.testing import CHAT_TEMPLATE, tiny_engine, write_tiny_checkpoint
+from gboost.collab.delegated_step import delegate_messages
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.llm.base import LLMError
+from gboost.llm.chat import ChatLLM
+from gboost.llm.endpoints import EndpointKindError
+from gboost.mock_chat_api import ChatOnlyAPI
+from gboost.scheduler import Scheduler
+from gboost.search.api import solve
+from gboost.search.config import ConfigError, SearchConfig
+from gboost.server.app import create_app
+from gboost.server.engine_backend import EngineCompletionBackend
+from gboost.server.uvicorn_server import BackgroundServer
+from gboost.testing import CHAT_TEMPLATE, tiny_engine, write_tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -148,7 +148,7 @@ def test_a_chat_only_stack_refuses_fused_steps_and_says_why(fresh, tmp_path):
     with pytest.raises(ValueError, match="chat-only"):
         asyncio.run(ex.expand(None, "collab", 1))
 
-    from engine.stack import build_stack
+    from gboost.stack import build_stack
     slm = write_tiny_checkpoint(tmp_path / "slm", seed=1)
 
     async def stack(c):
@@ -165,7 +165,7 @@ def test_a_chat_only_stack_refuses_fused_steps_and_says_why(fresh, tmp_path):
 def test_gboost_serve_solve_on_a_chat_only_llm(fresh):
     """/v1/solve on a stack whose general LLM is the chat-only API: delegated steps, a fused
     config refused with a 400 that says why, the API's calls in /metrics."""
-    from engine.server.solve import Solver
+    from gboost.server.solve import Solver
     c = cfg(num_simulations=3)
     eng = tiny_engine({"slm": 1, "prm": 3})
     sched = Scheduler(eng)
@@ -190,7 +190,7 @@ def test_gboost_serve_solve_on_a_chat_only_llm(fresh):
 def test_on_a_resident_llm_a_delegated_step_is_the_llms_own_step():
     """delegate_width on a resident general LLM: the child is the step the LLM writes alone (action
     `llm`), token for token what the llm chain writes at temperature 0; no chat writer is needed."""
-    from engine.testing import tiny_stack
+    from gboost.testing import tiny_stack
 
     def steps(c):
         st = tiny_stack(c)

@@ -9,17 +9,17 @@ import asyncio
 import pytest
 import torch
 
-import engine.testing as testing
-import kernels.fused_sampling as fs
-import kernels.kv_write as kvw
-import kernels.paged_attention as pa
-import kernels.spec_verify as sv
-import kernels.step_scoring as ss
-from engine.llm.local import LocalLLM
-from engine.models.qwen2_llama import Rotary
-from engine.scheduler import Scheduler
-from engine.collab.executor import CollabOptions
-from engine.search.config import SearchConfig
+import gboost.testing as testing
+import gboost.kernels.fused_sampling as fs
+import gboost.kernels.kv_write as kvw
+import gboost.kernels.paged_attention as pa
+import gboost.kernels.spec_verify as sv
+import gboost.kernels.step_scoring as ss
+from gboost.llm.local import LocalLLM
+from gboost.models.qwen2_llama import Rotary
+from gboost.scheduler import Scheduler
+from gboost.collab.executor import CollabOptions
+from gboost.search.config import SearchConfig
 from fake_cuda import checked_launch, fake_cuda, to_fake_cuda
 from fp_bounds import U32, assert_within, logsoftmax_bound
 

@@ -2,9 +2,9 @@
 called from plain code or from a coroutine (a synchronous helper of async code), blocks released."""
 import asyncio
 
-from engine.sampling import SamplingParams
-from engine.scheduler import Scheduler
-from engine.testing import tiny_engine
+from gboost.sampling import SamplingParams
+from gboost.scheduler import Scheduler
+from gboost.testing import tiny_engine
 
 PROMPTS = [[1, 2, 3, 4], [9, 8, 7], list(range(20, 45))]
 PARAMS = [SamplingParams(temperature=0.0, max_tokens=6), SamplingParams(temperature=0.9, top_p=0.9, max_tokens=8, seed=5),

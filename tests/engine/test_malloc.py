@@ -6,7 +6,7 @@ import pytest
 
 CHECK = """
 import ctypes, sys
-from engine import malloc
+from gboost import malloc
 ok = malloc.tune_malloc()
 print(ok, malloc.tune_malloc() == ok)
 """
@@ -31,10 +31,10 @@ def test_tune_malloc_applies_once_and_can_be_turned_off():
 
 
 def test_a_cpu_engine_applies_it(monkeypatch):
-    from engine import malloc
-    from engine.testing import tiny_engine
+    from gboost import malloc
+    from gboost.testing import tiny_engine
     calls = []
     monkeypatch.setattr(malloc, "_done", None)
-    monkeypatch.setattr("engine.engine.tune_malloc", lambda: calls.append(1))
+    monkeypatch.setattr("gboost.engine.tune_malloc", lambda: calls.append(1))
     tiny_engine({"slm": 1}, num_blocks=8)
     assert calls == [1]

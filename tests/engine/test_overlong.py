@@ -5,10 +5,10 @@ import asyncio
 import pytest
 import torch
 
-from engine.positions import PromptTooLong
-from engine.scheduler import Scheduler
-from engine.search.config import SearchConfig
-from engine.testing import tiny_config, tiny_engine, tiny_stack
+from gboost.positions import PromptTooLong
+from gboost.scheduler import Scheduler
+from gboost.search.config import SearchConfig
+from gboost.testing import tiny_config, tiny_engine, tiny_stack
 
 
 def test_an_overlong_sequence_fails_alone_not_its_batch_mates():

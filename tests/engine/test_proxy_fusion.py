@@ -6,14 +6,14 @@ import asyncio
 import pytest
 import torch
 
-from engine.llm.local import LocalLLM
-from engine.scheduler import Scheduler
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.search.api import solve
-from engine.search.config import ConfigError, SearchConfig
-from engine.collab.prm import PRMScorer, PRMSpec
-from engine.stack import build_stack
-from engine.testing import byte_tokenizer, tiny_engine
+from gboost.llm.local import LocalLLM
+from gboost.scheduler import Scheduler
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.search.api import solve
+from gboost.search.config import ConfigError, SearchConfig
+from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.stack import build_stack
+from gboost.testing import byte_tokenizer, tiny_engine
 
 ALPHA = 0.7
 
@@ -100,7 +100,7 @@ def test_a_base_model_with_another_vocabulary_is_refused():
 
 
 def test_a_base_model_with_another_logit_width_is_refused():
-    from engine.testing import tiny_config
+    from gboost.testing import tiny_config
     eng = tiny_engine({"slm": 1, "base": 4}, configs={"base": tiny_config(vocab=264)})
     with pytest.raises(ValueError, match="260 logits.*264"):
         eng.check_vocabularies()

@@ -3,19 +3,19 @@ import asyncio
 
 import pytest
 
-from engine.llm.base import LLMError
-from engine.llm.local import LocalLLM
-from engine.llm.remote import RemoteLLM
-from engine.scheduler import Scheduler
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.search.api import solve
-from engine.search.config import SearchConfig
-from engine.collab.prm import PRMScorer, PRMSpec
-from engine.server.app import create_app
-from engine.server.engine_backend import EngineCompletionBackend
-from engine.server.faults import FaultConfig
-from engine.server.uvicorn_server import BackgroundServer
-from engine.testing import tiny_engine
+from gboost.llm.base import LLMError
+from gboost.llm.local import LocalLLM
+from gboost.llm.remote import RemoteLLM
+from gboost.scheduler import Scheduler
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.search.api import solve
+from gboost.search.config import SearchConfig
+from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.server.app import create_app
+from gboost.server.engine_backend import EngineCompletionBackend
+from gboost.server.faults import FaultConfig
+from gboost.server.uvicorn_server import BackgroundServer
+from gboost.testing import tiny_engine
 
 V = 260
 

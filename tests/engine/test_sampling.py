@@ -3,8 +3,8 @@ bit, and tokens from the exact distribution."""
 import pytest
 import torch
 
-from engine.sampling import keep_mask_topc, sample_kept
-from kernels.fused_sampling import keep_mask_ref
+from gboost.sampling import keep_mask_topc, sample_kept
+from gboost.kernels.fused_sampling import keep_mask_ref
 from sampling_cases import exact_dist as _exact_dist, logits as _logits, row_params as _row_params
 
 

@@ -5,15 +5,15 @@ import asyncio
 import pytest
 import torch
 
-from engine.kv.cache import KVPoolExhausted
-from engine.llm.local import LocalLLM
-from engine.scheduler import Scheduler
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.search.api import solve
-from engine.search.config import SearchConfig
-from engine.sampling import SamplingParams
-from engine.collab.prm import PRMScorer, PRMSpec
-from engine.testing import tiny_engine
+from gboost.kv.cache import KVPoolExhausted
+from gboost.llm.local import LocalLLM
+from gboost.scheduler import Scheduler
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.search.api import solve
+from gboost.search.config import SearchConfig
+from gboost.sampling import SamplingParams
+from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.testing import tiny_engine
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -218,7 +218,7 @@ def test_a_failed_batch_gives_back_what_it_reserved_and_later_work_is_served():
 
 
 def test_costs_charge_what_was_computed_when_a_waiting_sequence_is_preempted():
-    from engine.cost import CostRecord
+    from gboost.cost import CostRecord
     eng = tiny_engine({"slm": 1}, num_blocks=8)
     key, cache, runner = eng.role("slm").key, eng.cache, eng.role("slm").runner
 

@@ -9,12 +9,12 @@ import asyncio
 import pytest
 import torch
 
-from engine.llm.base import TokenLogprobs
-from engine.llm.local import LocalLLM
-from engine.scheduler import Scheduler
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.search.config import SearchConfig
-from engine.testing import tiny_engine
+from gboost.llm.base import TokenLogprobs
+from gboost.llm.local import LocalLLM
+from gboost.scheduler import Scheduler
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.search.config import SearchConfig
+from gboost.testing import tiny_engine
 
 V, EOS = 260, 256
 LIVE = [60, 61, 62, 63, EOS]   # the only tokens with mass ('\n' never appears: steps end by length or EOS)
@@ -157,7 +157,7 @@ def test_speculative_equals_exact_fused_distribution_bigram(rule):
 def test_adaptive_drafts_sample_the_same_distribution_with_less_llm_work():
     """Draft lengths that follow the step's own acceptances (fused_step.next_draft) keep every
     round exact: 5-token steps, drafts of 1-4 tokens, against the closed-form distribution."""
-    from engine.collab.fused_step import next_draft
+    from gboost.collab.fused_step import next_draft
     opt = CollabOptions(max_draft=4, draft_policy="adaptive")
     assert [next_draft(opt, 2, 2, 2), next_draft(opt, 4, 4, 4), next_draft(opt, 4, 4, 1), next_draft(opt, 4, 3, 0)] \
         == [4, 4, 2, 1]

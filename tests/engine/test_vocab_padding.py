@@ -8,21 +8,21 @@ import pytest
 import torch
 from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.collab.fusion import fused_logp
-from engine.collab.prm import PRMScorer, PRMSpec
-from engine.engine import Engine, ResidentModel
-from engine.llm.base import LLMError, TokenLogprobs
-from engine.llm.local import LocalLLM
-from engine.llm.remote import RemoteLLM
-from engine.models.qwen2_llama import build_model
-from engine.scheduler import Scheduler
-from engine.search.api import solve
-from engine.search.config import SearchConfig
-from engine.server.app import create_app
-from engine.server.engine_backend import EngineCompletionBackend
-from engine.server.uvicorn_server import BackgroundServer
-from engine.testing import byte_tokenizer, tiny_config, tiny_model, write_tiny_checkpoint
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.collab.fusion import fused_logp
+from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.engine import Engine, ResidentModel
+from gboost.llm.base import LLMError, TokenLogprobs
+from gboost.llm.local import LocalLLM
+from gboost.llm.remote import RemoteLLM
+from gboost.models.qwen2_llama import build_model
+from gboost.scheduler import Scheduler
+from gboost.search.api import solve
+from gboost.search.config import SearchConfig
+from gboost.server.app import create_app
+from gboost.server.engine_backend import EngineCompletionBackend
+from gboost.server.uvicorn_server import BackgroundServer
+from gboost.testing import byte_tokenizer, tiny_config, tiny_model, write_tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -160,7 +160,7 @@ def test_remote_padded_pair_fuses_like_the_unpadded_pair(served, slm_wide, llm_w
 
 
 def test_build_stack_accepts_a_padded_slm_with_a_narrower_endpoint(served, tmp_path):
-    from engine.stack import build_stack
+    from gboost.stack import build_stack
     slm = write_tiny_checkpoint(tmp_path / "slm", seed=1, cfg=tiny_config(vocab=V + PAD))
 
     async def main():
@@ -196,7 +196,7 @@ def test_tokenizers_that_differ_are_refused_naming_a_token(tmp_path):
 
 
 def test_an_endpoint_with_another_tokenizer_is_refused(tmp_path):
-    from engine.models.tokenizer import Tokenizer
+    from gboost.models.tokenizer import Tokenizer
     eng = engine((2, True), loud=False)
     other = Tokenizer(reordered_tokenizer(), eos_token_ids=[256])
     for m in eng.models.values():

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from engine.evals.datasets import DatasetError, EvalRow, detect_kind, load_rows, rows_from_dicts
-from engine.evals.grading import extract_pred, grade, is_correct
+from gboost.evals.datasets import DatasetError, EvalRow, detect_kind, load_rows, rows_from_dicts
+from gboost.evals.grading import extract_pred, grade, is_correct
 
 GSM = [
     {"question": "Tom has 3 apples and buys 4 more. How many apples?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},

@@ -4,10 +4,10 @@ import re
 
 import pytest
 
-from engine.evals.datasets import rows_from_dicts
-from engine.evals.loop import EvalReport, run_eval, wilson_interval
+from gboost.evals.datasets import rows_from_dicts
+from gboost.evals.loop import EvalReport, run_eval, wilson_interval
 from toy_executor import ToyExecutor
-from engine.search.config import SearchConfig
+from gboost.search.config import SearchConfig
 
 
 def run(coro):
@@ -221,7 +221,7 @@ def test_records_list_every_terminal_path_and_the_final_rule_rechooses_the_answe
     def misled(q, steps):  # the PRM prefers the SLM's wrong sums: the right one is found, not chosen
         return 0.95 if steps[-1] in ("The answer is 9.", "The answer is 14.") else 0.6
 
-    from engine.search.final import Candidate, pick_final
+    from gboost.search.final import Candidate, pick_final
     cfg = SearchConfig(num_simulations=6, final_choice=final_choice)
     rep = run(run_eval(rows(), ToyExecutor(adder, misled), cfg, progress=False))
     for r in rep.records:

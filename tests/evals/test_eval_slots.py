@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from engine.evals.slots import PrioritySlots
+from gboost.evals.slots import PrioritySlots
 
 
 def test_freed_slots_go_to_the_lowest_priority_number_first_fifo_within_one():

@@ -22,19 +22,19 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parents[1])]
 
 import torch  # noqa: E402
 
-import engine.testing as testing  # noqa: E402
-import kernels.fused_sampling as fs  # noqa: E402
-import kernels.kv_write as kvw  # noqa: E402
-import kernels.paged_attention as pa  # noqa: E402
-import kernels.spec_verify as sv  # noqa: E402
-import kernels.step_scoring as ss  # noqa: E402
-from engine.sampling import SamplingParams  # noqa: E402
-from engine.collab.executor import CollabOptions  # noqa: E402
-from engine.search.api import solve  # noqa: E402
-from engine.search.config import SearchConfig  # noqa: E402
-from engine.collab.prm import PRMScorer, PRMSpec  # noqa: E402
+import gboost.testing as testing  # noqa: E402
+import gboost.kernels.fused_sampling as fs  # noqa: E402
+import gboost.kernels.kv_write as kvw  # noqa: E402
+import gboost.kernels.paged_attention as pa  # noqa: E402
+import gboost.kernels.spec_verify as sv  # noqa: E402
+import gboost.kernels.step_scoring as ss  # noqa: E402
+from gboost.sampling import SamplingParams  # noqa: E402
+from gboost.collab.executor import CollabOptions  # noqa: E402
+from gboost.search.api import solve  # noqa: E402
+from gboost.search.config import SearchConfig  # noqa: E402
+from gboost.collab.prm import PRMScorer, PRMSpec  # noqa: E402
 from fake_cuda import checked_launch, fake_cuda, to_fake_cuda  # noqa: E402
-from kernels._common import record_launches  # noqa: E402
+from gboost.kernels._common import record_launches  # noqa: E402
 
 OUT = HERE / "launches.json"
 VOCAB = 151936
@@ -58,9 +58,9 @@ def _configs():
 
 async def _proxy_steps():
     # fusion_rule = "proxy" (with the SLM's base model resident): one collaborative step per mode
-    from engine.llm.local import LocalLLM
-    from engine.scheduler import Scheduler
-    from engine.collab.executor import EngineExecutor
+    from gboost.llm.local import LocalLLM
+    from gboost.scheduler import Scheduler
+    from gboost.collab.executor import EngineExecutor
     cfg = SearchConfig(max_step_tokens=2, max_depth=2, num_simulations=1, temperature=0.7, top_p=0.95, seed=1,
                        fusion_rule="proxy")
     c = _configs()

@@ -11,7 +11,7 @@ import sys
 import pytest
 import triton
 
-import kernels
+import gboost.kernels
 
 HERE = os.path.dirname(__file__)
 _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -37,11 +37,11 @@ def test_the_recording_matches_the_kernels_and_covers_every_one():
         assert set(r["signature"]) | set(r["constexprs"]) == set(_kernel_params(fn)), r["kernel"]
         seen.add(r["kernel"])
     defined = set()
-    for m in pkgutil.iter_modules(kernels.__path__):
-        mod = importlib.import_module(f"kernels.{m.name}")
+    for m in pkgutil.iter_modules(gboost.kernels.__path__):
+        mod = importlib.import_module(f"gboost.kernels.{m.name}")
         for name, obj in vars(mod).items():
             if hasattr(obj, "fn") and hasattr(obj, "run") and name.endswith("_kernel"):
-                defined.add(f"kernels.{m.name}.{name}")
+                defined.add(f"gboost.kernels.{m.name}.{name}")
     assert defined == seen, f"never launched in the recording: {defined - seen}; gone: {seen - defined}"
 
 

@@ -3,11 +3,11 @@ Triton launch would refuse a CPU pointer among CUDA ones, or read it as a device
 import pytest
 import torch
 
-from kernels.fused_sampling import fuse_logprobs, fused_sample, sample
-from kernels.kv_write import store_kv
-from kernels.paged_attention import paged_attention
-from kernels.spec_verify import spec_verify
-from kernels.step_scoring import step_rewards
+from gboost.kernels.fused_sampling import fuse_logprobs, fused_sample, sample
+from gboost.kernels.kv_write import store_kv
+from gboost.kernels.paged_attention import paged_attention
+from gboost.kernels.spec_verify import spec_verify
+from gboost.kernels.step_scoring import step_rewards
 
 
 def _meta(t):

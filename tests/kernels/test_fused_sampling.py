@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fp_bounds import U32, assert_within, chain_h, logsoftmax_bound, nucleus_tokens, sampler_mass_eps
-from kernels.fused_sampling import (_block_v, fuse_logprobs, fuse_logprobs_ref, fuse_logprobs_triton, fused_logits_ref,
+from gboost.kernels.fused_sampling import (_block_v, fuse_logprobs, fuse_logprobs_ref, fuse_logprobs_triton, fused_logits_ref,
                                     fused_sample, fused_sample_ref, fused_sample_triton, keep_mask_ref, make_noise,
                                     sample, sample_ref)
 from sampling_cases import exact_dist as _exact_dist, logits as _logits, row_params as _row_params

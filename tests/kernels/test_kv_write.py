@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kernels.kv_write import store_kv, store_kv_ref, store_kv_triton
+from gboost.kernels.kv_write import store_kv, store_kv_ref, store_kv_triton
 
 
 def _pool_views(num_blocks, L, BS, Hkv, D, dtype, device, layer, extra=37):

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from fp_bounds import assert_within, attention64
-from kernels.paged_attention import paged_attention, paged_attention_ref, paged_attention_torch, paged_attention_triton
+from gboost.kernels.paged_attention import paged_attention, paged_attention_ref, paged_attention_torch, paged_attention_triton
 
 
 def build(B, Hq, Hkv, D, BS, qlens, ctx, dtype, device, seed=0, L=2, layer=1):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from kernels.fused_sampling import make_noise
-from kernels.spec_verify import spec_verify, spec_verify_ref, spec_verify_triton
+from gboost.kernels.fused_sampling import make_noise
+from gboost.kernels.spec_verify import spec_verify, spec_verify_ref, spec_verify_triton
 
 
 def _problem(B, K, V, seed, closeness=0.3, dtype=torch.float32, device="cpu"):

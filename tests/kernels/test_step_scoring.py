@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fp_bounds import U32, assert_within, chain_h, lse_bound
-from kernels.step_scoring import step_rewards, step_rewards_ref, step_rewards_triton
+from gboost.kernels.step_scoring import step_rewards, step_rewards_ref, step_rewards_triton
 
 
 def _scores(T, V, dtype, device, seed, scale=4.0, pad=3):

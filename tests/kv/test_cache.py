@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.kv.cache import KVCache, KVPoolExhausted, ModelSpec
+from gboost.kv.cache import KVCache, KVPoolExhausted, ModelSpec
 
 BS = 4
 

@@ -9,16 +9,16 @@ import pytest
 
 from _fake_backend import FakeBackend
 from _sleep import SleepRecorder
-from engine.llm.base import LLMError
-from engine.llm.chat import ChatLLM
-from engine.llm.endpoints import EndpointKindError, open_endpoint
-from engine.mock_chat_api import ChatOnlyAPI
-from engine.scheduler import Scheduler
-from engine.server.app import create_app
-from engine.server.engine_backend import EngineCompletionBackend
-from engine.server.faults import FaultConfig
-from engine.server.uvicorn_server import BackgroundServer
-from engine.testing import CHAT_TEMPLATE, tiny_engine
+from gboost.llm.base import LLMError
+from gboost.llm.chat import ChatLLM
+from gboost.llm.endpoints import EndpointKindError, open_endpoint
+from gboost.mock_chat_api import ChatOnlyAPI
+from gboost.scheduler import Scheduler
+from gboost.server.app import create_app
+from gboost.server.engine_backend import EngineCompletionBackend
+from gboost.server.faults import FaultConfig
+from gboost.server.uvicorn_server import BackgroundServer
+from gboost.testing import CHAT_TEMPLATE, tiny_engine
 
 pytestmark = pytest.mark.timeout(120)
 

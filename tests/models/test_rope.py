@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from engine.models.config import ModelConfig
-from engine.models.rope import rope_inv_freq
+from gboost.models.config import ModelConfig
+from gboost.models.rope import rope_inv_freq
 
 transformers = pytest.importorskip("transformers")
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402

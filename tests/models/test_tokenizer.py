@@ -1,11 +1,11 @@
-"""engine.models.tokenizer.Tokenizer: encode/decode, chat templates rendered like transformers (sandboxed
+"""gboost.models.tokenizer.Tokenizer: encode/decode, chat templates rendered like transformers (sandboxed
 jinja2, raise_exception, tojson), vocabulary comparison for SLM/LLM pairs."""
 
 import pytest
 from tokenizers import AddedToken
 
-from engine.models.loader import load_checkpoint
-from engine.models.tokenizer import ChatTemplateError, Tokenizer
+from gboost.models.loader import load_checkpoint
+from gboost.models.tokenizer import ChatTemplateError, Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

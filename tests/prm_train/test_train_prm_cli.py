@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from engine.testing import run_cli as gboost, write_tiny_checkpoint
+from gboost.testing import run_cli as gboost, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_train_then_solve_with_the_head(models, data, tmp_path):
 
 def cli(capsys, *args):
     """main() in this process (no interpreter start-up): (exit code, stderr)."""
-    from engine.cli import main
+    from gboost.cli import main
     rc = main([str(a) for a in args])
     return rc, capsys.readouterr().err
 

@@ -1,6 +1,6 @@
 import pytest
 
-from engine.search.answer import (
+from gboost.search.answer import (
     answer_key, extract_answer, extract_boxed, extract_gsm8k_gold, extract_gsm8k_pred,
     extract_math_gold, extract_math_pred, find_numbers, gsm8k_equal, math_equal, normalize_math,
     normalize_number,

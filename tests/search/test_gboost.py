@@ -2,10 +2,10 @@
 import asyncio
 import pytest
 
-from engine.search.api import solve
+from gboost.search.api import solve
 from toy_executor import ToyExecutor
-from engine.search.config import SearchConfig
-from engine.trace import to_json
+from gboost.search.config import SearchConfig
+from gboost.trace import to_json
 
 
 def run(coro):

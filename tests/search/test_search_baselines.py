@@ -3,9 +3,9 @@ import asyncio
 
 import pytest
 
-from engine.search.api import solve
+from gboost.search.api import solve
 from toy_executor import ToyExecutor
-from engine.search.config import SearchConfig
+from gboost.search.config import SearchConfig
 
 
 def run(coro):

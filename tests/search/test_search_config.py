@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from engine.search.config import METHODS, ConfigError, SearchConfig
-from engine.cost import CostRecord
+from gboost.search.config import METHODS, ConfigError, SearchConfig
+from gboost.cost import CostRecord
 
 
 def test_defaults_are_valid_and_documented():
@@ -109,10 +109,10 @@ def test_cost_record_merge_roundtrip_and_minus():
 @pytest.mark.parametrize("seed, ok", [(0, True), (-1, True), (2**64 - 1, True), (-(2**63), True),
                                       (2**64, False), (-(2**63) - 1, False), (2**70, False), (True, False)])
 def test_seeds_are_what_torch_generators_take(seed, ok):
-    """One check (engine.sampling.check_seed) for SearchConfig, SamplingParams and every route."""
+    """One check (gboost.sampling.check_seed) for SearchConfig, SamplingParams and every route."""
     import torch
 
-    from engine.sampling import SamplingParams
+    from gboost.sampling import SamplingParams
     if ok:
         SearchConfig(seed=seed)
         SamplingParams(seed=seed).generator()   # and torch agrees
@@ -211,7 +211,7 @@ def test_every_benchmark_config_loads_and_names_its_method():
 def test_prm_kind_defaults_fill_only_unset_keys(tmp_path):
     """A value head's config starts from its kind's defaults (PRM_KIND_DEFAULTS); a key the user
     sets wins, a judge keeps the dataclass defaults, and an unknown kind is refused."""
-    from engine.search.config import PRM_KIND_DEFAULTS, prm_kind_of
+    from gboost.search.config import PRM_KIND_DEFAULTS, prm_kind_of
     assert PRM_KIND_DEFAULTS["value_head"]["prm_aggregation"] != SearchConfig().prm_aggregation
     assert SearchConfig.from_dict({}, "value_head").prm_aggregation == "last"
     head = SearchConfig.from_dict({}, "value_head")  # the search chosen on dev lines (rsd's rule in the tree)
@@ -237,7 +237,7 @@ def test_prm_kind_defaults_fill_only_unset_keys(tmp_path):
                                        (["--prm-kind", "value_head", "--prm", "/h"], "last"),
                                        ([], "min"), (["--prm", "value-head:/h", "--config", "{cfg}"], "mean")])
 def test_cli_config_takes_the_defaults_of_its_prm_kind(tmp_path, argv, want):
-    from engine.cli import _search_config, build_parser
+    from gboost.cli import _search_config, build_parser
     f = tmp_path / "c.toml"
     f.write_text('prm_aggregation = "mean"\n')
     for cmd in ("solve", "eval", "serve"):

@@ -3,19 +3,19 @@ import pkgutil
 import subprocess
 import sys
 
-import engine.search
+import gboost.search
 
 # what runs (or holds) a model: torch and every engine module built on it
-MODEL_RUNNING = ("torch", "triton", "kernels", "engine.collab", "engine.kv", "engine.scheduler",
-                 "engine.models", "engine.llm", "engine.engine", "engine.sampling", "engine.context", "engine.stack")
+MODEL_RUNNING = ("torch", "triton", "gboost.kernels", "gboost.collab", "gboost.kv", "gboost.scheduler",
+                 "gboost.models", "gboost.llm", "gboost.engine", "gboost.sampling", "gboost.context", "gboost.stack")
 
 
 def _modules():
-    return sorted(f"engine.search.{m.name}" for m in pkgutil.iter_modules(engine.search.__path__))
+    return sorted(f"gboost.search.{m.name}" for m in pkgutil.iter_modules(gboost.search.__path__))
 
 
 def test_every_search_module_imports_no_model_code():
-    assert "engine.search.gboost" in _modules() and "engine.search.api" in _modules()
+    assert "gboost.search.gboost" in _modules() and "gboost.search.api" in _modules()
     code = ("import importlib, sys\n"
             "for m in sys.argv[2:]:\n"
             "    importlib.import_module(m)\n"

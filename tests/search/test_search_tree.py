@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from engine.search.final import Candidate, pick_final, terminals
-from engine.search.tree import Node, aggregate, path_score, select_child, uct_score
+from gboost.search.final import Candidate, pick_final, terminals
+from gboost.search.tree import Node, aggregate, path_score, select_child, uct_score
 
 
 def _tree():

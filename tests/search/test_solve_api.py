@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from engine.search.api import SolveResult, solve
-from engine.search.protocol import StepExecutor, StepOut
+from gboost.search.api import SolveResult, solve
+from gboost.search.protocol import StepExecutor, StepOut
 from toy_executor import ToyExecutor
-from engine.search.config import METHODS, SearchConfig
+from gboost.search.config import METHODS, SearchConfig
 
 
 def run(coro):
@@ -210,7 +210,7 @@ def test_nested_settle_keeps_every_result_when_cancelled_again_during_cleanup(tu
     """gboost's expand settles the backend's expands, which settle their children. A second
     cancellation, landing ``turns`` event-loop turns after the first one's children have ended
     (inside the inner settle's cleanup wait), must not drop a result that had already arrived."""
-    from engine.search.api import settle
+    from gboost.search.api import settle
 
     async def main():
         loop = asyncio.get_running_loop()

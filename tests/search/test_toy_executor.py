@@ -2,7 +2,7 @@
 import pytest
 from toy_executor import count_step
 
-from engine.cost import CostRecord
+from gboost.cost import CostRecord
 
 
 def test_count_step_conventions():

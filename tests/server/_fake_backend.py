@@ -16,8 +16,8 @@ from typing import Optional
 
 import torch
 
-from engine.llm.base import TokenLogprobs
-from engine.server.backend import BackendInputError
+from gboost.llm.base import TokenLogprobs
+from gboost.server.backend import BackendInputError
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,!?\n0123456789"
 
@@ -157,8 +157,8 @@ from contextlib import contextmanager  # noqa: E402
 def server_factory():
     """``make(backend=None, fault=None, **create_app_kwargs) -> BackgroundServer`` (``.backend`` is the
     FakeBackend, ``.app.state`` has ``faults`` / ``metrics``); every server started is stopped on exit."""
-    from engine.server.app import create_app
-    from engine.server.uvicorn_server import BackgroundServer
+    from gboost.server.app import create_app
+    from gboost.server.uvicorn_server import BackgroundServer
     servers = []
 
     def make(backend=None, fault=None, **kw):

@@ -3,8 +3,8 @@
 import pytest
 
 from _fake_backend import FakeBackend, server_factory
-from engine.server.app import create_app
-from engine.server.uvicorn_server import BackgroundServer
+from gboost.server.app import create_app
+from gboost.server.uvicorn_server import BackgroundServer
 
 
 @pytest.fixture

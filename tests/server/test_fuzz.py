@@ -18,12 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.search.config import SearchConfig
-from engine.server.app import create_app
-from engine.server.engine_backend import EngineCompletionBackend
-from engine.server.uvicorn_server import BackgroundServer
-from engine.scheduler import Scheduler
-from engine.testing import CHAT_TEMPLATE, tiny_app, tiny_config, tiny_engine, tiny_stack
+from gboost.search.config import SearchConfig
+from gboost.server.app import create_app
+from gboost.server.engine_backend import EngineCompletionBackend
+from gboost.server.uvicorn_server import BackgroundServer
+from gboost.scheduler import Scheduler
+from gboost.testing import CHAT_TEMPLATE, tiny_app, tiny_config, tiny_engine, tiny_stack
 
 schemathesis = pytest.importorskip("schemathesis")
 

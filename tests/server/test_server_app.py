@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from _fake_backend import FakeBackend
-from engine.server.wire import NEG_INF_LOGPROB
+from gboost.server.wire import NEG_INF_LOGPROB
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,11 +4,11 @@ import httpx
 import pytest
 
 from _fake_backend import FakeBackend
-from engine.scheduler import Scheduler
-from engine.server.app import create_app
-from engine.server.engine_backend import EngineCompletionBackend
-from engine.server.uvicorn_server import BackgroundServer
-from engine.testing import CHAT_TEMPLATE, tiny_engine
+from gboost.scheduler import Scheduler
+from gboost.server.app import create_app
+from gboost.server.engine_backend import EngineCompletionBackend
+from gboost.server.uvicorn_server import BackgroundServer
+from gboost.testing import CHAT_TEMPLATE, tiny_engine
 
 openai = pytest.importorskip("openai")
 

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from engine.server.faults import FaultConfig
+from gboost.server.faults import FaultConfig
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,9 +7,9 @@ import logging
 import httpx
 import pytest
 
-from engine.search.config import SearchConfig
-from engine.server.uvicorn_server import BackgroundServer
-from engine.testing import tiny_app, tiny_config, tiny_stack
+from gboost.search.config import SearchConfig
+from gboost.server.uvicorn_server import BackgroundServer
+from gboost.testing import tiny_app, tiny_config, tiny_stack
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,17 +6,17 @@ with ``--fault-error-rate``) and the solve stack that calls it through RemoteLLM
 import httpx
 import pytest
 
-from engine.llm.remote import RemoteLLM
-from engine.scheduler import Scheduler
-from engine.collab.executor import CollabOptions, EngineExecutor
-from engine.search.config import SearchConfig
-from engine.collab.prm import PRMScorer, PRMSpec
-from engine.server.app import create_app
-from engine.server.engine_backend import EngineCompletionBackend
-from engine.server.faults import FaultConfig
-from engine.server.uvicorn_server import BackgroundServer
-from engine.server.solve import Solver
-from engine.testing import tiny_engine
+from gboost.llm.remote import RemoteLLM
+from gboost.scheduler import Scheduler
+from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.search.config import SearchConfig
+from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.server.app import create_app
+from gboost.server.engine_backend import EngineCompletionBackend
+from gboost.server.faults import FaultConfig
+from gboost.server.uvicorn_server import BackgroundServer
+from gboost.server.solve import Solver
+from gboost.testing import tiny_engine
 
 pytestmark = pytest.mark.timeout(180)
 

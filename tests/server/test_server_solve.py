@@ -11,12 +11,12 @@ import httpx
 import pytest
 
 from _fake_backend import FakeBackend
-from engine.kv.block_pool import KVPoolExhausted
-from engine.positions import PromptTooLong
-from engine.search.api import solve
+from gboost.kv.block_pool import KVPoolExhausted
+from gboost.positions import PromptTooLong
+from gboost.search.api import solve
 from toy_executor import ToyExecutor
-from engine.search.config import SearchConfig
-from engine.server.solve import Solver
+from gboost.search.config import SearchConfig
+from gboost.server.solve import Solver
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -239,7 +239,7 @@ def test_a_request_cannot_raise_the_servers_limits(solve_server, config, needle)
 
 class NoLLM(ToyExecutor):
     """A stack without a general LLM: what it cannot run is refused before any state exists."""
-    from engine.collab.executor import EngineExecutor
+    from gboost.collab.executor import EngineExecutor
     check_config = EngineExecutor.check_config
     llm = base = writer = None
 

@@ -7,11 +7,11 @@ import httpx
 import pytest
 
 from _fake_backend import FakeBackend
-from engine.scheduler import Scheduler
-from engine.server.app import create_app
-from engine.server.uvicorn_server import BackgroundServer
-from engine.server.engine_backend import EngineCompletionBackend
-from engine.testing import tiny_engine
+from gboost.scheduler import Scheduler
+from gboost.server.app import create_app
+from gboost.server.uvicorn_server import BackgroundServer
+from gboost.server.engine_backend import EngineCompletionBackend
+from gboost.testing import tiny_engine
 
 pytestmark = pytest.mark.timeout(60)
 

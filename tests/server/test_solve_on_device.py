@@ -5,10 +5,10 @@ import json
 import httpx
 import pytest
 
-from engine.collab.executor import CollabOptions
-from engine.search.config import SearchConfig
-from engine.server.uvicorn_server import BackgroundServer
-from engine.testing import tiny_app, tiny_stack
+from gboost.collab.executor import CollabOptions
+from gboost.search.config import SearchConfig
+from gboost.server.uvicorn_server import BackgroundServer
+from gboost.testing import tiny_app, tiny_stack
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -26,7 +26,7 @@ import asyncio
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 import torch
 
@@ -35,8 +35,11 @@ from gboost.kv.cache import KVCache, KVPoolExhausted, Sequence
 from gboost.models.cpu_linear import pack_linears
 from gboost.positions import PromptTooLong, check_fits
 
-if TYPE_CHECKING:
-    from gboost.engine import Engine
+
+class ModelHost(Protocol):
+    """What the scheduler reads of an Engine (gboost.engine imports this module, not the reverse)."""
+    cache: KVCache
+    models: dict   # model key -> resident model with a ``runner`` (ModelRunner)
 
 
 # hidden: (last logits row, its feature row); an int n: the logits of the last n new rows only (a
@@ -155,7 +158,7 @@ class _Work:
 
 
 class Scheduler:
-    def __init__(self, engine: "Engine", max_batch_tokens: int = 8192, gather_yields: int = 4,
+    def __init__(self, engine: ModelHost, max_batch_tokens: int = 8192, gather_yields: int = 4,
                  preempt: bool = True, offload: bool = True):
         self.engine = engine
         # offload: run forwards in a worker thread, so the loop stays responsive (servers, remote

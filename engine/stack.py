@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from gboost.engine import Engine
 from gboost.scheduler import Scheduler
 from gboost.collab.executor import CollabOptions, EngineExecutor
+from gboost.search.actions import CHAT, ROWS, first_unrunnable
 from gboost.search.config import VALUE_HEAD_PREFIX as VALUE_HEAD, SearchConfig, prm_kind_of
 from gboost.collab.prm import PRMScorer, PRMSpec
 
@@ -113,15 +114,16 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
 
 
 def _check_endpoint_runs(cfg: SearchConfig, ep) -> None:
-    """The server's config needs endpoint kinds ``ep`` offers; the error says which and why not.
-    (The llm and rsd baselines run on either kind: delegated steps where there is no fusion.)"""
-    if cfg.fuses():
-        try:
-            ep.need("completions", f"fused steps (method={cfg.method}"
-                    + (", collab_width > 0)" if cfg.method == "gboost" else ")"))
-        except ValueError as e:
-            hint = "; on a chat-only endpoint use delegated steps: collab_width=0, delegate_width=1" \
-                if cfg.method == "gboost" else ""
-            raise type(e)(f"{e}{hint}") from None
-    if cfg.delegates():
-        ep.need("chat", "delegated steps (delegate_width > 0)")
+    """The server's config needs endpoint kinds ``ep`` offers; the error says which and why not
+    (what each action needs, and its stand-in, is the table of actions)."""
+    a = first_unrunnable(cfg, has_rows="completions" in ep.kinds, has_chat="chat" in ep.kinds)
+    if a is None:
+        return
+    kind = {ROWS: "completions", CHAT: "chat"}[a.needs]
+    what = f"{a.what} (method={cfg.method}" + (f", {a.width_field} > 0)" if cfg.method == "gboost" else ")")
+    try:
+        ep.need(kind, what)
+    except ValueError as e:
+        hint = "; on a chat-only endpoint use delegated steps: collab_width=0, delegate_width=1" \
+            if cfg.method == "gboost" and a.needs == ROWS else ""
+        raise type(e)(f"{e}{hint}") from None

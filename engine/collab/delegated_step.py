@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from gboost.kv.cache import Sequence
+from .call import StepCall
 from gboost.llm.base import LLMError
 from gboost.cost import charge
 
@@ -32,9 +32,10 @@ def delegate_messages(question: str, steps: list[str], delimiter: str) -> list[d
     return [{"role": "system", "content": DELEGATE_SYSTEM}, {"role": "user", "content": user}]
 
 
-async def delegated_step(ex, seq: Sequence, gen: torch.Generator) -> None:
-    """Append the step the general LLM writes after the path ``seq`` continues."""
-    cfg, parent = ex.cfg, ex.parent_of(seq)
+async def delegated_step(call: StepCall) -> None:
+    """Append the step the general LLM writes after the path ``call.seq`` continues."""
+    ex, seq, gen, parent = call.ex, call.seq, call.gen, call.parent
+    cfg = ex.cfg
     # the node's generator seeds the API's sampling: the same tree asks the same requests
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
     reply = await ex.writer.write(delegate_messages(parent.question, parent.steps, cfg.step_delimiter),

@@ -1,11 +1,11 @@
 """The engine's StepExecutor: steps and scores on the shared KV pool, for the search to await.
 
 A state (state.py) holds the node's SLM and PRM sequences, each forked from its parent's. A
-child is: fork the SLM sequence, run the action's step function (STEPS) on it, and on an LLM
-failure throw the partial step away and write it with the SLM instead (fault counted) unless
-configured to fail. Steps are scored by the PRM (prm.py, value_prm.py). A new action is one
-step function ``async def step(ex, seq, gen)`` added to STEPS and its name to
-engine/search/config.ACTIONS.
+child is: fork the SLM sequence, run the action's step function (STEPS) on a StepCall (call.py),
+and on an LLM failure throw the partial step away and write it with the SLM instead (fault
+counted) unless configured to fail. Steps are scored by the PRM. A new action is one step
+function ``async def step(call)`` in STEPS and one record in the table of actions
+(engine/search/actions.py).
 """
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ from gboost.kv.cache import Sequence
 from gboost.llm.base import LLMError
 from gboost.positions import check_fits
 from gboost.sampling import sample_token
+from gboost.search.actions import cannot_run, runs_as
 from gboost.search.config import ConfigError, SearchConfig, check_stack_runs
 from gboost.cost import CostRecord, charge, charge_fault
-from gboost.search.api import settle
+from gboost.search.context import settle
 from gboost.search.protocol import StepOut
 
+from .call import StepCall
 from .delegated_step import delegated_step
 from .fused_step import collab_step, llm_step
 from .rules import node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
@@ -80,11 +82,9 @@ class EngineExecutor:
         if prm is not None:
             prm.cost = self.cost
         for lm in (llm, base):
-            if lm is not None and hasattr(lm, "cost"):
+            if lm is not None and lm.charges_itself:
                 lm.cost = self.cost         # a local LLM (or base) charges what it computes itself
         self.counts = StepCounts()
-        self._ready: dict[int, tuple[int, torch.Tensor]] = {}  # child seq_id -> (length, parent's ready logits)
-        self._parents: dict[int, NodeState] = {}  # child seq_id -> the state it continues (delegated steps read it)
 
     def check_config(self, cfg: SearchConfig) -> None:
         """Raise ConfigError if this executor cannot run ``cfg`` (before any state exists)."""
@@ -152,26 +152,16 @@ class EngineExecutor:
         self.counts.live_states -= 1
         if self.counts.live_states == 0:  # idle engine: give the LLM's (and base's) session blocks back
             for lm in (self.llm, self.base):
-                if hasattr(lm, "release_sessions"):
+                if lm is not None and lm.charges_itself:
                     lm.release_sessions()
 
     def _step(self, action: str):
-        """The step function of ``action`` on this stack."""
-        if action == "llm" and self.llm is None and self.writer is not None:
-            return delegated_step  # the llm and rsd baselines on a chat-only general LLM
-        if action == "delegate" and self.writer is None:
-            if self.llm is not None:  # a resident or completions LLM writes the step from its own rows
-                return STEPS["llm"]
-            raise ValueError("action 'delegate' needs a general LLM; none is configured")
-        if action in ("collab", "llm") and self.llm is None:
-            raise ValueError(f"action {action!r} needs a general LLM that gives next-token distributions"
-                             + ("; this one is chat-only (use 'delegate')" if self.writer is not None else
-                                "; none is configured"))
-        return STEPS[action]
-
-    def parent_of(self, seq: Sequence) -> NodeState:
-        """The state a child's sequence continues (while its step is being written)."""
-        return self._parents[seq.seq_id]
+        """The step function of ``action`` on this stack: its own, or its stand-in's (actions.py)."""
+        caps = dict(has_rows=self.llm is not None, has_chat=self.writer is not None)
+        name = runs_as(action, **caps)
+        if name is None:
+            raise ValueError(cannot_run(action, **caps))
+        return STEPS[name]
 
     # -- one child ------------------------------------------------------------------------
     def _generator(self, key: tuple) -> torch.Generator:
@@ -185,21 +175,19 @@ class EngineExecutor:
         seq = cache.fork(parent.slm)
         start = len(seq.token_ids)
         fault = prm = None
-        if parent.ready is not None:
-            self._ready[seq.seq_id] = (start, parent.ready)
-        self._parents[seq.seq_id] = parent
         try:
-            gen = self._generator(key)
+            call = StepCall(self, parent, seq, self._generator(key), start, parent.ready)
             with self.cost.timed(f"expand_{action}"):
                 try:
-                    await self._step(action)(self, seq, gen)
+                    await self._step(action)(call)
                 except LLMError as e:
                     if self.opt.on_llm_fault == "fail":
                         raise
                     fault = f"llm_{e.kind}"
                     charge_fault(self.cost, fault)
                     cache.truncate(seq, start)  # throw the partial step away: redo it with the SLM
-                    await slm_step(self, seq, self._generator(key + ("fallback",)))
+                    call.gen = self._generator(key + ("fallback",))
+                    await slm_step(call)
             toks = seq.token_ids[start:]
             text = step_text(self.tok, toks, self.cfg, self.eos)
             if parent.prm is not None:
@@ -210,9 +198,6 @@ class EngineExecutor:
             if prm is not None:
                 cache.free(prm)
             raise
-        finally:
-            self._ready.pop(seq.seq_id, None)
-            self._parents.pop(seq.seq_id, None)
         depth = parent.depth + 1
         terminal = step_terminal(text, toks, depth, len(seq.token_ids), self.cfg, self.eos,
                                  self.slm.model.max_positions, self.answer_re)
@@ -240,18 +225,11 @@ class EngineExecutor:
         return sample_token(logits[..., :self.shared_width], self.cfg.temperature, self.cfg.top_p, gen)
 
     async def slm_forward(self, seq: Sequence):
-        """The SLM's logits after ``seq``'s last token (a value head's score may have them ready)."""
-        ready = self._ready.get(seq.seq_id)
-        if ready is not None and ready[0] == len(seq.token_ids):  # same tokens as when it was computed
-            return ready[1]
+        """The SLM's logits after ``seq``'s last token (StepCall.slm_forward takes the parent's ready ones)."""
         logits = await self.scheduler.forward(seq)
         # what the forward computed: preemption or a late prefix-cache match may have changed it
         charge(self.cost, slm_tokens=seq.last_computed, prefix_cache_tokens=seq.last_hit)
         return logits
-
-    def uses_base(self, alpha: float | None) -> bool:
-        """Base rows are needed: a collab step under proxy (an llm step is the LLM alone)."""
-        return self.cfg.fusion_rule == "proxy" and alpha is None
 
     async def base_rows(self, ids: list[int], n_rows: int, proxy: bool):
         if not proxy:
@@ -263,6 +241,6 @@ class EngineExecutor:
 
     async def llm_rows(self, coro, n_tokens: int):
         self.counts.llm_rounds += 1
-        if not hasattr(self.llm, "cost"):  # remote: charge the positions the endpoint scored
+        if not self.llm.charges_itself:  # an endpoint: charge the positions it scored
             charge(self.cost, llm_tokens=n_tokens)
         return await coro

@@ -12,9 +12,9 @@ import asyncio
 
 import torch
 
-from gboost.kv.cache import Sequence
 from gboost.sampling import processed_probs
 
+from .call import Fusion, StepCall
 from .fusion import fuse_and_sample, fused_logp
 
 
@@ -28,16 +28,20 @@ async def gather_all(*aws):
     return res
 
 
-async def collab_step(ex, seq: Sequence, gen: torch.Generator) -> None:
+async def collab_step(call: StepCall) -> None:
     """Fusion at the request's ``fusion_rule`` and ``fusion_alpha``."""
-    step = exact_step if ex.opt.collab_mode == "exact" else speculative_step
-    await step(ex, seq, gen, None)
+    cfg = call.ex.cfg
+    await _fused_step(call, Fusion(cfg.fusion_alpha, proxy=cfg.fusion_rule == "proxy"))
 
 
-async def llm_step(ex, seq: Sequence, gen: torch.Generator) -> None:
+async def llm_step(call: StepCall) -> None:
     """The general LLM alone: log-linear fusion at weight 1."""
-    step = exact_step if ex.opt.collab_mode == "exact" else speculative_step
-    await step(ex, seq, gen, 1.0)
+    await _fused_step(call, Fusion(1.0))
+
+
+async def _fused_step(call: StepCall, mix: Fusion) -> None:
+    step = exact_step if call.ex.opt.collab_mode == "exact" else speculative_step
+    await step(call, mix)
 
 
 def first_draft(opt) -> int:
@@ -55,61 +59,56 @@ def next_draft(opt, k: int, drafted: int, accepted: int) -> int:
     return min(opt.max_draft, 2 * k) if accepted == drafted else accepted + 1
 
 
-def _fused(ex, slm_logits, llm_rows, alpha, base_rows):
-    a = ex.cfg.fusion_alpha if alpha is None else alpha
-    return fused_logp(slm_logits, llm_rows, a, base_rows, ex.opt.topk_support)
-
-
-async def exact_step(ex, seq: Sequence, gen: torch.Generator, alpha: float | None) -> None:
+async def exact_step(call: StepCall, mix: Fusion) -> None:
     """One LLM call per token, concurrent with the SLM's forward (and the base model's row)."""
-    cache, start = ex.engine.cache, len(seq.token_ids)
-    proxy = ex.uses_base(alpha)
+    ex, seq, gen = call.ex, call.seq, call.gen
+    cache = ex.engine.cache
     while True:
         ids = list(seq.token_ids)
-        slm_logits, row, base_rows = await gather_all(ex.slm_forward(seq),
+        slm_logits, row, base_rows = await gather_all(call.slm_forward(),
                                                       ex.llm_rows(ex.llm.next_logprobs(ids), 1),
-                                                      ex.base_rows(ids, 1, proxy))
+                                                      ex.base_rows(ids, 1, mix.proxy))
         if slm_logits.is_cuda and row.full:
-            a = ex.cfg.fusion_alpha if alpha is None else alpha
-            t = fuse_and_sample(slm_logits, row, a, base_rows, gen, ex.cfg.temperature, ex.cfg.top_p)
+            t = fuse_and_sample(slm_logits, row, mix.alpha, base_rows, gen, ex.cfg.temperature, ex.cfg.top_p)
         else:
-            z = _fused(ex, slm_logits[None], [row], alpha, base_rows)[0]
+            z = fused_logp(slm_logits[None], [row], mix.alpha, base_rows, ex.opt.topk_support)[0]
             t = ex.sample(z, gen)
         cache.append(seq, [t])
-        if ex.ends(seq, start):
+        if call.ends():
             break
 
 
-async def speculative_step(ex, seq: Sequence, gen: torch.Generator, alpha: float | None) -> None:
+async def speculative_step(call: StepCall, mix: Fusion) -> None:
     """Draft, verify against the fused distribution, keep the accepted prefix, repeat."""
     from gboost.kernels.fused_sampling import make_noise
     from gboost.kernels.spec_verify import spec_verify
-    cache, start = ex.engine.cache, len(seq.token_ids)
+    ex, seq, gen = call.ex, call.seq, call.gen
+    cache = ex.engine.cache
     T, top_p = ex.cfg.temperature, ex.cfg.top_p
-    proxy = ex.uses_base(alpha)
     k = first_draft(ex.opt)
     while True:
         draft_start = len(seq.token_ids)
         draft, slm_rows, ended = [], [], False
         while len(draft) < k:  # SLM drafts until the step ends or k tokens
-            logits = await ex.slm_forward(seq)
+            logits = await call.slm_forward()
             slm_rows.append(logits)
             t = ex.sample(logits, gen)
             draft.append(t)
             cache.append(seq, [t])
-            if ex.ends(seq, start):
+            if call.ends():
                 ended = True
                 break
         # SLM row after the draft (bonus position) and the LLM's rows, concurrently.
         bonus, llm_rows, base_rows = await gather_all(
-            ex.slm_forward(seq),
+            call.slm_forward(),
             ex.llm_rows(ex.llm.score(seq.token_ids[:draft_start], draft), len(draft) + 1),
-            ex.base_rows(list(seq.token_ids), len(draft) + 1, proxy))
+            ex.base_rows(list(seq.token_ids), len(draft) + 1, mix.proxy))
         # drafts come from the ids both models have (ex.sample): so do q and p
         n = ex.shared_width
         slm_all = torch.stack(slm_rows + [bonus])
         q = processed_probs(torch.stack(slm_rows)[..., :n], T, 0, top_p)
-        p = processed_probs(_fused(ex, slm_all, llm_rows, alpha, base_rows)[..., :n], T, 0, top_p)
+        p = processed_probs(fused_logp(slm_all, llm_rows, mix.alpha, base_rows, ex.opt.topk_support)[..., :n],
+                          T, 0, top_p)
         K, V, dev = len(draft), q.shape[-1], p.device
         acc_noise = torch.rand(1, K, generator=gen, device=gen.device).to(dev)
         res_noise = make_noise(1, V, gen, dev)
@@ -125,6 +124,6 @@ async def speculative_step(ex, seq: Sequence, gen: torch.Generator, alpha: float
             return
         cache.truncate(seq, draft_start + n_acc)  # keep the accepted tokens' K/V
         cache.append(seq, [out[n_acc]])
-        if ex.ends(seq, start):
+        if call.ends():
             return
         k = next_draft(ex.opt, k, K, n_acc)

@@ -1,16 +1,14 @@
 """Action ``slm``: every token of the step from the SLM alone."""
 from __future__ import annotations
 
-import torch
-
-from gboost.kv.cache import Sequence
+from .call import StepCall
 
 
-async def slm_step(ex, seq: Sequence, gen: torch.Generator) -> None:
-    """Append one step to ``seq``: forward, sample, until the step ends."""
-    start = len(seq.token_ids)
+async def slm_step(call: StepCall) -> None:
+    """Append one step to ``call.seq``: forward, sample, until the step ends."""
+    ex = call.ex
     while True:
-        logits = await ex.slm_forward(seq)
-        ex.engine.cache.append(seq, [ex.sample(logits, gen)])
-        if ex.ends(seq, start):
+        logits = await call.slm_forward()
+        ex.engine.cache.append(call.seq, [ex.sample(logits, call.gen)])
+        if call.ends():
             break

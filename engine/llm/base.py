@@ -62,6 +62,10 @@ class GeneralLLM(Protocol):
     """A general LLM, local or remote. All methods are coroutines."""
 
     vocab_size: int
+    #: True for an LLM on the engine's own models and KV pool (LocalLLM): it charges what it computes
+    #: to its ``cost`` (the executor sets it) and keeps sessions, given back by ``release_sessions()``
+    #: when the engine is idle. False for an endpoint: the executor charges the positions it scored.
+    charges_itself: bool
 
     async def next_logprobs(self, token_ids: list[int]) -> TokenLogprobs:
         """Distribution of the next token after ``token_ids``."""

@@ -18,6 +18,8 @@ from gboost.llm.base import TokenLogprobs
 
 
 class LocalLLM:
+    charges_itself = True   # GeneralLLM: computes on the engine's pool, charges it, keeps sessions
+
     def __init__(self, engine, scheduler, role: str = "llm", max_sessions: int = 64,
                  charge_as: str = "llm_tokens"):
         self.engine, self.scheduler = engine, scheduler

@@ -68,6 +68,7 @@ class RemoteLLM(HTTPEndpoint):
     not range-checked and rows are never ``full``. Transport keywords (timeouts, retries,
     ``transport``, ``sleep``, ``rng``, ...) are :class:`~gboost.llm.http.HTTPEndpoint`'s.
     """
+    charges_itself = False  # GeneralLLM: the executor charges the positions the endpoint scored
 
     kind = "completions"
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .final import choose_final
+from .gate import gated_step
 from .tree import Node, path_score
 
 if TYPE_CHECKING:
-    from .api import SearchContext
+    from .context import SearchContext
 
 __all__ = ["run_chain", "run_bon", "run_beam", "run_rsd"]
 
@@ -106,25 +107,22 @@ async def run_beam(ctx: SearchContext) -> Node | None:
 
 
 async def run_rsd(ctx: SearchContext) -> Node | None:
+    """One chain of gated steps: the SLM's step, kept unless it scores below rsd_threshold, where
+    the LLM's step replaces it (if the LLM returns nothing, the SLM's step is kept)."""
     cfg = ctx.cfg
     root = await ctx.make_root()
     node = root
     ctx.stats["rsd_regenerated"] = 0
     while not node.terminal:
-        kids = (await ctx.expand([(node, "slm", 1)], dedup=False))[0]
+        kids = await gated_step(ctx, [node], slm_n=1, threshold=cfg.rsd_threshold, dedup=False,
+                                llm_asks=lambda quota: [("llm", min(1, quota))], replaces=True)
         if not kids:
             node.exhausted = node.terminal = True
             break
-        draft = kids[0]
-        await ctx.score([draft])
-        accepted = draft
-        if (draft.reward or 0.0) < cfg.rsd_threshold and ctx.llm_quota() > 0:
-            regen = (await ctx.expand([(node, "llm", 1)], dedup=False))[0]
-            if regen:  # (if the LLM returned nothing, the draft is kept)
-                ctx.prune(draft)
-                accepted = regen[0]
-                await ctx.score([accepted])
-                ctx.stats["rsd_regenerated"] += 1
+        accepted = kids[-1]  # the LLM's step where the gate opened, else the SLM's
+        for c in kids[:-1]:  # an SLM step beside a faulted LLM step: the LLM's answer stands
+            ctx.prune(c)
+        ctx.stats["rsd_regenerated"] += accepted.action != "slm"
         accepted.backpropagate(accepted.reward or 0.0)
         await ctx.emit(accepted)
         node = accepted

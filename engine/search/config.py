@@ -7,53 +7,27 @@ Load from a file with :meth:`SearchConfig.from_file` (``.json`` or ``.toml``;
 keys at the top level or under a ``[search]`` table).  Unknown keys and bad
 values raise :class:`ConfigError` with a message naming the key.
 
-Adaptive action policy (``action_policy``)
-------------------------------------------
-How an MCTS expansion chooses between the SLM alone (``slm``) and SLM+LLM fused
-decoding (``collab``):
-
-``"both"`` (default)
-    Every expansion samples ``slm_width`` SLM children **and** ``collab_width``
-    collab children, concurrently (one ``asyncio.gather``, so the executor batches
-    them).  The PRM scores all of them in one call and UCT decides which
-    action's continuation the search follows; the chosen path is a per-step mix
-    of the two modes.  This is the paper's formulation (the two inference modes
-    are two kinds of branches in one tree, PRM values replace rollouts), it
-    adds no extra constant to tune -- the choice is made by the same PRM values
-    and UCT rule that drive the rest of the search -- and it keeps one model
-    round-trip per expansion.  LLM spend is bounded by ``collab_width`` and the
-    per-request budgets.
-``"gate"``
-    Sample the SLM children first; only if the best of them scores below
-    ``gate_threshold`` sample collab children as well (a second round).  Uses the
-    LLM only where the SLM is weak, at the price of an extra round-trip there.
-    With ``gate_replaces`` the LLM's children replace the weak SLM children
-    (reward-guided speculative decoding's rule, inside the tree).
-``"arms"``
-    Actions are UCT arms at each node: selection at a node compares its arms
-    (value = mean of the values backed up through that arm; an untried arm
-    counts as one visit of value ``arm_fpu``) and expands only the chosen arm's
-    children.  Adaptive per node, but each arm costs its own round.
-
-Delegated steps (``delegate_width``) are a third kind of child: the general LLM writes the whole
-step alone -- through a chat request when it is a chat-only API (hosted), from its own next-token
-distribution (action ``llm``) when it is resident or a completions endpoint. Every policy treats
-them as it treats collab children (the LLM quota goes to collab first); the PRM values decide
-between all three.
+Actions and action policies
+---------------------------
+A step is written by one of the actions in the table of actions (actions.py): ``slm`` (the SLM
+alone), ``collab`` (SLM and LLM distributions fused), ``llm`` (the LLM alone, from its rows) and
+``delegate`` (the LLM writes the whole step, through chat where it is a chat-only API). A G-Boost
+expansion asks ``slm_width``, ``collab_width`` and ``delegate_width`` children of them, as the
+``action_policy`` plans it (policies.py): ``both`` (all at once, one batch; UCT decides between
+them), ``gate`` (the LLM only where no SLM child scores ``gate_threshold``; with ``gate_replaces``
+its children replace the weak SLM children, rsd's rule inside the tree) or ``arms`` (the actions
+are UCT arms at each node; an untried arm counts as one visit of value ``arm_fpu``).
 
 Defaults by PRM kind (``PRM_KIND_DEFAULTS``)
 ---------------------------------------------
 A few defaults depend on what the PRM's values mean, and the entry points (CLI, server, C ABI)
 start from those of the PRM kind they run (``SearchConfig.from_dict(d, prm_kind=...)``; a key
-the user sets always wins). A value head is trained to predict its solution's final outcome from
-each step, so its last step's value is already the path's value: ``prm_aggregation = "last"``
-(GSM8K dev lines, benchmarks/RESULTS.md: the 1.5B head's held-out path AUROC 1.00 last, 0.94
-mean, 0.91 min). A judge rates each step on its own, so a path keeps its weakest step (``min``).
-A head's value is the chance that the solution ends right, so 0.5 is where it judges a step wrong:
-the LLM is asked only there, and its step replaces the SLM's (``gate``, ``gate_threshold = 0.5``,
-``gate_replaces``), written by the LLM alone (``delegate_width = 1``, no fused children); chosen
-on GSM8K dev lines; ``uct_c``, more simulations, ``arms``, a gate at 0.7 and the other final choices
-did not beat it there (benchmarks/RESULTS.md, sessions 14 and 15).
+the user sets always wins). A value head predicts its solution's final outcome from each step, so
+its last step's value is already the path's value (``prm_aggregation = "last"``), and 0.5 is where
+it judges a step wrong: the LLM is asked only there and its step, written by the LLM alone,
+replaces the SLM's (``gate``, ``gate_threshold = 0.5``, ``gate_replaces``, ``delegate_width = 1``,
+no fused children). A judge rates each step on its own, so a path keeps its weakest step (``min``).
+How these were chosen, and what they scored: benchmarks/RESULTS.md.
 
 When the LLM budget of a request is spent (``max_llm_calls``,
 ``max_llm_tokens``, ``max_llm_faults``), every policy falls back to SLM-only
@@ -63,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 import re
 import reprlib
@@ -73,14 +46,11 @@ from typing import Any
 
 from gboost.seeds import check_seed
 
+from .actions import ACTIONS, LLM_ACTIONS, actions_of, first_unrunnable
+from .config_file import ConfigError, key_line, read_chain
+
 __all__ = ["SearchConfig", "ConfigError", "ACTIONS", "LLM_ACTIONS", "METHODS", "ACTION_POLICIES", "FINAL_CHOICES",
            "PRM_AGGREGATIONS", "FUSION_RULES", "PRM_KINDS", "PRM_KIND_DEFAULTS", "prm_kind_of", "check_stack_runs"]
-
-#: How a step can be written; each name is one step function in engine/collab/executor.py's STEPS.
-#: ``delegate``: the general LLM writes the whole step through a chat request (chat-only APIs)
-ACTIONS = ("slm", "collab", "llm", "delegate")
-#: the actions that ask the general LLM (the per-request LLM budgets count them)
-LLM_ACTIONS = ("collab", "llm", "delegate")
 
 METHODS = ("gboost", "slm", "llm", "fusion", "bon", "beam", "rsd")
 ACTION_POLICIES = ("both", "gate", "arms")
@@ -99,15 +69,6 @@ VALUE_HEAD_PREFIX = "value-head:"  # --prm value-head:DIR names a head from `gbo
 def prm_kind_of(prm: str | None, prm_kind: str = "judge") -> str:
     """The kind of PRM a stack built with these arguments scores with."""
     return "value_head" if isinstance(prm, str) and prm.startswith(VALUE_HEAD_PREFIX) else prm_kind
-
-
-class ConfigError(ValueError):
-    """A bad value or an unknown key in a :class:`SearchConfig`; ``key`` names it when known (a
-    config file's error then points at the key's line)."""
-
-    def __init__(self, message: str, key: str | None = None):
-        super().__init__(message)
-        self.key = key
 
 
 @dataclass
@@ -216,11 +177,7 @@ class SearchConfig:
 
     def fuses(self) -> bool:
         """Whether this config samples from a fusion of SLM and LLM (collab steps)."""
-        return self.method == "fusion" or (self.method == "gboost" and self.collab_width > 0)
-
-    def delegates(self) -> bool:
-        """Whether this config asks for delegated steps by name (gboost with delegate_width > 0)."""
-        return self.method == "gboost" and self.delegate_width > 0
+        return "collab" in actions_of(self)
 
     def validate(self) -> None:
         for f in fields(self):
@@ -300,12 +257,12 @@ class SearchConfig:
         ``extends = "base.toml"`` (a path relative to the file) starts from another config file's
         keys, which this file's own keys override; bases may extend further bases."""
         chain: list[tuple[Path, str, str]] = []  # (file, text, suffix), the file itself first
-        data = _read_chain(Path(path), chain)
+        data = read_chain(Path(path), chain)
         try:
             return cls.from_dict(data, prm_kind)
         except ConfigError as e:
             for p, text, suffix in chain:  # the key's line in the first file of the chain that sets it
-                line = _key_line(text, e.key, suffix) if e.key else None
+                line = key_line(text, e.key, suffix) if e.key else None
                 if line is not None:
                     raise ConfigError(f"{p}:{line}: {e}", e.key) from None
             raise ConfigError(f"{chain[0][0]}: {e}", e.key) from None
@@ -329,89 +286,22 @@ class SearchConfig:
 
 def check_stack_runs(cfg: SearchConfig, *, has_llm: bool, has_base: bool, has_writer: bool = False) -> None:
     """Raise ConfigError if a stack cannot run ``cfg`` -- callable before any model is loaded.
-    ``has_llm``: a general LLM that gives next-token distributions (resident, or a completions
-    endpoint): fused steps. ``has_writer``: one that writes steps through chat: delegated steps.
-    The ``llm`` and ``rsd`` baselines take either (delegated steps where there is no fusion)."""
-    what = f"method={cfg.method}"
-    if cfg.method in ("llm", "rsd") and not (has_llm or has_writer):
-        raise ConfigError(f"{what} needs a general LLM, and this stack has none")
-    if cfg.fuses() and not has_llm:
-        what += " with collab_width > 0" if cfg.method == "gboost" else ""
-        if has_writer:
-            raise ConfigError(f"{what} needs fused steps, and this stack's general LLM is chat-only (it writes "
-                              "text, it gives no next-token distributions): use delegated steps instead "
-                              "(collab_width=0, delegate_width=1)", "collab_width")
-        raise ConfigError(f"{what} needs a general LLM, and this stack has none")
-    if cfg.delegates() and not (has_writer or has_llm):
-        raise ConfigError(f"{what} with delegate_width > 0 needs a general LLM, and this stack has none",
-                          "delegate_width")
+    ``has_llm``: a general LLM that gives next-token rows (resident, or a completions endpoint);
+    ``has_writer``: one that writes steps through chat. What each action needs, and what stands in
+    for it, is the table of actions (actions.py)."""
+    a = first_unrunnable(cfg, has_rows=has_llm, has_chat=has_writer)
+    if a is not None:
+        what = f"method={cfg.method}" + (f" with {a.width_field} > 0" if cfg.method == "gboost" and a.width_field
+                                         else "")
+        key = a.width_field if cfg.method == "gboost" else None
+        if not (has_llm or has_writer):
+            raise ConfigError(f"{what} needs a general LLM, and this stack has none", key)
+        raise ConfigError(f"{what} needs {a.what}, and this stack's general LLM is chat-only (it writes "
+                          "text, it gives no next-token distributions): use delegated steps instead "
+                          "(collab_width=0, delegate_width=1)", a.width_field)
     if cfg.fusion_rule == "proxy" and cfg.fuses() and not has_base:
         raise ConfigError("fusion_rule='proxy' needs the SLM's base model, which this stack does not "
                           "load (pass --base / base=...); or use 'loglinear'")
-
-
-def _read_file(p: Path) -> tuple[dict, str, str]:
-    """The keys of one config file (its ``[search]`` table, if that is all it has), its text, suffix."""
-    if p.is_dir():
-        raise ConfigError(f"{p}: is a directory, not a config file")
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    suffix = p.suffix.lower()
-    if suffix not in (".json", ".toml"):
-        raise ConfigError(f"{p}: unsupported config format {suffix!r} (use .json or .toml)")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    try:
-        if suffix == ".json":
-            data = json.loads(text)
-        else:
-            import tomllib
-            data = tomllib.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{p}:{e.lineno}: cannot parse JSON: {e.msg} (column {e.colno})") from None
-    except (ValueError, RecursionError) as e:  # tomllib.TOMLDecodeError is a ValueError
-        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
-        where = f"{p}:{m.group(1)}" if m else str(p)
-        if "(at end of document)" in str(e):  # the file ends inside a value: its last line
-            where = f"{p}:{max(1, len(text.splitlines()))}"
-        msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e)) or type(e).__name__
-        raise ConfigError(f"{where}: cannot parse {suffix[1:].upper()}: {msg}"
-                          + (f" (column {m.group(2)})" if m else "")) from None
-    if isinstance(data, dict) and set(data) == {"search"} and isinstance(data["search"], dict):
-        data = data["search"]
-    return data, text, suffix
-
-
-def _read_chain(p: Path, chain: list[tuple[Path, str, str]]) -> Any:
-    """The keys of ``p`` over those of the files it ``extends`` (appended to ``chain``, ``p`` first)."""
-    if any(p.resolve() == q.resolve() for q, _, _ in chain):
-        raise ConfigError(f"{chain[0][0]}: 'extends' goes round in a circle: "
-                          + " -> ".join(str(q) for q, _, _ in chain) + f" -> {p}", "extends")
-    data, text, suffix = _read_file(p)
-    chain.append((p, text, suffix))
-    if not isinstance(data, dict) or "extends" not in data:
-        return data
-    data = dict(data)
-    base = data.pop("extends")
-    if not isinstance(base, str) or not base:
-        line = _key_line(text, "extends", suffix)
-        raise ConfigError(f"{p}{'' if line is None else f':{line}'}: extends must be the path of a config "
-                          f"file (relative to this one), got {base!r}", "extends")
-    base_data = _read_chain(p.parent / base, chain)
-    if not isinstance(base_data, dict):
-        return base_data  # from_dict says what is wrong with it
-    return {**base_data, **data}
-
-
-def _key_line(text: str, key: str, suffix: str) -> int | None:
-    """1-based line where a JSON or TOML config file sets ``key`` (its first mention)."""
-    pat = rf'"{re.escape(key)}"\s*:' if suffix == ".json" else rf'^\s*"?{re.escape(key)}"?\s*='
-    for i, line in enumerate(text.splitlines(), 1):
-        if re.search(pat, line):
-            return i
-    return None
 
 
 _SHOW = reprlib.Repr()

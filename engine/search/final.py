@@ -12,7 +12,7 @@ from .answer import answer_key, extract_answer
 from .tree import Node, aggregate
 
 if TYPE_CHECKING:
-    from .api import SearchContext
+    from .context import SearchContext
 
 __all__ = ["Candidate", "candidates", "choose_final", "pick_final", "terminals"]
 

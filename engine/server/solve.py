@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gboost.kv.block_pool import KVPoolExhausted
 from gboost.llm.base import LLMError
 from gboost.positions import PromptTooLong
+from gboost.search.actions import TABLE
 from gboost.search.api import solve
 from gboost.search.config import ConfigError, SearchConfig
 
@@ -51,9 +52,8 @@ from .sse import SSE_DONE, cancel_and_wait, sse_event
 __all__ = ["Solver", "SolveRequest", "handle_solve", "CAPPED", "FIXED"]
 
 #: per-request values above the server's are refused (they bound what one request may cost)
-CAPPED = ("num_simulations", "leaf_parallelism", "slm_width", "collab_width", "delegate_width", "max_depth",
-          "max_step_tokens",
-          "beam_width", "bon_n", "max_llm_tokens", "max_llm_calls", "max_llm_faults")
+CAPPED = ("num_simulations", "leaf_parallelism", *(a.width_field for a in TABLE if a.width_field), "max_depth",
+          "max_step_tokens", "beam_width", "bon_n", "max_llm_tokens", "max_llm_calls", "max_llm_faults")
 #: never set per request: a client regex runs on every step (ReDoS), the delimiter shapes the PRM
 FIXED = ("answer_pattern", "step_delimiter")
 

@@ -40,6 +40,7 @@ class TableScheduler:
 
 class TableLLM:
     vocab_size = V
+    charges_itself = False
     ids = torch.arange(V)
 
     def __init__(self, table=LLM):

@@ -1,7 +1,8 @@
 """The request path: frames and files of the project's code from `gboost solve` (cli.py) to the
 attention kernel, at the first attention call of a tiny `--method fusion` solve on random tiny
 checkpoints. The logical path is stitched across asyncio tasks (each task remembers the stack that
-created it) and across the forward thread (run_in_executor hands its stack to the worker).
+created it), across the forward thread (run_in_executor hands its stack to the worker), and from
+the first request waiting on an inline forward to the scheduler task that runs it.
 
     python scripts/request_path.py [REPO_ROOT]     # default: this checkout
 """
@@ -23,7 +24,7 @@ HERE = os.path.abspath(__file__)
 def own(frames):
     """The project's frames (not tests', not this script's wrappers)."""
     return [f for f in frames if f.filename.startswith(root + "/") and "/tests/" not in f.filename
-            and os.path.abspath(f.filename) != HERE]
+            and "site-packages" not in f.filename and os.path.abspath(f.filename) != HERE]
 
 
 def in_task(frames):
@@ -61,9 +62,20 @@ asyncio.BaseEventLoop.run_in_executor = run_in_executor
 
 
 import gboost.kernels.paged_attention as pa
+from gboost import scheduler as sch
 
 
-captured = []
+captured, waiting = [], []
+_orig_forward = sch.Scheduler.forward
+
+
+async def forward(self, seq, *a, **k):
+    # an inline forward runs in the scheduler's own task: stitch the first request that waits on it
+    if not waiting:
+        t = asyncio.current_task()
+        waiting.append((getattr(t, "_origin", []) if t else []) + own(in_task(traceback.extract_stack()[:-1])))
+    return await _orig_forward(self, seq, *a, **k)
+sch.Scheduler.forward = forward
 
 
 _orig_attn = pa.paged_attention_torch
@@ -71,7 +83,9 @@ _orig_attn = pa.paged_attention_torch
 
 def attn(*a, **k):
     if not captured:
-        captured.append(getattr(_local, "origin", []) + own(traceback.extract_stack()[:-1]))
+        origin = getattr(_local, "origin", None)
+        here = own(traceback.extract_stack()[:-1]) if origin is not None else own(in_task(traceback.extract_stack()[:-1]))
+        captured.append((origin if origin is not None else waiting[0] if waiting else []) + here)
     return _orig_attn(*a, **k)
 pa.paged_attention_torch = attn
 

@@ -3,7 +3,7 @@
 Dispatches on ``cfg.method``:
 
 =========  ==========================================================
-gboost     MCTS over slm/collab steps with PRM values (gboost.py)
+gboost     MCTS over the actions' steps with PRM values (gboost.py)
 slm        SLM alone, one chain of steps (baselines.py)
 llm        general LLM alone, one chain of steps
 fusion     SLM+LLM fused decoding (collab) at every step

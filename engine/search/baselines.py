@@ -49,7 +49,7 @@ async def run_chain(ctx: SearchContext, action: str) -> Node | None:
         child = kids[0]
         if cfg.score_baselines:
             await ctx.score([child])
-        child.backpropagate(child.reward if child.reward is not None else 0.0)
+        child.back_up()
         await ctx.emit(child)
         node = child
     ctx.stats["stop_reason"] = "terminal"
@@ -64,7 +64,7 @@ async def run_bon(ctx: SearchContext) -> Node | None:
     while new:
         await ctx.score(new)
         for c in new:
-            c.backpropagate(c.reward or 0.0)
+            c.back_up()
         active = [c for c in new if not c.terminal]
         if not active:
             break
@@ -94,10 +94,10 @@ async def run_beam(ctx: SearchContext) -> Node | None:
             break
         await ctx.score(new)
         for c in new:
-            c.backpropagate(c.reward or 0.0)
+            c.back_up()
         completed.extend(c for c in new if c.terminal)
         live = sorted((c for c in new if not c.terminal),
-                      key=lambda n: (-path_score(n, how), -(n.reward or 0.0), n.id))
+                      key=lambda n: (-path_score(n, how), -n.step_reward, n.id))
         beams = live[:cfg.beam_width]
         for c in live[cfg.beam_width:]:
             c.pruned = True
@@ -123,7 +123,7 @@ async def run_rsd(ctx: SearchContext) -> Node | None:
         for c in kids[:-1]:  # an SLM step beside a faulted LLM step: the LLM's answer stands
             ctx.prune(c)
         ctx.stats["rsd_regenerated"] += accepted.action != "slm"
-        accepted.backpropagate(accepted.reward or 0.0)
+        accepted.back_up()
         await ctx.emit(accepted)
         node = accepted
     ctx.stats["stop_reason"] = "terminal"

@@ -59,7 +59,7 @@ class SearchContext:
         """Discard a scored node that another step replaces (rsd, gate_replaces): it keeps its own
         evaluation for the trace, is never backed up or followed, and its KV is released now."""
         node.pruned = True
-        node.visits, node.value_sum = 1, node.reward or 0.0
+        node.visits, node.value_sum = 1, node.step_reward
         self.release(node.state)
 
     @property

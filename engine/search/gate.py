@@ -22,7 +22,7 @@ LLMAsks = Callable[[int], "list[tuple[str, int]]"]  # LLM quota -> [(action, chi
 
 def gate_opens(threshold: float, slm_kids: list[Node]) -> bool:
     """The LLM is asked where no SLM child scores ``threshold`` (or there is none)."""
-    return max((c.reward or 0.0 for c in slm_kids), default=-1.0) < threshold
+    return max((c.step_reward for c in slm_kids), default=-1.0) < threshold
 
 
 async def gated_step(ctx: SearchContext, leaves: list[Node], *, slm_n: int, threshold: float,

@@ -73,19 +73,19 @@ def _revisit_terminals(ctx: SearchContext, picks: list[Pick]) -> list[Pick]:
     for leaf, _ in picks:
         if leaf.terminal:
             ctx.stats["terminal_revisits"] += 1
-            leaf.backpropagate(leaf.reward if leaf.reward is not None else 0.0)
+            leaf.back_up()
     return [(leaf, arm) for leaf, arm in picks if not leaf.terminal]
 
 
 def _backpropagate(new: list[Node], leaves: list[Node]) -> None:
     """New children in creation order; a leaf whose expansion produced nothing is a dead end."""
     for child in new:
-        child.backpropagate(child.reward if child.reward is not None else 0.0)
+        child.back_up()
     for leaf in leaves:
         if not leaf.children:
             leaf.exhausted = leaf.terminal = True
             if not leaf.is_root:
-                leaf.backpropagate(leaf.reward if leaf.reward is not None else 0.0)
+                leaf.back_up()
 
 
 def _reached_early_stop(ctx: SearchContext, new: list[Node]) -> bool:
@@ -127,5 +127,5 @@ async def _finish(ctx: SearchContext, root: Node) -> None:
                 node.exhausted = node.terminal = True
                 break
             for c in kids:
-                c.backpropagate(c.reward or 0.0)
-            node = max(kids, key=lambda c: (c.reward or 0.0, -c.id))
+                c.back_up()
+            node = max(kids, key=lambda c: (c.step_reward, -c.id))

@@ -1,4 +1,4 @@
-"""Search tree: nodes, UCT, backpropagation, path aggregation, best terminal path.
+"""Search tree: nodes, UCT, backpropagation, path aggregation (the final choice is final.py).
 
 Value convention (G-Boost: the PRM score of a step *is* the node's evaluation, no
 rollouts): when a node is created and scored it gets ``visits = 1`` and
@@ -41,7 +41,7 @@ class _Ids:
 class Node:
     text: str = ""                      #: the step text ("" for the root)
     token_ids: list[int] = field(default_factory=list)
-    action: str = ROOT_ACTION           #: "slm" | "collab" | "llm" | "root"
+    action: str = ROOT_ACTION           #: an action of search/actions.py, or "root"
     reward: float | None = None         #: PRM reward of this step (None: root / not scored)
     visits: int = 0
     value_sum: float = 0.0
@@ -75,6 +75,15 @@ class Node:
 
     # ---------------------------------------------------------------- statistics
     @property
+    def step_reward(self) -> float:
+        """The step's PRM reward, as every rule reads it: an unscored step counts as 0."""
+        return self.reward if self.reward is not None else 0.0
+
+    def back_up(self) -> None:
+        """One visit of this step's reward for it and every ancestor."""
+        self.backpropagate(self.step_reward)
+
+    @property
     def value(self) -> float:
         """Mean backed-up value (0.0 before the first visit)."""
         return self.value_sum / self.visits if self.visits else 0.0
@@ -107,7 +116,7 @@ class Node:
         return out
 
     def rewards(self) -> list[float]:
-        return [n.reward if n.reward is not None else 0.0 for n in self.path()]
+        return [n.step_reward for n in self.path()]
 
     def iter_nodes(self) -> Iterator["Node"]:
         """Pre-order traversal (children in creation order)."""

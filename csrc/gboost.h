@@ -115,6 +115,7 @@ GBOOST_API void gboost_shutdown(void);
  *    "prm": model | null (null: the local LLM, else the SLM),              default null
  *    "prm_kind": "judge" | "token_pair" | "two_class",                     default "judge"
  *    "base": model | null (the SLM's untuned base: search fusion_rule "proxy"), default null
+ *    "slm_adapter": dir | null (a peft LoRA adapter merged into the SLM at load), default null
  *    "dtype": "bfloat16" | "float16" | "float32",                          default "bfloat16"
  *    "device": "cpu" | "cuda" | "cuda:N",                                  default "cpu"
  *    "kv_memory_gb": 2.0, "block_size": 16,

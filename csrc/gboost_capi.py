@@ -54,7 +54,7 @@ CONFIG_KEYS = {
     "llm_model": "remote LLM: the model name at the URL (null: the first it lists)",
 }
 _OPTION_KEYS = ("collab_mode", "max_draft", "draft_policy", "on_llm_fault", "topk_support")
-_STACK_KEYS = ("prm_kind", "base", "dtype", "device", "kv_memory_gb", "block_size", "llm_timeout_s", "llm_top_logprobs",
+_STACK_KEYS = ("prm_kind", "base", "slm_adapter", "dtype", "device", "kv_memory_gb", "block_size", "llm_timeout_s", "llm_top_logprobs",
                "llm_kind", "llm_model")
 
 #: keys of gboost_generate's params JSON besides the SamplingParams fields
@@ -197,7 +197,7 @@ class EngineHandle:
         llm = cfg.get("llm")
         if llm in ("", "none"):
             llm = None
-        for key in ("llm", "prm", "base"):
+        for key in ("llm", "prm", "base", "slm_adapter"):
             v = llm if key == "llm" else cfg.get(key)
             if v is not None and not isinstance(v, str):
                 raise ValueError(f"config_json: '{key}' must be a string or null")

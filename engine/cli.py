@@ -29,6 +29,9 @@ def _add_stack_args(p):
     from gboost.search.config import PRM_KINDS
     from gboost.stack import DEFAULT_LLM, DEFAULT_SLM
     p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")
+    p.add_argument("--slm-adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter for the SLM, as peft saves it (adapter_config.json + "
+                        "adapter_model.safetensors): merged into the SLM's weights at load")
     p.add_argument("--llm", default=DEFAULT_LLM,
                    help="general LLM: model name/path (resident) or http(s)://HOST:PORT/v1 endpoint; 'none' to disable")
     p.add_argument("--llm-kind", default="auto", choices=["auto", "completions", "chat"],
@@ -88,6 +91,7 @@ async def _stack(args, cfg, check: bool = True, serving: bool = False):
         check_stack_runs(cfg, has_llm=llm is not None and args.llm_kind != "chat", has_base=bool(args.base),
                          has_writer=is_url(llm) and args.llm_kind != "completions")
     return await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
+                             slm_adapter=args.slm_adapter,
                              dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
                              options=CollabOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault,
                                                    max_draft=args.max_draft, draft_policy=args.draft_policy),
@@ -213,7 +217,8 @@ def cmd_train_prm(args) -> int:
     async def main():
         from gboost.collab.executor import CollabOptions
         from gboost.stack import build_stack, is_url
-        stack = await build_stack(cfg, slm=args.slm, llm=llm, prm="none", dtype=args.dtype, device=args.device,
+        stack = await build_stack(cfg, slm=args.slm, llm=llm, prm="none", slm_adapter=args.slm_adapter,
+                                  dtype=args.dtype, device=args.device,
                                   kv_memory_gb=args.kv_memory_gb,
                                   options=CollabOptions(collab_mode=args.collab_mode, max_draft=args.max_draft,
                                                         draft_policy=args.draft_policy),

@@ -74,16 +74,24 @@ class Engine:
     def from_pretrained(cls, slm: str, llm: str | None = None, prm: str | None = None, *,
                         base: str | None = None, dtype: str | torch.dtype = "bfloat16", device: str = "cpu", block_size: int = 16,
                         kv_memory_bytes: int = 2 << 30, num_blocks: int | None = None,
-                        cache_dir: str | None = None) -> "Engine":
+                        cache_dir: str | None = None, slm_adapter: str | None = None) -> "Engine":
+        """``slm_adapter``: a peft LoRA adapter directory merged into the SLM's weights at load (the
+        SLM is then a model of its own: a ``base`` of the same checkpoint stays untuned)."""
+        from gboost.models.adapter import merge_adapter, read_adapter
         from gboost.models.loader import load_checkpoint
         from gboost.models.tokenizer import Tokenizer
         dt = parse_dtype(dtype)
+        adapter = read_adapter(slm_adapter) if slm_adapter else None  # a bad adapter fails before any load
         roles = {r: src for r, src in (("slm", slm), ("llm", llm), ("prm", prm), ("base", base)) if src}
+        if adapter is not None:
+            roles["slm"] = f"{slm} + LoRA {adapter.path}"
         models = []
-        for src in dict.fromkeys(roles.values()):  # one copy of each checkpoint, in role order
-            ck = load_checkpoint(src, dtype=dt, cache_dir=cache_dir)
+        for key in dict.fromkeys(roles.values()):  # one copy of each checkpoint, in role order
+            tuned = adapter is not None and key == roles["slm"]
+            ck = load_checkpoint(slm if tuned else key, dtype=dt, cache_dir=cache_dir)
+            weights = merge_adapter(ck.state_dict, adapter) if tuned else ck.state_dict
             tok = Tokenizer.from_checkpoint(ck)  # special tokens too: chat templates read bos_token
-            models.append(ResidentModel(src, ck.config, build_model(ck.config, ck.state_dict, dt, device),
+            models.append(ResidentModel(key, ck.config, build_model(ck.config, weights, dt, device),
                                         tok, ck.chat_template, list(ck.eos_token_ids)))
         eng = cls(models, roles, block_size=block_size, kv_memory_bytes=kv_memory_bytes,
                   num_blocks=num_blocks, dtype=dt, device=device)

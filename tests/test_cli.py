@@ -350,3 +350,23 @@ def test_max_draft_reaches_the_executor_and_zero_is_refused(tiny_dir, tmp_path, 
     with pytest.raises(SystemExit) as e:
         main([cmd[0], *models, "--max-draft", "0", *cmd[1:]])
     assert e.value.code == 2 and "--max-draft: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_an_slm_adapter_loads_from_the_cli_and_a_bad_one_is_one_line(tiny_dir, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    ad = tmp_path / "adapter"
+    ad.mkdir()
+    (ad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                                        "target_modules": ["q_proj"], "bias": "none"}))
+    g = torch.Generator().manual_seed(0)
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{key}.lora_A.weight": torch.randn(2, 64, generator=g),
+               f"{key}.lora_B.weight": torch.randn(64, 2, generator=g)}, str(ad / "adapter_model.safetensors"))
+    models = ("--slm", tiny_dir, "--llm", "none", "--prm-kind", "token_pair", "--dtype", "float32", "--method", "slm")
+    out = json.loads(gboost("solve", *models, "--slm-adapter", ad, "--json", "What is 2+2?").stdout)
+    assert out["steps"]
+    (ad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                                        "use_dora": True}))
+    p = gboost("solve", *models, "--slm-adapter", ad, "q", check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "DoRA" in p.stderr and str(ad) in p.stderr

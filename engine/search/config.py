@@ -112,6 +112,11 @@ class SearchConfig:
     arm_fpu: float = 0.5
     #: drop sibling children whose text duplicates an earlier sibling (not scored, released)
     dedup_children: bool = True
+    #: every simulation ends in a complete solution: after its leaf's expansion it descends to the
+    #: best new child and expands again (the action policy's expansion, siblings left open) until a
+    #: step is terminal. N simulations give N solutions sharing their prefixes in the KV cache, for
+    #: the final choice to choose among; selection passes over subtrees whose paths have all ended
+    simulate_to_terminal: bool = False
     #: if no terminal node exists when the simulations are spent, complete the best leaf
     #: greedily (per step: one SLM and, budget permitting, one collab sample; the PRM keeps the
     #: better) until it terminates, so a request always yields an answer

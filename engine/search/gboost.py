@@ -42,11 +42,15 @@ async def run_gboost(ctx: SearchContext) -> Node | None:
     cfg = ctx.cfg
     root = await ctx.make_root()
     expand = POLICIES[cfg.action_policy]
+    ctx.stats["solutions"] = 0   # simulations whose descent ended at a terminal (simulate_to_terminal)
     done = 0
     while done < cfg.num_simulations:
         ctx.stats["rounds"] += 1
         with ctx.cost.timed("select"):
             picks = select_leaves(ctx, root, min(cfg.leaf_parallelism, cfg.num_simulations - done))
+        if not picks:  # nothing left to select: every path has ended
+            ctx.stats["stop_reason"] = "tree_exhausted"
+            break
         done += len(picks)
         ctx.stats["simulations"] += len(picks)
         picks = _revisit_terminals(ctx, picks)
@@ -57,6 +61,8 @@ async def run_gboost(ctx: SearchContext) -> Node | None:
             continue
         new = await expand(ctx, picks)
         _backpropagate(new, [leaf for leaf, _ in picks])
+        if cfg.simulate_to_terminal:
+            new += await _descend_to_terminals(ctx, expand, [_best_open_child(leaf, new) for leaf, _ in picks])
         if _reached_early_stop(ctx, new):
             ctx.stats["stop_reason"] = "early_stop"
             break
@@ -86,6 +92,30 @@ def _backpropagate(new: list[Node], leaves: list[Node]) -> None:
             leaf.exhausted = leaf.terminal = True
             if not leaf.is_root:
                 leaf.back_up()
+
+
+def _best_open_child(leaf: Node, new: list[Node]) -> Node | None:
+    """The new child of ``leaf`` a simulation descends to: the best by PRM reward (ties: the
+    first); None where the expansion wrote a terminal step (the simulation has its solution)."""
+    kids = [c for c in new if c.parent is leaf]
+    if not kids or any(c.terminal for c in kids):
+        return None
+    return max(kids, key=lambda c: (c.step_reward, -c.id))
+
+
+async def _descend_to_terminals(ctx: SearchContext, expand, heads: list[Node | None]) -> list[Node]:
+    """Expand on the way down from each head until a terminal, all heads in one batch per step
+    (the policy's expansion each time: the siblings stay open for later simulations)."""
+    live, written = [h for h in heads if h is not None], []
+    ctx.stats["solutions"] += len(heads) - len(live)
+    while live:
+        new = await expand(ctx, [(n, None) for n in live])
+        _backpropagate(new, live)
+        written += new
+        nxt = [_best_open_child(n, new) for n in live]
+        ctx.stats["solutions"] += sum(c is None for c in nxt)
+        live = [c for c in nxt if c is not None]
+    return written
 
 
 def _reached_early_stop(ctx: SearchContext, new: list[Node]) -> bool:

@@ -3,7 +3,8 @@
 With ``leaf_parallelism > 1`` several leaves are picked per round: virtual losses on the paths in
 flight steer later picks elsewhere, and a picked leaf (and any ancestor with nothing else to offer)
 is blocked for the rest of the round, so picks are distinct. Under ``action_policy = "arms"`` the
-actions are UCT arms at each node, and a pick names the arm to expand.
+actions are UCT arms at each node, and a pick names the arm to expand. With ``simulate_to_terminal``
+a subtree whose every path has ended is passed over (its solutions are written).
 """
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def _descend(ctx: SearchContext, root: Node, quota: int, blocked: set[int]) -> P
         if cfg.action_policy != "arms":
             if not node.children:
                 return node, None
-            free = [ch for ch in node.children if ch.id not in blocked and not ch.pruned]
+            free = [ch for ch in node.children if ch.id not in blocked and not ch.pruned
+                    and not (cfg.simulate_to_terminal and not _open(ch))]
             if not free:
                 return None
             node = select_child(node, cfg.uct_c, ctx.rng, among=free)
@@ -105,6 +107,15 @@ def _descend(ctx: SearchContext, root: Node, quota: int, blocked: set[int]) -> P
         if arm not in node.expanded_actions:
             return node, arm
         node = select_child(node, cfg.uct_c, ctx.rng, among=free)
+
+
+def _open(node: Node) -> bool:
+    """Some leaf below ``node`` can still be expanded. With simulate_to_terminal a simulation that
+    reached a terminal wrote its solution: selection goes where a new one can start."""
+    if node.terminal:
+        return False
+    kids = [c for c in node.children if not c.pruned]
+    return not kids or any(_open(c) for c in kids)
 
 
 def _block(cfg: SearchConfig, leaf: Node, blocked: set[int], quota: int) -> None:

@@ -1,0 +1,82 @@
+"""simulate_to_terminal: every simulation ends in a complete solution, on a scripted executor."""
+import asyncio
+
+import pytest
+
+from gboost.search.api import solve
+from gboost.search.config import SearchConfig
+from gboost.search.final import terminals
+from toy_executor import ToyExecutor
+
+
+def labelled_step(question, steps, action, i):
+    """Unique text per path and sample: no sibling is ever a duplicate."""
+    return f"{'/'.join(steps)}>{action}{i}"
+
+
+def cfg(**kw):
+    base = dict(num_simulations=6, uct_c=0.5, slm_width=2, collab_width=0, max_depth=4, action_policy="both",
+                simulate_to_terminal=True, finish_unterminated=False, max_llm_faults=None)
+    return SearchConfig(**{**base, **kw})
+
+
+def _solve(ex, c):
+    return asyncio.run(solve("q", ex, c))
+
+
+@pytest.mark.parametrize("n", [1, 3, 6])
+def test_n_simulations_give_n_solutions(n):
+    ex = ToyExecutor(labelled_step, lambda q, s: 0.3 + 0.1 * (len(s[-1]) % 5), max_depth=4)
+    res = _solve(ex, cfg(num_simulations=n))
+    paths = list(terminals(res.root))
+    # each simulation's descent ends at a terminal it wrote; the last expansion of each writes
+    # slm_width terminal siblings, so there are at least n terminal paths and at most 2n
+    assert res.stats["simulations"] == res.stats["solutions"] == n and not ex.live
+    assert n <= len(paths) <= 2 * n and all(p.depth == 4 for p in paths)
+
+
+def test_without_the_rule_the_same_simulations_end_fewer_paths():
+    ex = ToyExecutor(labelled_step, lambda q, s: 0.5, max_depth=4)
+    res = _solve(ex, cfg(simulate_to_terminal=False))
+    assert len(list(terminals(res.root))) < 6
+
+
+def test_a_tree_too_small_for_the_simulations_says_so():
+    # binary, depth 4: 16 paths in all, each simulation's last expansion writes two of them, so 8
+    # simulations write the whole tree and the 9th finds nothing left to start
+    ex = ToyExecutor(labelled_step, lambda q, s: 0.3 + 0.1 * (len(s[-1]) % 5), max_depth=4)
+    res = _solve(ex, cfg(num_simulations=12))
+    assert len(list(terminals(res.root))) == 16 and res.stats["stop_reason"] == "tree_exhausted"
+    assert res.stats["simulations"] == res.stats["solutions"] == 8
+
+
+def test_a_gate_that_never_opens_spends_no_llm_and_the_budget_holds_exactly():
+    strong = ToyExecutor(labelled_step, lambda q, s: 0.9, max_depth=4)
+    _solve(strong, cfg(action_policy="gate", collab_width=1, gate_threshold=0.5))
+    assert strong.cost.llm_calls == 0 and strong.cost.llm_tokens == 0
+    weak = ToyExecutor(labelled_step, lambda q, s: 0.1, max_depth=4)
+    res = _solve(weak, cfg(action_policy="gate", collab_width=1, gate_threshold=0.5, max_llm_calls=3))
+    assert weak.cost.llm_calls == 3
+    assert sum(n.action == "collab" for n in res.root.iter_nodes()) == 3
+
+
+def test_solutions_share_their_prefixes_in_the_kv_cache():
+    """On the engine (tiny models): the SLM computes each node's step once; the solutions' shared
+    prefixes are forked blocks, not recomputed (the pool's refcounts balance afterwards)."""
+    from gboost.testing import tiny_stack
+    c = SearchConfig(num_simulations=4, slm_width=2, collab_width=0, max_depth=3, max_step_tokens=5,
+                     simulate_to_terminal=True, finish_unterminated=False, dedup_children=False)
+    st = tiny_stack(c, llm=False)   # (a random tiny SLM repeats itself: duplicates kept, or too few paths)
+    try:
+        res = asyncio.run(solve("What is 2+3?", st.executor, c))
+    finally:
+        st.scheduler.close()
+    prompt = len(st.executor._root_ids("What is 2+3?")[0])
+    nodes = [n for n in res.root.iter_nodes() if not n.is_root]
+    written = sum(len(n.token_ids) for n in nodes)
+    paths = list(terminals(res.root))
+    recomputed = sum(prompt + sum(len(m.token_ids) for m in p.path()) for p in paths)
+    assert res.stats["solutions"] == 4 and len(paths) >= 4
+    # each node computes its own step, plus its parent's last token once (a fork's first logits)
+    assert res.cost.slm_tokens <= prompt + written + len(nodes) < recomputed
+    assert st.engine.cache.live == {} and all(r == 0 for r in st.engine.cache.blocks.ref)

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .final import choose_final
-from .gate import gated_step
+from .gate import gate_opens, gated_step
 from .tree import Node, path_score
 
 if TYPE_CHECKING:
@@ -107,24 +107,65 @@ async def run_beam(ctx: SearchContext) -> Node | None:
 
 
 async def run_rsd(ctx: SearchContext) -> Node | None:
-    """One chain of gated steps: the SLM's step, kept unless it scores below rsd_threshold, where
-    the LLM's step replaces it (if the LLM returns nothing, the SLM's step is kept)."""
+    """Chains of gated steps: the SLM's step, kept unless it scores below rsd_threshold, where the
+    LLM's step replaces it (if the LLM returns nothing, the SLM's step is kept). ``rsd_chains``
+    chains start from the root's first ``rsd_chains`` SLM samples and advance together, one batch
+    a step; with more than one, the final choice picks among their answers."""
     cfg = ctx.cfg
     root = await ctx.make_root()
-    node = root
     ctx.stats["rsd_regenerated"] = 0
-    while not node.terminal:
-        kids = await gated_step(ctx, [node], slm_n=1, threshold=cfg.rsd_threshold, dedup=False,
-                                llm_asks=lambda quota: [("llm", min(1, quota))], replaces=True)
-        if not kids:
-            node.exhausted = node.terminal = True
+    chains = await _rsd_first_steps(ctx, root, cfg.rsd_chains)
+    ends: list[Node] = []
+    while chains:
+        live = [n for n in chains if not n.terminal]
+        ends += [n for n in chains if n.terminal]
+        if not live:
             break
-        accepted = kids[-1]  # the LLM's step where the gate opened, else the SLM's
-        for c in kids[:-1]:  # an SLM step beside a faulted LLM step: the LLM's answer stands
-            ctx.prune(c)
-        ctx.stats["rsd_regenerated"] += accepted.action != "slm"
-        accepted.back_up()
-        await ctx.emit(accepted)
-        node = accepted
+        kids = await gated_step(ctx, live, slm_n=1, threshold=cfg.rsd_threshold, dedup=False,
+                                llm_asks=lambda quota: [("llm", min(1, quota))], replaces=True)
+        chains = []
+        for node in live:
+            mine = [c for c in kids if c.parent is node]
+            if not mine:
+                node.exhausted = node.terminal = True
+                ends.append(node)
+                continue
+            chains.append(await _rsd_accept(ctx, mine))
     ctx.stats["stop_reason"] = "terminal"
-    return None if node is root else node
+    if cfg.rsd_chains > 1:
+        return choose_final(ctx, root)
+    return next((n for n in ends if n is not root), None)
+
+
+async def _rsd_first_steps(ctx: SearchContext, root: Node, n: int) -> list[Node]:
+    """The chains' first steps: ``n`` SLM samples of the root, each gated on its own (the LLM's
+    replacements are the root's LLM samples 0..k-1, so no two chains share a seed)."""
+    cfg = ctx.cfg
+    if n == 1:
+        kids = await gated_step(ctx, [root], slm_n=1, threshold=cfg.rsd_threshold, dedup=False,
+                                llm_asks=lambda quota: [("llm", min(1, quota))], replaces=True)
+        return [await _rsd_accept(ctx, kids)] if kids else []
+    drafts = (await ctx.expand([(root, "slm", n)], dedup=False))[0]
+    await ctx.score(drafts)
+    weak = [d for d in drafts if gate_opens(cfg.rsd_threshold, [d])][:max(0, ctx.llm_quota())]
+    regen = (await ctx.expand([(root, "llm", len(weak))], dedup=False))[0] if weak else []
+    await ctx.score(regen)
+    firsts = []
+    for d in drafts:
+        if d in weak and weak.index(d) < len(regen):
+            firsts.append(await _rsd_accept(ctx, [d, regen[weak.index(d)]]))
+        else:
+            firsts.append(await _rsd_accept(ctx, [d]))
+    return firsts
+
+
+async def _rsd_accept(ctx: SearchContext, kids: list[Node]) -> Node:
+    """The step a chain takes: the LLM's where the gate opened, else the SLM's; the other pruned."""
+    accepted = kids[-1]
+    for c in kids[:-1]:  # an SLM step beside a faulted LLM step: the LLM's answer stands
+        ctx.prune(c)
+    ctx.stats["rsd_regenerated"] += accepted.action != "slm"
+    accepted.back_up()
+    if ctx.cfg.rsd_chains == 1:
+        await ctx.emit(accepted)
+    return accepted

@@ -158,6 +158,9 @@ class SearchConfig:
     bon_n: int = 8
     #: rsd: SLM step accepted when its PRM reward >= this, else regenerated with the LLM
     rsd_threshold: float = 0.7
+    #: rsd: independent chains from the root (rsd@N), their answers chosen among by final_choice
+    #: (1: one chain, its end is the answer) -- the tree's baseline at equal cost
+    rsd_chains: int = 1
     #: slm/llm/fusion: also PRM-score each step (for reporting/trace; costs PRM compute)
     score_baselines: bool = True
 
@@ -227,6 +230,7 @@ class SearchConfig:
         need(self.beam_width >= 1, "beam_width", "must be >= 1")
         need(self.bon_n >= 1, "bon_n", "must be >= 1")
         need(0.0 <= self.rsd_threshold <= 1.0, "rsd_threshold", "must be in [0, 1]")
+        need(self.rsd_chains >= 1, "rsd_chains", "must be >= 1")
         need(0.0 <= self.fusion_alpha <= 1.0, "fusion_alpha", "must be in [0, 1]")
         need(math.isfinite(self.temperature) and self.temperature >= 0, "temperature", "must be >= 0")
         need(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")

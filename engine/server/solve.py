@@ -53,7 +53,7 @@ __all__ = ["Solver", "SolveRequest", "handle_solve", "CAPPED", "FIXED"]
 
 #: per-request values above the server's are refused (they bound what one request may cost)
 CAPPED = ("num_simulations", "leaf_parallelism", *(a.width_field for a in TABLE if a.width_field), "max_depth",
-          "max_step_tokens", "beam_width", "bon_n", "max_llm_tokens", "max_llm_calls", "max_llm_faults")
+          "max_step_tokens", "beam_width", "bon_n", "rsd_chains", "max_llm_tokens", "max_llm_calls", "max_llm_faults")
 #: never set per request: a client regex runs on every step (ReDoS), the delimiter shapes the PRM
 FIXED = ("answer_pattern", "step_delimiter")
 

@@ -80,3 +80,18 @@ def test_solutions_share_their_prefixes_in_the_kv_cache():
     # each node computes its own step, plus its parent's last token once (a fork's first logits)
     assert res.cost.slm_tokens <= prompt + written + len(nodes) < recomputed
     assert st.engine.cache.live == {} and all(r == 0 for r in st.engine.cache.blocks.ref)
+
+
+def test_rsd_at_n_runs_n_gated_chains_and_votes():
+    # SLM drafts score 0.2 on their first step (weak: the LLM replaces them) and 0.8 after
+    def reward(q, steps):
+        return 0.2 if len(steps) == 1 and ">slm" in steps[-1] else 0.8
+    ex = ToyExecutor(labelled_step, reward, max_depth=3)
+    res = _solve(ex, SearchConfig(method="rsd", rsd_chains=4, rsd_threshold=0.5, max_depth=3,
+                                  final_choice="weighted_vote", max_llm_calls=3))
+    paths = list(terminals(res.root))
+    firsts = [p.path()[0] for p in paths]
+    assert len(paths) == 4 and len({f.id for f in firsts}) == 4          # four chains, four first steps
+    assert sorted(f.action for f in firsts) == ["llm", "llm", "llm", "slm"]  # the LLM budget: 3 replacements
+    assert ex.cost.llm_calls == 3 and res.stats["rsd_regenerated"] == 3 and len(res.steps) == 3
+    assert not ex.live

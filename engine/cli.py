@@ -25,7 +25,7 @@ def _at_least_one(text: str) -> int:
 
 
 def _add_stack_args(p):
-    from gboost.models.value_head import shipped_heads
+    from gboost.prm.value_head import shipped_heads
     from gboost.search.config import PRM_KINDS
     from gboost.stack import DEFAULT_LLM, DEFAULT_SLM
     p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")

@@ -15,8 +15,9 @@ import torch
 
 from gboost.kv.cache import KVCache, ModelSpec, Sequence
 from gboost.malloc import tune_malloc
-from gboost.models.qwen2_llama import CausalLM, build_model
+from gboost.models.qwen2_llama import CausalLM
 from gboost.positions import fits
+from gboost.prm.heads import build_resident
 from gboost.sampling import SamplingParams, sample_rows
 from gboost.scheduler import ModelRunner, Scheduler
 
@@ -83,7 +84,7 @@ class Engine:
         for src in dict.fromkeys(roles.values()):  # one copy of each checkpoint, in role order
             ck = load_checkpoint(src, dtype=dt, cache_dir=cache_dir)
             tok = Tokenizer.from_checkpoint(ck)  # special tokens too: chat templates read bos_token
-            models.append(ResidentModel(src, ck.config, build_model(ck.config, ck.state_dict, dt, device),
+            models.append(ResidentModel(src, ck.config, build_resident(ck.config, ck.state_dict, dt, device),
                                         tok, ck.chat_template, list(ck.eos_token_ids)))
         eng = cls(models, roles, block_size=block_size, kv_memory_bytes=kv_memory_bytes,
                   num_blocks=num_blocks, dtype=dt, device=device)

@@ -76,7 +76,7 @@ def tiny_stack(cfg=None, *, num_blocks: int = 512, llm: bool = True, prm_kind: s
     from gboost.scheduler import Scheduler
     from gboost.collab.executor import CollabOptions, EngineExecutor
     from gboost.search.config import SearchConfig
-    from gboost.collab.prm import PRMScorer, PRMSpec
+    from gboost.prm.scorer import PRMScorer, PRMSpec
     from gboost.stack import Stack
     cfg = cfg or SearchConfig(max_step_tokens=6, max_depth=3, num_simulations=3)
     eng = tiny_engine({"slm": 1, **({"llm": 2} if llm else {}), "prm": 3}, num_blocks=num_blocks,

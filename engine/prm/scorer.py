@@ -48,7 +48,7 @@ def single_token(tokenizer, text: str, what: str) -> int:
 
 class PRMPrompts:
     """The PRM's token sequences (root prompt, step pieces, judge suffix) for a tokenizer and spec.
-    Model-free, so a reference implementation (benchmarks/naive) builds exactly the same ids."""
+    Model-free, so a reference implementation (gboost.bench.naive) builds exactly the same ids."""
 
     def __init__(self, tok, spec: PRMSpec | None = None):
         self.tok = tok

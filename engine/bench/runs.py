@@ -252,7 +252,7 @@ def _decode(st: Setup, eng, hf_slm, naive, rows: list[Row]) -> None:
 async def run(st: Setup, log=print) -> list[Row]:
     from gboost.search.api import solve  # noqa: F401  (import cost outside the timings)
     from gboost.stack import build_stack
-    from . import naive as naive_mod
+    import gboost.bench.naive as naive_mod
     torch.manual_seed(0)
     cfg0 = st.cfgs["gboost"]
     log(f"loading the engine stack: SLM {st.slm}, LLM and judge {st.llm} ({st.dtype}, {st.device})")

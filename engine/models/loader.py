@@ -25,7 +25,8 @@ import torch
 from gboost.prm.heads import has_score_head, is_head_key
 
 from .config import ModelConfig
-from .gguf_loader import GGUF_MAGIC, load_gguf
+from .gguf_format import GGUF_MAGIC
+from .gguf_loader import load_gguf
 from .sources import download_from_hub, resolve
 
 log = logging.getLogger(__name__)

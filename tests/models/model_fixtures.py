@@ -125,7 +125,7 @@ def write_gguf(path: Path, model, tok, *, quant: dict[str, str] | None = None, p
     import gguf
     from gguf import GGMLQuantizationType as Q
 
-    from gboost.models.gguf_loader import gguf_name, permute_qk
+    from gboost.models.gguf_format import gguf_name, permute_qk
 
     cfg = model.config
     arch = arch or cfg.model_type

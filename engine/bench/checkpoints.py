@@ -25,25 +25,13 @@ def _tokenizer():
 
 
 def tiny_qwen2(*, hidden: int, layers: int, heads: int, kv_heads: int, seed: int, max_positions: int = 2048):
-    """A random transformers Qwen2 model over the bench tokenizer, drawn like
-    gboost.testing.tiny_model: unit norms, scaled normals, a sharpened lm_head."""
-    import transformers
+    """A random transformers Qwen2 model over the bench tokenizer (gboost.testing.tiny_hf_model)."""
+    from gboost.testing import tiny_hf_model
     vocab = _tokenizer().get_vocab_size(with_added_tokens=True)
-    torch.manual_seed(seed)
-    cfg = transformers.Qwen2Config(vocab_size=vocab + (-vocab % 8), hidden_size=hidden,
-                                   intermediate_size=3 * hidden, num_hidden_layers=layers,
-                                   num_attention_heads=heads, num_key_value_heads=kv_heads,
-                                   max_position_embeddings=max_positions, rms_norm_eps=1e-6, rope_theta=10000.0,
-                                   tie_word_embeddings=False, bos_token_id=256, eos_token_id=256)
-    model = transformers.Qwen2ForCausalLM(cfg).float()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0, 0.5 / p.shape[-1] ** 0.5 if p.dim() > 1 else 0.02)
-        model.lm_head.weight.mul_(8.0)  # peaky distributions: fewer near-ties, more varied text
-    return model.eval()
+    return tiny_hf_model("qwen2", seed, init="scaled", vocab_size=vocab + (-vocab % 8), hidden_size=hidden,
+                         intermediate_size=3 * hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, max_position_embeddings=max_positions, rms_norm_eps=1e-6,
+                         rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=256, eos_token_id=256)
 
 
 def deepened(model, extra_layers: int, scale: float, seed: int):

@@ -17,7 +17,7 @@ from gboost.kv.cache import KVCache, ModelSpec, Sequence
 from gboost.malloc import tune_malloc
 from gboost.models.qwen2_llama import CausalLM
 from gboost.positions import fits
-from gboost.prm.heads import build_resident
+from gboost.prm.heads import TwoClassPRM, build_resident
 from gboost.sampling import SamplingParams, sample_rows
 from gboost.scheduler import ModelRunner, Scheduler
 
@@ -84,8 +84,10 @@ class Engine:
         for src in dict.fromkeys(roles.values()):  # one copy of each checkpoint, in role order
             ck = load_checkpoint(src, dtype=dt, cache_dir=cache_dir)
             tok = Tokenizer.from_checkpoint(ck)  # special tokens too: chat templates read bos_token
-            models.append(ResidentModel(src, ck.config, build_resident(ck.config, ck.state_dict, dt, device),
-                                        tok, ck.chat_template, list(ck.eos_token_ids)))
+            model = build_resident(ck.config, ck.state_dict, dt, device)
+            if isinstance(model, TwoClassPRM) and {r for r, s in roles.items() if s == src} != {"prm"}:
+                raise ValueError(f"{src} is a two-class PRM (a score head, no LM head): it can only be the PRM")
+            models.append(ResidentModel(src, ck.config, model, tok, ck.chat_template, list(ck.eos_token_ids)))
         eng = cls(models, roles, block_size=block_size, kv_memory_bytes=kv_memory_bytes,
                   num_blocks=num_blocks, dtype=dt, device=device)
         eng.check_vocabularies()

@@ -7,7 +7,8 @@
 
 The state dict always uses Hugging Face parameter names (see `ModelConfig.expected_shapes`), holds
 exactly the tensors the config implies (`lm_head.weight` only when embeddings are untied; a
-two-class PRM's `score.*` head in its place, see gboost.prm.heads), and is in `dtype`. Nothing is ever unpickled: weights come from safetensors or GGUF only.
+two-class PRM's `score.*` head in its place, see gboost.prm.heads), and is in `dtype`. Nothing is
+ever unpickled: weights come from safetensors or GGUF only.
 """
 
 from __future__ import annotations

@@ -35,14 +35,13 @@ def _score_module(cfg: ModelConfig, head: dict[str, torch.Tensor]) -> nn.Module:
     keys = set(head)
     if keys == _MLP:
         mod = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 2))
-        sd = {k[len(HEAD_PREFIX):]: v for k, v in head.items()}
     elif keys in ({"score.weight"}, {"score.weight", "score.bias"}):
         mod = nn.Linear(h, 2, bias="score.bias" in keys)
-        sd = {k[len(HEAD_PREFIX):]: v for k, v in head.items()}
     else:
         raise ValueError("a two-class PRM checkpoint needs score.weight [2, hidden] (+ score.bias), or "
                          f"score.0/score.2 weights and biases; got {sorted(keys)}")
-    mod.load_state_dict(sd)  # its error names a tensor of the wrong shape (e.g. num_labels != 2)
+    # load_state_dict's error names a tensor of the wrong shape (e.g. a head with num_labels != 2)
+    mod.load_state_dict({k[len(HEAD_PREFIX):]: v for k, v in head.items()})
     return mod
 
 

@@ -12,7 +12,7 @@ from gboost.engine import Engine  # noqa: E402
 from gboost.prm.heads import TwoClassPRM  # noqa: E402
 from gboost.prm.scorer import PRMScorer, PRMSpec  # noqa: E402
 from gboost.scheduler import Scheduler  # noqa: E402
-from gboost.testing import byte_tokenizer  # noqa: E402
+from gboost.testing import byte_tokenizer, write_tiny_checkpoint  # noqa: E402
 
 STEPS = ["First, 2 + 2 = 4.", "So the answer is 4.", "Check: 4 - 2 = 2."]
 
@@ -46,7 +46,8 @@ def test_two_class_checkpoint_rewards_equal_transformers(tmp_path, layout):
     keys = {k for k in hf.state_dict() if k.startswith("score.")}
     assert keys == ({"score.weight", "score.bias"} if layout == "linear" else
                     {"score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"})
-    eng = Engine.from_pretrained(str(tmp_path / "prm"), prm=str(tmp_path / "prm"), dtype="float32", num_blocks=64)
+    slm = write_tiny_checkpoint(tmp_path / "slm", seed=1)  # the same byte-level tokenizer
+    eng = Engine.from_pretrained(str(slm), prm=str(tmp_path / "prm"), dtype="float32", num_blocks=64)
     assert isinstance(eng.role("prm").model, TwoClassPRM)
     sched = Scheduler(eng)
     scorer = PRMScorer(eng, sched, PRMSpec(kind="two_class"))
@@ -86,3 +87,14 @@ def test_a_score_head_of_the_wrong_width_is_refused(tmp_path):
     sd.pop("score.bias")
     with pytest.raises(RuntimeError, match="score|size mismatch"):
         build_resident(ck.config, sd, torch.float32)
+
+
+def test_a_two_class_checkpoint_is_only_a_two_class_prm(tmp_path):
+    _write(tmp_path / "prm", "linear")
+    d = str(tmp_path / "prm")
+    with pytest.raises(ValueError, match="two-class PRM .* can only be the PRM"):
+        Engine.from_pretrained(d, dtype="float32", num_blocks=16)            # as the SLM
+    slm = str(write_tiny_checkpoint(tmp_path / "slm", seed=1))
+    eng = Engine.from_pretrained(slm, prm=d, dtype="float32", num_blocks=16)
+    with pytest.raises(ValueError, match="use prm_kind='two_class', not 'judge'"):
+        PRMScorer(eng, None, PRMSpec(kind="judge", yes_token="Y"))

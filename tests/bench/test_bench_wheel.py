@@ -67,8 +67,12 @@ def test_the_bench_imports_from_the_installed_wheel_alone(installed, tmp_path):
 def test_bench_quick_runs_from_the_installed_wheel(installed, tmp_path):
     pytest.importorskip("transformers")
     _, site = installed
-    p = _run(site, tmp_path, "-m", "gboost.cli", "bench", "--quick", "--json", timeout=900)
+    script = site / "bin" / "gboost"   # the console script pip wrote: what a user types
+    assert script.is_file()
+    p = subprocess.run([str(script), "bench", "--quick", "--json"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(site)}, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     import json
     rows = json.loads(p.stdout.strip().splitlines()[-1])["rows"]
     assert any(r["what"].startswith("gboost: s/request") for r in rows)
+    print(p.stdout)

@@ -30,7 +30,7 @@ from gboost.evals.loop import run_eval
 from gboost.evals.slots import PrioritySlots
 from gboost.collab.executor import CollabOptions, EngineExecutor
 from gboost.search.config import SearchConfig
-from gboost.collab.value_prm import ValueHeadScorer
+from gboost.prm.value_scorer import ValueHeadScorer
 from gboost.stack import VALUE_HEAD, build_stack
 
 HERE = Path(__file__).resolve().parent

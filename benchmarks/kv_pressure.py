@@ -24,7 +24,7 @@ from gboost.scheduler import Scheduler
 from gboost.collab.executor import CollabOptions, EngineExecutor
 from gboost.search.api import solve
 from gboost.search.config import SearchConfig
-from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.prm.scorer import PRMScorer, PRMSpec
 from gboost.testing import tiny_engine
 
 PREAMBLE = "You are a careful solver. " * 12

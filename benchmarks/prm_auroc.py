@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from gboost.engine import Engine
-from gboost.models.value_head import load_head
+from gboost.prm.value_head import load_head
 from gboost.prm_train.features import extract, text_solution
 from gboost.prm_train.pipeline import path_auroc
-from gboost.collab.value_prm import feature_role
+from gboost.prm.value_scorer import feature_role
 
 DEMO_SLM, DEMO_LLM = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
 
@@ -92,7 +92,7 @@ def head_scores(eng, head_dir: str, sols: list[dict], final_at: str = "eot") -> 
 def judge_scores(eng, sols: list[dict]) -> list[list[float]]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from prm_signal import judge_rows  # noqa: E402
-    from gboost.collab.prm import PRMScorer
+    from gboost.prm.scorer import PRMScorer
     scorer = PRMScorer(eng, None, role="llm")
     return [[y for y, _ in judge_rows(eng, scorer, s["question"], [t["text"] for t in s["steps"]])] for s in sols]
 

@@ -4,7 +4,7 @@ solutions of finished GSM8K runs (benchmarks/runs/*.jsonl), all computed by the 
     python benchmarks/prm_signal.py benchmarks/runs/gsm8k_slm_100.jsonl --limit 60
 
 Signals, per step, then aggregated over the solution's steps (min and mean):
-  judge       P("Yes") after the judge question -- what the search uses (engine/collab/prm.py)
+  judge       P("Yes") after the judge question -- what the search uses (engine/prm/scorer.py)
   judge_yn    P("Yes") / (P("Yes") + P("No")): the judge restricted to its two answers
   llm_lik     exp(mean log-prob of the step's tokens) under the 1.5B, in the SLM's own prompt:
               how much the general model agrees with the step
@@ -22,7 +22,7 @@ import torch
 
 from gboost.engine import Engine
 from gboost.collab.rules import SLM_SYSTEM
-from gboost.collab.prm import PRMScorer, single_token
+from gboost.prm.scorer import PRMScorer, single_token
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gsm8k_table import auroc  # noqa: E402

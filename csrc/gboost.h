@@ -125,7 +125,7 @@ GBOOST_API void gboost_shutdown(void);
  *    "topk_support": 20, "llm_timeout_s": 60.0, "llm_top_logprobs": 20,
  *    "llm_kind": "auto" | "completions" | "chat", "llm_model": name | null}
  * Unknown keys are an error. A remote LLM's API key is read from $GBOOST_LLM_API_KEY. The PRM uses
- * the defaults of its kind (engine/collab/prm.py PRMSpec: judge needs "Yes" to be one token,
+ * the defaults of its kind (engine/prm/scorer.py PRMSpec: judge needs "Yes" to be one token,
  * token_pair the tag "\u043a\u0438" and "+"/"-"). With "llm": null the search cannot take collab
  * steps: use method slm/bon/beam, or gboost with "collab_width": 0.
  * Returns a new handle (free with gboost_engine_free) or NULL with *error_out set.

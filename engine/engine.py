@@ -15,8 +15,9 @@ import torch
 
 from gboost.kv.cache import KVCache, ModelSpec, Sequence
 from gboost.malloc import tune_malloc
-from gboost.models.qwen2_llama import CausalLM, build_model
+from gboost.models.qwen2_llama import CausalLM
 from gboost.positions import fits
+from gboost.prm.heads import TwoClassPRM, build_resident
 from gboost.sampling import SamplingParams, sample_rows
 from gboost.scheduler import ModelRunner, Scheduler
 
@@ -91,8 +92,10 @@ class Engine:
             ck = load_checkpoint(slm if tuned else key, dtype=dt, cache_dir=cache_dir)
             weights = merge_adapter(ck.state_dict, adapter) if tuned else ck.state_dict
             tok = Tokenizer.from_checkpoint(ck)  # special tokens too: chat templates read bos_token
-            models.append(ResidentModel(key, ck.config, build_model(ck.config, weights, dt, device),
-                                        tok, ck.chat_template, list(ck.eos_token_ids)))
+            model = build_resident(ck.config, weights, dt, device)
+            if isinstance(model, TwoClassPRM) and {r for r, s in roles.items() if s == key} != {"prm"}:
+                raise ValueError(f"{key} is a two-class PRM (a score head, no LM head): it can only be the PRM")
+            models.append(ResidentModel(key, ck.config, model, tok, ck.chat_template, list(ck.eos_token_ids)))
         eng = cls(models, roles, block_size=block_size, kv_memory_bytes=kv_memory_bytes,
                   num_blocks=num_blocks, dtype=dt, device=device)
         eng.check_vocabularies()

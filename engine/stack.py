@@ -10,7 +10,7 @@ from gboost.scheduler import Scheduler
 from gboost.collab.executor import CollabOptions, EngineExecutor
 from gboost.search.actions import CHAT, ROWS, first_unrunnable
 from gboost.search.config import VALUE_HEAD_PREFIX as VALUE_HEAD, SearchConfig, prm_kind_of
-from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.prm.scorer import PRMScorer, PRMSpec
 
 DEFAULT_SLM = "qwen2.5-coder-0.5b"
 DEFAULT_LLM = "qwen2.5-coder-1.5b"
@@ -65,7 +65,7 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
             raise ValueError("prm_kind='value_head' needs the head's directory as the PRM (value-head:DIR)")
         head_dir = prm.removeprefix(VALUE_HEAD)
     if head_dir is not None:
-        from gboost.models.value_head import load_head
+        from gboost.prm.value_head import load_head
         load_head(head_dir)  # a missing or broken head fails before any model loads
         prm = None           # the head reads a resident model's rows: no PRM model of its own
     elif prm == "none":  # no step scoring (chain methods, `gboost train-prm` rollouts)
@@ -101,7 +101,7 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
         from gboost.llm.local import LocalLLM
         general = LocalLLM(engine, sched)
     if head_dir is not None:
-        from gboost.collab.value_prm import ValueHeadScorer
+        from gboost.prm.value_scorer import ValueHeadScorer
         scorer = ValueHeadScorer(engine, sched, head_dir)
     else:
         scorer = PRMScorer(engine, sched, PRMSpec(kind=prm_kind)) if prm else None

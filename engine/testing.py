@@ -36,17 +36,40 @@ def tiny_config(arch: str = "qwen2", vocab: int = 260, layers: int = 2, hidden: 
                        max_position_embeddings=kw.pop("max_positions", 1024), eos_token_ids=[256], **kw)
 
 
-def tiny_model(cfg: ModelConfig, seed: int, dtype=torch.float32, scale: float = 1.0):
-    torch.manual_seed(seed)
-    model = build_model(cfg, None, dtype)
+def draw_weights_(model, init: str = "scaled", scale: float = 1.0):
+    """Random weights in place, from the current torch seed, for the engine's or transformers' model.
+    scaled  unit norms, normals of std 0.5/sqrt(fan-in) (vectors 0.02), lm_head sharpened 8x: peaky
+            enough distributions to be interesting, as a trained model's are
+    spread  every tensor (norms and biases too) normal(0, 0.5): each distinctive, so a loader that
+            drops or swaps one is caught"""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or "layernorm" in name:
+            if init == "spread":
+                p.normal_(0, 0.5)
+            elif name.endswith("norm.weight") or "layernorm" in name:
                 p.fill_(1.0)
             else:
                 p.normal_(0, scale * 0.5 / p.shape[-1] ** 0.5 if p.dim() > 1 else 0.02)
-        model.lm_head.weight.mul_(8.0)  # peaky enough distributions to be interesting
+        if init == "scaled":
+            model.lm_head.weight.mul_(8.0)
     return model
+
+
+def tiny_model(cfg: ModelConfig, seed: int, dtype=torch.float32, scale: float = 1.0):
+    """The engine's own model of ``cfg``, random (no transformers needed)."""
+    torch.manual_seed(seed)
+    return draw_weights_(build_model(cfg, None, dtype), "scaled", scale)
+
+
+def tiny_hf_model(arch: str = "qwen2", seed: int = 0, *, init: str = "scaled", **config):
+    """A random transformers Qwen2/Llama causal LM: the one factory of tiny transformers models
+    (gboost bench's pair, the loader tests' checkpoints); ``config`` is the transformers config."""
+    import transformers
+    torch.manual_seed(seed)
+    cls, cfg_cls = ((transformers.Qwen2ForCausalLM, transformers.Qwen2Config) if arch == "qwen2" else
+                    (transformers.LlamaForCausalLM, transformers.LlamaConfig))
+    model = cls(cfg_cls(**config)).float()
+    return draw_weights_(model, init).eval()
 
 
 def tiny_engine(roles: dict[str, int], *, num_blocks: int = 512, block_size: int = 16,
@@ -76,7 +99,7 @@ def tiny_stack(cfg=None, *, num_blocks: int = 512, llm: bool = True, prm_kind: s
     from gboost.scheduler import Scheduler
     from gboost.collab.executor import CollabOptions, EngineExecutor
     from gboost.search.config import SearchConfig
-    from gboost.collab.prm import PRMScorer, PRMSpec
+    from gboost.prm.scorer import PRMScorer, PRMSpec
     from gboost.stack import Stack
     cfg = cfg or SearchConfig(max_step_tokens=6, max_depth=3, num_simulations=3)
     eng = tiny_engine({"slm": 1, **({"llm": 2} if llm else {}), "prm": 3}, num_blocks=num_blocks,

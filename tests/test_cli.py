@@ -305,9 +305,9 @@ def test_an_out_of_range_seed_is_one_line_and_rc_2(tiny_dir, capsys, cmd):
 
 
 def test_solve_with_a_chat_only_llm_delegates_or_says_why_not(tiny_dir, tmp_path, capsys):
-    """`--llm URL --llm-kind chat`: a hosted chat API as the general LLM (engine/mock_chat_api.py)."""
+    """`--llm URL --llm-kind chat`: a hosted chat API as the general LLM (tests/mock_chat_api.py)."""
     from gboost.cli import main
-    from gboost.mock_chat_api import ChatOnlyAPI
+    from mock_chat_api import ChatOnlyAPI
     from gboost.scheduler import Scheduler
     from gboost.server.app import create_app
     from gboost.server.engine_backend import EngineCompletionBackend

@@ -1,6 +1,6 @@
 """The tokenizer-level rules of a step: the SLM's prompt, where a step ends, its text, whether it
 ends its path, and the seed of a node's sampling. Model-free, so a reference implementation
-(benchmarks/naive) writes exactly the steps the engine writes."""
+(gboost.bench.naive) writes exactly the steps the engine writes."""
 from __future__ import annotations
 
 import re

@@ -76,6 +76,16 @@ class BlockPool:
         self.hash_of[b], self.key_of[b] = h, key
         self.by_hash[h] = b
 
+    def drop_cached(self) -> int:
+        """Forget every cached free block (the LRU): its content no longer serves prefix hits, and
+        it goes back to `free_ids`. Blocks in use keep their hashes. Returns how many were dropped."""
+        n = len(self.lru)
+        while self.lru:
+            b, _ = self.lru.popitem(last=False)
+            self._drop_hash(b)
+            self.free_ids.append(b)
+        return n
+
     def is_hashed(self, b: int) -> bool:
         return self.hash_of[b] is not None
 

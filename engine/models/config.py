@@ -1,7 +1,7 @@
 """Model hyper-parameters, independent of where the checkpoint came from.
 
 `ModelConfig` is what the rest of gboost sees of a checkpoint's shape: it is built from a Hugging
-Face `config.json` (`ModelConfig.from_hf_dict`) or from GGUF metadata (`gboost.models.gguf_loader`).
+Face `config.json` (`ModelConfig.from_hf_dict`) or from GGUF metadata (`gboost.models.gguf_format`).
 
 Conventions (the model code relies on them):
 - `attention_bias` means q/k/v projections carry a bias (Qwen2). `o_proj` and the MLP never do;

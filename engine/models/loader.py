@@ -6,8 +6,9 @@
     ckpt = load_checkpoint("Qwen/Qwen2.5-0.5B-Instruct")  # Hub id (safetensors/json only)
 
 The state dict always uses Hugging Face parameter names (see `ModelConfig.expected_shapes`), holds
-exactly the tensors the config implies (`lm_head.weight` only when embeddings are untied), and is in
-`dtype`. Nothing is ever unpickled: weights come from safetensors or GGUF only.
+exactly the tensors the config implies (`lm_head.weight` only when embeddings are untied; a
+two-class PRM's `score.*` head in its place, see gboost.prm.heads), and is in `dtype`. Nothing is
+ever unpickled: weights come from safetensors or GGUF only.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from typing import Any
 
 import torch
 
+from gboost.prm.heads import has_score_head, is_head_key
+
 from .config import ModelConfig
-from .gguf_loader import GGUF_MAGIC, load_gguf
+from .gguf_format import GGUF_MAGIC
+from .gguf_loader import load_gguf
 from .sources import download_from_hub, resolve
 
 log = logging.getLogger(__name__)
@@ -183,6 +187,9 @@ def _read_safetensors(files: list[Path], config: ModelConfig, dtype: torch.dtype
             try:
                 with safe_open(str(f), framework="pt") as st:
                     for key in st.keys():
+                        if is_head_key(key):  # a two-class PRM's score head: gboost.prm.heads checks it
+                            state_dict[key] = st.get_tensor(key).to(dtype)
+                            continue
                         if key not in expected:
                             if not key.endswith(_IGNORED_KEY_SUFFIXES) and not (
                                     key == "lm_head.weight" and config.tie_word_embeddings):
@@ -201,6 +208,8 @@ def _read_safetensors(files: list[Path], config: ModelConfig, dtype: torch.dtype
                     raise
                 raise ValueError(f"{f}: cannot read safetensors file (truncated or corrupted?): {e}") from e
     missing = [k for k in expected if k not in state_dict]
+    if has_score_head(state_dict):  # the score head replaces the LM head
+        missing = [k for k in missing if k != "lm_head.weight"]
     if missing:
         raise ValueError(f"{where}: checkpoint is missing {len(missing)} tensor(s): {', '.join(missing[:8])}"
                          + (" ..." if len(missing) > 8 else ""))

@@ -3,7 +3,7 @@
 Each solution runs as one prefill (prompt and every step), and forward hooks keep the chosen
 decoder layers' rows at the step ends, so several layers are read in one pass and the best one
 can be picked on held-out questions. The token sequences are the ones the search scores at run
-time (`engine/collab/value_prm.py`): the SLM's own tokens, or the `text` layout of another model.
+time (`engine/prm/value_scorer.py`): the SLM's own tokens, or the `text` layout of another model.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gboost.collab.value_prm import text_root_ids, text_step_ids
+from gboost.prm.value_scorer import text_root_ids, text_step_ids
 
 
 @dataclass

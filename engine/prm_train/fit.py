@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from gboost.models.value_head import ValueHead
+from gboost.prm.value_head import ValueHead
 
 
 def auroc(scores, labels) -> float:

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gboost.evals.datasets import EvalRow
-from gboost.models.value_head import HeadCard, model_fingerprint, save_head
+from gboost.prm.value_head import HeadCard, model_fingerprint, save_head
 from gboost.search.config import SearchConfig
 
 from .features import extract, slm_solution, text_solution

@@ -57,7 +57,7 @@ ACTION_POLICIES = ("both", "gate", "arms")
 FINAL_CHOICES = ("best_path", "weighted_vote")
 PRM_AGGREGATIONS = ("last", "min", "prod", "mean")
 FUSION_RULES = ("loglinear", "proxy")
-#: PRM kinds: those a PRM model scores itself (engine/collab/prm.py), and a trained value head
+#: PRM kinds: those a PRM model scores itself (engine/prm/scorer.py), and a trained value head
 PRM_KINDS = ("judge", "token_pair", "two_class", "value_head")
 #: defaults that differ from the dataclass's for a PRM kind (see the module docstring)
 PRM_KIND_DEFAULTS: dict[str, dict[str, Any]] = {"value_head": {

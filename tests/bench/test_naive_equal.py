@@ -1,4 +1,4 @@
-"""The naive implementation on plain transformers (benchmarks/naive) against the engine, driven by
+"""The naive implementation on plain transformers (gboost.bench.naive) against the engine, driven by
 the same search code on the same tiny checkpoints: greedy and fp32, they must choose the same steps
 and the same answers, and build the same trees (issue 12: same answers, only speed may differ)."""
 import asyncio

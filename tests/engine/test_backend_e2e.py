@@ -9,7 +9,7 @@ from gboost.scheduler import Scheduler
 from gboost.collab.executor import CollabOptions, EngineExecutor
 from gboost.search.api import solve
 from gboost.search.config import SearchConfig
-from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.prm.scorer import PRMScorer, PRMSpec
 from gboost.testing import tiny_engine
 
 
@@ -76,7 +76,7 @@ def test_same_seed_same_answer_and_different_seed_differs():
 def test_prm_kinds_match_a_from_scratch_run(kind):
     eng, sched, cfg, be = build(kind=kind)
     if kind == "two_class":  # the PRM role becomes a two-class head model (Qwen2.5-Math-PRM layout)
-        from gboost.models.prm_heads import build_two_class_prm
+        from gboost.prm.heads import build_two_class_prm
         from gboost.scheduler import ModelRunner
         m = eng.role("prm")
         g = torch.Generator().manual_seed(0)

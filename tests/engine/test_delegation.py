@@ -1,4 +1,4 @@
-"""Delegated steps end to end: a mock hosted chat-only API (engine/mock_chat_api.py, in front of
+"""Delegated steps end to end: a mock hosted chat-only API (tests/mock_chat_api.py, in front of
 gboost's chat route on a tiny model) as the general LLM of G-Boost, rsd and llm; budgets that
 count what the API billed; faults retried, fallen back from or failed on, as configured."""
 import asyncio
@@ -8,11 +8,11 @@ import pytest
 
 from gboost.collab.delegated_step import delegate_messages
 from gboost.collab.executor import CollabOptions, EngineExecutor
-from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.prm.scorer import PRMScorer, PRMSpec
 from gboost.llm.base import LLMError
 from gboost.llm.chat import ChatLLM
 from gboost.llm.endpoints import EndpointKindError
-from gboost.mock_chat_api import ChatOnlyAPI
+from mock_chat_api import ChatOnlyAPI
 from gboost.scheduler import Scheduler
 from gboost.search.api import solve
 from gboost.search.config import ConfigError, SearchConfig

@@ -11,7 +11,7 @@ from gboost.scheduler import Scheduler
 from gboost.collab.executor import CollabOptions, EngineExecutor
 from gboost.search.api import solve
 from gboost.search.config import ConfigError, SearchConfig
-from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.prm.scorer import PRMScorer, PRMSpec
 from gboost.stack import build_stack
 from gboost.testing import byte_tokenizer, tiny_engine
 

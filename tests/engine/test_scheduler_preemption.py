@@ -12,7 +12,7 @@ from gboost.collab.executor import CollabOptions, EngineExecutor
 from gboost.search.api import solve
 from gboost.search.config import SearchConfig
 from gboost.sampling import SamplingParams
-from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.prm.scorer import PRMScorer, PRMSpec
 from gboost.testing import tiny_engine
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizer
 
 from gboost.collab.executor import CollabOptions, EngineExecutor
 from gboost.collab.fusion import fused_logp
-from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.prm.scorer import PRMScorer, PRMSpec
 from gboost.engine import Engine, ResidentModel
 from gboost.llm.base import LLMError, TokenLogprobs
 from gboost.llm.local import LocalLLM

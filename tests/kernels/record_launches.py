@@ -32,7 +32,7 @@ from gboost.sampling import SamplingParams  # noqa: E402
 from gboost.collab.executor import CollabOptions  # noqa: E402
 from gboost.search.api import solve  # noqa: E402
 from gboost.search.config import SearchConfig  # noqa: E402
-from gboost.collab.prm import PRMScorer, PRMSpec  # noqa: E402
+from gboost.prm.scorer import PRMScorer, PRMSpec  # noqa: E402
 from fake_cuda import checked_launch, fake_cuda, to_fake_cuda  # noqa: E402
 from gboost.kernels._common import record_launches  # noqa: E402
 

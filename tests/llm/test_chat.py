@@ -12,7 +12,7 @@ from _sleep import SleepRecorder
 from gboost.llm.base import LLMError
 from gboost.llm.chat import ChatLLM
 from gboost.llm.endpoints import EndpointKindError, open_endpoint
-from gboost.mock_chat_api import ChatOnlyAPI
+from mock_chat_api import ChatOnlyAPI
 from gboost.scheduler import Scheduler
 from gboost.server.app import create_app
 from gboost.server.engine_backend import EngineCompletionBackend

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -90,23 +89,13 @@ def write_tokenizer_files(d: Path, tok, chat_template: str | None = CHATML_TEMPL
 
 
 def make_tiny_hf(arch: str, seed: int = 0, **kw):
-    import transformers
-
-    torch.manual_seed(seed)
+    """gboost.testing.tiny_hf_model at this folder's shapes, every tensor distinctive (norms start
+    at 1, biases at 0 otherwise)."""
+    from gboost.testing import tiny_hf_model
     common = dict(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6,
                   rope_theta=5000.0, tie_word_embeddings=False, bos_token_id=0, eos_token_id=2)
-    common.update(kw)
-    if arch == "qwen2":
-        cfg = transformers.Qwen2Config(**common)
-        model = transformers.Qwen2ForCausalLM(cfg)
-    else:
-        cfg = transformers.LlamaConfig(**common)
-        model = transformers.LlamaForCausalLM(cfg)
-    with torch.no_grad():  # make every tensor distinctive (norms start at 1, biases at 0)
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    return model.float().eval()
+    return tiny_hf_model(arch, seed, init="spread", **{**common, **kw})
 
 
 def save_tiny_hf(d: Path, model, tok, chat_template: str | None = CHATML_TEMPLATE, **save_kw) -> Path:
@@ -125,7 +114,7 @@ def write_gguf(path: Path, model, tok, *, quant: dict[str, str] | None = None, p
     import gguf
     from gguf import GGMLQuantizationType as Q
 
-    from gboost.models.gguf_loader import gguf_name, permute_qk
+    from gboost.models.gguf_format import gguf_name, permute_qk
 
     cfg = model.config
     arch = arch or cfg.model_type

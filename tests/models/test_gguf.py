@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gboost.models import gguf_loader
-from gboost.models.gguf_loader import permute_qk, unpermute_qk
+from gboost.models.gguf_format import permute_qk, unpermute_qk
 from gboost.models.loader import load_checkpoint
 
 transformers = pytest.importorskip("transformers")

@@ -8,7 +8,7 @@ import torch
 
 from gboost.evals.datasets import rows_from_dicts
 from gboost.llm.local import LocalLLM
-from gboost.models.value_head import HeadCard, ValueHead, load_head, model_fingerprint, save_head
+from gboost.prm.value_head import HeadCard, ValueHead, load_head, model_fingerprint, save_head
 from gboost.prm_train.features import Solution, extract, slm_solution, text_solution
 from gboost.prm_train.fit import FitConfig, auroc, fit_head
 from gboost.prm_train.pipeline import TrainPlan, step_labels, train_prm
@@ -17,7 +17,7 @@ from gboost.scheduler import Scheduler
 from gboost.collab.executor import CollabOptions, EngineExecutor
 from gboost.search.api import solve
 from gboost.search.config import SearchConfig
-from gboost.collab.value_prm import ValueHeadScorer
+from gboost.prm.value_scorer import ValueHeadScorer
 from gboost.testing import tiny_engine
 
 
@@ -356,7 +356,7 @@ def test_every_head_the_repository_names_is_there_whole():
 
 
 def test_shipped_heads_load_by_name_and_come_from_training_lines_only(tmp_path, monkeypatch):
-    from gboost.models.value_head import SHIPPED, shipped_heads
+    from gboost.prm.value_head import SHIPPED, shipped_heads
     assert "gsm8k-qwen2.5-coder-1.5b" in shipped_heads()
     for name in shipped_heads():
         head, card = load_head(name)
@@ -378,7 +378,7 @@ def test_shipped_heads_are_package_data():
     import fnmatch
     import tomllib
     from pathlib import Path
-    from gboost.models.value_head import SHIPPED
+    from gboost.prm.value_head import SHIPPED
     root = Path(__file__).resolve().parents[2]
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["gboost"]
     files = [p.relative_to(SHIPPED.parent).as_posix() for p in SHIPPED.rglob("*") if p.is_file()]
@@ -390,7 +390,7 @@ def test_the_shipped_head_fits_the_demo_llm():
     from gboost.models import registry
     from gboost.models.loader import load_checkpoint
     from gboost.models.qwen2_llama import build_model
-    from gboost.models.value_head import check_base
+    from gboost.prm.value_head import check_base
     if not registry.is_installed("qwen2.5-coder-1.5b"):
         pytest.skip("qwen2.5-coder-1.5b not installed")
     _, card = load_head("gsm8k-qwen2.5-coder-1.5b")

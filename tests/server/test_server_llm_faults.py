@@ -10,7 +10,7 @@ from gboost.llm.remote import RemoteLLM
 from gboost.scheduler import Scheduler
 from gboost.collab.executor import CollabOptions, EngineExecutor
 from gboost.search.config import SearchConfig
-from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.prm.scorer import PRMScorer, PRMSpec
 from gboost.server.app import create_app
 from gboost.server.engine_backend import EngineCompletionBackend
 from gboost.server.faults import FaultConfig

@@ -1,23 +1,4 @@
-"""``gboost bench``: does the engine pay for itself? (issue 12)
-
-In one process, the engine against the obvious implementation on plain transformers
-(benchmarks/naive: fresh HF caches per tree node from its full prefix, two separate models per
-fused token, the judge re-reading its whole prompt for every step, requests one after another),
-both driven by the same search code, and one table:
-
-  end to end  fusion and gboost: seconds per request one at a time, and with N requests in flight
-              for the engine; tokens computed per request; whether both chose the same steps and
-              answers; the share of a request's wall time outside model forward passes
-  decode      greedy tokens/s of the SLM at batch 1 and 8, the engine against transformers' generate
-  per action  one SLM step, collaborative step (exact, speculative), LLM step and PRM score: latency
-              and share of it outside forward passes; the search's own bookkeeping per request; the
-              speculative step's LLM calls, tokens per call and draft acceptance
-
-``--quick`` writes two tiny random Qwen2 checkpoints (HF directories, one tokenizer) and runs on
-them; without it, the demo pair (0.5B SLM, 1.5B LLM and judge PRM). Everything runs greedy
-(temperature 0) in float32 unless told otherwise, so the two implementations must agree.
-Ratios are engine speedups: naive seconds / engine seconds, engine tok/s / transformers tok/s.
-"""
+"""The timed runs of ``gboost bench``: end to end, per action and decode, engine against naive."""
 from __future__ import annotations
 
 import asyncio
@@ -31,6 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from .checkpoints import QUICK_PAIR, write_pair
+from .report import ForwardClock, Row, _computed, _key, _ms, _pct, _x, print_table
 
 QUESTIONS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -57,185 +41,7 @@ ACTION_QUESTIONS = [
 ]
 DECODE_PROMPT = "Write a Python function that checks whether a number is prime.\n"
 
-# the quick pair: a tiny random Qwen2 SLM, and an LLM (also the judge) three times as deep that
-# starts with the SLM's layers and perturbs them (see deepened): related models agree on most
-# greedy tokens, as a 1.5B agrees with the 0.5B of its family, so speculative drafts get accepted
-QUICK_PAIR = dict(hidden=128, layers=4, heads=4, kv_heads=2, extra_layers=8, scale=0.1)
-QUICK_CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-              "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
-
-# ------------------------------------------------------------------------------ checkpoints
-def _tokenizer():
-    """Byte-level: one token per byte, ``<|endoftext|>`` (EOS), and "Yes" one token for the judge."""
-    from gboost.testing import byte_tokenizer
-    tok = byte_tokenizer().backend
-    tok.add_tokens(["Yes"])
-    return tok
-
-
-def tiny_qwen2(*, hidden: int, layers: int, heads: int, kv_heads: int, seed: int, max_positions: int = 2048):
-    """A random transformers Qwen2 model over the bench tokenizer, drawn like
-    gboost.testing.tiny_model: unit norms, scaled normals, a sharpened lm_head."""
-    import transformers
-    vocab = _tokenizer().get_vocab_size(with_added_tokens=True)
-    torch.manual_seed(seed)
-    cfg = transformers.Qwen2Config(vocab_size=vocab + (-vocab % 8), hidden_size=hidden,
-                                   intermediate_size=3 * hidden, num_hidden_layers=layers,
-                                   num_attention_heads=heads, num_key_value_heads=kv_heads,
-                                   max_position_embeddings=max_positions, rms_norm_eps=1e-6, rope_theta=10000.0,
-                                   tie_word_embeddings=False, bos_token_id=256, eos_token_id=256)
-    model = transformers.Qwen2ForCausalLM(cfg).float()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0, 0.5 / p.shape[-1] ** 0.5 if p.dim() > 1 else 0.02)
-        model.lm_head.weight.mul_(8.0)  # peaky distributions: fewer near-ties, more varied text
-    return model.eval()
-
-
-def deepened(model, extra_layers: int, scale: float, seed: int):
-    """``model`` with ``extra_layers`` random decoder layers appended, their output projections
-    scaled by ``scale``: the residual stream is nudged, not replaced, so the deeper model's greedy
-    tokens mostly agree with the shallow one's (about 70% of the SLM's own greedy tokens at 8 layers
-    and 0.1, as the 1.5B demo LLM agrees with the 0.5B on about half of its sampled drafts)."""
-    import transformers
-    n = model.config.num_hidden_layers
-    d = model.config.to_dict()
-    d.pop("layer_types", None)  # one entry per layer: derived again for the new depth
-    cfg = transformers.Qwen2Config(**{**d, "num_hidden_layers": n + extra_layers})
-    torch.manual_seed(seed)
-    deep = transformers.Qwen2ForCausalLM(cfg).float()
-    sd = deep.state_dict()
-    with torch.no_grad():
-        for name, p in sd.items():
-            p.copy_(torch.ones_like(p) if name.endswith("norm.weight")
-                    else torch.randn_like(p) * (0.5 / p.shape[-1] ** 0.5 if p.dim() > 1 else 0.02))
-        for i in range(n, n + extra_layers):
-            sd[f"model.layers.{i}.self_attn.o_proj.weight"].mul_(scale)
-            sd[f"model.layers.{i}.mlp.down_proj.weight"].mul_(scale)
-        for name, p in model.state_dict().items():  # the shallow model's layers, embeddings and head
-            sd[name].copy_(p)
-    deep.load_state_dict(sd)
-    return deep.eval()
-
-
-def save_checkpoint(d: Path, model) -> Path:
-    """A Hugging Face directory, written by transformers, with the bench tokenizer and chat template."""
-    d = Path(d)
-    d.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(d), safe_serialization=True)
-    _tokenizer().save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>", "chat_template": QUICK_CHAT}, indent=1))
-    return d
-
-
-def write_pair(root: Path, *, hidden: int, layers: int, heads: int, kv_heads: int, extra_layers: int,
-               scale: float, max_positions: int = 2048) -> tuple[Path, Path]:
-    """An SLM and its deepened LLM as two checkpoint directories under ``root``."""
-    slm = tiny_qwen2(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, seed=1,
-                     max_positions=max_positions)
-    llm = deepened(slm, extra_layers, scale, seed=2)
-    return save_checkpoint(Path(root) / "slm", slm), save_checkpoint(Path(root) / "llm", llm)
-
-
-def load_naive():
-    """benchmarks.naive, from the source checkout this engine package sits in."""
-    try:
-        from benchmarks import naive
-        return naive
-    except ImportError:
-        pass
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "benchmarks" / "naive" / "__init__.py").is_file():
-        raise ValueError("gboost bench needs benchmarks/naive from the source checkout "
-                         "(pip install -e . from the repository)")
-    sys.path.insert(0, str(root))
-    from benchmarks import naive
-    return naive
-
-
-# ------------------------------------------------------------------------------- measuring
-class ForwardClock:
-    """Seconds spent in model forward passes: the engine runners' ``compute`` (one batch, in the
-    scheduler's worker thread) and transformers models' top-level ``forward`` (hooks)."""
-
-    def __init__(self, device: str = "cpu"):
-        self.seconds = 0.0
-        # on a GPU a forward returns once its kernels are queued: wait for them, or the time
-        # spent computing would be counted as time outside forward passes
-        self.sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-
-    def wrap_runner(self, runner) -> None:
-        inner = runner.compute
-
-        def compute(*a, **kw):
-            t = time.perf_counter()
-            try:
-                out = inner(*a, **kw)
-                self.sync()
-                return out
-            finally:
-                self.seconds += time.perf_counter() - t
-        runner.compute = compute
-
-    def hook(self, module: torch.nn.Module) -> None:
-        starts: list[float] = []
-
-        def done(m, a, o):
-            self.sync()
-            self.seconds += time.perf_counter() - starts.pop()
-        module.register_forward_pre_hook(lambda m, a: starts.append(time.perf_counter()))
-        module.register_forward_hook(done)
-
-
-@dataclass
-class Row:
-    what: str
-    engine: str
-    other: str = "-"
-    ratio: str = "-"
-    same: str = "-"
-
-
-def _x(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b > 0 else "-"
-
-
-def _ms(s: float) -> str:
-    return f"{s * 1e3:.1f} ms" if s < 10 else f"{s:.1f} s"
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%"
-
-
-def _key(res) -> tuple:
-    """What must be equal: every chosen step (text, action) and the answer."""
-    return tuple((s["text"], s["action"]) for s in res.steps), res.answer
-
-
-def _computed(res) -> int:
-    c = res.cost
-    return c.slm_tokens + c.llm_tokens + c.prm_tokens + c.base_tokens
-
-
-def print_table(rows: list[Row], out=None) -> None:
-    out = out or sys.stdout
-    head = Row("what", "engine", "naive / transformers", "ratio", "same answers")
-    cols = [max(len(getattr(r, f)) for r in [head] + rows) for f in ("what", "engine", "other", "ratio", "same")]
-    for i, r in enumerate([head] + rows):
-        cells = [getattr(r, f).ljust(w) for f, w in zip(("what", "engine", "other", "ratio", "same"), cols)]
-        print("| " + " | ".join(cells) + " |", file=out)
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in cols) + "|", file=out)
-
-
-# ------------------------------------------------------------------------------- the runs
 @dataclass
 class Setup:
     slm: str
@@ -278,11 +84,7 @@ def demo_setup(args) -> Setup:
 def forget_cached_prefixes(cache) -> None:
     """Empty the engine's prefix cache (call with no request in flight): a run that repeats earlier
     questions must compute them again, not find every step's blocks already cached."""
-    pool = cache.blocks
-    while pool.lru:
-        b, _ = pool.lru.popitem(last=False)
-        pool._drop_hash(b)
-        pool.free_ids.append(b)
+    cache.blocks.drop_cached()
 
 
 async def _solve_all(executor, cfg, questions: list[str], inflight: int):
@@ -450,7 +252,7 @@ def _decode(st: Setup, eng, hf_slm, naive, rows: list[Row]) -> None:
 async def run(st: Setup, log=print) -> list[Row]:
     from gboost.search.api import solve  # noqa: F401  (import cost outside the timings)
     from gboost.stack import build_stack
-    naive_mod = load_naive()
+    import gboost.bench.naive as naive_mod
     torch.manual_seed(0)
     cfg0 = st.cfgs["gboost"]
     log(f"loading the engine stack: SLM {st.slm}, LLM and judge {st.llm} ({st.dtype}, {st.device})")

@@ -16,6 +16,7 @@ from gboost.kv.cache import Sequence
 from gboost.cost import charge
 from gboost.search.config import PRM_KINDS
 from gboost.kernels.step_scoring import step_rewards
+from gboost.prm.heads import TwoClassPRM
 
 KINDS = tuple(k for k in PRM_KINDS if k != "value_head")  # the kinds a PRM model itself scores
 
@@ -48,7 +49,7 @@ def single_token(tokenizer, text: str, what: str) -> int:
 
 class PRMPrompts:
     """The PRM's token sequences (root prompt, step pieces, judge suffix) for a tokenizer and spec.
-    Model-free, so a reference implementation (benchmarks/naive) builds exactly the same ids."""
+    Model-free, so a reference implementation (gboost.bench.naive) builds exactly the same ids."""
 
     def __init__(self, tok, spec: PRMSpec | None = None):
         self.tok = tok
@@ -99,6 +100,9 @@ class PRMScorer(PRMPrompts):
         self.engine, self.scheduler = engine, scheduler
         self.model = engine.role(role)
         super().__init__(self.model.tokenizer, spec)
+        if isinstance(self.model.model, TwoClassPRM) and self.spec.kind != "two_class":
+            raise ValueError(f"PRM {self.model.key!r} is a two-class PRM (a score head, no LM head): "
+                             f"use prm_kind='two_class', not {self.spec.kind!r}")
         self.tokens_computed = 0
         self.cost = None  # the executor's running total, set by the executor
 

@@ -1,4 +1,4 @@
-"""The `value_head` PRM: a trained step-value head (engine/models/value_head.py) on a resident model.
+"""The `value_head` PRM: a trained step-value head (engine/prm/value_head.py) on a resident model.
 
 Two sequence kinds, fixed by the head's card:
   slm   the SLM's own rows. A step's last token is still pending when the step ends; scoring
@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 
 from gboost.kv.cache import Sequence
-from gboost.models.value_head import HeadCard, check_base, load_head
+from gboost.prm.value_head import HeadCard, check_base, load_head
 from gboost.cost import charge
 
-from .rules import slm_prompt_ids
+from gboost.collab.rules import slm_prompt_ids
 
 STEP_JOIN = "\n\n"
 
@@ -31,7 +31,7 @@ def text_step_ids(tok, text: str) -> list[int]:
 
 def feature_role(engine, card: HeadCard) -> str:
     """The resident role whose model the head was trained on (the SLM first)."""
-    from gboost.models.value_head import model_fingerprint
+    from gboost.prm.value_head import model_fingerprint
     roles = ["slm"] if card.sequence == "slm" else [r for r in ("slm", "llm", "prm") if r in engine.roles]
     for r in roles:
         if model_fingerprint(engine.role(r).model) == card.fingerprint:

@@ -16,6 +16,7 @@ The prompts (SLM chat prompt, judge prompt), the step-end rule, the terminal rul
 sampling seed are the engine's own model-free helpers, and answers come out of the same search
 code, so under greedy settings both implementations choose the same steps and the same answers
 (tests/bench/test_naive_equal.py). Supported: fusion_rule "loglinear", PRM kinds judge and token_pair.
+Checkpoints load into transformers by the engine's own names for them (:func:`load_hf`).
 """
 from __future__ import annotations
 
@@ -24,17 +25,18 @@ import functools
 import inspect
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from gboost.collab.prm import PRMPrompts, PRMSpec
+from gboost.prm.scorer import PRMPrompts, PRMSpec
 from gboost.collab.rules import node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
 from gboost.cost import CostRecord, charge
 from gboost.sampling import sample_token
 from gboost.search.config import ConfigError, SearchConfig
 from gboost.search.protocol import ACTIONS, StepOut
 
-__all__ = ["NaiveExecutor", "NaiveState"]
+__all__ = ["NaiveExecutor", "NaiveState", "hf_greedy", "load_hf"]
 
 
 def _cache_kw(model) -> str:
@@ -173,3 +175,31 @@ class NaiveExecutor:
         if p.spec.kind == "judge":
             return float(probs[p.yes_id])
         return float(probs[p.good_id] / (probs[p.good_id] + probs[p.bad_id]))
+
+
+# -- transformers: loading and its own greedy decode --------------------------------------------
+def load_hf(name_or_path: str, dtype: str | torch.dtype = torch.float32, device: str = "cpu"):
+    """``AutoModelForCausalLM`` for what the engine loads by the same argument: a demo name (its
+    assembled GGUF), a ``.gguf`` file or a Hugging Face directory."""
+    import transformers
+    from gboost.engine import parse_dtype
+    from gboost.models import registry
+
+    dt = parse_dtype(dtype)
+    path = Path(name_or_path)
+    if not path.exists() and name_or_path in registry.list_models():
+        path = registry.model_path(name_or_path)
+    if path.suffix == ".gguf":
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dt)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dt)
+    return model.to(device).eval()
+
+
+@torch.inference_mode()
+def hf_greedy(model, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """``generate()`` greedy, exactly ``new_tokens`` tokens per prompt (equal-length prompts, no padding)."""
+    x = torch.tensor(prompts, device=model.device)
+    out = model.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                         pad_token_id=0, attention_mask=torch.ones_like(x))
+    return out[:, x.shape[1]:].tolist()

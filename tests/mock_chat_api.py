@@ -1,4 +1,4 @@
-"""A local stand-in for a hosted chat-only API, for tests and dry runs.
+"""A local stand-in for a hosted chat-only API, for tests (`from mock_chat_api import ChatOnlyAPI`).
 
 :class:`ChatOnlyAPI` is an ASGI app that puts the restrictions and failures of OpenAI-style hosted
 APIs in front of a gboost app's ``/v1/chat/completions`` (so the replies come from a real model):

@@ -117,3 +117,11 @@ def test_a_question_no_prompt_could_hold_is_refused_before_it_is_tokenized(monke
             err = r.json()["error"]
             assert err["code"] == "question_too_long" and err["param"] == "question"
     assert stack.engine.cache.live == {}
+
+
+def test_serve_takes_the_limit_from_the_command_line_and_refuses_a_non_positive_one():
+    from gboost.cli import build_parser, main
+    assert build_parser().parse_args(["serve", "--model", "m"]).max_body_bytes == 4 << 20
+    assert build_parser().parse_args(["serve", "--model", "m", "--max-body-bytes", "123"]).max_body_bytes == 123
+    with pytest.raises(SystemExit, match="--max-body-bytes must be a positive"):
+        main(["serve", "--model", "m", "--max-body-bytes", "0"])  # before any model loads

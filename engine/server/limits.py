@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from .errors import APIError
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "MAX_JSON_DEPTH", "BodyLimit", "max_token_bytes", "must_be_too_long",
-           "parse_json_body", "question_byte_limit"]
+           "parse_json_body", "question_byte_limit", "text_byte_limit"]
 
 #: the largest request body served (``gboost serve --max-body-bytes``): far above any question a
 #: model's context holds, far below what would cost the server real memory to read and decode
@@ -81,15 +81,20 @@ def max_token_bytes(tok) -> Optional[int]:
     return longest * (_NFC_SHRINK if norm is not None else 1)
 
 
+def text_byte_limit(tok, max_positions: int) -> Optional[int]:
+    """Bytes above which a text must be too long for ``max_positions``, or None (no bound known). A
+    prompt holding the text's B bytes (whitespace at its ends aside: a template may trim it) has at
+    least B / max_token_bytes tokens, so B > max_positions * max_token_bytes can never fit; below
+    that the exact check (tokenize, then count) decides."""
+    per = max_token_bytes(tok)
+    return None if per is None else max_positions * per
+
+
 def question_byte_limit(executor) -> Optional[int]:
-    """Bytes above which a question must be too long for the SLM's positions, or None (no bound
-    known). A prompt holding the question's B bytes (whitespace at its ends aside: a template may
-    trim it) has at least B / max_token_bytes tokens, so B > max_positions * max_token_bytes can
-    never fit; below that the exact check (tokenize, then ``positions.check_fits``) decides."""
+    """``text_byte_limit`` for a question on the SLM of a solve executor (None for one without)."""
     tok, slm = getattr(executor, "tok", None), getattr(executor, "slm", None)
     n = getattr(getattr(slm, "model", None), "max_positions", None)
-    per = max_token_bytes(tok) if tok is not None else None
-    return None if per is None or not isinstance(n, int) else n * per
+    return None if tok is None or not isinstance(n, int) else text_byte_limit(tok, n)
 
 
 def must_be_too_long(text: str, byte_limit: Optional[int]) -> bool:

@@ -125,3 +125,4 @@ def test_serve_takes_the_limit_from_the_command_line_and_refuses_a_non_positive_
     assert build_parser().parse_args(["serve", "--model", "m", "--max-body-bytes", "123"]).max_body_bytes == 123
     with pytest.raises(SystemExit, match="--max-body-bytes must be a positive"):
         main(["serve", "--model", "m", "--max-body-bytes", "0"])  # before any model loads
+

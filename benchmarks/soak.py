@@ -28,7 +28,6 @@ import random
 import re
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import httpx
+
+import soak_report
 
 METHODS = ("gboost", "slm", "llm", "fusion", "bon", "beam", "rsd")
 # a small search: what one request may cost on 2 CPU cores; requests may lower it, never raise it
@@ -157,9 +158,10 @@ async def one_request(c: httpx.AsyncClient, kind: str, rng: random.Random, p_dis
     return str((await c.post(route, content=raw, headers={"content-type": "application/json"})).status_code)
 
 
-async def run_clients(url: str, n: int, seconds: float, seed: int, p_disconnect: float, timeout_s: float) -> list:
-    records: list[tuple[str, str, float]] = []   # (kind, outcome, seconds)
-    deadline = time.monotonic() + seconds
+async def run_clients(url: str, n: int, seconds: float, seed: int, p_disconnect: float, timeout_s: float,
+                      t_start: float) -> list:
+    records: list[tuple[str, str, float, float]] = []   # (kind, outcome, seconds, when it ended after t_start)
+    deadline = t_start + seconds
     kinds, weights = list(MIX), list(MIX.values())
 
     async def client(i: int) -> None:
@@ -172,7 +174,7 @@ async def run_clients(url: str, n: int, seconds: float, seed: int, p_disconnect:
                     outcome = await one_request(c, kind, rng, p_disconnect)
                 except (httpx.TimeoutException, httpx.TransportError) as e:
                     outcome = f"lost:{type(e).__name__}"
-                records.append((kind, outcome, time.perf_counter() - t0))
+                records.append((kind, outcome, time.perf_counter() - t0, time.monotonic() - t_start))
                 await asyncio.sleep(rng.random() * 0.05)
 
     await asyncio.gather(*(client(i) for i in range(n)))
@@ -187,6 +189,26 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+BIG_QUESTION_BYTES = 1 << 20
+
+
+def big_questions(url: str, pid: int, n: int) -> dict:
+    """``n`` 1 MB questions, one at a time, each of which must be a 400 question_too_long; the
+    server's RSS before them, after them, and after a pause in which its heap trim (every 30 s) runs."""
+    before = rss_mb(pid)
+    body = json.dumps({"question": "x" * BIG_QUESTION_BYTES}).encode()
+    statuses = []
+    with httpx.Client(base_url=url, timeout=120) as c:
+        for _ in range(n):
+            r = c.post("/v1/solve", content=body, headers={"content-type": "application/json"})
+            ok = r.status_code == 400 and r.json()["error"]["code"] == "question_too_long"
+            statuses.append(str(r.status_code) if ok else f"{r.status_code}-{r.text[:80]}")
+    after = rss_mb(pid)
+    time.sleep(31 if n else 0)
+    return {"n": n, "rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1),
+            "rss_after_trim_mb": round(rss_mb(pid), 1), "statuses": dict(Counter(statuses))}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=32)
@@ -198,6 +220,10 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds after which a request counts as lost")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the summary here")
+    ap.add_argument("--out-dir", default=None, help="write the raw samples, summary and RSS plot here")
+    ap.add_argument("--name", default="soak", help="file names in --out-dir start with this")
+    ap.add_argument("--warmup-minutes", type=float, default=2.0, help="RSS slope from here on")
+    ap.add_argument("--big-questions", type=int, default=50, help="1 MB questions sent first, one at a time")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="gboost-soak-"))
@@ -214,6 +240,7 @@ def main(argv=None) -> int:
     rss: list[tuple[float, float]] = []
     cached: list[tuple[float, int]] = []   # free blocks holding a cached prefix: their bookkeeping is memory too
     try:
+        big = big_questions(url, srv.pid, args.big_questions)
         m0 = metrics(url)
         rss.append((0.0, rss_mb(srv.pid)))
         t_start = time.monotonic()
@@ -221,7 +248,7 @@ def main(argv=None) -> int:
         async def sample():
             async with httpx.AsyncClient(timeout=60) as c:
                 while True:
-                    await asyncio.sleep(max(1.0, seconds / 60))
+                    await asyncio.sleep(min(10.0, max(1.0, seconds / 60)))
                     t = time.monotonic() - t_start
                     rss.append((t, rss_mb(srv.pid)))
                     text = (await c.get(url + "/metrics")).text
@@ -231,7 +258,8 @@ def main(argv=None) -> int:
         async def go():
             sampler = asyncio.create_task(sample())
             try:
-                return await run_clients(url, args.clients, seconds, args.seed, args.disconnect, args.timeout)
+                return await run_clients(url, args.clients, seconds, args.seed, args.disconnect, args.timeout,
+                                         t_start)
             finally:
                 sampler.cancel()
 
@@ -259,7 +287,7 @@ def main(argv=None) -> int:
 
     by_kind: dict[str, Counter] = defaultdict(Counter)
     lat: dict[str, list[float]] = defaultdict(list)
-    for kind, outcome, s in records:
+    for kind, outcome, s, _ in records:
         by_kind[kind][outcome] += 1
         if outcome == "200":
             lat[kind.split("_")[0]].append(s)
@@ -270,9 +298,8 @@ def main(argv=None) -> int:
     unexpected = {k: {o: n for o, n in c.items() if not (o.isdigit() and int(o) in EXPECT[k]) and o != "disconnected"}
                   for k, c in by_kind.items()}
     unexpected = {k: v for k, v in unexpected.items() if v}
-    half = [(t, r) for t, r in rss if t >= seconds / 2]
-    slope = statistics.linear_regression([t / 60 for t, _ in half], [r for _, r in half]).slope \
-        if len(half) >= 3 else float("nan")
+    slope = soak_report.slope_mb_per_min(rss[:-1], seconds / 2)  # the last sample is the idle one
+    warm_slope = soak_report.slope_mb_per_min(rss[:-1], args.warmup_minutes * 60)
     warm = next((r for t, r in rss if t >= min(60.0, seconds / 5)), rss[-1][1])
     stop_line = next((ln for ln in reversed(log.splitlines()) if ln.startswith("gboost serve: stopped")), None)
     summary = {
@@ -292,7 +319,8 @@ def main(argv=None) -> int:
                       "cached_end": int(m1.get("gboost_kv_blocks_cached", -1)),
                       "preemptions": int(m1.get("gboost_kv_preemptions_total", 0))},
         "rss_mb": {"start": round(rss[0][1], 1), "after_warmup": round(warm, 1), "end": round(rss[-1][1], 1),
-                   "max": round(max(r for _, r in rss), 1), "second_half_slope_mb_per_min": round(slope, 2),
+                   "max": round(max(r for _, r in rss), 1), "second_half_slope_mb_per_min": round(slope, 3),
+                   "warmup_minutes": args.warmup_minutes, "post_warmup_slope_mb_per_min": round(warm_slope, 3),
                    "series": [[round(t), round(r, 1)] for t, r in rss]},
         "kv_blocks_cached_series": [[round(t), n] for t, n in cached],
         "llm": {"requests": int(m1.get("gboost_llm_requests_total", 0)),
@@ -303,6 +331,7 @@ def main(argv=None) -> int:
                 "fallbacks": int(sum(v for k, v in m1.items() if k.startswith("gboost_llm_fallbacks_total"))),
                 "faults_injected": {k[len('gboost_faults_injected_total{kind="'):-2]: int(v)
                                     for k, v in llm_m.items() if k.startswith("gboost_faults_injected_total")}},
+        "big_questions": big,
         "server_tracebacks": log.count("Traceback"),
         "server_5xx_logged": len(re.findall(r"solve failed|completion failed|unhandled error", log)),
         "sigint": {"exit": rc, "line": stop_line},
@@ -310,11 +339,15 @@ def main(argv=None) -> int:
     ok = (lost == 0 and summary["kv_blocks"]["free_end"] == summary["kv_blocks"]["total"]
           and summary["kv_blocks"]["sequences_live_end"] == 0 and summary["kv_blocks"]["refcount_errors_end"] == 0
           and not any(int(s) >= 500 for s in statuses) and not summary["server_tracebacks"] and rc == 130
-          and completed > 0)
+          and completed > 0 and all(s == "400" for s in big["statuses"]))
     summary["ok"] = ok
     print(json.dumps(summary, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
+    if args.out_dir:
+        for path in soak_report.write(args.out_dir, args.name, summary, records, rss[:-1], cached, EXPECT,
+                                      args.warmup_minutes * 60):
+            print(f"soak: wrote {path}", file=sys.stderr)
     if not ok:
         print(f"soak: targets not met (logs in {work})", file=sys.stderr)
     return 0 if ok else 1

@@ -199,6 +199,8 @@ def cmd_serve(args) -> int:
     from gboost.server.solve import Solver
     if (args.model is None) == (not args.solve):
         raise SystemExit("error: give --model (one model's completions) or --solve (the G-Boost stack)")
+    if args.max_body_bytes < 1:
+        raise SystemExit(f"error: --max-body-bytes must be a positive number of bytes, got {args.max_body_bytes}")
     fault = FaultConfig(latency_s=args.fault_latency, error_rate=args.fault_error_rate,
                         malformed_rate=args.fault_malformed_rate, status_code=args.fault_status)
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
@@ -214,7 +216,8 @@ def cmd_serve(args) -> int:
                 backend = EngineCompletionBackend(stack.engine, stack.scheduler,
                                                   model_name=args.served_name or args.slm)
                 solver = Solver(stack.executor, cfg)
-                app = create_app(backend, fault=fault if fault.active else None, api_key=api_key, solver=solver)
+                app = create_app(backend, fault=fault if fault.active else None, api_key=api_key, solver=solver,
+                                 max_body_bytes=args.max_body_bytes)
                 seen = {}
                 sig = await aserve(app, host=args.host, port=args.port, graceful_shutdown_s=args.shutdown_grace,
                                    on_signal=lambda: seen.setdefault("cancelled", solver.cancelled))
@@ -231,7 +234,7 @@ def cmd_serve(args) -> int:
                                  kv_memory_bytes=int(args.kv_memory_gb * (1 << 30)))
     backend = EngineCompletionBackend(eng, Scheduler(eng), model_name=args.served_name or args.model)
     sig = serve(backend, host=args.host, port=args.port, fault=fault if fault.active else None, api_key=api_key,
-                graceful_shutdown_s=args.shutdown_grace)
+                graceful_shutdown_s=args.shutdown_grace, max_body_bytes=args.max_body_bytes)
     return _stopped(sig, eng.cache)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gboost.server.limits import DEFAULT_MAX_BODY_BYTES  # a constant; the module imports no server
+
 
 def _add_runtime_args(p, kv_gb: float):
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
@@ -133,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--fault-status", type=int, default=503)
     v.add_argument("--shutdown-grace", type=float, default=5.0,
                    help="seconds requests in flight get to finish after SIGINT/SIGTERM before they are cancelled")
+    v.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="refuse a request body larger than this with 413, before reading it all "
+                        f"(default {DEFAULT_MAX_BODY_BYTES} = {DEFAULT_MAX_BODY_BYTES >> 20} MiB)")
     _add_runtime_args(v, kv_gb=1.0)
 
     t = sub.add_parser("trace", help="draw a --trace JSON file as HTML/SVG")

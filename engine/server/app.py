@@ -27,7 +27,6 @@ import asyncio
 import hmac
 import json
 import logging
-import sys
 import time
 from collections import Counter
 from typing import Optional
@@ -42,6 +41,7 @@ from .chat import create_chat_completion, stream_chat_completion
 from .completions import create_completion
 from .errors import APIError, error_response, install_error_handlers
 from .faults import FaultConfig, FaultInjector
+from .limits import DEFAULT_MAX_BODY_BYTES, BodyLimit, parse_json_body
 from .metrics import Metrics, MetricsMiddleware
 from .schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList
 from .solve import Solver, _gone, _until, handle_solve
@@ -63,9 +63,10 @@ def create_app(
     api_key: Optional[str] = None,
     max_logprobs: int = DEFAULT_MAX_LOGPROBS,
     solver: Optional[Solver] = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """Build the app. ``model_name`` defaults to ``backend.model_name``; ``solver`` adds
-    ``POST /v1/solve``.
+    ``POST /v1/solve``; a body over ``max_body_bytes`` is a 413 (:class:`BodyLimit`).
 
     ``app.state`` exposes ``backend``, ``model_name``, ``metrics``
     (:class:`Metrics`) and ``faults`` (:class:`FaultInjector`; call
@@ -83,7 +84,8 @@ def create_app(
     app.state.faults = faults
     app.state.solver = solver
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outside BodyLimit: it counts the 413s
     app.add_middleware(CancelledAtShutdown)
 
     def check_auth(request: Request) -> None:
@@ -270,12 +272,6 @@ def _openapi(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
-#: deepest JSON nesting a body may have (ours need 3). Deeper values would reach code that recurses
-#: (pydantic, repr in error messages) on the event loop's already deep stack.
-MAX_JSON_DEPTH = 32
-_TOO_DEEP = f"request body is not valid JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)"
-
-
 class CancelledAtShutdown:
     """Outermost ASGI middleware: a request still running when a shutdown's grace ends is cancelled
     by uvicorn. Its cleanup has run (a search frees its KV blocks); what is left is the answer:
@@ -312,40 +308,6 @@ class CancelledAtShutdown:
                 pass
 
 
-def parse_json_body(raw: bytes):
-    """The decoded body (None if empty). Anything json.loads refuses is a 400, never a 500: syntax,
-    encoding, nesting deeper than the interpreter's recursion limit (RecursionError), and integer
-    literals longer than Python's digit limit (ValueError); so is nesting past MAX_JSON_DEPTH."""
-    if not raw:
-        return None
-    try:
-        data = json.loads(raw)
-    except RecursionError:
-        raise APIError(400, _TOO_DEEP) from None
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        msg = str(e)
-        if "integer string conversion" in msg:  # Python's own message names sys.set_int_max_str_digits
-            msg = f"an integer literal has more than {sys.get_int_max_str_digits()} digits"
-        raise APIError(400, f"request body is not valid JSON: {msg}") from None
-    if _depth_exceeds(data, MAX_JSON_DEPTH):
-        raise APIError(400, _TOO_DEEP)
-    return data
-
-
-def _depth_exceeds(obj, limit: int) -> bool:
-    """Whether containers nest more than ``limit`` deep (iterative: no recursion to exhaust)."""
-    stack = [(obj, 1)]
-    while stack:
-        o, d = stack.pop()
-        items = o.values() if isinstance(o, dict) else o if isinstance(o, list) else None
-        if items is None:
-            continue
-        if d > limit:
-            return True
-        stack.extend((v, d + 1) for v in items if isinstance(v, (dict, list)))
-    return False
-
-
 def serve(
     backend: CompletionBackend,
     host: str = "127.0.0.1",
@@ -357,10 +319,12 @@ def serve(
     max_logprobs: int = DEFAULT_MAX_LOGPROBS,
     log_level: str = "info",
     graceful_shutdown_s: float = 5.0,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Optional[int]:
     """Serve ``backend`` with uvicorn (blocking) until SIGINT or SIGTERM; returns that signal's
     number (None if it stopped otherwise). Binds 127.0.0.1 unless told otherwise."""
-    app = create_app(backend, model_name, fault, api_key=api_key, max_logprobs=max_logprobs)
+    app = create_app(backend, model_name, fault, api_key=api_key, max_logprobs=max_logprobs,
+                     max_body_bytes=max_body_bytes)
     return asyncio.run(aserve(app, host, port, log_level, graceful_shutdown_s=graceful_shutdown_s))
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
@@ -46,6 +47,7 @@ from gboost.search.api import solve
 from gboost.search.config import ConfigError, SearchConfig
 
 from .errors import APIError
+from .limits import must_be_too_long, question_byte_limit
 from .schemas import Seed
 from .sse import SSE_DONE, cancel_and_wait, sse_event
 
@@ -79,6 +81,11 @@ class Solver:
     solves: int = 0           # finished solve requests (metrics)
     in_flight: int = 0        # searches running: counted from start to the end of their task
     cancelled: int = 0        # searches cancelled before they ended (client gone, server shutting down)
+    question_bytes: Optional[int] = None  # a question above this must be too long (limits.question_byte_limit)
+
+    def __post_init__(self) -> None:
+        if self.question_bytes is None:
+            self.question_bytes = question_byte_limit(self.executor)
 
     def start(self, question: str, cfg: SearchConfig, on_step=None) -> asyncio.Task:
         self.in_flight += 1
@@ -143,6 +150,15 @@ def _api_error(exc: BaseException) -> APIError:
     return APIError(500, "internal server error", type="server_error")
 
 
+def _answer(exc: BaseException) -> APIError:
+    """``_api_error(exc)``, and the search's frames in ``exc``'s traceback cleared: their locals (a
+    question's token lists, 8 MB per million tokens) otherwise lived on in reference cycles (exception,
+    traceback, frame, task) until a full garbage collection, which under load came late (issue 37)."""
+    err = _api_error(exc)
+    traceback.clear_frames(exc.__traceback__)
+    return err
+
+
 def _result_dict(res, include_tree: bool) -> dict[str, Any]:
     return {"object": "solve.result", **res.to_dict(include_tree=include_tree)}
 
@@ -151,6 +167,10 @@ async def handle_solve(solver: Solver, data: Any, is_disconnected: Callable[[], 
     """Validate ``data`` and run the search: a dict (JSON reply) or an async iterator of SSE bytes.
     ``is_disconnected`` (the HTTP request's) lets a non-streamed search stop when its client leaves."""
     req = parse_request(data)
+    if must_be_too_long(req.question, solver.question_bytes):  # refused before it is tokenized
+        raise APIError(400, f"the question is longer than {solver.question_bytes} bytes, more than the model's "
+                            "positions can hold: it exceeds the model's context",
+                       param="question", code="question_too_long")
     cfg = solver.request_config(req)
     if req.stream:
         return await _start_stream(solver, req, cfg, is_disconnected)
@@ -158,10 +178,9 @@ async def handle_solve(solver: Solver, data: Any, is_disconnected: Callable[[], 
     try:
         if not await _until(task, is_disconnected):  # the client left: free the states now
             raise _gone()
-        try:
-            res = task.result()
-        except Exception as e:
-            raise _api_error(e) from None
+        if task.exception() is not None:  # raised here, not in an except: no __context__ to keep it
+            raise _answer(task.exception())
+        res = task.result()
     finally:
         await cancel_and_wait(task)
     solver.solves += 1
@@ -206,7 +225,7 @@ async def _start_stream(solver: Solver, req: SolveRequest, cfg: SearchConfig,
         await cancel_and_wait(getter, task)
         raise
     if first is None and task.exception() is not None:
-        raise _api_error(task.exception())
+        raise _answer(task.exception())
     return _stream(solver, req, task, queue, first)
 
 
@@ -219,7 +238,7 @@ async def _stream(solver: Solver, req: SolveRequest, task: asyncio.Task, queue: 
         try:
             res = task.result()
         except Exception as e:
-            yield sse_event(_api_error(e).body())
+            yield sse_event(_answer(e).body())
         else:
             solver.solves += 1
             yield sse_event(_result_dict(res, req.include_tree))

@@ -178,3 +178,28 @@ def test_string_keyed_rows_fuse_as_their_id_keyed_originals():
     ref_kept = TokenLogprobs(torch.tensor(list(kept)), torch.tensor(list(kept.values())))
     torch.testing.assert_close(_fused([row], V), _fused([ref_kept], V))
     assert ts.ids(" ") == {space, merged[0] if len(merged) == 1 else 256}
+
+
+def test_a_split_that_re_encoding_merges_takes_each_row_by_the_rule(llama):
+    """The SLM's bytes of 'ки' re-encode to one added token: the draft positions inside it have no
+    echo row of their own, so each gets a next-token request; every row j is the text-mode row
+    after ids[:P+j] (TextPrompts' rule), as exact text-mode fusion would ask for it."""
+    tok = byte_tokenizer()
+    prefix = tok.encode("a: ")
+    from gboost.models.gguf_tokenizer import _bytes_to_unicode
+    split = [tok.token_to_id(_bytes_to_unicode()[b]) for b in "ки".encode()]
+    assert tok.encode(tok.decode(split)) == [258] and len(split) == 4
+    draft = split + tok.encode(" 5")
+
+    async def main():
+        async with remote(llama.url) as llm:
+            await checked(llm)
+            rows = await llm.score(prefix, draft)
+            assert llm.stats["text_extra_requests"] == 3  # inside the merged token (the start lines up)
+            for j, row in enumerate(rows):
+                want = (await llm.next_logprobs(prefix + draft[:j])).as_dict()
+                got = row.as_dict()  # an echo row and a generated one differ in the entries llama adds
+                assert max(got, key=got.get) == max(want, key=want.get)
+                assert {i: got[i] for i in set(got) & set(want)} == pytest.approx(
+                    {i: want[i] for i in set(got) & set(want)}, abs=1e-5)
+    asyncio.run(asyncio.wait_for(main(), 60))

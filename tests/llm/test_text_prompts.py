@@ -9,7 +9,7 @@ import httpx
 import pytest
 import torch
 
-from _llamacpp_stub import LlamaCppLike
+from _llamacpp_stub import LLAMA_500, LlamaCppLike
 from gboost.collab.executor import CollabOptions, EngineExecutor
 from gboost.collab.fusion import fused_logp
 from gboost.collab.prm import PRMScorer, PRMSpec
@@ -25,6 +25,8 @@ from gboost.server.uvicorn_server import BackgroundServer
 from gboost.testing import byte_tokenizer, tiny_engine
 
 pytestmark = pytest.mark.timeout(300)
+
+LLAMA_500_BODY = LLAMA_500.format(n=3, ids=[1, 2])
 
 
 async def no_sleep(_):
@@ -203,3 +205,29 @@ def test_a_split_that_re_encoding_merges_takes_each_row_by_the_rule(llama):
                 assert {i: got[i] for i in set(got) & set(want)} == pytest.approx(
                     {i: want[i] for i in set(got) & set(want)}, abs=1e-5)
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+@pytest.mark.parametrize("status,body,retried", [
+    (500, {"error": {"message": LLAMA_500_BODY, "type": "internal_server_error"}}, False),
+    (422, {"detail": [{"loc": ["body", "prompt"], "msg": "Input should be a valid string"}]}, False),
+    (400, {"error": {"message": "bad request", "type": "invalid_request_error"}}, False),
+    (503, {"error": {"message": "overloaded", "type": "server_error"}}, True),
+])
+def test_only_transient_failures_are_retried_and_a_refused_field_is_named(status, body, retried):
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        return httpx.Response(status, json=body)
+
+    async def main():
+        async with RemoteLLM("http://stub/v1", top_logprobs=2, max_retries=2, sleep=no_sleep,
+                             transport=httpx.MockTransport(handler)) as llm:
+            with pytest.raises(LLMError) as e:
+                await llm.next_logprobs([1, 2])
+            return e.value
+    err = asyncio.run(main())
+    assert len(calls) == (3 if retried else 1)
+    assert (err.kind == "http_5xx") == retried
+    if status in (500, 422):
+        assert err.field == "prompt" and "field 'prompt'" in str(err) and "\n" not in str(err)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 LLAMA_500 = ("{n} validation errors:\n  {{'type': 'string_type', 'loc': ('body', 'prompt', 'str'), "
@@ -39,13 +40,7 @@ class LlamaCppLike:
             if scope["type"] == "http" and scope["path"] == "/health":
                 return await JSONResponse({"detail": "Not Found"}, status_code=404)(scope, receive, send)
             return await self.app(scope, receive, send)
-        raw = b""
-        while True:
-            m = await receive()
-            raw += m.get("body", b"")
-            if not m.get("more_body"):
-                break
-        body = json.loads(raw)
+        body = json.loads(await Request(scope, receive).body())
         if not isinstance(body.get("prompt"), str):
             self.calls["ids_refused"] += 1
             msg = LLAMA_500.format(n=len(body["prompt"]) + 1, ids=body["prompt"])

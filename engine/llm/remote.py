@@ -114,6 +114,7 @@ class RemoteLLM(HTTPEndpoint):
         self.text_prompts = TextPrompts(tokenizer) if tokenizer is not None else None
         self._tokenizer, self._strings = tokenizer, None
         self.echo_shift = 0                # measured by check() in text mode (textprompt)
+        self.text_echo = True              # text-mode score() by one echo (else per position)
         self.served_top_logprobs: Optional[int] = None  # widest row the probe got back
         self.stats.update(dropped_ids=0, ambiguous=0, unmapped=0, text_extra_requests=0)
 

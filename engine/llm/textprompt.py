@@ -17,6 +17,9 @@ whole text's tokens. Where it is not (a boundary that re-encoding moves, or a ro
 that position gets a next-token request of its own (``stats["text_extra_requests"]``), so a row
 is never taken from a neighbouring position.
 
+Where a server's echo is slow (llama-cpp-python sorts the vocabulary in Python at each echoed
+position), the probe finds it and ``score`` sends one next-token request per position instead.
+
 ``echo_shift`` is how far a server's echoed rows sit from OpenAI's convention (``top_logprobs[i]``
 is the distribution of token ``i``): llama-cpp-python's are one position late on a model without
 a BOS token (its entry ``i`` is the distribution of token ``i + 1``). The start-up probe measures it
@@ -25,6 +28,7 @@ a BOS token (its entry ``i`` is the distribution of token ``i + 1``). The start-
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Optional
 
 from .base import LLMError
@@ -32,6 +36,8 @@ from .base import LLMError
 __all__ = ["TextPrompts", "PROMPT_MODES", "measure_echo_shift", "score_text", "probe_completions"]
 
 PROMPT_MODES = ("auto", "ids", "text")
+#: an echo of the probe may cost this many next-token requests before score() stops using echo
+ECHO_COST_LIMIT = 4.0
 
 
 class TextPrompts:
@@ -58,8 +64,10 @@ async def score_text(llm, prefix: list[int], draft: list[int]) -> list:
     ids = prefix + draft
     canon = tp.seen(ids)
     seen = [tp.seen(ids[: P + j]) for j in range(D)] + [canon]
-    data = await llm._request("POST", llm.COMPLETIONS_PATH, llm._payload(ids, echo=True, k=llm.top_logprobs))
-    rows, _, _ = llm._parse(data, known_ids=canon)
+    rows: list = []
+    if llm.text_echo:
+        data = await llm._request("POST", llm.COMPLETIONS_PATH, llm._payload(ids, echo=True, k=llm.top_logprobs))
+        rows, _, _ = llm._parse(data, known_ids=canon)
     out: list = []
     missing: list[int] = []
     for j, s in enumerate(seen):
@@ -68,7 +76,7 @@ async def score_text(llm, prefix: list[int], draft: list[int]) -> list:
         if row is None:
             missing.append(j)
     if missing:
-        llm.stats["text_extra_requests"] += len(missing)
+        llm.stats["text_extra_requests"] += len(missing) if llm.text_echo else 0
         extra = await asyncio.gather(*(llm._next_logprobs(ids[: P + j]) for j in missing))
         for j, row in zip(missing, extra):
             out[j] = row
@@ -79,10 +87,17 @@ async def measure_echo_shift(llm, probe: list[int]) -> Optional[int]:
     """0 or 1: which echo row equals the next-token row after the whole ``probe`` (None: neither,
     the endpoint's echo rows cannot be used). Compares the top entry's id and log-prob."""
     canon = llm.text_prompts.seen(probe)
+    t0 = time.perf_counter()
     echo, _, _ = llm._parse(await llm._request("POST", llm.COMPLETIONS_PATH, llm._payload(probe, echo=True, k=1),
                                               log_retries=False), known_ids=canon)
+    t1 = time.perf_counter()
     nxt, _, _ = llm._parse(await llm._request("POST", llm.COMPLETIONS_PATH, llm._payload(probe, echo=False, k=1),
                                              log_retries=False))
+    t2 = time.perf_counter()
+    # llama-cpp-python sorts the whole vocabulary in Python at every echoed position: an echo over
+    # a long context takes minutes there. Where the probe's echo costs more than a few next-token
+    # requests, score() asks position by position instead (same rows, by the same rule).
+    llm.text_echo = (t1 - t0) <= ECHO_COST_LIMIT * max(t2 - t1, 1e-3)
     if not nxt or nxt[0] is None:
         return None
     want_id, want_lp = int(nxt[0].ids[0]), float(nxt[0].logprobs[0])
@@ -158,7 +173,8 @@ async def probe_completions(llm, probe: list[int], probe_text: Optional[str]) ->
             raise
         raise LLMError(e.kind, f"{refused.message}; and as text: {e.message}", status=e.status) from None
     why = f" (token ids refused: field {refused.field!r}, HTTP {refused.status})" if refused else ""
-    llm.prompt_note = f"prompts as text{why}; re-encoding checked per call, echo shift {llm.echo_shift}"
+    how = f"echo rows (shift {llm.echo_shift})" if llm.text_echo else "one request per position (echo too slow)"
+    llm.prompt_note = f"prompts as text{why}; re-encoding checked per call; scoring by {how}"
     _note_cap(llm)
 
 

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(1500)]
 SLM = "qwen2.5-coder-0.5b"
 QUESTION = "Tom has 3 boxes with 4 apples in each box. He eats 2 apples. How many apples are left?"
 ANSWER = "10"
-SMALL = {"num_simulations": 3, "max_depth": 4, "max_step_tokens": 48, "seed": 0, "temperature": 0.0}
+SMALL = {"num_simulations": 2, "max_depth": 4, "max_step_tokens": 40, "seed": 0, "temperature": 0.0}
 
 
 def _free_port() -> int:
@@ -89,7 +89,7 @@ def _solve(server, cfg: str, *extra, timeout=600, kill_after=None):
     """The CLI's JSON answer, its one-line prompt-mode note, wall seconds. ``kill_after``: kill the
     server that many seconds after the start-up probe has passed (its note is printed)."""
     cmd = [sys.executable, "-m", "gboost.cli", "solve", "--slm", SLM, "--llm", server["url"], "--config", cfg,
-           "--json", *extra, QUESTION]
+           "--json", "--max-draft", "8", *extra, QUESTION]
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     head = ""
@@ -100,7 +100,12 @@ def _solve(server, cfg: str, *extra, timeout=600, kill_after=None):
                 break
         time.sleep(kill_after)
         _stop(server["proc"])
-    out, err = p.communicate(timeout=timeout)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"gboost solve did not end within {timeout} s: {(head + err)[-1500:]}")
     err = head + err
     wall = time.perf_counter() - t0
     assert p.returncode == 0, err[-2000:]

@@ -80,6 +80,7 @@ def test_text_rows_equal_the_id_rows_of_the_same_model(llama):
             async with remote(llama.url) as text, remote(plain.url, prompt="ids") as ids:
                 await checked(text)
                 await checked(ids)
+                text.text_echo = True
                 prefix, draft = tok.encode("Q: 2+3? A: 2"), tok.encode("+3=5")
                 a, b = await text.score(prefix, draft), await ids.score(prefix, draft)
                 assert len(a) == len(b) == len(draft) + 1 and text.stats["text_extra_requests"] == 0
@@ -196,6 +197,7 @@ def test_a_split_that_re_encoding_merges_takes_each_row_by_the_rule(llama):
     async def main():
         async with remote(llama.url) as llm:
             await checked(llm)
+            llm.text_echo = True  # the probe's timing chooses; here the echo path is the one under test
             rows = await llm.score(prefix, draft)
             assert llm.stats["text_extra_requests"] == 3  # inside the merged token (the start lines up)
             for j, row in enumerate(rows):

@@ -34,12 +34,16 @@ async def _stack(args, cfg, check: bool = True, serving: bool = False):
     if check:  # what a URL offers is known after its probe: build_stack checks that
         check_stack_runs(cfg, has_llm=llm is not None and args.llm_kind != "chat", has_base=bool(args.base),
                          has_writer=is_url(llm) and args.llm_kind != "completions")
-    return await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
-                             slm_adapter=args.slm_adapter,
-                             dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
-                             options=CollabOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault,
-                                                   max_draft=args.max_draft, draft_policy=args.draft_policy),
-                             llm_kind=args.llm_kind, llm_model=args.llm_model, offload=serving or is_url(llm))
+    stack = await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
+                              slm_adapter=args.slm_adapter,
+                              dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
+                              options=CollabOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault,
+                                                    max_draft=args.max_draft, draft_policy=args.draft_policy),
+                              llm_kind=args.llm_kind, llm_model=args.llm_model, llm_prompt=args.llm_prompt,
+                              offload=serving or is_url(llm))
+    if getattr(stack.llm, "prompt_note", None):  # one line: which prompt mode the probe chose
+        print(f"general LLM at {stack.llm.display_url}: {stack.llm.prompt_note}", file=sys.stderr)
+    return stack
 
 
 # -- generate -------------------------------------------------------------------------------
@@ -166,7 +170,8 @@ def cmd_train_prm(args) -> int:
                                   kv_memory_gb=args.kv_memory_gb,
                                   options=CollabOptions(collab_mode=args.collab_mode, max_draft=args.max_draft,
                                                         draft_policy=args.draft_policy),
-                                  llm_kind=args.llm_kind, llm_model=args.llm_model, offload=is_url(llm))
+                                  llm_kind=args.llm_kind, llm_model=args.llm_model,
+                                  llm_prompt=args.llm_prompt, offload=is_url(llm))
         try:
             desc = {"path": str(Path(args.data).resolve()), "lines": list(lines) if lines else None}
             if args.fit_only:

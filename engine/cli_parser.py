@@ -36,6 +36,9 @@ def _add_stack_args(p):
     p.add_argument("--llm-kind", default="auto", choices=["auto", "completions", "chat"],
                    help="what a remote --llm offers: completions (token ids + echo logprobs: fused steps), "
                         "chat (a hosted chat API: delegated steps); auto probes at start-up")
+    p.add_argument("--llm-prompt", default="auto", choices=["auto", "ids", "text"],
+                   help="how a remote completions --llm gets prompts: token ids, or their text (servers that "
+                        "refuse ids, e.g. llama-cpp-python); auto probes at start-up and says which")
     p.add_argument("--llm-model", default=None,
                    help="model name at a remote --llm (default: the first it lists); the API key is read "
                         "from $GBOOST_LLM_API_KEY")

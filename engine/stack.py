@@ -47,11 +47,12 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
                       device: str = "cpu", kv_memory_gb: float = 2.0, block_size: int = 16,
                       options: CollabOptions | None = None, llm_timeout_s: float = 60.0,
                       llm_top_logprobs: int = 20, llm_kind: str = "auto", llm_model: str | None = None,
-                      offload: bool = True) -> Stack:
+                      llm_prompt: str = "auto", offload: bool = True) -> Stack:
     """`llm` is a model name/path (resident, shares the pool) or an http(s) URL of an
     OpenAI-compatible endpoint, whose kinds (`llm_kind`: auto | completions | chat, see
     engine/llm/endpoints.py) are probed at start-up; `llm_model` names the endpoint's model (else
-    the first it lists). The PRM defaults to the local LLM (judge), else the SLM;
+    the first it lists); `llm_prompt` (auto | ids | text) how its completions prompts are sent
+    (engine/llm/textprompt.py). The PRM defaults to the local LLM (judge), else the SLM;
     `prm="value-head:DIR"` scores with a trained value head on the resident model it was trained on.
     `base`: the SLM's untuned base model (resident, same tokenizer), needed by fusion_rule="proxy".
     `slm_adapter`: a peft LoRA adapter directory merged into the SLM at load (models/adapter.py).
@@ -85,7 +86,7 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
             # width); its rows are fused at the SLM's width, ids past it being padding
             ep = await open_endpoint(llm, llm_kind, tokenizer=slm_m.tokenizer, model=llm_model,
                                      timeout_s=llm_timeout_s,
-                                     completions_kw={"top_logprobs": llm_top_logprobs,
+                                     completions_kw={"top_logprobs": llm_top_logprobs, "prompt": llm_prompt,
                                                      "vocab_size": slm_m.config.vocab_size})
         except BaseException:  # nothing half-built outlives a failed start-up check
             sched.close()

@@ -109,6 +109,8 @@ class LLMError(Exception):
     status:      HTTP status code when there was one.
     attempts:    how many HTTP attempts were made before giving up.
     retry_after: the last Retry-After value seen (seconds), if any.
+    field:       the request field a server's validation error named (``http_4xx``), if any;
+                 a 5xx that is a validation error is ``http_4xx`` too, and never retried.
 
     Messages never contain credentials.
     """
@@ -121,6 +123,7 @@ class LLMError(Exception):
         status: int | None = None,
         attempts: int | None = None,
         retry_after: float | None = None,
+        field: str | None = None,
     ) -> None:
         if kind not in LLM_ERROR_KINDS:
             raise ValueError(f"unknown LLMError kind {kind!r}; expected one of {sorted(LLM_ERROR_KINDS)}")
@@ -129,6 +132,7 @@ class LLMError(Exception):
         self.status = status
         self.attempts = attempts
         self.retry_after = retry_after
+        self.field = field  # the request field the server refused, when its error named one
         super().__init__(self.message)
 
     @property

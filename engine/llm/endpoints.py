@@ -1,7 +1,8 @@
 """What a remote general LLM's URL offers: endpoint kinds, found by a start-up probe or named.
 
-* ``completions``: ``/v1/completions`` that takes token-id prompts and returns ``logprobs`` with
-  ``echo`` (vLLM, SGLang, ``gboost serve``), on the SLM's tokenizer. Needed by fused steps and
+* ``completions``: ``/v1/completions`` that returns ``logprobs`` with ``echo`` on the SLM's
+  tokenizer, for token-id prompts (vLLM, SGLang, ``gboost serve``) or text ones (llama-cpp-python;
+  ``completions_kw={"prompt": "auto"}`` probes which). Needed by fused steps and
   speculative scoring (:class:`~gboost.llm.remote.RemoteLLM`).
 * ``chat``: ``/v1/chat/completions`` (every hosted API). Enough for delegated steps, in which the
   LLM writes a whole step (:class:`~gboost.llm.chat.ChatLLM`); no shared tokenizer needed.
@@ -25,8 +26,8 @@ __all__ = ["ENDPOINT_KINDS", "RemoteEndpoint", "EndpointKindError", "open_endpoi
 
 ENDPOINT_KINDS = ("auto", "completions", "chat")
 
-_WHAT = {"completions": "a /v1/completions endpoint that takes token-id prompts and returns echo logprobs "
-                        "on the SLM's tokenizer (vLLM, SGLang, gboost serve)",
+_WHAT = {"completions": "a /v1/completions endpoint that returns echo logprobs on the SLM's tokenizer "
+                        "(vLLM, SGLang, gboost serve, llama-cpp-python)",
          "chat": "a /v1/chat/completions endpoint"}
 
 
@@ -76,7 +77,8 @@ async def open_endpoint(url: str, kind: str = "auto", *, tokenizer=None, model: 
         if kind in ("auto", "completions"):
             if tokenizer is None:
                 raise ValueError("the completions kind needs the SLM's tokenizer to check the endpoint's")
-            scorer = RemoteLLM(url, model, token_to_id=tokenizer.token_to_id, **common_kw, **(completions_kw or {}))
+            scorer = RemoteLLM(url, model, token_to_id=tokenizer.token_to_id, tokenizer=tokenizer, **common_kw,
+                               **(completions_kw or {}))
             out.url = scorer.display_url
             try:
                 probe = tokenizer.encode("Step 1: 2 + 3 = 5.")

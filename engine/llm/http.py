@@ -9,7 +9,9 @@
   (so at most ``max_retries + 1`` attempts) with jittered exponential back-off
   ``min(backoff_max_s, backoff_base_s * 2**(attempt-1)) * U[0.5, 1)``; a
   ``Retry-After`` header (seconds or HTTP date) replaces the back-off, capped
-  at ``max_retry_after_s``. Other 4xx and malformed bodies are not retried.
+  at ``max_retry_after_s``. Other 4xx, malformed bodies and a 5xx whose body is a request
+  validation error (:func:`refused_field` names the field) are not retried: the same request
+  would fail the same way.
 * Failures raise :class:`~gboost.llm.base.LLMError` with ``kind`` in
   {timeout, http_5xx, http_429, connect, malformed, vocab_mismatch, http_4xx}.
 * The API key is read from the environment variable ``api_key_env`` and sent as
@@ -21,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import math
 import os
 import random
+import re
 import time
 from collections import Counter
 from typing import Any, Awaitable, Callable, Optional
@@ -34,8 +38,9 @@ import httpx
 from gboost.cost import charge
 
 from .base import LLMError
+from .tokstrings import pairs_hook
 
-__all__ = ["HTTPEndpoint", "parse_retry_after"]
+__all__ = ["HTTPEndpoint", "parse_retry_after", "refused_field"]
 
 log = logging.getLogger("gboost.llm.remote")
 
@@ -65,6 +70,20 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
     if math.isnan(secs) or math.isinf(secs):
         return None
     return max(0.0, secs)
+
+
+#: pydantic's "N validation error(s) for Model" then the field's location on the next line
+_PYDANTIC = re.compile(r"validation errors? for \w+\s+([A-Za-z_][\w]*)")
+#: a validation error's location: FastAPI's 422 as _error_detail joins it ("body.prompt: ..."), or
+#: pydantic's error dicts printed in a 500 ("'loc': ('body', 'prompt', 'str')": llama-cpp-python)
+_LOCATED = re.compile(r"^(?:body|query)\.([A-Za-z_]\w*)|'loc': \('body', '([A-Za-z_]\w*)'")
+
+
+def refused_field(detail: str) -> Optional[str]:
+    """The request field an error message says was invalid, or None when it names none: pydantic's
+    validation errors (llama-cpp-python, FastAPI apps) name the field first."""
+    m = _LOCATED.search(detail) or _PYDANTIC.search(detail)
+    return next((g for g in m.groups() if g), None) if m else None
 
 
 class _Secret:
@@ -198,6 +217,9 @@ class HTTPEndpoint:
                 msg = str(err["message"])
             elif isinstance(err, str):
                 msg = err
+            elif isinstance(data, dict) and isinstance(data.get("detail"), list):  # FastAPI's 422
+                msg = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg', '')}"
+                                for d in data["detail"] if isinstance(d, dict))
             elif isinstance(data, dict) and data.get("detail"):
                 msg = str(data["detail"])
             else:
@@ -238,8 +260,8 @@ class HTTPEndpoint:
             else:
                 status = resp.status_code
                 if 200 <= status < 300:
-                    try:
-                        return resp.json()
+                    try:  # repeated keys kept: a string-keyed row may name two tokens alike
+                        return json.loads(resp.content, object_pairs_hook=pairs_hook)
                     except ValueError:
                         snippet = self._redact(resp.text[:120])
                         raise LLMError(
@@ -248,6 +270,13 @@ class HTTPEndpoint:
                         ) from None
                 retry_after = parse_retry_after(resp.headers.get("retry-after"))
                 detail = self._error_detail(resp)
+                field = refused_field(detail) if status >= 500 or status in (400, 422) else None
+                if status >= 500 and field is not None:
+                    # a 5xx that is really a refused request (llama-cpp-python answers a pydantic
+                    # validation error with 500): the same body fails every time, so no retry
+                    raise LLMError("http_4xx", f"{what}: HTTP {status}, a request validation error (not retried): "
+                                   f"the server refused field {field!r}: {detail}", status=status,
+                                   attempts=attempt, field=field)
                 if status == 429:
                     err = LLMError("http_429", f"{what}: HTTP 429: {detail}", status=status, attempts=attempt,
                                    retry_after=retry_after)
@@ -255,7 +284,9 @@ class HTTPEndpoint:
                     err = LLMError("http_5xx", f"{what}: HTTP {status}: {detail}", status=status, attempts=attempt,
                                    retry_after=retry_after)
                 else:
-                    raise LLMError("http_4xx", f"{what}: HTTP {status}: {detail}", status=status, attempts=attempt)
+                    named = f" (field {field!r})" if field else ""
+                    raise LLMError("http_4xx", f"{what}: HTTP {status}{named}: {detail}", status=status,
+                                   attempts=attempt, field=field)
             if attempt > self.max_retries:
                 raise err
             delay = min(retry_after, self.max_retry_after_s) if retry_after is not None else self._backoff(attempt)

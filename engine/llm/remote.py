@@ -6,7 +6,9 @@ Works with vLLM, SGLang, ``gboost serve`` and hosted APIs that support
 Requests
 --------
 Prompts are sent as token ids (``"prompt": [ids...]``) so that no text round trip
-can change the tokenisation. Both calls ask for ``max_tokens=1``,
+can change the tokenisation; an endpoint that refuses them (llama-cpp-python's server) gets
+their text instead (``prompt="text"``, or ``"auto"``: the start-up probe tries ids first; the
+rule for rows in text mode is :mod:`gboost.llm.textprompt`'s). Both calls ask for ``max_tokens=1``,
 ``logprobs=top_logprobs``, ``temperature=1``, ``top_p=1`` (so the reported
 log-probs are the raw distribution on every server) and
 ``"return_tokens_as_token_ids": true`` (vLLM's per-request switch; gboost does it
@@ -29,9 +31,10 @@ Responses (see :mod:`gboost.server.wire` for gboost's format)
 1. ``top_logprob_ids``: ``[null | {"ids": [...], "logprobs": [...]}]`` (gboost);
 2. ``top_logprobs`` with ``"token_id:<id>"`` keys (gboost, vLLM with
    ``return_tokens_as_token_ids``);
-3. ``top_logprobs`` with token-*string* keys, mapped through the ``token_to_id``
-   callable given to the constructor (returns None for unknown strings). This is
-   lossy (distinct ids can decode to one string); without a mapping such a
+3. ``top_logprobs`` with token-*string* keys: with ``tokenizer=``, mapped by
+   :class:`~gboost.llm.tokstrings.TokenStrings` (every spelling servers use; an entry whose
+   id is uncertain is dropped and counted in ``stats["ambiguous"]``, never guessed); else
+   through the ``token_to_id`` callable (vocabulary spellings). Without either such a
    response is ``LLMError("malformed")``.
 
 The echoed prompt tokens (``token_ids``, or ``tokens`` in ``token_id:`` form)
@@ -52,6 +55,8 @@ import torch
 
 from .base import LLMError, TokenLogprobs
 from .http import HEALTH_PATH, MODELS_PATH, HTTPEndpoint, parse_retry_after
+from .textprompt import PROMPT_MODES, TextPrompts, probe_completions, score_text
+from .tokstrings import TokenStrings, entries
 
 __all__ = ["RemoteLLM", "parse_retry_after", "TOKEN_ID_PREFIX"]
 
@@ -71,6 +76,7 @@ class RemoteLLM(HTTPEndpoint):
     charges_itself = False  # GeneralLLM: the executor charges the positions the endpoint scored
 
     kind = "completions"
+    COMPLETIONS_PATH = COMPLETIONS_PATH
 
     def __init__(
         self,
@@ -86,10 +92,16 @@ class RemoteLLM(HTTPEndpoint):
         *,
         token_to_id: Optional[Callable[[str], Optional[int]]] = None,
         request_token_ids: bool = True,
+        tokenizer: Any = None,
+        prompt: str = "ids",
         **transport_kw: Any,
     ) -> None:
         if top_logprobs < 1:
             raise ValueError("need top_logprobs >= 1")
+        if prompt not in PROMPT_MODES:
+            raise ValueError(f"prompt must be one of {', '.join(PROMPT_MODES)}, got {prompt!r}")
+        if prompt != "ids" and tokenizer is None:
+            raise ValueError(f"prompt={prompt!r} needs the SLM's tokenizer (tokenizer=)")
         super().__init__(base_url, model, api_key_env, timeout_s, max_retries, backoff_base_s, max_concurrency,
                          **transport_kw)
         self.top_logprobs = int(top_logprobs)
@@ -98,15 +110,23 @@ class RemoteLLM(HTTPEndpoint):
         self.token_to_id = token_to_id
         self.request_token_ids = request_token_ids
         self.remote_vocab_size: Optional[int] = None
-        self.stats["dropped_ids"] = 0
+        self.prompt_mode = prompt          # "auto" until check() has chosen ids or text
+        self.prompt_note = f"prompts as {prompt}"
+        self.text_prompts = TextPrompts(tokenizer) if tokenizer is not None else None
+        self._tokenizer, self._strings = tokenizer, None
+        self.echo_shift = 0                # measured by check() in text mode (textprompt)
+        self.text_echo = True              # text-mode score() by one echo (else per position)
+        self.served_top_logprobs: Optional[int] = None  # widest row the probe got back
+        self.stats.update(dropped_ids=0, ambiguous=0, unmapped=0, text_extra_requests=0)
 
     def __repr__(self) -> str:
         return f"RemoteLLM({self._describe()}, top_logprobs={self.top_logprobs}, vocab_size={self.vocab_size})"
 
     # ---------------------------------------------------------------- parsing
     def _payload(self, ids: list[int], echo: bool, k: int) -> dict:
+        text = self.prompt_mode == "text"
         body: dict[str, Any] = {
-            "prompt": ids,
+            "prompt": self.text_prompts.text(ids) if text else ids,
             "max_tokens": 1,
             "logprobs": k,
             "echo": echo,
@@ -175,8 +195,28 @@ class RemoteLLM(HTTPEndpoint):
         full = V is not None and ids_t.numel() >= V
         return TokenLogprobs(ids=ids_t, logprobs=lps_t, full=full)
 
-    def _parse(self, data: Any) -> tuple[list[Optional[TokenLogprobs]], Optional[list[int]], str]:
-        """``(rows aligned with positions, echoed/generated ids if known, text)``."""
+    @property
+    def strings(self) -> Optional[TokenStrings]:
+        if self._strings is None and self._tokenizer is not None:
+            self._strings = TokenStrings(self._tokenizer)  # built once, at the first string key
+        return self._strings
+
+    def _string_row(self, e: dict, idx: int, known_ids: Optional[list[int]], tlp: list) -> TokenLogprobs:
+        pairs = entries(e)
+        if self._tokenizer is None or all(str(k).startswith(TOKEN_ID_PREFIX) for k, _ in pairs):
+            return self._make_row([self._key_to_id(k) for k, _ in pairs], [v for _, v in pairs])
+        known = None  # the position's own token, whose log-prob the response states
+        if known_ids is not None and idx < len(known_ids) and idx < len(tlp) and tlp[idx] is not None:
+            known = (known_ids[idx], tlp[idx])
+        placed = self.strings.resolve(pairs, known, self.stats)
+        if not placed:
+            raise self._malformed("no top_logprobs key of a position maps to a token id")
+        return self._make_row([i for i, _ in placed], [v for _, v in placed])
+
+    def _parse(self, data: Any, known_ids: Optional[list[int]] = None
+               ) -> tuple[list[Optional[TokenLogprobs]], Optional[list[int]], str]:
+        """``(rows aligned with positions, echoed/generated ids if known, text)``. ``known_ids``:
+        the tokens the server read (text mode), which settle string keys that several ids share."""
         try:
             choice = data["choices"][0]
         except (KeyError, IndexError, TypeError):
@@ -202,12 +242,12 @@ class RemoteLLM(HTTPEndpoint):
             tops = lp.get("top_logprobs")
             if not isinstance(tops, list):
                 raise self._malformed("choices[0].logprobs.top_logprobs is missing")
-            for e in tops:
+            tlp = lp.get("token_logprobs") if isinstance(lp.get("token_logprobs"), list) else []
+            for idx, e in enumerate(tops):
                 if e is None:
                     rows.append(None)
                 elif isinstance(e, dict):
-                    ids = [self._key_to_id(k) for k in e.keys()]
-                    rows.append(self._make_row(ids, list(e.values())))
+                    rows.append(self._string_row(e, idx, known_ids, tlp))
                 else:
                     raise self._malformed("bad top_logprobs entry")
 
@@ -217,7 +257,7 @@ class RemoteLLM(HTTPEndpoint):
                 tok_ids = [int(t) for t in lp["token_ids"]]
             except (TypeError, ValueError):
                 raise self._malformed("bad token_ids") from None
-        elif isinstance(lp.get("tokens"), list):
+        elif isinstance(lp.get("tokens"), list) and self.prompt_mode != "text":
             toks = lp["tokens"]
             if all(isinstance(t, str) and t.startswith(TOKEN_ID_PREFIX) for t in toks):
                 tok_ids = [self._key_to_id(t) for t in toks]
@@ -254,9 +294,11 @@ class RemoteLLM(HTTPEndpoint):
         it. This is the check that catches a different tokenizer of the same or a
         larger size, so pass it when you can.
 
+        With ``prompt="auto"`` the probe tries token ids, then text when the ids are refused.
         Raises ``LLMError`` (``vocab_mismatch`` with an explanatory message,
         ``http_4xx`` for an unknown model, or transport kinds). Returns what was
-        learnt: ``{"model", "remote_vocab_size", "health"}``. Retries are logged at
+        learnt: ``{"model", "remote_vocab_size", "health", "prompt", "echo_shift",
+        "served_top_logprobs"}``. Retries are logged at
         DEBUG here: the error, if any, says how many attempts were made.
         """
         return await self._counted(self._check(tokenizer_vocab_size, probe_ids, probe_text))
@@ -276,6 +318,8 @@ class RemoteLLM(HTTPEndpoint):
         draft = self._check_ids(draft_ids, "draft_ids")
         if not prefix:
             raise ValueError("score needs a non-empty prefix (the first prompt position has no distribution)")
+        if self.prompt_mode == "text":
+            return await score_text(self, prefix, draft)
         ids = prefix + draft
         P, D = len(prefix), len(draft)
         data = await self._request("POST", COMPLETIONS_PATH, self._payload(ids, echo=True, k=self.top_logprobs))
@@ -339,20 +383,7 @@ class RemoteLLM(HTTPEndpoint):
         if self.vocab_size is None:
             self.vocab_size = tokenizer_vocab_size
 
-        data = await self._request("POST", COMPLETIONS_PATH, self._payload(probe, echo=True, k=1), log_retries=False)
-        rows, tok_ids, text = self._parse(data)
-        if tok_ids is not None and tok_ids[: len(probe)] != probe:
-            raise LLMError(
-                "vocab_mismatch",
-                f"the endpoint echoed token ids {tok_ids[: len(probe)]} for the probe {probe}: "
-                "it does not use the ids it is sent (different tokenizer or re-tokenised prompt)",
-            )
-        if probe_text is not None and not text.startswith(probe_text):
-            raise LLMError(
-                "vocab_mismatch",
-                f"the endpoint decodes the probe ids {probe} to {text[: len(probe_text) + 20]!r}, the local "
-                f"tokenizer to {probe_text!r}: the general LLM and the SLM do not share a tokenizer",
-            )
-        if len(rows) < len(probe) + 1 or any(r is None for r in rows[1: len(probe) + 1]):
-            raise self._malformed("the endpoint does not return prompt log-probs with echo=true; score() needs them")
-        return {"model": self.model, "remote_vocab_size": self.remote_vocab_size, "health": health}
+        await probe_completions(self, probe, probe_text)  # ids or text prompts (textprompt)
+        return {"model": self.model, "remote_vocab_size": self.remote_vocab_size, "health": health,
+                "prompt": self.prompt_mode, "echo_shift": self.echo_shift,
+                "served_top_logprobs": self.served_top_logprobs}

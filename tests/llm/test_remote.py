@@ -339,7 +339,8 @@ def test_check_discovers_model_and_vocab(make_server):
             assert llm.model is None and llm.vocab_size is None
             info = await llm.check(b.vocab_size, b.encode("probe"), probe_text="probe")
             assert llm.model == "fake-bigram" and llm.vocab_size == b.vocab_size
-            assert info == {"model": "fake-bigram", "remote_vocab_size": b.vocab_size, "health": "/health"}
+            assert info == {"model": "fake-bigram", "remote_vocab_size": b.vocab_size, "health": "/health",
+                            "prompt": "ids", "echo_shift": 0, "served_top_logprobs": K + 1}
             # a smaller local tokenizer than the remote (padded) logits width is fine
             await llm.check(b.vocab_size - 2, b.encode("probe"))
 

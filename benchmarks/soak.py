@@ -23,7 +23,6 @@ Exit status 0 only if nothing was lost, no block leaked, no refcount error, no 5
 import argparse
 import asyncio
 import json
-import os
 import random
 import re
 import signal
@@ -304,7 +303,7 @@ def main(argv=None) -> int:
     stop_line = next((ln for ln in reversed(log.splitlines()) if ln.startswith("gboost serve: stopped")), None)
     summary = {
         "clients": args.clients, "minutes": args.minutes, "wall_s": round(wall, 1),
-        "error_rate": args.error_rate, "latency_s": args.latency, "disconnect": args.disconnect,
+        "error_rate": args.error_rate, "llm_latency_s": args.latency, "disconnect": args.disconnect,
         "requests": len(records), "completed": completed, "lost": lost,
         "by_status": dict(sorted(statuses.items())),
         "disconnected_by_client": sum(c["disconnected"] for c in by_kind.values()),

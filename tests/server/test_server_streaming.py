@@ -1,5 +1,4 @@
 """/v1/completions with stream=true: SSE chunks whose text adds up to the non-streamed answer."""
-import asyncio
 import json
 import time
 

@@ -12,7 +12,7 @@ import torch
 from _llamacpp_stub import LLAMA_500, LlamaCppLike
 from gboost.collab.executor import CollabOptions, EngineExecutor
 from gboost.collab.fusion import fused_logp
-from gboost.collab.prm import PRMScorer, PRMSpec
+from gboost.prm.scorer import PRMScorer, PRMSpec
 from gboost.llm.base import LLMError
 from gboost.llm.remote import RemoteLLM
 from gboost.llm.tokstrings import TokenStrings, token_bytes

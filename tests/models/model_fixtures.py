@@ -190,3 +190,29 @@ def write_gguf(path: Path, model, tok, *, quant: dict[str, str] | None = None, p
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+#: text the tokenizer tests encode: whitespace, Unicode, code, chat markup, the empty string
+STRINGS = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "  leading spaces and trailing   ",
+    "Ünïcödé têxt, 中文字符, emoji 🙂 — naïve café",
+    "Numbers 1234567890 and 3.14159, 42!",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "import numpy as np\r\n\tx = np.zeros((3, 4))  # tabs & CRLF\n\n\n",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+    "don't won't I'm you'll they've she'd",
+    "<tool_call>{\"name\": \"f\"}</tool_call>",
+    "",
+]
+
+
+def forbid_dequantize(monkeypatch):
+    """Make any GGUF read or dequantization fail: for loads the cache must serve."""
+    from gboost.models import gguf_loader
+
+    def boom(*a, **k):
+        raise AssertionError("dequantized although the cache should have served this load")
+    monkeypatch.setattr(gguf_loader, "dequantize_tensor", boom)
+    monkeypatch.setattr(gguf_loader, "open_gguf", boom)

@@ -59,8 +59,8 @@ def entries(obj: dict) -> list:
 
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet, inverted: the byte each character stands for."""
-    from gboost.models.gguf_tokenizer import _bytes_to_unicode
-    return {c: b for b, c in _bytes_to_unicode().items()}
+    from gboost.models.gguf_tokenizer import bytes_to_unicode
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 def _is_byte_level(backend) -> bool:

@@ -189,8 +189,8 @@ def test_a_split_that_re_encoding_merges_takes_each_row_by_the_rule(llama):
     after ids[:P+j] (TextPrompts' rule), as exact text-mode fusion would ask for it."""
     tok = byte_tokenizer()
     prefix = tok.encode("a: ")
-    from gboost.models.gguf_tokenizer import _bytes_to_unicode
-    split = [tok.token_to_id(_bytes_to_unicode()[b]) for b in "ки".encode()]
+    from gboost.models.gguf_tokenizer import bytes_to_unicode
+    split = [tok.token_to_id(bytes_to_unicode()[b]) for b in "ки".encode()]
     assert tok.encode(tok.decode(split)) == [258] and len(split) == 4
     draft = split + tok.encode(" 5")
 

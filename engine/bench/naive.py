@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from gboost.prm.scorer import PRMPrompts, PRMSpec
-from gboost.collab.rules import node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
+from gboost.collab.rules import child_temperature, node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
 from gboost.cost import CostRecord, charge
 from gboost.sampling import sample_token
 from gboost.search.config import ConfigError, SearchConfig
@@ -123,7 +123,7 @@ class NaiveExecutor:
         key = parent.key + ((action, i),)
         gen = torch.Generator().manual_seed(node_seed(self.cfg.seed, key))
         with self.cost.timed(f"expand_{action}"):
-            toks = self._step(parent.ids, action, gen)
+            toks = self._step(parent.ids, action, gen, child_temperature(self.cfg, i))
         text = step_text(self.tok, toks, self.cfg, self.eos)
         ids = parent.ids + toks
         depth = parent.depth + 1
@@ -137,7 +137,7 @@ class NaiveExecutor:
         return StepOut(text, toks, NaiveState(ids, prm_ids, depth, key), terminal, action)
 
     @torch.inference_mode()
-    def _step(self, prefix: list[int], action: str, gen: torch.Generator) -> list[int]:
+    def _step(self, prefix: list[int], action: str, gen: torch.Generator, temperature: float) -> list[int]:
         """One step, token by token: each model gets the whole prefix once, then one token a call
         on its own HF cache (what ``generate()`` does, with a step-end check per token)."""
         models = {"slm": [("slm_tokens", self.slm)], "llm": [("llm_tokens", self.llm)],
@@ -158,7 +158,7 @@ class NaiveExecutor:
                 z = torch.log_softmax((1 - a) * torch.log_softmax(rows[0], -1) + a * torch.log_softmax(rows[1], -1), -1)
             else:
                 z = rows[0]
-            t = sample_token(z, self.cfg.temperature, self.cfg.top_p, gen)
+            t = sample_token(z, temperature, self.cfg.top_p, gen)
             toks.append(t)
             if step_ends(self.tok, toks, len(prefix) + len(toks), self.cfg, self.eos, self.max_positions):
                 return toks

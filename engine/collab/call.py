@@ -31,12 +31,18 @@ class StepCall:
     gen: torch.Generator
     start: int
     ready: torch.Tensor | None = None
+    #: this child's sampling temperature: the config's, or 0 for a greedy first child
+    temperature: float = 0.0
 
     async def slm_forward(self) -> torch.Tensor:
         """The SLM's logits after ``seq``'s last token."""
         if self.ready is not None and len(self.seq.token_ids) == self.start:  # the parent's tokens still
             return self.ready
         return await self.ex.slm_forward(self.seq)
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """One token from ``logits`` at this child's temperature (the ids both models have)."""
+        return self.ex.sample(logits, self.gen, self.temperature)
 
     def ends(self) -> bool:
         """Does the step end with ``seq``'s last token?"""

@@ -40,7 +40,7 @@ async def delegated_step(call: StepCall) -> None:
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
     reply = await ex.writer.write(delegate_messages(parent.question, parent.steps, cfg.step_delimiter),
                                   max_tokens=cfg.max_step_tokens, stop=[cfg.step_delimiter],
-                                  temperature=cfg.temperature, top_p=cfg.top_p, seed=seed)
+                                  temperature=call.temperature, top_p=cfg.top_p, seed=seed)
     charge(ex.cost, llm_tokens=reply.total_tokens)
     text = reply.text.split(cfg.step_delimiter)[0].strip()  # an API that ignores `stop` wrote on
     if not text:

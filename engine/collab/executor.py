@@ -29,7 +29,7 @@ from gboost.search.protocol import StepOut
 from .call import StepCall
 from .delegated_step import delegated_step
 from .fused_step import collab_step, llm_step
-from .rules import node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
+from .rules import child_temperature, node_seed, slm_prompt_ids, step_ends, step_terminal, step_text
 from .slm_step import slm_step
 from .state import NodeState
 
@@ -176,7 +176,8 @@ class EngineExecutor:
         start = len(seq.token_ids)
         fault = prm = None
         try:
-            call = StepCall(self, parent, seq, self._generator(key), start, parent.ready)
+            call = StepCall(self, parent, seq, self._generator(key), start, parent.ready,
+                            temperature=child_temperature(self.cfg, i))
             with self.cost.timed(f"expand_{action}"):
                 try:
                     await self._step(action)(call)
@@ -221,8 +222,8 @@ class EngineExecutor:
         llm_width = getattr(self.llm, "vocab_size", None)
         return min(self.slm.config.vocab_size, llm_width or self.slm.config.vocab_size)
 
-    def sample(self, logits: torch.Tensor, gen: torch.Generator) -> int:
-        return sample_token(logits[..., :self.shared_width], self.cfg.temperature, self.cfg.top_p, gen)
+    def sample(self, logits: torch.Tensor, gen: torch.Generator, temperature: float) -> int:
+        return sample_token(logits[..., :self.shared_width], temperature, self.cfg.top_p, gen)
 
     async def slm_forward(self, seq: Sequence):
         """The SLM's logits after ``seq``'s last token (StepCall.slm_forward takes the parent's ready ones)."""

@@ -69,10 +69,10 @@ async def exact_step(call: StepCall, mix: Fusion) -> None:
                                                       ex.llm_rows(ex.llm.next_logprobs(ids), 1),
                                                       ex.base_rows(ids, 1, mix.proxy))
         if slm_logits.is_cuda and row.full:
-            t = fuse_and_sample(slm_logits, row, mix.alpha, base_rows, gen, ex.cfg.temperature, ex.cfg.top_p)
+            t = fuse_and_sample(slm_logits, row, mix.alpha, base_rows, gen, call.temperature, ex.cfg.top_p)
         else:
             z = fused_logp(slm_logits[None], [row], mix.alpha, base_rows, ex.opt.topk_support)[0]
-            t = ex.sample(z, gen)
+            t = call.sample(z)
         cache.append(seq, [t])
         if call.ends():
             break
@@ -84,7 +84,7 @@ async def speculative_step(call: StepCall, mix: Fusion) -> None:
     from gboost.kernels.spec_verify import spec_verify
     ex, seq, gen = call.ex, call.seq, call.gen
     cache = ex.engine.cache
-    T, top_p = ex.cfg.temperature, ex.cfg.top_p
+    T, top_p = call.temperature, ex.cfg.top_p
     k = first_draft(ex.opt)
     while True:
         draft_start = len(seq.token_ids)
@@ -92,7 +92,7 @@ async def speculative_step(call: StepCall, mix: Fusion) -> None:
         while len(draft) < k:  # SLM drafts until the step ends or k tokens
             logits = await call.slm_forward()
             slm_rows.append(logits)
-            t = ex.sample(logits, gen)
+            t = call.sample(logits)
             draft.append(t)
             cache.append(seq, [t])
             if call.ends():

@@ -24,6 +24,12 @@ def node_seed(seed: int, key: tuple) -> int:
     return zlib.crc32(repr((seed,) + key).encode())
 
 
+def child_temperature(cfg: SearchConfig, i: int) -> float:
+    """The sampling temperature of an expansion's ``i``-th child of an action: greedy for the first
+    with ``greedy_first_child`` (the chain rsd would take stays among the siblings)."""
+    return 0.0 if cfg.greedy_first_child and i == 0 else cfg.temperature
+
+
 def at_position_limit(seq_len: int, max_positions: int) -> bool:
     """No room for another step token: a step ends with its last token pending, and that token
     and the one sampled after it must both still fit."""

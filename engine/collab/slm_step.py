@@ -9,6 +9,6 @@ async def slm_step(call: StepCall) -> None:
     ex = call.ex
     while True:
         logits = await call.slm_forward()
-        ex.engine.cache.append(call.seq, [ex.sample(logits, call.gen)])
+        ex.engine.cache.append(call.seq, [call.sample(logits)])
         if call.ends():
             break

@@ -173,6 +173,9 @@ class SearchConfig:
     fusion_alpha: float = 0.5
     #: sampling temperature (0 = greedy)
     temperature: float = 0.7
+    #: the first child of each action in an expansion is greedy, its siblings sampled at
+    #: ``temperature`` (rsd's greedy step stays among the options the PRM chooses from)
+    greedy_first_child: bool = False
     #: nucleus sampling mass
     top_p: float = 0.95
     #: seed for the search's tie-breaking and for the executor's sampling: an integer in

@@ -115,7 +115,9 @@ GBOOST_API void gboost_shutdown(void);
  *    "prm": model | null (null: the local LLM, else the SLM),              default null
  *    "prm_kind": "judge" | "token_pair" | "two_class",                     default "judge"
  *    "base": model | null (the SLM's untuned base: search fusion_rule "proxy"), default null
- *    "slm_adapter": dir | null (a peft LoRA adapter merged into the SLM at load), default null
+ *    "slm_adapter": dir | null (a peft LoRA adapter for the SLM),           default null
+ *    "slm_adapter_mode": "auto" | "merge" | "unmerged" (merged at load, or one resident base with
+ *        the delta on the SLM's rows only; auto: unmerged when "base" is the SLM's checkpoint), default "auto"
  *    "dtype": "bfloat16" | "float16" | "float32",                          default "bfloat16"
  *    "device": "cpu" | "cuda" | "cuda:N",                                  default "cpu"
  *    "kv_memory_gb": 2.0, "block_size": 16,

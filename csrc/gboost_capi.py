@@ -38,6 +38,8 @@ CONFIG_KEYS = {
     "prm": "PRM model (null: the local LLM, else the SLM)",
     "prm_kind": "judge | token_pair | two_class | value_head (prm: value-head:DIR from gboost train-prm, or value-head:NAME of a shipped head)",
     "base": "the SLM's untuned base model, for search fusion_rule 'proxy' (null: none)",
+    "slm_adapter": "a peft LoRA adapter directory for the SLM (null: none)",
+    "slm_adapter_mode": "auto | merge | unmerged (auto: unmerged when base is the SLM's own checkpoint)",
     "dtype": "bfloat16 | float16 | float32",
     "device": "cpu | cuda | cuda:N",
     "kv_memory_gb": "KV pool size in GiB",
@@ -54,7 +56,7 @@ CONFIG_KEYS = {
     "llm_model": "remote LLM: the model name at the URL (null: the first it lists)",
 }
 _OPTION_KEYS = ("collab_mode", "max_draft", "draft_policy", "on_llm_fault", "topk_support")
-_STACK_KEYS = ("prm_kind", "base", "slm_adapter", "dtype", "device", "kv_memory_gb", "block_size", "llm_timeout_s", "llm_top_logprobs",
+_STACK_KEYS = ("prm_kind", "base", "slm_adapter", "slm_adapter_mode", "dtype", "device", "kv_memory_gb", "block_size", "llm_timeout_s", "llm_top_logprobs",
                "llm_kind", "llm_model")
 
 #: keys of gboost_generate's params JSON besides the SamplingParams fields

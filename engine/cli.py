@@ -35,7 +35,7 @@ async def _stack(args, cfg, check: bool = True, serving: bool = False):
         check_stack_runs(cfg, has_llm=llm is not None and args.llm_kind != "chat", has_base=bool(args.base),
                          has_writer=is_url(llm) and args.llm_kind != "completions")
     stack = await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
-                              slm_adapter=args.slm_adapter,
+                              slm_adapter=args.slm_adapter, slm_adapter_mode=args.slm_adapter_mode,
                               dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
                               options=CollabOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault,
                                                     max_draft=args.max_draft, draft_policy=args.draft_policy),
@@ -166,6 +166,7 @@ def cmd_train_prm(args) -> int:
         from gboost.collab.executor import CollabOptions
         from gboost.stack import build_stack, is_url
         stack = await build_stack(cfg, slm=args.slm, llm=llm, prm="none", slm_adapter=args.slm_adapter,
+                                  slm_adapter_mode=args.slm_adapter_mode,
                                   dtype=args.dtype, device=args.device,
                                   kv_memory_gb=args.kv_memory_gb,
                                   options=CollabOptions(collab_mode=args.collab_mode, max_draft=args.max_draft,

@@ -30,7 +30,11 @@ def _add_stack_args(p):
     p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")
     p.add_argument("--slm-adapter", default=None, metavar="DIR",
                    help="a LoRA adapter for the SLM, as peft saves it (adapter_config.json + "
-                        "adapter_model.safetensors): merged into the SLM's weights at load")
+                        "adapter_model.safetensors)")
+    p.add_argument("--slm-adapter-mode", default="auto", choices=["auto", "merge", "unmerged"],
+                   help="merge: into a copy of the SLM's weights at load (fastest for one SLM); unmerged: one "
+                        "resident base, the delta on the SLM's rows only; auto: unmerged when --base is the "
+                        "SLM's own checkpoint (proxy tuning from one copy), else merge")
     p.add_argument("--llm", default=DEFAULT_LLM,
                    help="general LLM: model name/path (resident) or http(s)://HOST:PORT/v1 endpoint; 'none' to disable")
     p.add_argument("--llm-kind", default="auto", choices=["auto", "completions", "chat"],

@@ -20,6 +20,9 @@ class Context:
     cu_seqlens_q: torch.Tensor   # [B+1] int32: packed offsets of the new tokens
     max_q_len: int
     max_seq_len: int
+    # the rows each LoRA adapter tunes (models/lora.py): (adapter, row indices or None for every
+    # row); empty when every sequence runs on the base weights
+    lora_rows: tuple = ()
     # what layers derive from the above (rotary rows, attention's padding plan): the first layer
     # computes it, the others reuse it; a Context lives for one forward
     memo: dict = field(default_factory=dict)

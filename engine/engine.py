@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -42,6 +42,13 @@ class ResidentModel:
     chat_template: str | None
     eos_token_ids: list[int]
     runner: ModelRunner | None = None
+    #: the LoRA adapter this role runs the model with (models/lora.py), None for its own weights;
+    #: a role with an adapter is a view sharing ``model`` and ``runner`` with the base's entry
+    adapter: str | None = None
+
+    def new_sequence(self, cache: KVCache, token_ids: list[int]) -> Sequence:
+        """A sequence of this model, run with this role's adapter."""
+        return cache.new_sequence(self.key, token_ids, adapter=self.adapter)
 
 
 @dataclass
@@ -63,6 +70,7 @@ class Engine:
             if key not in self.models:
                 raise ValueError(f"role {role!r} names unknown model {key!r}")
         self.roles = dict(roles)
+        self.role_adapters: dict[str, str] = {}   # role -> the unmerged adapter it runs with
         specs = [ModelSpec(m.key, m.config.num_hidden_layers, m.config.num_key_value_heads, m.config.head_dim)
                  for m in models]
         self.cache = KVCache(specs, block_size=block_size, num_blocks=num_blocks,
@@ -75,20 +83,27 @@ class Engine:
     def from_pretrained(cls, slm: str, llm: str | None = None, prm: str | None = None, *,
                         base: str | None = None, dtype: str | torch.dtype = "bfloat16", device: str = "cpu", block_size: int = 16,
                         kv_memory_bytes: int = 2 << 30, num_blocks: int | None = None,
-                        cache_dir: str | None = None, slm_adapter: str | None = None) -> "Engine":
-        """``slm_adapter``: a peft LoRA adapter directory merged into the SLM's weights at load (the
-        SLM is then a model of its own: a ``base`` of the same checkpoint stays untuned)."""
+                        cache_dir: str | None = None, slm_adapter: str | None = None,
+                        adapter_mode: str = "auto") -> "Engine":
+        """``slm_adapter``: a peft LoRA adapter directory for the SLM. ``adapter_mode`` ``merge``
+        merges it into a copy of the SLM's weights at load (the fast path for one private SLM);
+        ``unmerged`` keeps one resident base and applies the delta to the SLM's rows only
+        (models/lora.py); ``auto`` is unmerged when ``base`` is the SLM's own checkpoint (proxy
+        tuning from one copy), else merged."""
         from gboost.models.adapter import merge_adapter, read_adapter
         from gboost.models.loader import load_checkpoint
         from gboost.models.tokenizer import Tokenizer
         dt = parse_dtype(dtype)
+        if adapter_mode not in ("auto", "merge", "unmerged"):
+            raise ValueError(f"adapter_mode={adapter_mode!r}: choose auto, merge or unmerged")
         adapter = read_adapter(slm_adapter) if slm_adapter else None  # a bad adapter fails before any load
         roles = {r: src for r, src in (("slm", slm), ("llm", llm), ("prm", prm), ("base", base)) if src}
-        if adapter is not None:
+        unmerged = adapter is not None and (adapter_mode == "unmerged" or (adapter_mode == "auto" and base == slm))
+        if adapter is not None and not unmerged:
             roles["slm"] = f"{slm} + LoRA {adapter.path}"
         models = []
         for key in dict.fromkeys(roles.values()):  # one copy of each checkpoint, in role order
-            tuned = adapter is not None and key == roles["slm"]
+            tuned = adapter is not None and not unmerged and key == roles["slm"]
             ck = load_checkpoint(slm if tuned else key, dtype=dt, cache_dir=cache_dir)
             weights = merge_adapter(ck.state_dict, adapter) if tuned else ck.state_dict
             tok = Tokenizer.from_checkpoint(ck)  # special tokens too: chat templates read bos_token
@@ -99,7 +114,22 @@ class Engine:
         eng = cls(models, roles, block_size=block_size, kv_memory_bytes=kv_memory_bytes,
                   num_blocks=num_blocks, dtype=dt, device=device)
         eng.check_vocabularies()
+        if unmerged:
+            eng.add_adapter(str(adapter.path), adapter, role="slm")
         return eng
+
+    def add_adapter(self, name: str, adapter, role: str | None = None, model: str | None = None) -> None:
+        """Install a LoRA adapter (a LoraAdapter, or its directory) unmerged on a resident model --
+        ``role``'s, which then runs with it, or the model keyed ``model`` -- so that requests can
+        name it (``role(..., adapter=name)``). A bad adapter raises and changes nothing."""
+        from gboost.models.adapter import read_adapter
+        from gboost.models.lora import install_adapter
+        if isinstance(adapter, str):
+            adapter = read_adapter(adapter)
+        m = self.models[self.roles[role]] if role is not None else self.models[model]
+        install_adapter(m.model, name, adapter)
+        if role is not None:
+            self.role_adapters[role] = name
 
     def check_vocabularies(self) -> None:
         """Fusion needs one tokenizer: refuse an LLM or base model whose vocabulary is not the SLM's."""
@@ -116,10 +146,20 @@ class Engine:
                     raise ValueError(f"SLM {a.key!r} has {a.config.vocab_size} logits, its base model "
                                      f"{b.key!r} {b.config.vocab_size}; proxy fusion needs the same")
 
-    def role(self, role: str) -> ResidentModel:
+    def role(self, role: str, adapter: str | None = None) -> ResidentModel:
+        """The resident model of ``role``, run with the role's adapter, or with ``adapter`` (one
+        installed on the same model) when given."""
         if role not in self.roles:
             raise KeyError(f"no model for role {role!r}; configured roles: {sorted(self.roles)}")
-        return self.models[self.roles[role]]
+        m = self.models[self.roles[role]]
+        name = adapter if adapter is not None else self.role_adapters.get(role)
+        if name is None:
+            return m
+        from gboost.models.lora import adapters_of
+        if name not in adapters_of(m.model):
+            raise KeyError(f"no LoRA adapter {name!r} on the {role}'s model (loaded: "
+                           f"{', '.join(sorted(adapters_of(m.model))) or 'none'})")
+        return replace(m, adapter=name)
 
     # -- plain generation ----------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
@@ -155,7 +195,7 @@ class Engine:
         token)` sees every step."""
         m = self.role(role)
         out = GenerationOutput(list(ids))
-        seq = self.cache.new_sequence(m.key, list(ids))
+        seq = m.new_sequence(self.cache, list(ids))
         try:
             m.runner.check_fits(seq)
             gen = params.generator(self.cache.pool.device)

@@ -33,6 +33,7 @@ import torch
 from gboost.context import Context, use_context
 from gboost.kv.cache import KVCache, KVPoolExhausted, Sequence
 from gboost.models.cpu_linear import pack_linears
+from gboost.models.lora import adapters_of
 from gboost.positions import PromptTooLong, check_fits
 
 
@@ -76,6 +77,9 @@ class ModelRunner:
                 raise ValueError(f"sequence of model {s.model!r} given to runner {self.name!r}")
             if not s.token_ids:
                 raise ValueError("cannot run an empty sequence")
+            if s.adapter is not None and s.adapter not in adapters_of(self.model):
+                raise ValueError(f"model {self.name!r} holds no LoRA adapter {s.adapter!r} "
+                                 f"(loaded: {', '.join(sorted(adapters_of(self.model))) or 'none'})")
             self.check_fits(s)
             # only the last row wanted: cached blocks can stand in for computing the rest
             self.cache.begin_run(s, rematch=wants[i] in ("last", "hidden"))
@@ -107,8 +111,19 @@ class ModelRunner:
             cu_seqlens_q=i32[B * width + B:],
             max_q_len=max(cu[i + 1] - cu[i] for i in range(B)),
             max_seq_len=max(lens),
+            lora_rows=self._lora_rows(seqs, cu),
         )
         return Batch(i64[:T], i64[T:2 * T], ctx, cu)
+
+    def _lora_rows(self, seqs: list[Sequence], cu: list[int]) -> tuple:
+        """Each adapter's packed rows (one group of every row when the whole batch shares one)."""
+        by: dict[str, list[int]] = {}
+        for i, s in enumerate(seqs):
+            if s.adapter is not None:
+                by.setdefault(s.adapter, []).extend(range(cu[i], cu[i + 1]))
+        if len(by) == 1 and len(next(iter(by.values()))) == cu[-1]:
+            return ((next(iter(by)), None),)
+        return tuple((name, torch.tensor(rows, dtype=torch.int64).to(self.device)) for name, rows in by.items())
 
     # -- execution ----------------------------------------------------------------
     def run(self, seqs: list[Sequence], want: Want | list[Want] = "last") -> list[torch.Tensor | None]:

@@ -43,7 +43,7 @@ class Stack:
 
 async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | None = DEFAULT_LLM,
                       prm: str | None = None, prm_kind: str = "judge", base: str | None = None,
-                      slm_adapter: str | None = None, dtype: str = "bfloat16",
+                      slm_adapter: str | None = None, slm_adapter_mode: str = "auto", dtype: str = "bfloat16",
                       device: str = "cpu", kv_memory_gb: float = 2.0, block_size: int = 16,
                       options: CollabOptions | None = None, llm_timeout_s: float = 60.0,
                       llm_top_logprobs: int = 20, llm_kind: str = "auto", llm_model: str | None = None,
@@ -55,7 +55,9 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
     (engine/llm/textprompt.py). The PRM defaults to the local LLM (judge), else the SLM;
     `prm="value-head:DIR"` scores with a trained value head on the resident model it was trained on.
     `base`: the SLM's untuned base model (resident, same tokenizer), needed by fusion_rule="proxy".
-    `slm_adapter`: a peft LoRA adapter directory merged into the SLM at load (models/adapter.py).
+    `slm_adapter`: a peft LoRA adapter directory for the SLM, `slm_adapter_mode` auto | merge |
+    unmerged (Engine.from_pretrained: merged at load, or one resident base and the delta on the
+    SLM's rows only; auto: unmerged when `base` is the SLM's own checkpoint).
     `offload`: forwards in a worker thread (see Scheduler); False suits a process with one caller."""
     remote = is_url(llm)
     if is_url(base):
@@ -75,7 +77,8 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
         prm = llm if (llm and not remote) else slm
     engine = await asyncio.to_thread(
         Engine.from_pretrained, slm, None if remote else llm, prm, base=base, dtype=dtype, device=device,
-        block_size=block_size, kv_memory_bytes=int(kv_memory_gb * (1 << 30)), slm_adapter=slm_adapter)
+        block_size=block_size, kv_memory_bytes=int(kv_memory_gb * (1 << 30)), slm_adapter=slm_adapter,
+        adapter_mode=slm_adapter_mode)
     sched = Scheduler(engine, offload=offload)
     general = writer = None
     if llm and remote:

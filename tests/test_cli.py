@@ -366,6 +366,10 @@ def test_an_slm_adapter_loads_from_the_cli_and_a_bad_one_is_one_line(tiny_dir, t
     models = ("--slm", tiny_dir, "--llm", "none", "--prm-kind", "token_pair", "--dtype", "float32", "--method", "slm")
     out = json.loads(gboost("solve", *models, "--slm-adapter", ad, "--json", "What is 2+2?").stdout)
     assert out["steps"]
+    # unmerged on one resident base: the same greedy SLM steps as the merged adapter
+    same = json.loads(gboost("solve", *models, "--slm-adapter", ad, "--slm-adapter-mode", "unmerged", "--json",
+                             "What is 2+2?").stdout)
+    assert [s["text"] for s in same["steps"]] == [s["text"] for s in out["steps"]]
     (ad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
                                                         "use_dora": True}))
     p = gboost("solve", *models, "--slm-adapter", ad, "q", check=False)

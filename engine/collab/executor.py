@@ -110,9 +110,9 @@ class EngineExecutor:
             m = self.prm.model
             check_fits(len(prm_ids), m.model.max_positions, m.key, "the PRM's prompt for the question")
         cache = self.engine.cache
-        slm = cache.new_sequence(self.slm.key, ids)
+        slm = self.slm.new_sequence(cache, ids)
         try:
-            prm = None if prm_ids is None else cache.new_sequence(self.prm.model.key, prm_ids)
+            prm = None if prm_ids is None else self.prm.model.new_sequence(cache, prm_ids)
         except BaseException:
             cache.free(slm)
             raise

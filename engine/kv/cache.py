@@ -60,6 +60,9 @@ class Sequence:
     last_hit: int = 0       # tokens its latest forward took from the prefix cache instead (late match)
     batch_version: int = -1  # version when its current batch was prepared
     status: SeqStatus = SeqStatus.RUN  # set by KVCache only
+    #: the LoRA adapter its model runs it with (None: the base weights); part of its prefix
+    #: hashes, so a base and a tuned sequence of the same tokens never share K/V
+    adapter: str | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -114,12 +117,12 @@ class KVCache:
         return self.pool[:, :n].view(-1, s.num_layers, 2, self.block_size, s.num_kv_heads, s.head_dim)
 
     # -- sequence lifecycle -----------------------------------------------------
-    def new_sequence(self, model: str, token_ids: list[int]) -> Sequence:
+    def new_sequence(self, model: str, token_ids: list[int], adapter: str | None = None) -> Sequence:
         """A sequence whose longest cached full-block prefix is reused (never its last token,
-        which must be computed to produce logits)."""
+        which must be computed to produce logits); ``adapter``: the LoRA adapter it runs with."""
         if model not in self.specs:
             raise KeyError(f"unknown model {model!r}; resident: {sorted(self.specs)}")
-        seq = Sequence(next(self._ids), model, list(token_ids))
+        seq = Sequence(next(self._ids), model, list(token_ids), adapter=adapter)
         seq.born = seq.seq_id
         seq.cached_tokens = self.match_cached_prefix(seq)
         seq.status = SeqStatus.NEW
@@ -138,7 +141,7 @@ class KVCache:
         self._check_live(seq)
         if seq.num_computed != len(seq.block_table) * self.block_size or len(seq.block_hashes) != len(seq.block_table):
             return 0
-        parent = seq.block_hashes[-1] if seq.block_hashes else self._root_hash(seq.model)
+        parent = seq.block_hashes[-1] if seq.block_hashes else self._root_hash(seq.model, seq.adapter)
         start = len(seq.block_table)
         for b, h in self._cached_blocks(parent, seq.token_ids, start):
             self.blocks.incref(b)
@@ -148,10 +151,10 @@ class KVCache:
         seq.num_computed += gained
         return gained
 
-    def cached_prefix_len(self, model: str, token_ids: list[int]) -> int:
+    def cached_prefix_len(self, model: str, token_ids: list[int], adapter: str | None = None) -> int:
         """Tokens a new sequence of ``token_ids`` would take from the prefix cache (full blocks,
         never the last token); reads the cache without holding anything."""
-        return sum(1 for _ in self._cached_blocks(self._root_hash(model), token_ids, 0)) * self.block_size
+        return sum(1 for _ in self._cached_blocks(self._root_hash(model, adapter), token_ids, 0)) * self.block_size
 
     def _cached_blocks(self, parent: int, token_ids: list[int], start: int):
         """(block, hash) of each published block that holds ``token_ids``' full blocks from block
@@ -223,7 +226,7 @@ class KVCache:
         seq.num_computed += n
         bs = self.block_size
         full = seq.num_computed // bs
-        parent = seq.block_hashes[-1] if seq.block_hashes else self._root_hash(seq.model)
+        parent = seq.block_hashes[-1] if seq.block_hashes else self._root_hash(seq.model, seq.adapter)
         for i in range(len(seq.block_hashes), full):
             key = (parent, tuple(seq.token_ids[i * bs:(i + 1) * bs]))
             h = hash(key)
@@ -264,7 +267,7 @@ class KVCache:
         self._check_live(seq)
         keep = -(-seq.num_computed // self.block_size)  # reserved-but-unwritten blocks stay with the parent
         child = Sequence(next(self._ids), seq.model, list(seq.token_ids), seq.num_computed,
-                         list(seq.block_table[:keep]), list(seq.block_hashes))
+                         list(seq.block_table[:keep]), list(seq.block_hashes), adapter=seq.adapter)
         # what a preempted parent lost may still be cached for the child; a fresh parent's child
         # is not re-matched, so a repeated request computes the same chunks and repeats exactly
         child.status = SeqStatus.PREEMPTED if seq.status is SeqStatus.PREEMPTED else SeqStatus.RUN
@@ -344,8 +347,9 @@ class KVCache:
         self.blocks.decref(old)
         seq.block_table[i] = new
 
-    def _root_hash(self, model: str) -> int:
-        return hash(("gboost-kv", self.model_index[model]))
+    def _root_hash(self, model: str, adapter: str | None = None) -> int:
+        root = ("gboost-kv", self.model_index[model])
+        return hash(root if adapter is None else root + (adapter,))
 
     def _check_live(self, seq: Sequence) -> None:
         if seq.freed:

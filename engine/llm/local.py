@@ -74,8 +74,8 @@ class LocalLLM:
             if lcp > best_lcp:
                 best, best_lcp = key, lcp
         cache = self.engine.cache
-        if best is None or best_lcp < max(cache.block_size, cache.cached_prefix_len(self.model.key, ids)):
-            return cache.new_sequence(self.model.key, ids)
+        if best is None or best_lcp < max(cache.block_size, cache.cached_prefix_len(self.model.key, ids, self.model.adapter)):
+            return self.model.new_sequence(cache, ids)
         seq = self._sessions.pop(best)
         cache.truncate(seq, best_lcp)
         cache.append(seq, ids[best_lcp:])

@@ -55,6 +55,7 @@ class _FusedLinear(nn.Module):
         """(W, b) of the concatenated parts; one part's weight is shared, not copied (a tied
         lm_head keeps the embedding's storage); a part without bias contributes zeros."""
         self.in_features, self.out_features = parts[0].in_features, sum(p.out_features for p in parts)
+        self.parts_out = [p.out_features for p in parts]  # where each part's rows are (LoRA on one part)
         w = torch.cat([p.weight.detach() for p in parts]) if len(parts) > 1 else parts[0].weight.detach()
         biases = [p.bias for p in parts]
         b = (None if all(b is None for b in biases) else

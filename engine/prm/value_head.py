@@ -39,17 +39,19 @@ def head_dir(spec: str | Path) -> Path:
                             f"gboost (shipped: {', '.join(shipped_heads()) or 'none'})")
 
 
-def model_fingerprint(model) -> str:
+def model_fingerprint(model, adapter: str | None = None) -> str:
     """sha256 of a model's shape and of weight slices from its first, middle and last layers,
     rounded to bf16 first, so the same checkpoint loaded in fp32 or bf16 gives one fingerprint
-    and a fine-tune of it (all weights move) gives another."""
+    and a fine-tune of it (all weights move) gives another. ``adapter``: an unmerged LoRA adapter
+    the model runs with (models/lora.py): the fingerprint of the weights merged with it."""
+    from gboost.models.lora import weight_rows
     cfg = model.config
     h = hashlib.sha256(json.dumps([cfg.architecture, cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers,
                                    cfg.num_attention_heads, cfg.num_key_value_heads]).encode())
     layers = model.model.layers
-    for t in (model.model.embed_tokens.weight[:64], layers[0].mlp.down_proj.weight[:16],
-              layers[len(layers) // 2].mlp.down_proj.weight[:16], layers[-1].self_attn.o_proj.weight[:16],
-              model.model.norm.weight):
+    for t in (model.model.embed_tokens.weight[:64], weight_rows(layers[0].mlp.down_proj, 16, adapter),
+              weight_rows(layers[len(layers) // 2].mlp.down_proj, 16, adapter),
+              weight_rows(layers[-1].self_attn.o_proj, 16, adapter), model.model.norm.weight):
         h.update(t.detach().to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
     return h.hexdigest()
 
@@ -123,9 +125,9 @@ def load_head(directory: str | Path) -> tuple[ValueHead, HeadCard]:
     return head.eval().requires_grad_(False), card
 
 
-def check_base(card: HeadCard, model, name: str) -> None:
-    """Refuse a head whose base model is not `model` (clear message naming both)."""
-    fp = model_fingerprint(model)
+def check_base(card: HeadCard, model, name: str, adapter: str | None = None) -> None:
+    """Refuse a head whose base model is not `model` (with `adapter`; clear message naming both)."""
+    fp = model_fingerprint(model, adapter)
     if fp != card.fingerprint:
         raise ValueError(f"value head was trained on {card.base_model!r} (fingerprint {card.fingerprint[:12]}), "
                          f"not on {name!r} (fingerprint {fp[:12]}): train one for this model with "

@@ -34,10 +34,11 @@ def feature_role(engine, card: HeadCard) -> str:
     from gboost.prm.value_head import model_fingerprint
     roles = ["slm"] if card.sequence == "slm" else [r for r in ("slm", "llm", "prm") if r in engine.roles]
     for r in roles:
-        if model_fingerprint(engine.role(r).model) == card.fingerprint:
+        if model_fingerprint(engine.role(r).model, engine.role(r).adapter) == card.fingerprint:
             return r
     names = ", ".join(f"{r}={engine.role(r).key}" for r in roles)
-    check_base(card, engine.role(roles[0]).model, engine.role(roles[0]).key)  # raises with the details
+    m = engine.role(roles[0])
+    check_base(card, m.model, m.key, m.adapter)  # raises with the details
     raise ValueError(f"value head base {card.base_model!r} is none of the resident models ({names})")
 
 
@@ -49,7 +50,7 @@ class ValueHeadScorer:
         self.head, self.card = load_head(directory)
         role = role or feature_role(engine, self.card)
         self.model = engine.role(role)
-        check_base(self.card, self.model.model, self.model.key)
+        check_base(self.card, self.model.model, self.model.key, self.model.adapter)
         lm = self.model.model
         if lm.capture_layer not in (None, self.card.layer):
             raise ValueError(f"{self.model.key} already feeds a head from layer {lm.capture_layer}; "

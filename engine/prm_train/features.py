@@ -76,7 +76,7 @@ def extract(resident, cache, sols: list[Solution], layers: list[int], batch_toke
         from tqdm import tqdm
         bar = tqdm(total=len(sols), desc=f"features ({resident.key})", unit="solution", dynamic_ncols=True)
     for group in groups:
-        seqs = [cache.new_sequence(resident.key, s.ids) for s in group]
+        seqs = [resident.new_sequence(cache, s.ids) for s in group]
         try:
             for q in seqs:
                 cache.rewind(q, 0)

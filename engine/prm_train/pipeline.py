@@ -107,7 +107,7 @@ def fit_records(engine, cfg: SearchConfig, records: list[dict], out: str | Path,
     fits = {l: fit_head(torch.cat(feats[l]), y, groups, plan.fit, sols) for l in layers}
     best = max(layers, key=lambda l: (fits[l].metrics["auroc_val_steps"] or 0.0, -l))  # None: no signal seen
     card = HeadCard(
-        base_model=resident.key, fingerprint=model_fingerprint(resident.model),
+        base_model=resident.key, fingerprint=model_fingerprint(resident.model, resident.adapter),
         hidden_size=resident.config.hidden_size, layer=best,
         sequence="slm" if plan.features == "slm" else "text", mlp_hidden=plan.fit.mlp_hidden, labels=plan.labels,
         metrics={**fits[best].metrics, "by_layer": {str(l): fits[l].metrics["auroc_val_steps"] for l in layers}},

@@ -57,7 +57,7 @@ class EngineCompletionBackend:
 
     async def prompt_logprobs(self, ids: list[int], top_k: int) -> list[TokenLogprobs]:
         self._check(ids)
-        seq = self.engine.cache.new_sequence(self.m.key, list(ids))
+        seq = self.m.new_sequence(self.engine.cache, list(ids))
         try:
             self.engine.cache.rewind(seq, 0)  # every position's distribution is wanted
             logits = await self.scheduler.forward(seq, "all")

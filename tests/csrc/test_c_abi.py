@@ -195,3 +195,29 @@ def test_handle_with_a_base_model_runs_proxy_fusion(tiny_ckpt):
         h.close()
     with pytest.raises(ValueError, match="'base' must be a string or null"):
         EngineHandle(json.dumps(engine_config(tiny_ckpt, base=3)))
+
+
+def test_handle_with_an_unmerged_adapter_runs_proxy_fusion_from_one_copy(tiny_ckpt, tmp_path):
+    """"slm_adapter" with "base" the SLM's own checkpoint: one resident copy, the delta on the SLM's rows."""
+    import torch
+    from safetensors.torch import save_file
+    ad = tmp_path / "adapter"
+    ad.mkdir()
+    (ad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                                        "target_modules": ["q_proj"]}))
+    g = torch.Generator().manual_seed(0)
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{key}.lora_A.weight": torch.randn(2, 64, generator=g),
+               f"{key}.lora_B.weight": torch.randn(64, 2, generator=g)}, str(ad / "adapter_model.safetensors"))
+    EngineHandle = _glue().EngineHandle
+    h = EngineHandle(json.dumps(engine_config(tiny_ckpt, base=str(tiny_ckpt), slm_adapter=str(ad),
+                                              slm_adapter_mode="unmerged")))
+    try:
+        eng = h.stack.engine
+        assert eng.role("slm").model is eng.role("base").model and eng.role("slm").adapter == str(ad)
+        out = json.loads(h.solve("What is 2+2?", json.dumps({"method": "fusion", "fusion_rule": "proxy"})))
+        assert out["steps"] and out["cost"]["base_tokens"] > 0
+    finally:
+        h.close()
+    with pytest.raises(ValueError, match="adapter_mode='sideways'"):
+        EngineHandle(json.dumps(engine_config(tiny_ckpt, slm_adapter=str(ad), slm_adapter_mode="sideways")))

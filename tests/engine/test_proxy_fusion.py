@@ -44,7 +44,7 @@ def test_exact_collab_samples_from_llm_plus_alpha_times_slm_minus_base():
     eng, be = build()
     seen = []
     sample = be.sample
-    be.sample = lambda z, gen: (seen.append(z.clone()), sample(z, gen))[1]
+    be.sample = lambda z, gen, t: (seen.append(z.clone()), sample(z, gen, t))[1]
 
     async def go():
         root = await be.root("2+2?")

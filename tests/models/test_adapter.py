@@ -38,7 +38,7 @@ def tiny_tokenizer_module():
 
 
 def _logits(eng: Engine, role: str, ids: list[int]) -> torch.Tensor:
-    seq = eng.cache.new_sequence(eng.role(role).key, ids)
+    seq = eng.role(role).new_sequence(eng.cache, ids)
     out = eng.role(role).runner.run([seq], "all")[0]
     eng.cache.free(seq)
     return out.float()
@@ -55,7 +55,7 @@ IDS = [5, 17, 3, 99, 41, 8, 250, 7, 12]
 def test_a_merged_adapter_gives_peft_merged_logits_and_the_base_stays_untuned(base_and_adapter):
     base_dir, adapter_dir, base, merged = base_and_adapter
     eng = Engine.from_pretrained(str(base_dir), base=str(base_dir), slm_adapter=str(adapter_dir), dtype="float32",
-                                 num_blocks=64)
+                                 num_blocks=64, adapter_mode="merge")
     ref_tuned, ref_base = _ref(merged, IDS), _ref(base, IDS)
     tol = 1e-4 * ref_tuned.abs().max().item()   # fp32 sums in another order: relative 1e-4 of the largest logit
     assert (ref_tuned - ref_base).abs().max().item() > 100 * tol      # the adapter changes the logits

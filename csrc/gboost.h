@@ -118,6 +118,8 @@ GBOOST_API void gboost_shutdown(void);
  *    "slm_adapter": dir | null (a peft LoRA adapter for the SLM),           default null
  *    "slm_adapter_mode": "auto" | "merge" | "unmerged" (merged at load, or one resident base with
  *        the delta on the SLM's rows only; auto: unmerged when "base" is the SLM's checkpoint), default "auto"
+ *    "lora_modules": {"name": dir, ...} (adapters unmerged on the SLM's one resident copy; a generate
+ *        or solve call picks one with "adapter": "name"),                default {}
  *    "dtype": "bfloat16" | "float16" | "float32",                          default "bfloat16"
  *    "device": "cpu" | "cuda" | "cuda:N",                                  default "cpu"
  *    "kv_memory_gb": 2.0, "block_size": 16,

@@ -40,6 +40,7 @@ CONFIG_KEYS = {
     "base": "the SLM's untuned base model, for search fusion_rule 'proxy' (null: none)",
     "slm_adapter": "a peft LoRA adapter directory for the SLM (null: none)",
     "slm_adapter_mode": "auto | merge | unmerged (auto: unmerged when base is the SLM's own checkpoint)",
+    "lora_modules": "{name: peft adapter dir}: adapters unmerged on the SLM's resident model, named per call by 'adapter'",
     "dtype": "bfloat16 | float16 | float32",
     "device": "cpu | cuda | cuda:N",
     "kv_memory_gb": "KV pool size in GiB",
@@ -60,9 +61,9 @@ _STACK_KEYS = ("prm_kind", "base", "slm_adapter", "slm_adapter_mode", "dtype", "
                "llm_kind", "llm_model")
 
 #: keys of gboost_generate's params JSON besides the SamplingParams fields
-GENERATE_EXTRA_KEYS = ("role", "chat")
+GENERATE_EXTRA_KEYS = ("role", "chat", "adapter")
 #: keys of gboost_solve's overrides JSON besides the SearchConfig fields
-SOLVE_EXTRA_KEYS = ("include_tree",)
+SOLVE_EXTRA_KEYS = ("include_tree", "adapter")
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -154,6 +155,14 @@ def _parse_object(text: str | None, what: str) -> dict:
     return d
 
 
+def _adapter_key(d: dict, what: str) -> str | None:
+    """Pop a call's "adapter" (a name from the engine config's lora_modules, or null)."""
+    adapter = d.pop("adapter", None)
+    if adapter is not None and (not isinstance(adapter, str) or not adapter):
+        raise ValueError(f"{what}: 'adapter' must be a name from lora_modules or null")
+    return adapter
+
+
 def _check_keys(d: dict, allowed, what: str) -> None:
     unknown = sorted(str(k) for k in d if k not in allowed)
     if unknown:
@@ -203,6 +212,9 @@ class EngineHandle:
             v = llm if key == "llm" else cfg.get(key)
             if v is not None and not isinstance(v, str):
                 raise ValueError(f"config_json: '{key}' must be a string or null")
+        lora = cfg.get("lora_modules") or {}
+        if not isinstance(lora, dict) or not all(isinstance(k, str) and k and isinstance(v, str) for k, v in lora.items()):
+            raise ValueError("config_json: 'lora_modules' must be an object of adapter name -> directory")
         search = cfg.get("search") or {}
         if not isinstance(search, dict):
             raise ValueError("config_json: 'search' must be an object of SearchConfig fields")
@@ -226,7 +238,11 @@ class EngineHandle:
             from gboost.stack import build_stack
             self.stack = self._call(build_stack(self.cfg, slm=slm, llm=llm, prm=cfg.get("prm"),
                                                 options=options, **stack_kw))
+            for name, path in lora.items():
+                self.stack.engine.add_adapter(name, path, model=self.stack.engine.roles["slm"])
         except BaseException:
+            if self.stack is not None:
+                self._call(self.stack.aclose())
             self._stop_loop()
             raise
 
@@ -259,13 +275,14 @@ class EngineHandle:
         _check_keys(p, fields | set(GENERATE_EXTRA_KEYS), "params_json")
         role = p.pop("role", "slm")
         chat = p.pop("chat", False)
+        adapter = _adapter_key(p, "params_json")
         if not isinstance(role, str) or not isinstance(chat, bool):
             raise ValueError("params_json: 'role' must be a string and 'chat' true or false")
         params = SamplingParams(**p)
         self._enter()
         try:
             t0 = time.perf_counter()
-            m = self.stack.engine.role(role)
+            m = self.stack.engine.role(role, adapter)
             tok = m.tokenizer
             if chat:
                 if not tok.chat_template:
@@ -275,17 +292,17 @@ class EngineHandle:
                 ids = tok.encode_prompt(prompt)
             if not ids:
                 raise ValueError("prompt is empty (encodes to no tokens)")
-            out, finish = self._call(self._generate(role, ids, params))
+            out, finish = self._call(self._generate(role, ids, params, adapter))
             text = tok.decode(out, skip_special_tokens=True)
             return _dumps({"text": text, "token_ids": out, "seconds": round(time.perf_counter() - t0, 6),
                            "finish_reason": finish, "prompt_tokens": len(ids)})
         finally:
             self._leave()
 
-    async def _generate(self, role: str, ids: list[int], params) -> tuple[list[int], str]:
+    async def _generate(self, role: str, ids: list[int], params, adapter: str | None) -> tuple[list[int], str]:
         """Engine.agenerate: the forwards go through the handle's shared scheduler (batched with
         every other call), with Engine.generate's stopping rules and seeded sampling."""
-        o = await self.stack.engine.agenerate(self.stack.scheduler, list(ids), params, role=role)
+        o = await self.stack.engine.agenerate(self.stack.scheduler, list(ids), params, role=role, adapter=adapter)
         return o.token_ids, o.finish_reason
 
     # -- solve ---------------------------------------------------------------------------
@@ -294,13 +311,15 @@ class EngineHandle:
 
         o = _parse_object(overrides_json, "overrides_json")
         include_tree = o.pop("include_tree", False)
+        adapter = _adapter_key(o, "overrides_json")
         if not isinstance(include_tree, bool):
             raise ValueError("overrides_json: 'include_tree' must be true or false")
         cfg = self.cfg.replace(**o) if o else self.cfg
         self._enter()
         try:
+            ex = self.stack.executor if adapter is None else self.stack.executor.with_adapter(adapter)
             # solve() gives the shared executor this call's settings (EngineExecutor.with_config)
-            res = self._call(solve(question, self.stack.executor, cfg))
+            res = self._call(solve(question, ex, cfg))
             return _dumps(res.to_dict(include_tree=include_tree))
         finally:
             self._leave()

@@ -219,6 +219,7 @@ def cmd_serve(args) -> int:
             # the stack is built on the loop that serves it (scheduler and LLM client bind to it)
             stack = await _stack(args, cfg, check=False, serving=True)
             try:
+                _add_lora_modules(stack.engine, args.lora_modules)
                 backend = EngineCompletionBackend(stack.engine, stack.scheduler,
                                                   model_name=args.served_name or args.slm)
                 solver = Solver(stack.executor, cfg)
@@ -238,10 +239,20 @@ def cmd_serve(args) -> int:
         return asyncio.run(main())
     eng = Engine.from_pretrained(args.model, dtype=args.dtype, device=args.device,
                                  kv_memory_bytes=int(args.kv_memory_gb * (1 << 30)))
+    _add_lora_modules(eng, args.lora_modules)
     backend = EngineCompletionBackend(eng, Scheduler(eng), model_name=args.served_name or args.model)
     sig = serve(backend, host=args.host, port=args.port, fault=fault if fault.active else None, api_key=api_key,
                 graceful_shutdown_s=args.shutdown_grace, max_body_bytes=args.max_body_bytes)
     return _stopped(sig, eng.cache)
+
+
+def _add_lora_modules(eng, items: list[str]) -> None:
+    """``--lora-modules NAME=DIR ...``: each adapter unmerged on the SLM's resident model."""
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--lora-modules {item!r}: want NAME=DIR")
+        eng.add_adapter(name, path, model=eng.roles["slm"])
 
 
 def _stopped(sig, cache, what: str | None = None) -> int:

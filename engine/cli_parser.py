@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--served-name", default=None)
+    v.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=DIR",
+                   help="LoRA adapters (peft directories) kept unmerged on the SLM's (or --model's) one resident "
+                        "copy; a request names one as its \"model\" (/v1/completions, chat) or \"adapter\" "
+                        "(/v1/solve), and requests of several adapters share forwards")
     v.add_argument("--api-key-env", default=None, help="require Bearer auth with the key in this env variable")
     v.add_argument("--fault-latency", type=float, default=0.0, help="seconds added to every call (testing)")
     v.add_argument("--fault-error-rate", type=float, default=0.0)

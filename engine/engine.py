@@ -163,7 +163,7 @@ class Engine:
 
     # -- plain generation ----------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
-                 role: str = "slm") -> list[GenerationOutput]:
+                 role: str = "slm", adapter: str | None = None) -> list[GenerationOutput]:
         """Sample continuations of several prompts (blocking): `agenerate` for each, concurrently
         on a scheduler of its own, so they share forward batches; every KV block is released when
         it returns."""
@@ -174,7 +174,7 @@ class Engine:
         async def run_all() -> list[GenerationOutput]:
             scheduler = Scheduler(self, offload=False)  # a loop of its own: nothing else to keep responsive
             try:
-                return list(await asyncio.gather(*[self.agenerate(scheduler, p, sp, role)
+                return list(await asyncio.gather(*[self.agenerate(scheduler, p, sp, role, adapter=adapter)
                                                    for p, sp in zip(prompts, params)]))
             finally:
                 scheduler.close()
@@ -188,12 +188,12 @@ class Engine:
             return pool.submit(asyncio.run, run_all()).result()
 
     async def agenerate(self, scheduler, ids: list[int], params: SamplingParams, role: str = "slm",
-                        on_token=None) -> GenerationOutput:
+                        on_token=None, adapter: str | None = None) -> GenerationOutput:
         """Sample a continuation of one prompt with the forwards going through `scheduler`, so
         concurrent callers (HTTP requests, C ABI threads) share batches. Each prompt samples with
         its own seeded generator, so its tokens do not depend on its batch mates. `on_token(logits,
-        token)` sees every step."""
-        m = self.role(role)
+        token)` sees every step. ``adapter``: a LoRA adapter on the role's model to run with."""
+        m = self.role(role, adapter)
         out = GenerationOutput(list(ids))
         seq = m.new_sequence(self.cache, list(ids))
         try:

@@ -111,6 +111,29 @@ def tiny_stack(cfg=None, *, num_blocks: int = 512, llm: bool = True, prm_kind: s
     return Stack(eng, sched, executor, general)
 
 
+def random_adapter(cfg: ModelConfig, seed: int, rank: int = 2, alpha: float = 6.0,
+                   targets: tuple[str, ...] = ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")):
+    """A LoRA adapter (models/adapter.py's LoraAdapter, in memory) of random A and B on every layer's
+    ``targets``: big enough (B not zero) that greedy tokens change."""
+    from pathlib import Path
+
+    from gboost.models.adapter import LoraAdapter
+    g = torch.Generator().manual_seed(seed)
+    sizes = {"self_attn.q_proj": (cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size),
+             "self_attn.k_proj": (cfg.num_key_value_heads * cfg.head_dim, cfg.hidden_size),
+             "self_attn.v_proj": (cfg.num_key_value_heads * cfg.head_dim, cfg.hidden_size),
+             "self_attn.o_proj": (cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim),
+             "mlp.gate_proj": (cfg.intermediate_size, cfg.hidden_size),
+             "mlp.up_proj": (cfg.intermediate_size, cfg.hidden_size),
+             "mlp.down_proj": (cfg.hidden_size, cfg.intermediate_size)}
+    pairs = {}
+    for i in range(cfg.num_hidden_layers):
+        for t in targets:
+            out, inp = sizes[t]
+            pairs[f"model.layers.{i}.{t}"] = (torch.randn(rank, inp, generator=g), torch.randn(out, rank, generator=g))
+    return LoraAdapter(Path(f"<random adapter {seed}>"), rank, alpha / rank, pairs)
+
+
 def tiny_app(stack, **create_app_kw):
     """``gboost serve --solve`` on a :func:`tiny_stack`: /v1/solve and the SLM's /v1/completions."""
     from gboost.server.app import create_app

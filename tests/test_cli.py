@@ -374,3 +374,11 @@ def test_an_slm_adapter_loads_from_the_cli_and_a_bad_one_is_one_line(tiny_dir, t
                                                         "use_dora": True}))
     p = gboost("solve", *models, "--slm-adapter", ad, "q", check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "DoRA" in p.stderr and str(ad) in p.stderr
+
+
+def test_serve_lora_modules_refuse_a_bad_spec_or_adapter_in_one_line(tiny_dir, tmp_path):
+    p = gboost("serve", "--model", tiny_dir, "--dtype", "float32", "--lora-modules", "noequals", check=False)
+    assert p.returncode == 2 and "--lora-modules 'noequals': want NAME=DIR" in p.stderr
+    p = gboost("serve", "--model", tiny_dir, "--dtype", "float32", "--lora-modules", f"a={tmp_path / 'none'}",
+               check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no adapter directory there" in p.stderr

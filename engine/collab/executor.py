@@ -91,6 +91,13 @@ class EngineExecutor:
         check_stack_runs(cfg, has_llm=self.llm is not None, has_base=self.base is not None,
                          has_writer=self.writer is not None)
 
+    def with_adapter(self, name: str) -> "EngineExecutor":
+        """This executor with its SLM running the LoRA adapter ``name`` (one installed on the SLM's
+        model, Engine.add_adapter): a request's own private SLM on the shared base. KeyError if none."""
+        view = copy.copy(self)
+        view.slm = self.engine.role("slm", adapter=name)
+        return view
+
     def with_config(self, cfg: SearchConfig) -> "EngineExecutor":
         """This executor generating with one request's ``cfg`` (sampling, fusion, step rules);
         models, KV cache, LLM, PRM, cost and counters stay shared with ``self``."""

@@ -104,10 +104,10 @@ def create_app(
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
         check_auth(request)
-        card = ModelCard(
-            id=model_name, created=created, max_model_len=backend.max_model_len, vocab_size=backend.vocab_size
-        )
-        return ModelList(data=[card]).model_dump()
+        cards = [ModelCard(id=name, created=created, max_model_len=backend.max_model_len,
+                           vocab_size=backend.vocab_size, parent=None if name == model_name else model_name)
+                 for name in [model_name, *_adapters(backend)]]
+        return ModelList(data=cards).model_dump()
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_route() -> PlainTextResponse:
@@ -164,16 +164,18 @@ def create_app(
     async def completions(request: Request) -> Response:
         return await answer(
             request, CompletionRequest.model_validate,
-            lambda req: create_completion(req, backend, model_name, max_logprobs),
-            lambda req, done: stream_completion(req, backend, model_name, max_logprobs, on_done=done))
+            lambda req: create_completion(req, *_route(backend, model_name, req.model), max_logprobs),
+            lambda req, done: stream_completion(req, *_route(backend, model_name, req.model), max_logprobs,
+                                                on_done=done))
 
     @app.post("/v1/chat/completions", openapi_extra=_json_body("ChatCompletionRequest"),
               responses=_errors(401, 404, 500))
     async def chat_completions(request: Request) -> Response:
         return await answer(
             request, ChatCompletionRequest.model_validate,
-            lambda req: create_chat_completion(req, backend, model_name, max_logprobs),
-            lambda req, done: stream_chat_completion(req, backend, model_name, max_logprobs, on_done=done))
+            lambda req: create_chat_completion(req, *_route(backend, model_name, req.model), max_logprobs),
+            lambda req, done: stream_chat_completion(req, *_route(backend, model_name, req.model), max_logprobs,
+                                                     on_done=done))
 
     if solver is not None:
         @app.post("/v1/solve", openapi_extra=_json_body("SolveRequest"), responses=_errors(401, 499, 500, 502, 503))
@@ -187,6 +189,18 @@ def create_app(
 
     app.openapi = lambda: _openapi(app)
     return app
+
+
+def _adapters(backend) -> list[str]:
+    return backend.adapters() if hasattr(backend, "adapters") else []
+
+
+def _route(backend, model_name: str, requested: Optional[str]):
+    """(backend, served name) for a request's ``model``: a LoRA adapter's view where it names one;
+    else the served model (a name that is neither is answered 404 by the handler)."""
+    view = backend.for_model(requested) if requested and requested != model_name and hasattr(backend, "for_model") \
+        else None
+    return (view, requested) if view is not None else (backend, model_name)
 
 
 def _llm_metrics(solver) -> Optional[dict]:

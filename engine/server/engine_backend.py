@@ -5,6 +5,8 @@ forward runs in the scheduler's worker thread, never on the event loop.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from gboost.llm.base import TokenLogprobs
@@ -30,6 +32,21 @@ class EngineCompletionBackend:
         self.vocab_size = self.m.config.vocab_size
         self.max_model_len = self.m.model.max_positions
         self.eos_token_ids = list(self.m.eos_token_ids)
+
+    def adapters(self) -> list[str]:
+        """The LoRA adapters a request may name as its model (installed on this role's model)."""
+        from gboost.models.lora import adapters_of
+        return sorted(adapters_of(self.m.model))
+
+    def for_model(self, name: str | None) -> "EngineCompletionBackend | None":
+        """This backend, or a view running the adapter ``name`` (None if there is no such one)."""
+        if name is None or name == self.model_name:
+            return self
+        if name not in self.adapters():
+            return None
+        view = copy.copy(self)
+        view.m, view.model_name = self.engine.role(self.role, adapter=name), name
+        return view
 
     def encode(self, text: str) -> list[int]:
         return self.m.tokenizer.encode_piece(text)
@@ -79,5 +96,5 @@ class EngineCompletionBackend:
             if on_token is not None:
                 on_token(int(t), rows[-1] if top_k_logprobs else None)
         out = (await self.engine.agenerate(self.scheduler, list(ids), params, role=self.role,
-                                           on_token=keep_row)).token_ids
+                                           on_token=keep_row, adapter=self.m.adapter)).token_ids
         return out, rows

@@ -182,6 +182,7 @@ class ModelCard(BaseModel):
     owned_by: str = "gboost"
     max_model_len: int
     vocab_size: int
+    parent: Optional[str] = None   # a LoRA adapter's base model (vLLM's field), None for the base
 
 
 class ModelList(BaseModel):

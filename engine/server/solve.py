@@ -71,6 +71,8 @@ class SolveRequest(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     stream: bool = False
     include_tree: bool = False
+    #: a LoRA adapter on the SLM's resident model (serve --lora-modules) for this request's SLM
+    adapter: Optional[str] = None
 
 
 @dataclass
@@ -87,9 +89,21 @@ class Solver:
         if self.question_bytes is None:
             self.question_bytes = question_byte_limit(self.executor)
 
-    def start(self, question: str, cfg: SearchConfig, on_step=None) -> asyncio.Task:
+    def executor_for(self, req: SolveRequest):
+        """The executor of a request: the server's, or a view whose SLM runs the request's adapter."""
+        if req.adapter is None:
+            return self.executor
+        if not hasattr(self.executor, "with_adapter"):
+            raise APIError(400, "this server's executor takes no LoRA adapters", param="adapter")
+        try:
+            return self.executor.with_adapter(req.adapter)
+        except KeyError as e:
+            raise APIError(404, f"The adapter `{req.adapter}` does not exist: {e.args[0]}", param="adapter",
+                           code="model_not_found") from None
+
+    def start(self, question: str, cfg: SearchConfig, on_step=None, executor=None) -> asyncio.Task:
         self.in_flight += 1
-        task = asyncio.create_task(solve(question, self.executor, cfg, on_step=on_step))
+        task = asyncio.create_task(solve(question, executor or self.executor, cfg, on_step=on_step))
         task.add_done_callback(self._ended)
         return task
 
@@ -172,9 +186,10 @@ async def handle_solve(solver: Solver, data: Any, is_disconnected: Callable[[], 
                             "positions can hold: it exceeds the model's context",
                        param="question", code="question_too_long")
     cfg = solver.request_config(req)
+    ex = solver.executor_for(req)
     if req.stream:
-        return await _start_stream(solver, req, cfg, is_disconnected)
-    task = solver.start(req.question, cfg)
+        return await _start_stream(solver, req, cfg, is_disconnected, ex)
+    task = solver.start(req.question, cfg, executor=ex)
     try:
         if not await _until(task, is_disconnected):  # the client left: free the states now
             raise _gone()
@@ -206,7 +221,7 @@ async def _until(fut: asyncio.Future, is_disconnected) -> bool:
 
 
 async def _start_stream(solver: Solver, req: SolveRequest, cfg: SearchConfig,
-                        is_disconnected=None) -> AsyncIterator[bytes]:
+                        is_disconnected=None, executor=None) -> AsyncIterator[bytes]:
     """Start the search and wait for its first event, so that an error raised before any step
     (over-long question, full pool) is answered with its own HTTP status."""
     queue: asyncio.Queue = asyncio.Queue()
@@ -214,7 +229,7 @@ async def _start_stream(solver: Solver, req: SolveRequest, cfg: SearchConfig,
     def on_step(step: dict) -> None:
         queue.put_nowait({"object": "solve.step", **step})
 
-    task = solver.start(req.question, cfg, on_step)
+    task = solver.start(req.question, cfg, on_step, executor)
     task.add_done_callback(lambda _t: queue.put_nowait(None))
     getter = asyncio.ensure_future(queue.get())
     try:

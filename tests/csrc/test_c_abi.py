@@ -197,18 +197,26 @@ def test_handle_with_a_base_model_runs_proxy_fusion(tiny_ckpt):
         EngineHandle(json.dumps(engine_config(tiny_ckpt, base=3)))
 
 
-def test_handle_with_an_unmerged_adapter_runs_proxy_fusion_from_one_copy(tiny_ckpt, tmp_path):
-    """"slm_adapter" with "base" the SLM's own checkpoint: one resident copy, the delta on the SLM's rows."""
+def _adapter_dir(d, seed=0):
+    """A peft-layout LoRA adapter on the tiny checkpoint's q_proj of both layers."""
     import torch
     from safetensors.torch import save_file
-    ad = tmp_path / "adapter"
-    ad.mkdir()
-    (ad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
-                                                        "target_modules": ["q_proj"]}))
-    g = torch.Generator().manual_seed(0)
-    key = "base_model.model.model.layers.0.self_attn.q_proj"
-    save_file({f"{key}.lora_A.weight": torch.randn(2, 64, generator=g),
-               f"{key}.lora_B.weight": torch.randn(64, 2, generator=g)}, str(ad / "adapter_model.safetensors"))
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                                       "target_modules": ["q_proj"]}))
+    g = torch.Generator().manual_seed(seed)
+    t = {}
+    for i in range(2):
+        key = f"base_model.model.model.layers.{i}.self_attn.q_proj"
+        t[f"{key}.lora_A.weight"] = torch.randn(2, 64, generator=g)
+        t[f"{key}.lora_B.weight"] = torch.randn(64, 2, generator=g) * 3
+    save_file(t, str(d / "adapter_model.safetensors"))
+    return d
+
+
+def test_handle_with_an_unmerged_adapter_runs_proxy_fusion_from_one_copy(tiny_ckpt, tmp_path):
+    """"slm_adapter" with "base" the SLM's own checkpoint: one resident copy, the delta on the SLM's rows."""
+    ad = _adapter_dir(tmp_path / "adapter")
     EngineHandle = _glue().EngineHandle
     h = EngineHandle(json.dumps(engine_config(tiny_ckpt, base=str(tiny_ckpt), slm_adapter=str(ad),
                                               slm_adapter_mode="unmerged")))
@@ -221,3 +229,22 @@ def test_handle_with_an_unmerged_adapter_runs_proxy_fusion_from_one_copy(tiny_ck
         h.close()
     with pytest.raises(ValueError, match="adapter_mode='sideways'"):
         EngineHandle(json.dumps(engine_config(tiny_ckpt, slm_adapter=str(ad), slm_adapter_mode="sideways")))
+
+
+def test_lora_modules_are_named_per_call(tiny_ckpt, tmp_path):
+    """"lora_modules" installs adapters on the SLM's one copy; a call's "adapter" picks one."""
+    EngineHandle = _glue().EngineHandle
+    mods = {"a": str(_adapter_dir(tmp_path / "a", 1)), "b": str(_adapter_dir(tmp_path / "b", 2))}
+    h = EngineHandle(json.dumps(engine_config(tiny_ckpt, lora_modules=mods)))
+    try:
+        gen = {a: json.loads(h.generate("hello", json.dumps({"max_tokens": 6, **({"adapter": a} if a else {})})))
+               for a in (None, "a", "b")}
+        assert len({tuple(g["token_ids"]) for g in gen.values()}) == 3
+        out = json.loads(h.solve("What is 2+2?", json.dumps({"method": "slm", "adapter": "a"})))
+        assert out["steps"]
+        with pytest.raises(KeyError, match="no LoRA adapter 'c'"):
+            h.generate("hello", json.dumps({"adapter": "c"}))
+    finally:
+        h.close()
+    with pytest.raises(ValueError, match="'lora_modules' must be an object"):
+        EngineHandle(json.dumps(engine_config(tiny_ckpt, lora_modules=["a"])))

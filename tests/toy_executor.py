@@ -147,7 +147,7 @@ class ToyExecutor:
         await asyncio.sleep(0)
         return self._new_state(question, (), (), len(toy_tokens(question)))
 
-    async def expand(self, state: Any, action: str, n: int) -> list[StepOut]:
+    async def expand(self, state: Any, action: str, n: int, first: int = 0) -> list[StepOut]:
         st = self._check_live(state)
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
@@ -160,7 +160,7 @@ class ToyExecutor:
             self.inflight -= 1
         self._check_live(st)
         outs: list[StepOut] = []
-        for i in range(n):
+        for i in range(first, first + n):
             fault = self.fault_fn(st.question, st.steps, action, i) if (self.fault_fn and action != "slm") else None
             gen_action = "slm" if fault else action
             res = self.step_fn(st.question, st.steps, gen_action, i)

@@ -94,13 +94,13 @@ class NaiveExecutor:
         self.live_states += 1
         return NaiveState(ids, prm_ids, 0, ())
 
-    async def expand(self, state: NaiveState, action: str, n: int) -> list[StepOut]:
+    async def expand(self, state: NaiveState, action: str, n: int, first: int = 0) -> list[StepOut]:
         self._check(state)
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
         if action != "slm" and self.llm is None:
             raise ValueError(f"action {action!r} needs a general LLM; none is configured")
-        return [self._child(state, action, i) for i in range(n)]
+        return [self._child(state, action, i) for i in range(first, first + n)]
 
     async def score(self, states: list[NaiveState]) -> list[float]:
         if self.prm is None:

@@ -130,11 +130,11 @@ class EngineExecutor:
     def _root_ids(self, question: str) -> tuple[list[int], list[int] | None]:
         return slm_prompt_ids(self.tok, question), None if self.prm is None else self.prm.root_ids(question)
 
-    async def expand(self, state: NodeState, action: str, n: int) -> list[StepOut]:
+    async def expand(self, state: NodeState, action: str, n: int, first: int = 0) -> list[StepOut]:
         if action not in STEPS:
             raise ValueError(f"unknown action {action!r}")
         self._step(action)  # refuses an action this stack cannot run before any child exists
-        res = await settle([self._child(state, action, i) for i in range(n)],
+        res = await settle([self._child(state, action, i) for i in range(first, first + n)],
                            on_orphan=lambda out: self.release(out.state))
         errors = [r for r in res if isinstance(r, BaseException)]
         if errors:  # the search never sees these children: release the ones that did finish

@@ -117,6 +117,10 @@ class SearchConfig:
     #: step is terminal. N simulations give N solutions sharing their prefixes in the KV cache, for
     #: the final choice to choose among; selection passes over subtrees whose paths have all ended
     simulate_to_terminal: bool = False
+    #: with simulate_to_terminal: the SLM samples a node may draw in all. A node whose paths have
+    #: all ended is expanded again (new samples) while it has drawn fewer, so duplicate siblings
+    #: do not end the search early; 0: never again (a node is expanded once)
+    widen_to: int = 0
     #: if no terminal node exists when the simulations are spent, complete the best leaf
     #: greedily (per step: one SLM and, budget permitting, one collab sample; the PRM keeps the
     #: better) until it terminates, so a request always yields an answer
@@ -234,6 +238,7 @@ class SearchConfig:
         need(self.bon_n >= 1, "bon_n", "must be >= 1")
         need(0.0 <= self.rsd_threshold <= 1.0, "rsd_threshold", "must be in [0, 1]")
         need(self.rsd_chains >= 1, "rsd_chains", "must be >= 1")
+        need(self.widen_to >= 0, "widen_to", "must be >= 0")
         need(0.0 <= self.fusion_alpha <= 1.0, "fusion_alpha", "must be in [0, 1]")
         need(math.isfinite(self.temperature) and self.temperature >= 0, "temperature", "must be >= 0")
         need(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")

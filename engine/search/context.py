@@ -120,7 +120,8 @@ class SearchContext:
                 raise RuntimeError(f"expanding node {node.id} whose state was released")
         with self.cost.timed("expand"):
             results = await settle(
-                [self.executor.expand(node.state, action, n) for _, (node, action, n) in live],
+                [self.executor.expand(node.state, action, n, first=node.drawn.get(action, 0))
+                 for _, (node, action, n) in live],
                 on_orphan=self._hold_all)
         first_exc: BaseException | None = None
         for res in results:
@@ -142,6 +143,7 @@ class SearchContext:
             if len(res) > n:
                 raise ValueError(f"executor.expand(n={n}) returned {len(res)} children")
             node.expanded_actions.add(action)
+            node.drawn[action] = node.drawn.get(action, 0) + n
             self.stats["expansions"][action] += 1
             seen = {c.text.strip() for c in node.children if not c.pruned} if dedup else set()
             for out in res:

@@ -62,7 +62,7 @@ async def run_gboost(ctx: SearchContext) -> Node | None:
         new = await expand(ctx, picks)
         _backpropagate(new, [leaf for leaf, _ in picks])
         if cfg.simulate_to_terminal:
-            new += await _descend_to_terminals(ctx, expand, [_best_open_child(leaf, new) for leaf, _ in picks])
+            new += await _descend_to_terminals(ctx, expand, [leaf for leaf, _ in picks], new)
         if _reached_early_stop(ctx, new):
             ctx.stats["stop_reason"] = "early_stop"
             break
@@ -94,27 +94,29 @@ def _backpropagate(new: list[Node], leaves: list[Node]) -> None:
                 leaf.back_up()
 
 
-def _best_open_child(leaf: Node, new: list[Node]) -> Node | None:
-    """The new child of ``leaf`` a simulation descends to: the best by PRM reward (ties: the
-    first); None where the expansion wrote a terminal step (the simulation has its solution)."""
-    kids = [c for c in new if c.parent is leaf]
-    if not kids or any(c.terminal for c in kids):
-        return None
-    return max(kids, key=lambda c: (c.step_reward, -c.id))
+def _next_heads(ctx: SearchContext, leaves: list[Node], new: list[Node]) -> list[Node]:
+    """The new child of each leaf a simulation descends to: the best by PRM reward (ties: the
+    first). A leaf whose expansion wrote a terminal step ends its simulation with a solution; one
+    whose expansion wrote nothing new (a dead end, or only duplicates) ends it without one."""
+    heads = []
+    for leaf in leaves:
+        kids = [c for c in new if c.parent is leaf]
+        if any(c.terminal for c in kids):
+            ctx.stats["solutions"] += 1
+        elif kids:
+            heads.append(max(kids, key=lambda c: (c.step_reward, -c.id)))
+    return heads
 
 
-async def _descend_to_terminals(ctx: SearchContext, expand, heads: list[Node | None]) -> list[Node]:
-    """Expand on the way down from each head until a terminal, all heads in one batch per step
-    (the policy's expansion each time: the siblings stay open for later simulations)."""
-    live, written = [h for h in heads if h is not None], []
-    ctx.stats["solutions"] += len(heads) - len(live)
+async def _descend_to_terminals(ctx: SearchContext, expand, leaves: list[Node], new: list[Node]) -> list[Node]:
+    """Expand on the way down from each just-expanded leaf until a terminal, all in one batch per
+    step (the policy's expansion each time: the siblings stay open for later simulations)."""
+    live, written = _next_heads(ctx, leaves, new), []
     while live:
         new = await expand(ctx, [(n, None) for n in live])
         _backpropagate(new, live)
         written += new
-        nxt = [_best_open_child(n, new) for n in live]
-        ctx.stats["solutions"] += sum(c is None for c in nxt)
-        live = [c for c in nxt if c is not None]
+        live = _next_heads(ctx, live, new)
     return written
 
 

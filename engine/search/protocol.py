@@ -8,7 +8,9 @@ Semantics every executor must honour
 ------------------------------------
 * ``root(question)`` returns an opaque *state* for the prompt (chat template
   applied, prompt prefilled or queued for prefill).
-* ``expand(state, action, n)`` samples ``n`` children of ``state``: each child is
+* ``expand(state, action, n, first=0)`` samples ``n`` children of ``state`` -- its
+  samples ``first .. first+n-1`` of ``action``, each seeded by its own index, so a node
+  expanded again gets new samples, not the same ones: each child is
   ``state`` followed by one more reasoning step, i.e. text generated until the
   step delimiter (``"\\n\\n"``), EOS, or ``max_step_tokens``.  ``action`` is
 
@@ -65,7 +67,7 @@ class StepExecutor(Protocol):
 
     async def root(self, question: str) -> Any: ...
 
-    async def expand(self, state: Any, action: str, n: int) -> list[StepOut]: ...
+    async def expand(self, state: Any, action: str, n: int, first: int = 0) -> list[StepOut]: ...
 
     async def score(self, states: list[Any]) -> list[float]: ...
 

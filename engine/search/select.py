@@ -84,10 +84,10 @@ def _descend(ctx: SearchContext, root: Node, quota: int, blocked: set[int]) -> P
         if cfg.action_policy != "arms":
             if not node.children:
                 return node, None
-            free = [ch for ch in node.children if ch.id not in blocked and not ch.pruned
-                    and not (cfg.simulate_to_terminal and not _open(ch))]
-            if not free:
-                return None
+            kids = [ch for ch in node.children if not ch.pruned]
+            free = [ch for ch in kids if ch.id not in blocked and not (cfg.simulate_to_terminal and not _open(cfg, ch))]
+            if not free:  # every path below has ended: draw new samples here, if it may
+                return (node, None) if widens(cfg, node) and not any(ch.id in blocked for ch in kids) else None
             node = select_child(node, cfg.uct_c, ctx.rng, among=free)
             continue
         # actions as UCT arms
@@ -109,13 +109,21 @@ def _descend(ctx: SearchContext, root: Node, quota: int, blocked: set[int]) -> P
         node = select_child(node, cfg.uct_c, ctx.rng, among=free)
 
 
-def _open(node: Node) -> bool:
-    """Some leaf below ``node`` can still be expanded. With simulate_to_terminal a simulation that
-    reached a terminal wrote its solution: selection goes where a new one can start."""
+def widens(cfg: SearchConfig, node: Node) -> bool:
+    """With simulate_to_terminal, a node whose paths have all ended may draw new SLM samples
+    (its policy's expansion again, the next sample indices) until it has drawn ``widen_to``."""
+    return (cfg.simulate_to_terminal and not node.terminal and node.children != []
+            and node.drawn.get("slm", 0) < cfg.widen_to)
+
+
+def _open(cfg: SearchConfig, node: Node) -> bool:
+    """Some leaf below ``node`` can still be expanded, or a node there widened. With
+    simulate_to_terminal a simulation that reached a terminal wrote its solution: selection goes
+    where a new one can start."""
     if node.terminal:
         return False
     kids = [c for c in node.children if not c.pruned]
-    return not kids or any(_open(c) for c in kids)
+    return not kids or widens(cfg, node) or any(_open(cfg, c) for c in kids)
 
 
 def _block(cfg: SearchConfig, leaf: Node, blocked: set[int], quota: int) -> None:

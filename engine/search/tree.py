@@ -56,6 +56,7 @@ class Node:
     exhausted: bool = False             #: expansion produced no child (treated as terminal)
     vloss: int = 0                      #: virtual visits of selections in flight (leaf parallelism)
     expanded_actions: set[str] = field(default_factory=set)
+    drawn: dict[str, int] = field(default_factory=dict)  #: samples asked of each action so far (the next index)
     _ids: _Ids = field(default_factory=_Ids, repr=False)
 
     # ---------------------------------------------------------------- construction

@@ -42,3 +42,20 @@ def test_the_first_child_is_the_greedy_step_and_its_siblings_are_sampled(action)
     assert len(siblings) > 1 and siblings != {greedy}
     without = [children(action, 1, temperature=1.5, seed=s)[0] for s in range(4)]
     assert any(t != greedy for t in without)  # without the rule the first child is sampled too
+
+
+def test_an_expansion_from_a_later_index_continues_the_same_samples():
+    # expand(n, first) draws samples first..first+n-1: a node expanded again gets new ones
+    eng, sched, cfg, be = build(max_step_tokens=8, temperature=1.5, greedy_first_child=True)
+
+    async def go():
+        root = await be.root("Tom has 4 apples and buys 5 more. How many?")
+        three = await be.expand(root, "slm", 3)
+        again = await be.expand(root, "slm", 1) + await be.expand(root, "slm", 2, first=1)
+        texts = [k.text for k in three], [k.text for k in again]
+        for s in [root] + [k.state for k in three + again]:
+            be.release(s)
+        return texts
+    three, again = asyncio.run(go())
+    assert three == again and len(set(three)) > 1
+    eng.cache.check_refcounts()

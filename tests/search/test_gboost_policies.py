@@ -29,10 +29,10 @@ class LiveAtExpand(ToyExecutor):
         super().__init__(*a, **kw)
         self.live_at_expand: list[set[int]] = []
 
-    async def expand(self, state, action, n):
+    async def expand(self, state, action, n, first=0):
         if action == "slm":
             self.live_at_expand.append({st.steps for st in self.live.values()})
-        return await super().expand(state, action, n)
+        return await super().expand(state, action, n, first)
 
 
 def test_gate_replaces_prunes_the_weak_slm_children_where_the_llm_wrote_a_step():

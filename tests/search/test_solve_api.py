@@ -92,11 +92,11 @@ def test_states_released_when_one_concurrent_expand_fails():
     b = ToyExecutor(step, reward)
     orig = b.expand
 
-    async def expand(state, action, n):
+    async def expand(state, action, n, first=0):
         if action == "collab" and state.depth == 1:
             await asyncio.sleep(0)
             raise Boom("llm died")
-        return await orig(state, action, n)
+        return await orig(state, action, n, first)
 
     b.expand = expand
     with pytest.raises(Boom):
@@ -132,8 +132,8 @@ def test_states_released_on_cancellation():
 
 def test_bad_backend_output_is_reported_clearly():
     class Bad(ToyExecutor):
-        async def expand(self, state, action, n):
-            outs = await super().expand(state, action, n)
+        async def expand(self, state, action, n, first=0):
+            outs = await super().expand(state, action, n, first)
             return [StepOut(o.text, o.token_ids, o.state, o.terminal, "llm") for o in outs]
 
     b = Bad(step, reward)

@@ -95,3 +95,38 @@ def test_rsd_at_n_runs_n_gated_chains_and_votes():
     assert sorted(f.action for f in firsts) == ["llm", "llm", "llm", "slm"]  # the LLM budget: 3 replacements
     assert ex.cost.llm_calls == 3 and res.stats["rsd_regenerated"] == 3 and len(res.steps) == 3
     assert not ex.live
+
+
+def three_samples(question, steps, action, i):
+    """Only three distinct steps per node, whatever the sample index: siblings repeat."""
+    return f"{'/'.join(steps)}>{action}{i % 3}"
+
+
+def test_duplicates_end_a_tree_early_unless_its_nodes_widen():
+    seen = []
+
+    def step(q, steps, action, i):
+        seen.append((steps, i))
+        return three_samples(q, steps, action, i)
+    narrow = _solve(ToyExecutor(three_samples, lambda q, s: 0.5, max_depth=3), cfg(num_simulations=12, max_depth=3))
+    # slm_width 2 and no widening: each node has its samples 0 and 1 -- a binary tree of depth 3,
+    # 8 paths, written by 4 simulations (each one's last expansion writes two terminal siblings)
+    assert narrow.stats["stop_reason"] == "tree_exhausted" and narrow.stats["solutions"] == 4
+    ex = ToyExecutor(step, lambda q, s: 0.5, max_depth=3)
+    wide = _solve(ex, cfg(num_simulations=12, max_depth=3, widen_to=4))
+    assert wide.stats["solutions"] > narrow.stats["solutions"] and not ex.live
+    nodes = list(wide.root.iter_nodes())
+    assert all(n.drawn.get("slm", 0) <= 4 for n in nodes)               # never past widen_to
+    assert any(n.drawn.get("slm", 0) == 4 for n in nodes)               # some node did widen
+    assert all(len([c for c in n.children if not c.pruned]) <= 3 for n in nodes)  # duplicates dropped
+    by_node: dict = {}
+    for steps, i in seen:  # a node expanded again asked for new sample indices, never the old ones
+        by_node.setdefault(steps, []).append(i)
+    assert all(len(v) == len(set(v)) for v in by_node.values()) and any(len(v) == 4 for v in by_node.values())
+
+
+def test_a_widened_tree_still_ends_when_every_node_has_drawn_its_samples():
+    res = _solve(ToyExecutor(three_samples, lambda q, s: 0.5, max_depth=2), cfg(num_simulations=50, max_depth=2,
+                                                                               widen_to=4))
+    # depth 2, three distinct samples per node: 3 x 3 = 9 paths at most
+    assert res.stats["stop_reason"] == "tree_exhausted" and len(list(terminals(res.root))) == 9

@@ -41,7 +41,7 @@ async def _stack(args, cfg, check: bool = True, serving: bool = False):
                                                     max_draft=args.max_draft, draft_policy=args.draft_policy),
                               llm_kind=args.llm_kind, llm_model=args.llm_model, llm_prompt=args.llm_prompt,
                               offload=serving or is_url(llm))
-    if getattr(stack.llm, "prompt_note", None):  # one line: which prompt mode the probe chose
+    if stack.llm is not None and stack.llm.prompt_note:  # one line: which prompt mode the probe chose
         print(f"general LLM at {stack.llm.display_url}: {stack.llm.prompt_note}", file=sys.stderr)
     return stack
 
@@ -205,8 +205,11 @@ def cmd_serve(args) -> int:
     from gboost.server.solve import Solver
     if (args.model is None) == (not args.solve):
         raise SystemExit("error: give --model (one model's completions) or --solve (the G-Boost stack)")
-    if args.max_body_bytes < 1:
-        raise SystemExit(f"error: --max-body-bytes must be a positive number of bytes, got {args.max_body_bytes}")
+    from gboost.server.limits import check_body_limit
+    try:  # before any model loads
+        check_body_limit(args.max_body_bytes)
+    except ValueError as e:
+        raise SystemExit(f"error: --max-body-bytes: {e}") from None
     fault = FaultConfig(latency_s=args.fault_latency, error_rate=args.fault_error_rate,
                         malformed_rate=args.fault_malformed_rate, status_code=args.fault_status)
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None

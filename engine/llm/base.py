@@ -66,6 +66,9 @@ class GeneralLLM(Protocol):
     #: to its ``cost`` (the executor sets it) and keeps sessions, given back by ``release_sessions()``
     #: when the engine is idle. False for an endpoint: the executor charges the positions it scored.
     charges_itself: bool
+    #: one line on how prompts reach it (an endpoint's probe result, e.g. "prompts as token ids"),
+    #: printed at start-up; None where there is nothing to say (a resident LLM)
+    prompt_note: str | None
 
     async def next_logprobs(self, token_ids: list[int]) -> TokenLogprobs:
         """Distribution of the next token after ``token_ids``."""

@@ -19,6 +19,7 @@ from gboost.llm.base import TokenLogprobs
 
 class LocalLLM:
     charges_itself = True   # GeneralLLM: computes on the engine's pool, charges it, keeps sessions
+    prompt_note = None      # GeneralLLM: token ids on the engine's own pool, nothing to report
 
     def __init__(self, engine, scheduler, role: str = "llm", max_sessions: int = 64,
                  charge_as: str = "llm_tokens"):

@@ -31,6 +31,8 @@ import re
 from collections import defaultdict
 from typing import Iterable, Optional
 
+from gboost.models.tokenizer import is_byte_level
+
 __all__ = ["TokenStrings", "pairs_hook", "entries"]
 
 _HEX_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -63,17 +65,11 @@ def _byte_decoder() -> dict[str, int]:
     return {c: b for b, c in bytes_to_unicode().items()}
 
 
-def _is_byte_level(backend) -> bool:
-    spec = json.loads(backend.to_str()).get("decoder") or {}
-    kinds = [spec.get("type")] + [d.get("type") for d in spec.get("decoders", []) if isinstance(d, dict)]
-    return "ByteLevel" in kinds
-
-
 def token_bytes(tokenizer) -> list[bytes]:
     """The raw bytes of every id's token (byte-level BPE, SentencePiece ``<0xNN>``/``▁``, added)."""
     backend = tokenizer.backend
     added = {int(i): t.content for i, t in backend.get_added_tokens_decoder().items()}
-    byte_level, dec = _is_byte_level(backend), _byte_decoder()
+    byte_level, dec = is_byte_level(backend), _byte_decoder()
     out = []
     for i in range(tokenizer.vocab_size):
         tok = backend.id_to_token(i)

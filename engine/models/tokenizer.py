@@ -213,3 +213,10 @@ def _without_dummy_prefix(backend):
     spec["normalizer"] = fix_norm(spec.get("normalizer"))
     return _T.from_str(json.dumps(spec)) if changed else backend
 
+
+def is_byte_level(backend) -> bool:
+    """A tokenizers backend whose decoder is byte-level BPE (GPT-2's byte alphabet: Qwen, GPT-2,
+    Llama 3), alone or within a Sequence: each vocabulary character stands for one byte."""
+    spec = json.loads(backend.to_str()).get("decoder") or {}
+    kinds = [spec.get("type")] + [d.get("type") for d in spec.get("decoders", []) if isinstance(d, dict)]
+    return "ByteLevel" in kinds

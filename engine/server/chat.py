@@ -26,6 +26,7 @@ from typing import AsyncIterator, Callable, Optional
 from .backend import CompletionBackend
 from .completions import create_completion
 from .errors import APIError
+from .limits import refuse_too_long_text
 from .schemas import ChatCompletionRequest, CompletionRequest, StreamOptions
 from .sse import sse_event
 from .streaming import stream_completion
@@ -50,6 +51,8 @@ async def _to_completion(req: ChatCompletionRequest, backend: CompletionBackend,
     # templates written for Qwen, Llama and most others know "system", not OpenAI's newer "developer"
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
                  **({"name": m.name} if m.name else {})} for m in req.messages]
+    # the template joins the contents into one text: too many bytes of them can never fit
+    refuse_too_long_text("".join(m["content"] for m in messages), backend, "messages")
     ids = await asyncio.to_thread(encode_chat, messages)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return CompletionRequest(

@@ -36,6 +36,7 @@ from gboost.sampling import offset_seed
 
 from .backend import CompletionBackend
 from .errors import APIError
+from .limits import refuse_too_long_text
 from .schemas import CompletionRequest
 from .sse import cancel_and_wait
 from .wire import build_logprobs
@@ -63,6 +64,9 @@ async def _normalize_prompts(req: CompletionRequest, backend: CompletionBackend)
         raw = list(p)
     if len(raw) > MAX_BATCH_PROMPTS:
         raise APIError(400, f"at most {MAX_BATCH_PROMPTS} prompts per request, got {len(raw)}", param="prompt")
+    for item in raw:  # a text that could never fit is refused before any prompt is tokenized
+        if isinstance(item, str):
+            refuse_too_long_text(item, backend, "prompt")
     out = []
     for item in raw:
         if isinstance(item, str):

@@ -12,6 +12,7 @@ import torch
 from gboost.llm.base import TokenLogprobs
 from gboost.models.tokenizer import ChatTemplateError
 from gboost.server.backend import BackendInputError
+from gboost.server.limits import text_byte_limit
 from gboost.sampling import SamplingParams
 
 
@@ -32,6 +33,8 @@ class EngineCompletionBackend:
         self.vocab_size = self.m.config.vocab_size
         self.max_model_len = self.m.model.max_positions
         self.eos_token_ids = list(self.m.eos_token_ids)
+        # bytes above which a prompt text can never fit (limits.text_byte_limit; None: no bound)
+        self.text_byte_limit = text_byte_limit(self.m.tokenizer, self.max_model_len)
 
     def adapters(self) -> list[str]:
         """The LoRA adapters a request may name as its model (installed on this role's model)."""

@@ -9,12 +9,19 @@ from typing import TYPE_CHECKING, Optional
 if TYPE_CHECKING:
     from .errors import APIError
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "MAX_JSON_DEPTH", "BodyLimit", "max_token_bytes", "must_be_too_long",
-           "parse_json_body", "question_byte_limit", "text_byte_limit"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "MAX_JSON_DEPTH", "BodyLimit", "check_body_limit", "max_token_bytes", "must_be_too_long",
+           "parse_json_body", "question_byte_limit", "refuse_too_long_text", "text_byte_limit"]
 
 #: the largest request body served (``gboost serve --max-body-bytes``): far above any question a
 #: model's context holds, far below what would cost the server real memory to read and decode
 DEFAULT_MAX_BODY_BYTES = 4 << 20
+
+
+def check_body_limit(max_bytes: int) -> int:
+    """``max_bytes`` if it is a usable body limit (a positive number of bytes), else ValueError."""
+    if max_bytes < 1:
+        raise ValueError(f"the body limit must be a positive number of bytes, got {max_bytes}")
+    return max_bytes
 
 
 def _too_large(limit: int) -> "APIError":
@@ -31,9 +38,7 @@ class BodyLimit:
     route never holds more than the limit plus one chunk."""
 
     def __init__(self, app, max_bytes: int) -> None:
-        if max_bytes < 1:
-            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
-        self.app, self.max_bytes = app, max_bytes
+        self.app, self.max_bytes = app, check_body_limit(max_bytes)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -71,8 +76,9 @@ def max_token_bytes(tok) -> Optional[int]:
     where no such bound holds: only a byte-level BPE (every byte kept, no normalizer but NFC) has one.
     Each vocabulary string's own UTF-8 length bounds it (a byte-level symbol is one byte, written as
     one to two); added tokens (matched in the text as they are written) count too."""
+    from gboost.models.tokenizer import is_byte_level
     backend = getattr(tok, "backend", None)
-    if backend is None or type(backend.decoder).__name__ != "ByteLevel":  # Qwen, GPT-2, Llama 3
+    if backend is None or not is_byte_level(backend):
         return None
     norm = backend.normalizer
     if norm is not None and type(norm).__name__ != "NFC":
@@ -95,6 +101,17 @@ def question_byte_limit(executor) -> Optional[int]:
     tok, slm = getattr(executor, "tok", None), getattr(executor, "slm", None)
     n = getattr(getattr(slm, "model", None), "max_positions", None)
     return None if tok is None or not isinstance(n, int) else text_byte_limit(tok, n)
+
+
+def refuse_too_long_text(text: str, backend, param: str) -> None:
+    """A 400 (``context_length_exceeded``) for a prompt text that ``backend`` (a completions
+    backend with a ``text_byte_limit``) could never fit, before it is tokenized."""
+    limit = getattr(backend, "text_byte_limit", None)
+    if must_be_too_long(text, limit):
+        from .errors import APIError
+        raise APIError(400, f"This model's maximum context length is {backend.max_model_len} tokens, and a "
+                            f"prompt of more than {limit} bytes cannot fit in it. Please shorten the prompt.",
+                       param=param, code="context_length_exceeded")
 
 
 def must_be_too_long(text: str, byte_limit: Optional[int]) -> bool:

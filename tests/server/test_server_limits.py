@@ -119,10 +119,35 @@ def test_a_question_no_prompt_could_hold_is_refused_before_it_is_tokenized(monke
     assert stack.engine.cache.live == {}
 
 
+def test_a_completion_prompt_no_context_could_hold_is_refused_before_it_is_tokenized(monkeypatch):
+    from gboost.server.engine_backend import EngineCompletionBackend
+    stack = tiny_stack(num_blocks=64)
+    app = tiny_app(stack)
+    backend = app.state.backend
+    assert isinstance(backend, EngineCompletionBackend)
+    limit = backend.text_byte_limit
+    assert limit == backend.max_model_len * len("<|endoftext|>")
+
+    def never(*_a):
+        raise AssertionError("tokenized")
+    for name in ("encode_prompt", "encode_chat"):
+        monkeypatch.setattr(EngineCompletionBackend, name, never)
+    big = "x" * (limit + 1)
+    with BackgroundServer(app) as srv:
+        for stream in (False, True):
+            r = httpx.post(srv.url + "/v1/completions", json={"prompt": ["ok", big], "stream": stream}, timeout=60)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+            r = httpx.post(srv.url + "/v1/chat/completions", timeout=60, json={
+                "stream": stream, "messages": [{"role": "system", "content": big[:limit // 2]},
+                                               {"role": "user", "content": big[:limit // 2 + 2]}]})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+    assert stack.engine.cache.live == {}
+
+
 def test_serve_takes_the_limit_from_the_command_line_and_refuses_a_non_positive_one():
     from gboost.cli import build_parser, main
     assert build_parser().parse_args(["serve", "--model", "m"]).max_body_bytes == 4 << 20
     assert build_parser().parse_args(["serve", "--model", "m", "--max-body-bytes", "123"]).max_body_bytes == 123
-    with pytest.raises(SystemExit, match="--max-body-bytes must be a positive"):
+    with pytest.raises(SystemExit, match="--max-body-bytes: the body limit must be a positive"):
         main(["serve", "--model", "m", "--max-body-bytes", "0"])  # before any model loads
 

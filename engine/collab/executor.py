@@ -96,6 +96,8 @@ class EngineExecutor:
         model, Engine.add_adapter): a request's own private SLM on the shared base. KeyError if none."""
         view = copy.copy(self)
         view.slm = self.engine.role("slm", adapter=name)
+        if getattr(self.prm, "reads_slm", False):  # a head on the SLM's own rows must know these rows
+            self.prm.check_rows(view.slm)
         return view
 
     def with_config(self, cfg: SearchConfig) -> "EngineExecutor":

@@ -63,6 +63,11 @@ class ValueHeadScorer:
         self.tokens_computed = 0
         self.cost = None  # the executor's running total, set by the executor
 
+    def check_rows(self, resident) -> None:
+        """ValueError unless the head was trained on ``resident``'s rows (a role view, its adapter
+        included): what a request that runs the SLM with another adapter must pass."""
+        check_base(self.card, resident.model, resident.key, resident.adapter)
+
     def root_ids(self, question: str) -> list[int] | None:
         return None if self.reads_slm else text_root_ids(self.tok, question)  # slm: no PRM sequence
 

@@ -100,6 +100,8 @@ class Solver:
         except KeyError as e:
             raise APIError(404, f"The adapter `{req.adapter}` does not exist: {e.args[0]}", param="adapter",
                            code="model_not_found") from None
+        except ValueError as e:  # e.g. the server's value head was not trained on that adapter's rows
+            raise APIError(400, f"adapter `{req.adapter}`: {e}", param="adapter") from None
 
     def start(self, question: str, cfg: SearchConfig, on_step=None, executor=None) -> asyncio.Task:
         self.in_flight += 1

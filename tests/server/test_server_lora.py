@@ -88,3 +88,24 @@ def test_solve_runs_the_requests_adapter(lora_server):
                        timeout=60).json()
     assert [s["text"] for s in again["steps"]] == steps["alpha"]
     assert stack.executor.counts.live_states == 0 and stack.engine.cache.live == {}
+
+
+def test_a_value_head_on_the_slm_rows_refuses_an_adapter_it_was_not_trained_on():
+    from gboost.server.errors import APIError
+    from gboost.server.solve import SolveRequest, Solver
+    stack = _with_adapters(tiny_stack(CFG))
+    seen = []
+
+    class HeadOnSLMRows:  # what ValueHeadScorer offers: check_rows raises for rows it does not know
+        reads_slm = True
+
+        def check_rows(self, resident):
+            seen.append(resident.adapter)
+            raise ValueError("value head was trained on 'tiny-1', not on 'tiny-1' with adapter alpha")
+    stack.executor.prm = HeadOnSLMRows()
+    solver = Solver(stack.executor, CFG)
+    with pytest.raises(APIError) as e:
+        solver.executor_for(SolveRequest(question="q", adapter="alpha"))
+    assert e.value.status == 400 and "not on 'tiny-1' with adapter alpha" in e.value.message and seen == ["alpha"]
+    assert solver.executor_for(SolveRequest(question="q")) is stack.executor
+    stack.scheduler.close()

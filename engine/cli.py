@@ -94,8 +94,7 @@ def cmd_solve(args) -> int:
             with open(args.trace, "w") as f:
                 json.dump(to_json(res.root, res.chosen), f, indent=1)
         if args.json:
-            print(json.dumps({"answer": res.answer, "steps": res.steps, "cost": res.cost.to_dict(),
-                              "method": res.method, "score": res.score}))
+            print(json.dumps(res.to_dict()))  # the shape /v1/solve and the C ABI answer
         else:
             print(f"answer: {res.answer}")
             print(f"cost: {json.dumps(res.cost.to_dict())}", file=sys.stderr)

@@ -382,3 +382,16 @@ def test_serve_lora_modules_refuse_a_bad_spec_or_adapter_in_one_line(tiny_dir, t
     p = gboost("serve", "--model", tiny_dir, "--dtype", "float32", "--lora-modules", f"a={tmp_path / 'none'}",
                check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no adapter directory there" in p.stderr
+
+
+def test_issue_32_searches_from_the_cli(tiny_dir, tmp_path):
+    """rsd@N and the tree of widened solutions, each from a config file as a user writes one."""
+    models = ("--slm", tiny_dir, "--llm", tiny_dir, "--prm-kind", "token_pair", "--dtype", "float32")
+    for name, body in (("rsd3", 'method = "rsd"\nrsd_chains = 3\nfinal_choice = "weighted_vote"\n'),
+                       ("tree", 'simulate_to_terminal = true\nwiden_to = 4\ngreedy_first_child = true\n')):
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text("[search]\nnum_simulations = 3\nmax_depth = 2\nmax_step_tokens = 6\n" + body)
+        out = json.loads(gboost("solve", *models, "--config", cfg, "--json", "What is 2+2?").stdout)
+        assert out["steps"], name
+        if name == "tree":
+            assert out["stats"]["solutions"] >= 1

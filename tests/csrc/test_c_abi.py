@@ -248,3 +248,20 @@ def test_lora_modules_are_named_per_call(tiny_ckpt, tmp_path):
         h.close()
     with pytest.raises(ValueError, match="'lora_modules' must be an object"):
         EngineHandle(json.dumps(engine_config(tiny_ckpt, lora_modules=["a"])))
+
+
+def test_issue_32_searches_through_the_handle(tiny_ckpt):
+    """rsd@N and the tree of widened solutions, as overrides of a solve call."""
+    EngineHandle = _glue().EngineHandle
+    h = EngineHandle(json.dumps(engine_config(tiny_ckpt, search={"num_simulations": 3, "max_depth": 2,
+                                                                 "max_step_tokens": 6, "rsd_chains": 3, "seed": 1})))
+    try:
+        out = json.loads(h.solve("What is 2+2?", json.dumps({"method": "rsd", "rsd_chains": 3,
+                                                             "final_choice": "weighted_vote", "include_tree": True})))
+        firsts = [n for n in out["tree"]["nodes"] if n["parent"] == out["tree"]["root"] and not n["pruned"]]
+        assert len(firsts) == 3
+        out = json.loads(h.solve("What is 2+2?", json.dumps({"simulate_to_terminal": True, "widen_to": 4,
+                                                             "greedy_first_child": True})))
+        assert out["stats"]["solutions"] >= 1 and out["steps"]
+    finally:
+        h.close()

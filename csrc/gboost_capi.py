@@ -42,6 +42,7 @@ CONFIG_KEYS = {
     "slm_adapter_mode": "auto | merge | unmerged (auto: unmerged when base is the SLM's own checkpoint)",
     "lora_modules": "{name: peft adapter dir}: adapters unmerged on the SLM's resident model, named per call by 'adapter'",
     "dtype": "bfloat16 | float16 | float32",
+    "weights": "bf16 | int8 | int4: the format of every resident model's linear weights",
     "device": "cpu | cuda | cuda:N",
     "kv_memory_gb": "KV pool size in GiB",
     "block_size": "KV block size in tokens",
@@ -57,7 +58,7 @@ CONFIG_KEYS = {
     "llm_model": "remote LLM: the model name at the URL (null: the first it lists)",
 }
 _OPTION_KEYS = ("collab_mode", "max_draft", "draft_policy", "on_llm_fault", "topk_support")
-_STACK_KEYS = ("prm_kind", "base", "slm_adapter", "slm_adapter_mode", "dtype", "device", "kv_memory_gb", "block_size", "llm_timeout_s", "llm_top_logprobs",
+_STACK_KEYS = ("prm_kind", "base", "slm_adapter", "slm_adapter_mode", "dtype", "weights", "device", "kv_memory_gb", "block_size", "llm_timeout_s", "llm_top_logprobs",
                "llm_kind", "llm_model")
 
 #: keys of gboost_generate's params JSON besides the SamplingParams fields

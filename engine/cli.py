@@ -36,7 +36,7 @@ async def _stack(args, cfg, check: bool = True, serving: bool = False):
                          has_writer=is_url(llm) and args.llm_kind != "completions")
     stack = await build_stack(cfg, slm=args.slm, llm=llm, prm=args.prm, prm_kind=args.prm_kind, base=args.base,
                               slm_adapter=args.slm_adapter, slm_adapter_mode=args.slm_adapter_mode,
-                              dtype=args.dtype, device=args.device, kv_memory_gb=args.kv_memory_gb,
+                              dtype=args.dtype, weights=args.weights, device=args.device, kv_memory_gb=args.kv_memory_gb,
                               options=CollabOptions(collab_mode=args.collab_mode, on_llm_fault=args.on_llm_fault,
                                                     max_draft=args.max_draft, draft_policy=args.draft_policy),
                               llm_kind=args.llm_kind, llm_model=args.llm_model, llm_prompt=args.llm_prompt,
@@ -50,7 +50,7 @@ async def _stack(args, cfg, check: bool = True, serving: bool = False):
 def cmd_generate(args) -> int:
     from gboost.engine import Engine
     from gboost.sampling import SamplingParams
-    eng = Engine.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+    eng = Engine.from_pretrained(args.model, dtype=args.dtype, weights=args.weights, device=args.device,
                                  kv_memory_bytes=int(args.kv_memory_gb * (1 << 30)))
     m = eng.role("slm")
     if args.chat:
@@ -166,7 +166,7 @@ def cmd_train_prm(args) -> int:
         from gboost.stack import build_stack, is_url
         stack = await build_stack(cfg, slm=args.slm, llm=llm, prm="none", slm_adapter=args.slm_adapter,
                                   slm_adapter_mode=args.slm_adapter_mode,
-                                  dtype=args.dtype, device=args.device,
+                                  dtype=args.dtype, weights=args.weights, device=args.device,
                                   kv_memory_gb=args.kv_memory_gb,
                                   options=CollabOptions(collab_mode=args.collab_mode, max_draft=args.max_draft,
                                                         draft_policy=args.draft_policy),
@@ -239,7 +239,7 @@ def cmd_serve(args) -> int:
             return _stopped(sig, stack.engine.cache, f"{n} search{'' if n == 1 else 'es'} still running after "
                                                      f"the {args.shutdown_grace:g} s grace cancelled")
         return asyncio.run(main())
-    eng = Engine.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+    eng = Engine.from_pretrained(args.model, dtype=args.dtype, weights=args.weights, device=args.device,
                                  kv_memory_bytes=int(args.kv_memory_gb * (1 << 30)))
     _add_lora_modules(eng, args.lora_modules)
     backend = EngineCompletionBackend(eng, Scheduler(eng), model_name=args.served_name or args.model)

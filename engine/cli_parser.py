@@ -9,6 +9,9 @@ from gboost.server.limits import DEFAULT_MAX_BODY_BYTES  # a constant; the modul
 
 def _add_runtime_args(p, kv_gb: float):
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    p.add_argument("--weights", default="bf16", choices=["bf16", "int8", "int4"],
+                   help="format of every model's linear weights: bf16 (the --dtype), int8 per channel, or int4 "
+                        "in groups of 32 (a GGUF's 4-bit tensors exactly, others requantized)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--kv-memory-gb", type=float, default=kv_gb, help="budget of the shared KV pool")
 

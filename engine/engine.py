@@ -8,6 +8,7 @@ so prefix blocks are shared between them too.
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -21,8 +22,25 @@ from gboost.prm.heads import TwoClassPRM, build_resident
 from gboost.sampling import SamplingParams, sample_rows
 from gboost.scheduler import ModelRunner, Scheduler
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def quantize_resident(model, ck, weights: str, exact_ok: bool = True) -> None:
+    """Put ``model``'s linears in ``weights`` format; a GGUF's 4-bit tensors go to int4 exactly,
+    from the file's blocks (not where an adapter was merged into them: ``exact_ok`` False)."""
+    from gboost.models.quant import quantize_linears
+    if weights == "bf16":
+        return
+    exact = {}
+    if weights == "int4" and exact_ok and str(ck.source).endswith(".gguf"):
+        from gboost.models.gguf_loader import gguf_int4_codes
+        exact = gguf_int4_codes(ck.source, ck.config)
+    counts = quantize_linears(model, weights, exact)
+    log.info("%s: %d linears in %s (%d parts exact from the file, %d requantized)", ck.name, counts["layers"],
+             weights, counts["exact_parts"], counts["requantized_parts"])
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -84,16 +102,19 @@ class Engine:
                         base: str | None = None, dtype: str | torch.dtype = "bfloat16", device: str = "cpu", block_size: int = 16,
                         kv_memory_bytes: int = 2 << 30, num_blocks: int | None = None,
                         cache_dir: str | None = None, slm_adapter: str | None = None,
-                        adapter_mode: str = "auto") -> "Engine":
+                        adapter_mode: str = "auto", weights: str = "bf16") -> "Engine":
         """``slm_adapter``: a peft LoRA adapter directory for the SLM. ``adapter_mode`` ``merge``
         merges it into a copy of the SLM's weights at load (the fast path for one private SLM);
         ``unmerged`` keeps one resident base and applies the delta to the SLM's rows only
         (models/lora.py); ``auto`` is unmerged when ``base`` is the SLM's own checkpoint (proxy
-        tuning from one copy), else merged."""
+        tuning from one copy), else merged. ``weights``: the format every resident model's linears
+        run in (models/quant.py): ``bf16`` (the model dtype), ``int8`` or ``int4``."""
         from gboost.models.adapter import merge_adapter, read_adapter
         from gboost.models.loader import load_checkpoint
         from gboost.models.tokenizer import Tokenizer
+        from gboost.models.quant import check_format
         dt = parse_dtype(dtype)
+        check_format(weights)
         if adapter_mode not in ("auto", "merge", "unmerged"):
             raise ValueError(f"adapter_mode={adapter_mode!r}: choose auto, merge or unmerged")
         adapter = read_adapter(slm_adapter) if slm_adapter else None  # a bad adapter fails before any load
@@ -105,9 +126,11 @@ class Engine:
         for key in dict.fromkeys(roles.values()):  # one copy of each checkpoint, in role order
             tuned = adapter is not None and not unmerged and key == roles["slm"]
             ck = load_checkpoint(slm if tuned else key, dtype=dt, cache_dir=cache_dir)
-            weights = merge_adapter(ck.state_dict, adapter) if tuned else ck.state_dict
+            state = merge_adapter(ck.state_dict, adapter) if tuned else ck.state_dict
             tok = Tokenizer.from_checkpoint(ck)  # special tokens too: chat templates read bos_token
-            model = build_resident(ck.config, weights, dt, device)
+            model = build_resident(ck.config, state, dt, device)
+            del state
+            quantize_resident(model, ck, weights, exact_ok=not tuned)
             if isinstance(model, TwoClassPRM) and {r for r, s in roles.items() if s == key} != {"prm"}:
                 raise ValueError(f"{key} is a two-class PRM (a score head, no LM head): it can only be the PRM")
             models.append(ResidentModel(key, ck.config, model, tok, ck.chat_template, list(ck.eos_token_ids)))
@@ -117,6 +140,12 @@ class Engine:
         if unmerged:
             eng.add_adapter(str(adapter.path), adapter, role="slm")
         return eng
+
+    @property
+    def weight_formats(self) -> dict[str, str]:
+        """The format each resident model's linears run in (int4, int8, bf16...), by model key."""
+        from gboost.models.quant import weight_format
+        return {k: weight_format(m.model) for k, m in self.models.items()}
 
     def add_adapter(self, name: str, adapter, role: str | None = None, model: str | None = None) -> None:
         """Install a LoRA adapter (a LoraAdapter, or its directory) unmerged on a resident model --

@@ -44,6 +44,7 @@ class Stack:
 async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | None = DEFAULT_LLM,
                       prm: str | None = None, prm_kind: str = "judge", base: str | None = None,
                       slm_adapter: str | None = None, slm_adapter_mode: str = "auto", dtype: str = "bfloat16",
+                      weights: str = "bf16",
                       device: str = "cpu", kv_memory_gb: float = 2.0, block_size: int = 16,
                       options: CollabOptions | None = None, llm_timeout_s: float = 60.0,
                       llm_top_logprobs: int = 20, llm_kind: str = "auto", llm_model: str | None = None,
@@ -58,6 +59,7 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
     `slm_adapter`: a peft LoRA adapter directory for the SLM, `slm_adapter_mode` auto | merge |
     unmerged (Engine.from_pretrained: merged at load, or one resident base and the delta on the
     SLM's rows only; auto: unmerged when `base` is the SLM's own checkpoint).
+    `weights`: bf16 | int8 | int4, the format of every resident model's linears (models/quant.py).
     `offload`: forwards in a worker thread (see Scheduler); False suits a process with one caller."""
     remote = is_url(llm)
     if is_url(base):
@@ -78,7 +80,7 @@ async def build_stack(cfg: SearchConfig, *, slm: str = DEFAULT_SLM, llm: str | N
     engine = await asyncio.to_thread(
         Engine.from_pretrained, slm, None if remote else llm, prm, base=base, dtype=dtype, device=device,
         block_size=block_size, kv_memory_bytes=int(kv_memory_gb * (1 << 30)), slm_adapter=slm_adapter,
-        adapter_mode=slm_adapter_mode)
+        adapter_mode=slm_adapter_mode, weights=weights)
     sched = Scheduler(engine, offload=offload)
     general = writer = None
     if llm and remote:

@@ -320,3 +320,28 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
         except OSError as e:
             log.warning("could not write GGUF cache %s: %s", entry, e)
     return {**loaded, "from_cache": False, "sha256": sha}
+
+
+def gguf_int4_codes(path: str | os.PathLike, config: ModelConfig) -> dict[str, Any]:
+    """The exact int4 codes (models/quant.py, ``Int4Codes``) of every 4-bit linear weight of a GGUF
+    file, by HF name: read from the file's raw blocks, never through a float copy."""
+    from .quant import gguf_int4
+    reader = open_gguf(check_gguf_path(path))
+    permute_heads = {}
+    if config.architecture == "llama":
+        permute_heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}
+    out = {}
+    for t in reader.tensors:
+        name = hf_name(t.name)
+        shape = tensor_shape(t)
+        if name is None or len(shape) != 2 or name.endswith("embed_tokens.weight"):
+            continue
+        codes = gguf_int4(t.tensor_type.name, np.asarray(t.data), *shape)
+        if codes is None:
+            continue
+        proj = name.split(".")[-2]
+        if proj in permute_heads:
+            perm = unpermute_qk(torch.arange(shape[0]), permute_heads[proj])
+            codes = codes.rows(perm)
+        out[name] = codes
+    return out

@@ -106,7 +106,7 @@ def install_adapter(model: nn.Module, name: str, adapter: LoraAdapter) -> None:
         if not isinstance(layer, LoraLinear):
             layer = LoraLinear(layer, p["parts"])
             setattr(p["parent"], p["attr"], layer)
-        layer.adapters[name] = _stack(p["parts"], p["pairs"], adapter.scaling, layer.weight.device)
+        layer.adapters[name] = _stack(p["parts"], p["pairs"], adapter.scaling, _device(layer.base))
     model.lora_adapters = adapters_of(model) | {name}
 
 
@@ -127,6 +127,12 @@ def _stack(parts, pairs, scaling: float, device) -> tuple[torch.Tensor, torch.Te
     return a, bt
 
 
+def _device(layer: nn.Module) -> torch.device:
+    """Where a layer's tensors are (a quantized layer's dense weight is costly to make)."""
+    t = next(layer.buffers(), None)
+    return t.device if t is not None else layer.weight.device
+
+
 def adapters_of(model: nn.Module) -> frozenset[str]:
     """The adapters installed on ``model``."""
     return frozenset(getattr(model, "lora_adapters", frozenset()))
@@ -134,8 +140,11 @@ def adapters_of(model: nn.Module) -> frozenset[str]:
 
 def weight_rows(layer: nn.Module, n: int, adapter: str | None = None) -> torch.Tensor:
     """The first ``n`` rows of ``layer``'s weight as ``adapter`` tunes it (W + s B A, in fp32 when
-    tuned): what the merged weights would hold, for fingerprints (not for the hot path)."""
-    w = layer.weight[:n]
+    tuned): what the merged weights would hold, for fingerprints (not for the hot path). A quantized
+    layer gives its source weight's rows (models/quant.py: the fingerprint names the checkpoint)."""
+    base = layer.base if isinstance(layer, LoraLinear) else layer
+    rows = getattr(base, "fingerprint_rows", None)
+    w = rows[:n] if rows is not None and n <= rows.shape[0] else layer.weight[:n]
     if not isinstance(layer, LoraLinear) or adapter not in layer.adapters:
         return w
     a, bt = layer.adapters[adapter]

@@ -92,6 +92,11 @@ async def main(argv=None) -> int:
     ap.add_argument("--prm-of", nargs="+", default=[], metavar="METHOD=value-head:DIR",
                     help="another value head for one method (same resident models), e.g. to compare "
                          "a head on the SLM's rows with one on the LLM's in one shared batch")
+    ap.add_argument("--slm-adapter", default=None, metavar="DIR",
+                    help="a peft LoRA adapter for the SLM: the private SLM (merged, or unmerged with --base)")
+    ap.add_argument("--base", default=None, help="the SLM's untuned base (fusion_rule 'proxy'): the demo SLM's "
+                                                 "name runs base and tuned rows on one resident copy")
+    ap.add_argument("--weights", default="bf16", choices=["bf16", "int8", "int4"])
     ap.add_argument("--out-dir", default=str(HERE / "runs"))
     ap.add_argument("--tag", default="", help="suffix of the output names")
     ap.add_argument("--resume", action="store_true",
@@ -147,6 +152,7 @@ async def main(argv=None) -> int:
     if args.max_draft < 1:
         ap.error(f"--max-draft must be >= 1, got {args.max_draft}")
     stack = await build_stack(cfgs[args.methods[0]], kv_memory_gb=args.kv_memory_gb, prm=args.prm,
+                              slm_adapter=args.slm_adapter, base=args.base, weights=args.weights,
                               options=CollabOptions(max_draft=args.max_draft, draft_policy=args.draft_policy))
     print(f"models loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     base = stack.executor

@@ -121,6 +121,8 @@ GBOOST_API void gboost_shutdown(void);
  *    "lora_modules": {"name": dir, ...} (adapters unmerged on the SLM's one resident copy; a generate
  *        or solve call picks one with "adapter": "name"),                default {}
  *    "dtype": "bfloat16" | "float16" | "float32",                          default "bfloat16"
+ *    "weights": "bf16" | "int8" | "int4" (every model's linears; int4: a GGUF's 4-bit tensors as
+ *        they are, others requantized), default "bf16"
  *    "device": "cpu" | "cuda" | "cuda:N",                                  default "cpu"
  *    "kv_memory_gb": 2.0, "block_size": 16,
  *    "search": { SearchConfig fields (engine/search/config.py) },          default {}

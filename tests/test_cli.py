@@ -395,3 +395,14 @@ def test_issue_32_searches_from_the_cli(tiny_dir, tmp_path):
         assert out["steps"], name
         if name == "tree":
             assert out["stats"]["solutions"] >= 1
+
+
+def test_generate_with_int4_weights_matches_the_engine(tiny_dir):
+    out = json.loads(gboost("generate", "--model", tiny_dir, "--max-tokens", 8, "--dtype", "float32",
+                            "--weights", "int4", "--json", "Hello").stdout)
+    from gboost.engine import Engine
+    from gboost.sampling import SamplingParams
+    eng = Engine.from_pretrained(str(tiny_dir), dtype="float32", weights="int4")
+    assert set(eng.weight_formats.values()) == {"int4"}
+    ref = eng.generate([eng.role("slm").tokenizer.encode("Hello")], SamplingParams(temperature=0.0, max_tokens=8))[0]
+    assert out["token_ids"] == ref.token_ids

@@ -193,7 +193,12 @@ def convert_gguf(reader, path: str, dtype: torch.dtype) -> dict[str, Any]:
 
     def work(job):
         t, name = job
-        w = torch.from_numpy(dequantize_tensor(t)).reshape(expected[name])
+        try:
+            arr = dequantize_tensor(t)
+        except NotImplementedError:
+            raise ValueError(f"GGUF file {path}: tensor {t.name} is stored as {t.tensor_type.name}, a type gboost "
+                             "cannot read (gguf's dequantizer has no such type)") from None
+        w = torch.from_numpy(arr).reshape(expected[name])
         proj = name.split(".")[-2]
         if proj in permute_heads:
             w = unpermute_qk(w, permute_heads[proj])

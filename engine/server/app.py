@@ -113,7 +113,9 @@ def create_app(
     async def metrics_route() -> PlainTextResponse:
         sched = getattr(backend, "scheduler", None)
         kv = sched.kv_stats() if hasattr(sched, "kv_stats") else None
-        return PlainTextResponse(metrics.render(faults.injected, solver, kv, _llm_metrics(solver)))
+        eng = getattr(backend, "engine", None)
+        weights = getattr(eng, "weight_formats", None)
+        return PlainTextResponse(metrics.render(faults.injected, solver, kv, _llm_metrics(solver), weights))
 
     async def json_body(request: Request):
         return parse_json_body(await request.body())

@@ -41,7 +41,7 @@ class Metrics:
                 held.release()
 
     def render(self, faults: Counter[str] | None = None, solver=None, kv: dict | None = None,
-               llm: dict | None = None) -> str:
+               llm: dict | None = None, weights: dict[str, str] | None = None) -> str:
         out: list[str] = []
 
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
@@ -70,6 +70,9 @@ class Metrics:
         metric(
             "gboost_requests_in_flight_max", "gauge", "Most completion requests handled at once.", [("", self.in_flight_max)]
         )
+        if weights:
+            metric("gboost_model_weights_info", "gauge", "The format each resident model's linears run in.",
+                   [(f'{{model="{m}",format="{f}"}}', 1) for m, f in sorted(weights.items())])
         if solver is not None:
             metric("gboost_solves_total", "counter", "Solve requests answered.", [("", solver.solves)])
             metric("gboost_solves_in_flight", "gauge", "Solve requests running.", [("", solver.in_flight)])

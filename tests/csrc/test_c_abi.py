@@ -265,3 +265,17 @@ def test_issue_32_searches_through_the_handle(tiny_ckpt):
         assert out["stats"]["solutions"] >= 1 and out["steps"]
     finally:
         h.close()
+
+
+def test_handle_runs_quantized_weights(tiny_ckpt):
+    """"weights": every resident model's linears in that format; an unknown one is a clear error."""
+    EngineHandle = _glue().EngineHandle
+    h = EngineHandle(json.dumps(engine_config(tiny_ckpt, weights="int4")))
+    try:
+        assert set(h.stack.engine.weight_formats.values()) == {"int4"}
+        out = json.loads(h.generate("hello", json.dumps({"max_tokens": 4})))
+        assert out["token_ids"]
+    finally:
+        h.close()
+    with pytest.raises(ValueError, match="weights='int3': choose one of"):
+        EngineHandle(json.dumps(engine_config(tiny_ckpt, weights="int3")))

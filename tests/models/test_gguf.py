@@ -250,6 +250,23 @@ def test_gguf_missing_tensor(tmp_path, tiny_tokenizer):
         load_checkpoint(path, cache_dir=tmp_path / "c")
 
 
+def test_gguf_tensor_of_an_unreadable_type_is_named(tmp_path, tiny_tokenizer, monkeypatch):
+    """A type gguf's dequantizer lacks (Q8_1, the I* types...) is an error naming tensor and type;
+    here Q5_1 stands in for one, its dequantization made to fail as gguf fails for those."""
+    model = make_tiny_hf("qwen2", seed=16)
+    path = write_gguf(tmp_path / "m.gguf", model, tiny_tokenizer, quant={"model.layers.1.mlp.down_proj.weight": "Q5_1"})
+    real = gguf.quants.dequantize
+
+    def lacking(data, qtype):
+        if qtype == gguf.GGMLQuantizationType.Q5_1:
+            raise NotImplementedError("Dequantization for Q5_1 is not yet implemented")
+        return real(data, qtype)
+    monkeypatch.setattr(gguf.quants, "dequantize", lacking)
+    with pytest.raises(ValueError, match=r"m\.gguf: tensor blk\.1\.ffn_down\.weight is stored as Q5_1, a type gboost "
+                                         r"cannot read"):
+        load_checkpoint(path, cache_dir=tmp_path / "c")
+
+
 def test_gguf_unsupported_tokenizer_model(tmp_path, tiny_tokenizer):
     model = make_tiny_hf("qwen2", seed=16)
     path = write_gguf(tmp_path / "m.gguf", model, tiny_tokenizer)

@@ -109,3 +109,10 @@ def test_a_value_head_on_the_slm_rows_refuses_an_adapter_it_was_not_trained_on()
     assert e.value.status == 400 and "not on 'tiny-1' with adapter alpha" in e.value.message and seen == ["alpha"]
     assert solver.executor_for(SolveRequest(question="q")) is stack.executor
     stack.scheduler.close()
+
+
+def test_metrics_say_each_models_weight_format(lora_server):
+    text = httpx.get(lora_server.url + "/metrics").text
+    formats = lora_server.stack.engine.weight_formats
+    assert formats and all(f'gboost_model_weights_info{{model="{m}",format="{f}"}} 1' in text
+                           for m, f in formats.items())

@@ -406,3 +406,10 @@ def test_generate_with_int4_weights_matches_the_engine(tiny_dir):
     assert set(eng.weight_formats.values()) == {"int4"}
     ref = eng.generate([eng.role("slm").tokenizer.encode("Hello")], SamplingParams(temperature=0.0, max_tokens=8))[0]
     assert out["token_ids"] == ref.token_ids
+
+
+def test_solve_reports_the_weight_format(tiny_dir, tmp_path):
+    out = json.loads(gboost("solve", "--slm", tiny_dir, "--llm", tiny_dir, "--prm-kind", "token_pair",
+                            "--dtype", "float32", "--weights", "int8", "--config", _cfg(tmp_path), "--json",
+                            "What is 2+2?").stdout)
+    assert out["steps"] and out["stats"]["weights"] == {str(tiny_dir): "int8"}

@@ -99,6 +99,9 @@ async def solve(question: str, executor: Any, cfg: SearchConfig | None = None,
         text = cfg.step_delimiter.join(n.text for n in chosen)
         root = ctx.root if ctx.root is not None else Node.new_root()
         ctx.stats["nodes"] = root.size()
+        formats = getattr(getattr(executor, "engine", None), "weight_formats", None)
+        if formats:  # which weights the numbers came from (bf16, int8, int4), by model
+            ctx.stats["weights"] = formats
         result = SolveResult(
             answer=extract_answer(text, "auto") if chosen else None,
             steps=[{"text": n.text, "action": n.action, "reward": n.reward} for n in chosen],

@@ -16,6 +16,7 @@ from gboost.kernels.kv_write import store_kv_ref, store_kv_triton
 from gboost.kernels.paged_attention import paged_attention_ref, paged_attention_triton
 from gboost.kernels.spec_verify import spec_verify_ref, spec_verify_triton
 from gboost.kernels.step_scoring import step_rewards_ref, step_rewards_triton
+from gboost.kernels.weight_only import dequantize, pack_int4, wo_matmul_triton
 
 HAS_CUDA = torch.cuda.is_available()
 cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA (compiled Triton kernels)")
@@ -207,6 +208,42 @@ def test_spec_verify(bench, B, impl):
         a, r = spec_verify_triton(*args), spec_verify_ref(*args)
         assert a[1].tolist() == r[1].tolist()
     bench(lambda: fn(*args), B * VOCAB * 4 * 3)  # one p row, one q row, one noise row per sequence
+
+
+# ----------------------------------------------------------------------- weight-only matmuls
+
+WO_SHAPES = {"0.5b_gate_up": (9728, 896), "1.5b_gate_up": (17920, 1536), "lm_head": (151936, 1536)}
+
+
+def _wo_weights(N, K, fmt, device):
+    g = torch.Generator(device=device).manual_seed(3)
+    if fmt == "int8":
+        q = torch.randint(-127, 128, (N, K), generator=g, device=device, dtype=torch.int8)
+        return q, torch.rand(N, generator=g, device=device).to(BF16), None, N * K + 2 * N
+    codes = torch.randint(0, 16, (N, K), generator=g, device=device, dtype=torch.uint8)
+    s = torch.rand(N, K // 32, generator=g, device=device).to(BF16)
+    return pack_int4(codes), s, s.clone(), N * K // 2 + 2 * s.numel() * 2
+
+
+@cuda_only
+@pytest.mark.parametrize("impl", ["triton", "bf16_linear"])
+@pytest.mark.parametrize("fmt", ["int4", "int8"])
+@pytest.mark.parametrize("M", [1, 8, 256])
+@pytest.mark.parametrize("shape", list(WO_SHAPES))
+def test_weight_only_matmul(bench, shape, M, fmt, impl):
+    # GB/s against the weight's own bytes (+ x and y): batch 1 is the decode GEMV, bound by them;
+    # bf16_linear is what --weights bf16 runs (cuBLAS on the bf16 weight), its bytes counted as bf16
+    if M == 256 and shape != "1.5b_gate_up":
+        pytest.skip("prefill rows: one shape is enough (compute-bound, not the weights' bytes)")
+    N, K = WO_SHAPES[shape]
+    x = torch.randn(M, K, device="cuda").to(BF16)
+    q, s, z, wbytes = _wo_weights(N, K, fmt, "cuda")
+    io = 2 * M * (K + N)
+    if impl == "triton":
+        bench(lambda: wo_matmul_triton(x, q, s, z), wbytes + io)
+    else:
+        w = dequantize(q, s, z).to(BF16)
+        bench(lambda: F.linear(x, w), 2 * N * K + io)
 
 
 # ---------------------------------------------------------------- CPU subset: reference timings

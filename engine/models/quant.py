@@ -12,8 +12,9 @@ Formats (``weights=`` at load):
 - ``bf16`` (or the model dtype): no quantization, the path for checkpoints that are not quantized.
 
 On the CPU the products run on torch's packed ops (``_weight_int4pack_mm_for_cpu``,
-``_weight_int8pack_mm``); where an op is missing (another device, an old torch, K not a multiple
-of GROUP for int4) the layer multiplies by its dequantized weight instead: same numbers, no gain.
+``_weight_int8pack_mm``); on CUDA on kernels/weight_only.py's Triton kernel; elsewhere (or on a
+torch without the CPU ops) on that kernel's reference, which multiplies by the dequantized weight:
+same numbers, no gain.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gboost.kernels.weight_only import dequantize, pack_int4, wo_matmul
 
 from .cpu_linear import _FusedLinear
 
@@ -146,12 +149,16 @@ class Int4Linear(_QuantLinear):
             sz = torch.stack([F.pad(codes.scale, (0, 0, 0, pad)), F.pad(codes.zero, (0, 0, 0, pad))], -1)
             self.packed = torch._convert_weight_to_int4pack_for_cpu(c, 1)
             self.scales_zeros = sz.transpose(0, 1).contiguous().to(dtype)   # [K/G, N+pad, 2]
-        else:
-            self.codes = codes
+        else:  # a GPU (or a torch without the CPU op): two nibbles a byte, kernels/weight_only.py's layout
+            self.register_buffer("qweight", pack_int4(codes.codes).to(w.device), persistent=False)
+            self.register_buffer("qscale", codes.scale.to(w.device, dtype), persistent=False)
+            self.register_buffer("qzero", codes.zero.to(w.device, dtype), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is None or x.device.type != "cpu":
-            return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        if self.packed is None:  # the Triton kernel on CUDA, its dequantizing reference elsewhere
+            return wo_matmul(x, self.qweight, self.qscale, self.qzero, self.bias)
+        if x.device.type != "cpu":
+            return F.linear(x, self.weight.to(x), None if self.bias is None else self.bias.to(x))
         lead = x.shape[:-1]
         y = torch._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features).to(self.dtype), self.packed,
                                               GROUP, self.scales_zeros)[:, :self.out_features]
@@ -166,8 +173,7 @@ class Int4Linear(_QuantLinear):
         if self.packed is not None:
             eye = torch.eye(self.in_features, dtype=self.dtype)
             return torch._weight_int4pack_mm_for_cpu(eye, self.packed, GROUP, self.scales_zeros)[:, :self.out_features].T
-        c = self.codes
-        return Int4Codes(c.codes, c.scale.to(self.dtype).float(), c.zero.to(self.dtype).float()).dequantize().to(self.dtype)
+        return dequantize(self.qweight, self.qscale, self.qzero).to(self.dtype)
 
 
 class Int8Linear(_QuantLinear):
@@ -177,13 +183,13 @@ class Int8Linear(_QuantLinear):
     def __init__(self, parts: list[nn.Linear], dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         w = self._common(parts, dtype)
-        self.codes, scale = quantize_int8(w)
-        self.scale = scale.to(dtype)
-        self.fast = w.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm")
+        codes, scale = quantize_int8(w)
+        self.register_buffer("codes", codes, persistent=False)
+        self.register_buffer("scale", scale.to(dtype), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fast or x.device.type != "cpu":
-            return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        if x.device.type != "cpu" or not hasattr(torch, "_weight_int8pack_mm"):
+            return wo_matmul(x, self.codes, self.scale, None, self.bias)  # Triton on CUDA
         lead = x.shape[:-1]
         y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features).to(self.dtype), self.codes, self.scale)
         if self.bias is not None:

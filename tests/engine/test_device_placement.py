@@ -15,6 +15,7 @@ import gboost.kernels.kv_write as kvw
 import gboost.kernels.paged_attention as pa
 import gboost.kernels.spec_verify as sv
 import gboost.kernels.step_scoring as ss
+import gboost.kernels.weight_only as wo
 from gboost.llm.local import LocalLLM
 from gboost.models.qwen2_llama import Rotary
 from gboost.scheduler import Scheduler
@@ -25,7 +26,8 @@ from fp_bounds import U32, assert_within, logsoftmax_bound
 
 TINY_MODEL = testing.tiny_model
 LAUNCHERS = [(kvw, "store_kv_triton"), (pa, "paged_attention_triton"), (fs, "fused_sample_triton"),
-             (fs, "fuse_logprobs_triton"), (sv, "spec_verify_triton"), (ss, "step_rewards_triton")]
+             (fs, "fuse_logprobs_triton"), (sv, "spec_verify_triton"), (ss, "step_rewards_triton"),
+             (wo, "wo_matmul_triton")]
 
 
 @pytest.fixture
@@ -116,6 +118,26 @@ def test_runner_copies_batch_metadata_once_pinned_and_forward_never_syncs(fake_g
     ref = testing.tiny_engine({"slm": 1}, block_size=4)
     ref_seqs = [ref.cache.new_sequence("tiny-1", list(range(1, n))) for n in (3, 20, 9)]
     for a, b in zip(out, ref.role("slm").runner.run(ref_seqs, "last")):
+        torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int8"])
+def test_quantized_linears_run_the_weight_only_kernel_on_the_device(fake_gpu, monkeypatch, fmt):
+    """--weights on CUDA: every quantized linear is a wo_matmul launch on the device, and the logits
+    are the CPU engine's (torch's packed CPU ops) on the same quantized weights."""
+    from gboost.models.quant import quantize_linears
+    state, launches = fake_gpu
+    eng = testing.tiny_engine({"slm": 1}, device="cuda")
+    assert quantize_linears(eng.role("slm").runner.model, fmt)["layers"] > 0
+    seqs = [eng.cache.new_sequence("tiny-1", list(range(1, n))) for n in (3, 40)]  # decode and prefill rows
+    out = eng.role("slm").runner.run(seqs, "last")
+    assert "wo_matmul_triton" in {n for n, _ in launches}
+    assert all(d == {"cuda:0"} for _, d in launches)
+    monkeypatch.setattr(testing, "tiny_model", TINY_MODEL)
+    ref = testing.tiny_engine({"slm": 1})
+    assert quantize_linears(ref.role("slm").runner.model, fmt)["layers"] > 0
+    ref_out = ref.role("slm").runner.run([ref.cache.new_sequence("tiny-1", list(range(1, n))) for n in (3, 40)], "last")
+    for a, b in zip(out, ref_out):
         torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=1e-4)
 
 

@@ -28,6 +28,7 @@ import gboost.kernels.kv_write as kvw  # noqa: E402
 import gboost.kernels.paged_attention as pa  # noqa: E402
 import gboost.kernels.spec_verify as sv  # noqa: E402
 import gboost.kernels.step_scoring as ss  # noqa: E402
+import gboost.kernels.weight_only as wo  # noqa: E402
 from gboost.sampling import SamplingParams  # noqa: E402
 from gboost.collab.executor import CollabOptions  # noqa: E402
 from gboost.search.api import solve  # noqa: E402
@@ -41,7 +42,8 @@ VOCAB = 151936
 SLM = dict(vocab=VOCAB, hidden=64, heads=14, kv_heads=2, head_dim=64, layers=1, max_positions=2048)  # 0.5B geometry
 LLM = dict(vocab=VOCAB, hidden=64, heads=12, kv_heads=2, head_dim=128, layers=1, max_positions=2048)  # 1.5B geometry
 LAUNCHERS = [(kvw, "store_kv_triton"), (pa, "paged_attention_triton"), (fs, "fused_sample_triton"),
-             (fs, "fuse_logprobs_triton"), (sv, "spec_verify_triton"), (ss, "step_rewards_triton")]
+             (fs, "fuse_logprobs_triton"), (sv, "spec_verify_triton"), (ss, "step_rewards_triton"),
+             (wo, "wo_matmul_triton")]
 
 
 def _patch():
@@ -97,6 +99,13 @@ def _generates():
                                                                                           top_p=0.9, max_tokens=2)])
     eng32 = testing.tiny_engine({"slm": 1}, configs={"slm": testing.tiny_config(**SLM)}, device="cuda")
     eng32.generate([[1, 2, 3]], SamplingParams(temperature=0.0, max_tokens=2))  # --dtype float32
+    from gboost.models.quant import quantize_linears
+    for fmt in ("int4", "int8"):  # --weights: a prefill of 42 rows, then decode rows
+        engq = testing.tiny_engine({"slm": 1}, configs={"slm": testing.tiny_config(**SLM)}, dtype=torch.bfloat16,
+                                   device="cuda", num_blocks=64)
+        for m in engq.models.values():
+            quantize_linears(m.model, fmt)
+        engq.generate([[1, 2, 3], list(range(1, 40))], SamplingParams(temperature=0.0, max_tokens=2))
 
 
 def main():

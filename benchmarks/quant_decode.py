@@ -1,14 +1,17 @@
 """Weight formats on the CPU (issue 35): the engine with --weights bf16, int8 and int4 against
-transformers (bf16), one model, one process, taking turns.
+transformers (bf16) and llama.cpp (llama-cpp-python, on the same GGUF file, where installed), one
+model, one process, taking turns.
 
-    python benchmarks/quant_decode.py --model qwen2.5-coder-0.5b [--new 32] [--no-hf]
+    python benchmarks/quant_decode.py --model qwen2.5-coder-0.5b [--new 32] [--no-hf] [--no-llamacpp]
 
 Per format: load seconds, the bytes of the model's tensors, greedy decode tok/s at batch 1 and 8
 (median of 3, --new tokens each, EOS ignored), prefill tok/s (one prompt of --prefill tokens), and
 quality on 24 prompts (16 GSM8K questions from the tuning lines 201-216 in the SLM's chat format,
 8 code prompts): greedy outputs identical to bf16's, the mean tokens agreeing before the first
 difference, and the largest |logit - reference| of each prompt's next token, the reference being
-the engine in fp32 on the file's dequantized values. Prints one JSON line per format, then a table.
+the engine in fp32 on the file's dequantized values. llama.cpp decodes one sequence at a time
+through llama-cpp-python's API (no batch-8 number), with as many threads as torch uses. Prints one
+JSON line per format, then a table.
 """
 from __future__ import annotations
 
@@ -129,6 +132,48 @@ def measure_hf(model: str, new: int, prefill: int) -> dict:
     return row
 
 
+def measure_llamacpp(model: str, new: int, prefill: int, ref_tokens=None) -> dict:
+    """llama.cpp on the GGUF the engine loads: greedy (top_k 1), EOS not checked, the KV state reset
+    before every timed call so nothing is reused across rounds."""
+    import llama_cpp
+    from gboost.models import registry
+    path = registry.model_path(model)
+    t0 = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_batch=512, n_threads=torch.get_num_threads(),
+                          n_threads_batch=torch.get_num_threads(), verbose=False)
+    row = {"impl": "llama.cpp", "weights": f"gguf ({llama_cpp.__version__})",
+           "load_s": round(time.perf_counter() - t0, 2), "model_bytes": path.stat().st_size}
+    from gboost.engine import Engine as _E  # the tokenizer only: the same prompt ids as the engine's
+    tok = _E.from_pretrained(model, num_blocks=1).role("slm").tokenizer
+
+    def greedy(ids, n):
+        llm.reset()
+        out = []
+        for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            out.append(int(t))
+            if len(out) == n:
+                return out
+        return out
+
+    code = tok.encode(CODE)
+    row["b1_tok_s"] = round(new / timed(lambda: greedy(code, new)), 2)
+    row["b8_tok_s"] = "-"
+    long = (tok.encode(" ".join(json.loads(x)["question"] for x in DATA.read_text().splitlines()[200:230])))[:prefill]
+
+    def prefill_once():
+        llm.reset()
+        llm.eval(long)
+    row["prefill_tok_s"] = round(len(long) / timed(prefill_once), 1)
+    if ref_tokens is not None:
+        toks = [greedy(ids, new) for ids in prompts(tok)]
+        agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(toks, ref_tokens)]
+        row["identical_to_bf16"] = f"{sum(a == new for a in agree)}/{len(agree)}"
+        row["mean_agreeing_tokens"] = round(sum(agree) / len(agree), 1)
+    del llm
+    gc.collect()
+    return row
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
@@ -137,6 +182,7 @@ def main(argv=None) -> int:
     ap.add_argument("--formats", default="bf16,int8,int4")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 logits reference")
+    ap.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp (also skipped when not installed)")
     args = ap.parse_args(argv)
     print(json.dumps({"model": args.model, "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -152,13 +198,23 @@ def main(argv=None) -> int:
     if not args.no_hf:
         rows.append(measure_hf(args.model, args.new, args.prefill))
         print(json.dumps(rows[-1]), flush=True)
+    if not args.no_llamacpp:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            print("llama.cpp: llama-cpp-python is not installed (pip install llama-cpp-python); skipped", flush=True)
+        else:
+            rows.append(measure_llamacpp(args.model, args.new, args.prefill, ref_tokens))
+            print(json.dumps(rows[-1]), flush=True)
     base = next(r for r in rows if r["impl"] == "gboost" and r["weights"] == "bf16") if "bf16" in args.formats else rows[0]
-    print("\n| impl | weights | MB | load s | b1 tok/s | b8 tok/s | prefill tok/s | b1 vs bf16 | identical to bf16 | "
-          "agreeing tokens | max logit err vs fp32 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    llama = next((r for r in rows if r["impl"] == "llama.cpp"), None)
+    print("\n| impl | weights | MB | load s | b1 tok/s | b8 tok/s | prefill tok/s | b1 vs bf16 | b1 vs llama.cpp | "
+          "identical to bf16 | agreeing tokens | max logit err vs fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        vs_llama = f"{r['b1_tok_s'] / llama['b1_tok_s']:.2f}x" if llama else "-"
         print(f"| {r['impl']} | {r['weights']} | {r['model_bytes'] / 2**20:.0f} | {r['load_s']} | {r['b1_tok_s']} | "
-              f"{r['b8_tok_s']} | {r['prefill_tok_s']} | {r['b1_tok_s'] / base['b1_tok_s']:.2f}x | "
+              f"{r['b8_tok_s']} | {r['prefill_tok_s']} | {r['b1_tok_s'] / base['b1_tok_s']:.2f}x | {vs_llama} | "
               f"{r.get('identical_to_bf16', '-')} | {r.get('mean_agreeing_tokens', '-')} | "
               f"{r.get('max_logit_err_vs_fp32', '-')} |")
     return 0

@@ -83,15 +83,21 @@ class SearchContext:
 
     # ----------------------------------------------------------------- budget
     def llm_quota(self) -> int:
-        """How many more LLM-involving steps this request may generate now."""
+        """How many more LLM-involving steps this request may generate now. Under a token budget, a
+        batch asks for no more steps than the tokens left pay for at this request's mean cost per
+        LLM call so far (max_step_tokens before the first): eight rsd chains gated in one batch
+        would otherwise all be granted a step with one token left."""
         c = self.cfg
-        if c.max_llm_tokens is not None and self.cost.llm_tokens >= c.max_llm_tokens:
-            return 0
         if c.max_llm_faults is not None and self.cost.total_faults >= c.max_llm_faults:
             return 0
-        if c.max_llm_calls is None:
-            return _UNLIMITED
-        return max(0, c.max_llm_calls - self.cost.llm_calls)
+        quota = _UNLIMITED if c.max_llm_calls is None else max(0, c.max_llm_calls - self.cost.llm_calls)
+        if c.max_llm_tokens is not None:
+            left = c.max_llm_tokens - self.cost.llm_tokens
+            if left <= 0:
+                return 0
+            per_step = self.cost.llm_tokens / self.cost.llm_calls if self.cost.llm_calls else c.max_step_tokens
+            quota = min(quota, -(-left // max(1, math.ceil(per_step))))
+        return quota
 
     # ---------------------------------------------------------------- executor
     async def make_root(self) -> Node:

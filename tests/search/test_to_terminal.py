@@ -130,3 +130,19 @@ def test_a_widened_tree_still_ends_when_every_node_has_drawn_its_samples():
                                                                                widen_to=4))
     # depth 2, three distinct samples per node: 3 x 3 = 9 paths at most
     assert res.stats["stop_reason"] == "tree_exhausted" and len(list(terminals(res.root))) == 9
+
+
+def test_a_token_budget_binds_chains_gated_in_one_batch():
+    """Eight rsd chains whose SLM steps are all weak ask for eight LLM steps in one batch; a
+    20-token budget grants what it can pay for (10 tokens a step assumed before the first, then the
+    measured 7), so the request ends one step past it, not seven."""
+    def step(q, steps, action, i):
+        return f"{action} {i} w w w w {len(steps)}"  # 7 tokens
+
+    def reward(q, steps):
+        return 0.2 if steps[-1].startswith("slm") else 0.8
+    ex = ToyExecutor(step, reward, max_depth=3)
+    res = _solve(ex, SearchConfig(method="rsd", rsd_chains=8, rsd_threshold=0.5, max_depth=3, max_step_tokens=10,
+                                  final_choice="weighted_vote", max_llm_tokens=20))
+    assert ex.cost.llm_calls == 3 and ex.cost.llm_tokens == 21    # 2 steps (20 / 10), then 1 (6 left / 7)
+    assert res.stats["rsd_regenerated"] == 3 and not ex.live

@@ -56,6 +56,16 @@ def prompts(tok) -> list[list[int]]:
     return [tok.encode_chat([{"role": "user", "content": q}]) for q in qs] + [code + [i] for i in range(8)]
 
 
+def prefill_prompt(tok, prefill: int) -> list[int]:
+    """The prefill timing's prompt: tuning lines 201-230's questions, cut to ``prefill`` tokens."""
+    return tok.encode(" ".join(json.loads(x)["question"] for x in DATA.read_text().splitlines()[200:230]))[:prefill]
+
+
+def slm_tokenizer(model: str):
+    """The engine's tokenizer of ``model``: every implementation gets the engine's prompt ids."""
+    return Engine.from_pretrained(model, num_blocks=1).role("slm").tokenizer
+
+
 def timed(f, rounds: int = 3) -> float:
     f()
     ts = []
@@ -92,7 +102,7 @@ def measure_engine(model: str, fmt: str, new: int, prefill: int, ref_logits=None
     for b in (1, 8):
         batch = [code + [i] for i in range(b)]
         row[f"b{b}_tok_s"] = round(b * new / timed(lambda: eng.generate(batch, sp)), 2)
-    long = (tok.encode(" ".join(json.loads(x)["question"] for x in DATA.read_text().splitlines()[200:230])))[:prefill]
+    long = prefill_prompt(tok, prefill)
     row["prefill_tok_s"] = round(len(long) / timed(lambda: eng.generate([long], SamplingParams(max_tokens=1))), 1)
     toks = [o.token_ids for o in eng.generate(ps, sp)]
     if ref_logits is not None:
@@ -116,15 +126,14 @@ def measure_hf(model: str, new: int, prefill: int) -> dict:
                                                            dtype=torch.bfloat16).eval()
     row = {"impl": "transformers", "weights": "bf16", "load_s": round(time.perf_counter() - t0, 2),
            "model_bytes": sum(p.nbytes for p in hf.parameters())}
-    from gboost.engine import Engine as _E  # the tokenizer only: one rule for the prompt's ids
-    tok = _E.from_pretrained(model, num_blocks=1).role("slm").tokenizer
+    tok = slm_tokenizer(model)
     code = tok.encode(CODE)
     for b in (1, 8):
         batch = torch.tensor([code + [i] for i in range(b)])
         with torch.no_grad():
             row[f"b{b}_tok_s"] = round(b * new / timed(lambda: hf.generate(
                 batch, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)), 2)
-    long = (tok.encode(" ".join(json.loads(x)["question"] for x in DATA.read_text().splitlines()[200:230])))[:prefill]
+    long = prefill_prompt(tok, prefill)
     with torch.no_grad():
         row["prefill_tok_s"] = round(len(long) / timed(lambda: hf(torch.tensor([long]))), 1)
     del hf
@@ -143,8 +152,7 @@ def measure_llamacpp(model: str, new: int, prefill: int, ref_tokens=None) -> dic
                           n_threads_batch=torch.get_num_threads(), verbose=False)
     row = {"impl": "llama.cpp", "weights": f"gguf ({llama_cpp.__version__})",
            "load_s": round(time.perf_counter() - t0, 2), "model_bytes": path.stat().st_size}
-    from gboost.engine import Engine as _E  # the tokenizer only: the same prompt ids as the engine's
-    tok = _E.from_pretrained(model, num_blocks=1).role("slm").tokenizer
+    tok = slm_tokenizer(model)
 
     def greedy(ids, n):
         llm.reset()
@@ -158,7 +166,7 @@ def measure_llamacpp(model: str, new: int, prefill: int, ref_tokens=None) -> dic
     code = tok.encode(CODE)
     row["b1_tok_s"] = round(new / timed(lambda: greedy(code, new)), 2)
     row["b8_tok_s"] = "-"
-    long = (tok.encode(" ".join(json.loads(x)["question"] for x in DATA.read_text().splitlines()[200:230])))[:prefill]
+    long = prefill_prompt(tok, prefill)
 
     def prefill_once():
         llm.reset()

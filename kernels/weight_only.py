@@ -76,13 +76,18 @@ def unpack_int4(qweight: torch.Tensor) -> torch.Tensor:
     return torch.stack([qweight & 0xF, qweight >> 4], -1).flatten(1)
 
 
+def dequantize_codes(codes, scale, zero, group: int = GROUP) -> torch.Tensor:
+    """The fp32 weight [N, K] of unpacked int4 codes [N, K]: (q - 8) * scale + zero per group."""
+    n, k = codes.shape
+    q = codes.view(n, k // group, group).float() - 8
+    return (q * scale.float()[..., None] + zero.float()[..., None]).view(n, k)
+
+
 def dequantize(qweight, scale, zero=None, group: int = GROUP) -> torch.Tensor:
     """The fp32 weight [N, K] a layout stands for: int4 when ``zero`` is given, else int8."""
     if zero is None:
         return qweight.float() * scale.float()[:, None]
-    q = unpack_int4(qweight).float() - 8
-    n, k = q.shape
-    return (q.view(n, k // group, group) * scale.float()[..., None] + zero.float()[..., None]).view(n, k)
+    return dequantize_codes(unpack_int4(qweight), scale, zero, group)
 
 
 def wo_matmul_ref(x, qweight, scale, zero=None, bias=None, group: int = GROUP) -> torch.Tensor:

@@ -26,14 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gboost.kernels.weight_only import dequantize, pack_int4, wo_matmul
+from gboost.kernels.weight_only import GROUP, dequantize, dequantize_codes, pack_int4, wo_matmul
 
 from .cpu_linear import _FusedLinear
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("bf16", "int8", "int4")
-GROUP = 32
 _ROWS_MULTIPLE = 16  # torch's int4 CPU packing takes N in multiples of 16: pad, then slice
 MIN_OUT = 16  # smaller linears (a PRM's score head) keep their float weights: no bytes worth saving
 
@@ -46,9 +45,7 @@ class Int4Codes(NamedTuple):
     zero: torch.Tensor
 
     def dequantize(self) -> torch.Tensor:
-        n, k = self.codes.shape
-        q = self.codes.view(n, k // GROUP, GROUP).float() - 8
-        return (q * self.scale[..., None] + self.zero[..., None]).view(n, k)
+        return dequantize_codes(self.codes, self.scale, self.zero)
 
     def rows(self, perm: torch.Tensor) -> "Int4Codes":
         return Int4Codes(self.codes[perm], self.scale[perm], self.zero[perm])

@@ -118,6 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in all")
     ap.add_argument("--save-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="dtype of the final adapter's tensors (training is fp32 either way)")
     args = ap.parse_args(argv)
     from gboost.evals.datasets import parse_lines
     lines = parse_lines(args.lines)
@@ -169,9 +171,14 @@ def main(argv=None) -> int:
             save_state(out, model, opt, log)
     bar.close()
     model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+    if args.save_dtype != "float32":  # peft saves the fp32 training copy; a shipped adapter is halved
+        from safetensors.torch import load_file, save_file
+        w = out / "adapter" / "adapter_model.safetensors"
+        save_file({k: t.to(getattr(torch, args.save_dtype)).contiguous() for k, t in load_file(str(w)).items()},
+                  str(w), metadata={"format": "pt"})
     card = {"base": args.base, "data": Path(args.data).name, "lines": args.lines, "solutions_seen": min(
         len(order), log["step"] * args.batch), "steps": log["step"], "rank": args.rank, "alpha": args.alpha,
-        "lr": args.lr, "batch": args.batch, "seed": args.seed, "final_loss": log["loss"][-1] if log["loss"] else None}
+        "lr": args.lr, "batch": args.batch, "seed": args.seed, "dtype": args.save_dtype, "final_loss": log["loss"][-1] if log["loss"] else None}
     (out / "adapter" / "gboost_card.json").write_text(json.dumps(card, indent=1))
     plot(out, log)
     print(json.dumps(card))

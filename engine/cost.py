@@ -94,6 +94,12 @@ class CostRecord:
         return out
 
     @property
+    def llm_generated_tokens(self) -> int:
+        """The LLM's positions of the steps it helped write (drafted and verified ones included):
+        ``llm_tokens`` less the context it read first. What ``max_llm_tokens`` bounds."""
+        return self.llm_tokens - self.llm_context_tokens
+
+    @property
     def total_faults(self) -> int:
         return sum(self.llm_faults.values())
 

@@ -147,7 +147,8 @@ class ToyExecutor:
         await asyncio.sleep(0)
         return self._new_state(question, (), (), len(toy_tokens(question)))
 
-    async def expand(self, state: Any, action: str, n: int, first: int = 0) -> list[StepOut]:
+    async def expand(self, state: Any, action: str, n: int, first: int = 0,
+                     max_llm_tokens: int | None = None) -> list[StepOut]:
         st = self._check_live(state)
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
@@ -165,6 +166,8 @@ class ToyExecutor:
             gen_action = "slm" if fault else action
             res = self.step_fn(st.question, st.steps, gen_action, i)
             text, term = (res if isinstance(res, tuple) else (res, False))
+            if max_llm_tokens is not None and not fault:  # the step ends at its share, as the engine's does
+                text = " ".join(text.split()[:max_llm_tokens])
             toks = toy_tokens(text)
             terminal = bool(term) or bool(self.answer_re.search(text)) or st.depth + 1 >= self.max_depth
             child = self._new_state(st.question, st.steps + (text,), st.actions + (action,), st.n_tokens + len(toks))
@@ -172,9 +175,10 @@ class ToyExecutor:
             d = CostRecord(prefix_cache_tokens=st.n_tokens)
             count_step(d, action, len(toks), fault)
             if action != "slm" and not fault:
-                d.llm_tokens += self.llm_prefill_tokens(st, toks) - len(toks)
+                d.llm_context_tokens = self.llm_prefill_tokens(st, toks) - len(toks)
+                d.llm_tokens += d.llm_context_tokens
             charge(self.cost, slm_tokens=d.slm_tokens, llm_tokens=d.llm_tokens, llm_calls=d.llm_calls,
-                   prefix_cache_tokens=d.prefix_cache_tokens)
+                   prefix_cache_tokens=d.prefix_cache_tokens, llm_context_tokens=d.llm_context_tokens)
             if fault:
                 charge_fault(self.cost, fault)
             outs.append(StepOut(text, toks, child, terminal, action, fault))

@@ -94,13 +94,14 @@ class NaiveExecutor:
         self.live_states += 1
         return NaiveState(ids, prm_ids, 0, ())
 
-    async def expand(self, state: NaiveState, action: str, n: int, first: int = 0) -> list[StepOut]:
+    async def expand(self, state: NaiveState, action: str, n: int, first: int = 0,
+                     max_llm_tokens: int | None = None) -> list[StepOut]:
         self._check(state)
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
         if action != "slm" and self.llm is None:
             raise ValueError(f"action {action!r} needs a general LLM; none is configured")
-        return [self._child(state, action, i) for i in range(first, first + n)]
+        return [self._child(state, action, i, max_llm_tokens) for i in range(first, first + n)]
 
     async def score(self, states: list[NaiveState]) -> list[float]:
         if self.prm is None:
@@ -119,11 +120,11 @@ class NaiveExecutor:
             raise RuntimeError("state used after release")
         return state
 
-    def _child(self, parent: NaiveState, action: str, i: int) -> StepOut:
+    def _child(self, parent: NaiveState, action: str, i: int, max_llm_tokens: int | None = None) -> StepOut:
         key = parent.key + ((action, i),)
         gen = torch.Generator().manual_seed(node_seed(self.cfg.seed, key))
         with self.cost.timed(f"expand_{action}"):
-            toks = self._step(parent.ids, action, gen, child_temperature(self.cfg, i))
+            toks = self._step(parent.ids, action, gen, child_temperature(self.cfg, i), max_llm_tokens)
         text = step_text(self.tok, toks, self.cfg, self.eos)
         ids = parent.ids + toks
         depth = parent.depth + 1
@@ -137,9 +138,11 @@ class NaiveExecutor:
         return StepOut(text, toks, NaiveState(ids, prm_ids, depth, key), terminal, action)
 
     @torch.inference_mode()
-    def _step(self, prefix: list[int], action: str, gen: torch.Generator, temperature: float) -> list[int]:
+    def _step(self, prefix: list[int], action: str, gen: torch.Generator, temperature: float,
+              max_llm_tokens: int | None = None) -> list[int]:
         """One step, token by token: each model gets the whole prefix once, then one token a call
-        on its own HF cache (what ``generate()`` does, with a step-end check per token)."""
+        on its own HF cache (what ``generate()`` does, with a step-end check per token); an LLM
+        step also ends at its share of a token budget (one LLM position a token)."""
         models = {"slm": [("slm_tokens", self.slm)], "llm": [("llm_tokens", self.llm)],
                   "collab": [("slm_tokens", self.slm), ("llm_tokens", self.llm)]}[action]
         caches: list = [None] * len(models)
@@ -152,7 +155,8 @@ class NaiveExecutor:
                         **{kw: caches[j]})
                 caches[j] = getattr(out, kw)
                 rows.append(out.logits[0, -1].float().cpu())
-                charge(self.cost, **{what: len(feed)})
+                context = {"llm_context_tokens": len(feed) - 1} if what == "llm_tokens" else {}
+                charge(self.cost, **{what: len(feed)}, **context)
             if action == "collab":
                 a = self.cfg.fusion_alpha
                 z = torch.log_softmax((1 - a) * torch.log_softmax(rows[0], -1) + a * torch.log_softmax(rows[1], -1), -1)
@@ -160,7 +164,8 @@ class NaiveExecutor:
                 z = rows[0]
             t = sample_token(z, temperature, self.cfg.top_p, gen)
             toks.append(t)
-            if step_ends(self.tok, toks, len(prefix) + len(toks), self.cfg, self.eos, self.max_positions):
+            if step_ends(self.tok, toks, len(prefix) + len(toks), self.cfg, self.eos, self.max_positions) \
+                    or (max_llm_tokens is not None and action != "slm" and len(toks) >= max_llm_tokens):
                 return toks
             feed = [t]
 

@@ -33,6 +33,15 @@ class StepCall:
     ready: torch.Tensor | None = None
     #: this child's sampling temperature: the config's, or 0 for a greedy first child
     temperature: float = 0.0
+    #: the LLM positions this step may still have computed (its share of max_llm_tokens; None: no cap)
+    llm_tokens_left: int | None = None
+
+    async def llm_rows(self, coro, n_rows: int):
+        """The LLM's ``n_rows`` rows from ``coro`` (ex.llm.next_logprobs / score), counted against
+        this step's share."""
+        if self.llm_tokens_left is not None:
+            self.llm_tokens_left -= n_rows
+        return await self.ex.llm_rows(coro, n_rows)
 
     async def slm_forward(self) -> torch.Tensor:
         """The SLM's logits after ``seq``'s last token."""
@@ -45,5 +54,5 @@ class StepCall:
         return self.ex.sample(logits, self.gen, self.temperature)
 
     def ends(self) -> bool:
-        """Does the step end with ``seq``'s last token?"""
-        return self.ex.ends(self.seq, self.start)
+        """Does the step end with ``seq``'s last token? Also when its LLM share is spent."""
+        return self.ex.ends(self.seq, self.start) or (self.llm_tokens_left is not None and self.llm_tokens_left < 1)

@@ -8,7 +8,8 @@ followed by the delimiter, is appended to the child's SLM sequence, so the tree 
 from any other step (the SLM computes those tokens in its next forward). An empty reply is a fault
 (``LLMError("malformed")``): the executor redoes the step with the SLM, or fails, as configured.
 Cost: one LLM call; ``llm_tokens`` are the prompt and completion tokens the API billed, charged even
-when the reply is then refused.
+when the reply is then refused, the prompt's as ``llm_context_tokens`` (a token budget bounds the
+completion: ``max_tokens`` is the step's share of it).
 """
 from __future__ import annotations
 
@@ -39,9 +40,11 @@ async def delegated_step(call: StepCall) -> None:
     # the node's generator seeds the API's sampling: the same tree asks the same requests
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
     reply = await ex.writer.write(delegate_messages(parent.question, parent.steps, cfg.step_delimiter),
-                                  max_tokens=cfg.max_step_tokens, stop=[cfg.step_delimiter],
+                                  max_tokens=cfg.max_step_tokens if call.llm_tokens_left is None else
+                                  min(cfg.max_step_tokens, call.llm_tokens_left),
+                                  stop=[cfg.step_delimiter],
                                   temperature=call.temperature, top_p=cfg.top_p, seed=seed)
-    charge(ex.cost, llm_tokens=reply.total_tokens)
+    charge(ex.cost, llm_tokens=reply.total_tokens, llm_context_tokens=reply.prompt_tokens)
     text = reply.text.split(cfg.step_delimiter)[0].strip()  # an API that ignores `stop` wrote on
     if not text:
         raise LLMError("malformed", f"the general LLM wrote an empty step (finish_reason={reply.finish_reason!r})")

@@ -132,11 +132,12 @@ class EngineExecutor:
     def _root_ids(self, question: str) -> tuple[list[int], list[int] | None]:
         return slm_prompt_ids(self.tok, question), None if self.prm is None else self.prm.root_ids(question)
 
-    async def expand(self, state: NodeState, action: str, n: int, first: int = 0) -> list[StepOut]:
+    async def expand(self, state: NodeState, action: str, n: int, first: int = 0,
+                     max_llm_tokens: int | None = None) -> list[StepOut]:
         if action not in STEPS:
             raise ValueError(f"unknown action {action!r}")
         self._step(action)  # refuses an action this stack cannot run before any child exists
-        res = await settle([self._child(state, action, i) for i in range(first, first + n)],
+        res = await settle([self._child(state, action, i, max_llm_tokens) for i in range(first, first + n)],
                            on_orphan=lambda out: self.release(out.state))
         errors = [r for r in res if isinstance(r, BaseException)]
         if errors:  # the search never sees these children: release the ones that did finish
@@ -178,7 +179,7 @@ class EngineExecutor:
         g.manual_seed(node_seed(self.cfg.seed, key))
         return g
 
-    async def _child(self, parent: NodeState, action: str, i: int) -> StepOut:
+    async def _child(self, parent: NodeState, action: str, i: int, max_llm_tokens: int | None) -> StepOut:
         cache = self.engine.cache
         key = parent.key + ((action, i),)
         seq = cache.fork(parent.slm)
@@ -186,7 +187,7 @@ class EngineExecutor:
         fault = prm = None
         try:
             call = StepCall(self, parent, seq, self._generator(key), start, parent.ready,
-                            temperature=child_temperature(self.cfg, i))
+                            temperature=child_temperature(self.cfg, i), llm_tokens_left=max_llm_tokens)
             with self.cost.timed(f"expand_{action}"):
                 try:
                     await self._step(action)(call)
@@ -196,7 +197,7 @@ class EngineExecutor:
                     fault = f"llm_{e.kind}"
                     charge_fault(self.cost, fault)
                     cache.truncate(seq, start)  # throw the partial step away: redo it with the SLM
-                    call.gen = self._generator(key + ("fallback",))
+                    call.gen, call.llm_tokens_left = self._generator(key + ("fallback",)), None
                     await slm_step(call)
             toks = seq.token_ids[start:]
             text = step_text(self.tok, toks, self.cfg, self.eos)

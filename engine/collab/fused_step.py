@@ -61,21 +61,24 @@ def next_draft(opt, k: int, drafted: int, accepted: int) -> int:
 
 async def exact_step(call: StepCall, mix: Fusion) -> None:
     """One LLM call per token, concurrent with the SLM's forward (and the base model's row)."""
-    ex, seq, gen = call.ex, call.seq, call.gen
-    cache = ex.engine.cache
     while True:
-        ids = list(seq.token_ids)
-        slm_logits, row, base_rows = await gather_all(call.slm_forward(),
-                                                      ex.llm_rows(ex.llm.next_logprobs(ids), 1),
-                                                      ex.base_rows(ids, 1, mix.proxy))
-        if slm_logits.is_cuda and row.full:
-            t = fuse_and_sample(slm_logits, row, mix.alpha, base_rows, gen, call.temperature, ex.cfg.top_p)
-        else:
-            z = fused_logp(slm_logits[None], [row], mix.alpha, base_rows, ex.opt.topk_support)[0]
-            t = call.sample(z)
-        cache.append(seq, [t])
+        await exact_token(call, mix)
         if call.ends():
             break
+
+
+async def exact_token(call: StepCall, mix: Fusion) -> None:
+    """One token of the fused distribution, appended to ``call.seq``."""
+    ex, seq, gen = call.ex, call.seq, call.gen
+    ids = list(seq.token_ids)
+    slm_logits, row, base_rows = await gather_all(call.slm_forward(), call.llm_rows(ex.llm.next_logprobs(ids), 1),
+                                                  ex.base_rows(ids, 1, mix.proxy))
+    if slm_logits.is_cuda and row.full:
+        t = fuse_and_sample(slm_logits, row, mix.alpha, base_rows, gen, call.temperature, ex.cfg.top_p)
+    else:
+        z = fused_logp(slm_logits[None], [row], mix.alpha, base_rows, ex.opt.topk_support)[0]
+        t = call.sample(z)
+    ex.engine.cache.append(seq, [t])
 
 
 async def speculative_step(call: StepCall, mix: Fusion) -> None:
@@ -87,6 +90,11 @@ async def speculative_step(call: StepCall, mix: Fusion) -> None:
     T, top_p = call.temperature, ex.cfg.top_p
     k = first_draft(ex.opt)
     while True:
+        if call.llm_tokens_left is not None:  # a draft of k costs the LLM k + 1 positions
+            if call.llm_tokens_left < 2:
+                await exact_token(call, mix)  # the share's last position: one fused token
+                return
+            k = min(k, call.llm_tokens_left - 1)
         draft_start = len(seq.token_ids)
         draft, slm_rows, ended = [], [], False
         while len(draft) < k:  # SLM drafts until the step ends or k tokens
@@ -101,7 +109,7 @@ async def speculative_step(call: StepCall, mix: Fusion) -> None:
         # SLM row after the draft (bonus position) and the LLM's rows, concurrently.
         bonus, llm_rows, base_rows = await gather_all(
             call.slm_forward(),
-            ex.llm_rows(ex.llm.score(seq.token_ids[:draft_start], draft), len(draft) + 1),
+            call.llm_rows(ex.llm.score(seq.token_ids[:draft_start], draft), len(draft) + 1),
             ex.base_rows(list(seq.token_ids), len(draft) + 1, mix.proxy))
         # drafts come from the ids both models have (ex.sample): so do q and p
         n = ex.shared_width

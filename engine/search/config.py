@@ -144,11 +144,11 @@ class SearchConfig:
     prm_aggregation: str = "min"
 
     # ---- per-request LLM budgets (None = unlimited) ----------------------------------------
-    #: LLM tokens after which only SLM steps are generated (checked before each round, so the
-    #: round in flight may overshoot it by its own tokens): what the LLM computed for this
-    #: request as its executor charged it (engine/cost.py) -- context prefill and verified
-    #: drafts included, not just the tokens of the steps it helped write; for delegated steps
-    #: the prompt and completion tokens the API billed (its ``usage``)
+    #: LLM tokens a request may generate, held exactly: the positions the LLM computes for the
+    #: steps it helps write (drafted and verified ones included; for delegated steps the API's
+    #: completion tokens). Each LLM step is granted a share of what is left and ends when its
+    #: share is spent. The context the LLM reads first (prefill, an API's prompt) is counted
+    #: apart, in ``llm_context_tokens``: it cannot be known before the call.
     max_llm_tokens: int | None = None
     #: LLM-involving step generations (one per collab/llm/delegate child) allowed per request
     max_llm_calls: int | None = None

@@ -40,6 +40,7 @@ class SearchContext:
         self.emitted = 0
         self._held: dict[int, Any] = {}
         self._answers: dict[int, tuple[str | None, str | None]] = {}
+        self._llm_reserved = 0  # LLM tokens granted to steps in flight (max_llm_tokens)
         self.stats: dict[str, Any] = {
             "simulations": 0, "rounds": 0, "terminal_revisits": 0, "dedup_dropped": 0,
             "expansions": dict.fromkeys(ACTIONS, 0), "stop_reason": None,
@@ -83,21 +84,37 @@ class SearchContext:
 
     # ----------------------------------------------------------------- budget
     def llm_quota(self) -> int:
-        """How many more LLM-involving steps this request may generate now. Under a token budget, a
-        batch asks for no more steps than the tokens left pay for at this request's mean cost per
-        LLM call so far (max_step_tokens before the first): eight rsd chains gated in one batch
-        would otherwise all be granted a step with one token left."""
+        """How many more LLM-involving steps this request may generate now. Under a token budget,
+        one a ``max_step_tokens`` of what is left (rounded up): ``expand`` then splits the tokens
+        left among the steps it writes, so the budget holds whatever the steps turn out to cost."""
         c = self.cfg
         if c.max_llm_faults is not None and self.cost.total_faults >= c.max_llm_faults:
             return 0
         quota = _UNLIMITED if c.max_llm_calls is None else max(0, c.max_llm_calls - self.cost.llm_calls)
         if c.max_llm_tokens is not None:
-            left = c.max_llm_tokens - self.cost.llm_tokens
-            if left <= 0:
-                return 0
-            per_step = self.cost.llm_tokens / self.cost.llm_calls if self.cost.llm_calls else c.max_step_tokens
-            quota = min(quota, -(-left // max(1, math.ceil(per_step))))
+            quota = min(quota, -(-self.llm_tokens_left() // c.max_step_tokens))
         return quota
+
+    def llm_tokens_left(self) -> int:
+        """``max_llm_tokens`` less what the LLM generated and what steps in flight were granted
+        (their spending so far counts twice: a conservative bound, exact once they finish)."""
+        return max(0, self.cfg.max_llm_tokens - self.cost.llm_generated_tokens - self._llm_reserved)
+
+    def _llm_shares(self, requests: list[tuple[Node, str, int]]) -> tuple[list[tuple[Node, str, int]], int | None]:
+        """The requests cut to the LLM tokens left, and each LLM step's share of them (None: no
+        token budget). The shares sum to at most what is left, so the budget holds exactly."""
+        n_llm = sum(n for _, a, n in requests if a != "slm")
+        if self.cfg.max_llm_tokens is None or n_llm == 0:
+            return requests, None
+        left = self.llm_tokens_left()
+        if n_llm > left:  # more steps than tokens: one token each, for as many as there are
+            cut, room = [], left
+            for node, a, n in requests:
+                k = n if a == "slm" else min(n, room)
+                room -= 0 if a == "slm" else k
+                cut.append((node, a, k))
+            return cut, 1
+        return requests, left // n_llm
 
     # ---------------------------------------------------------------- executor
     async def make_root(self) -> Node:
@@ -120,15 +137,22 @@ class SearchContext:
         executor is put in the ledger before any error is raised, so none leaks.
         """
         dedup = self.cfg.dedup_children if dedup is None else dedup
+        requests, share = self._llm_shares(requests)
         live = [(i, r) for i, r in enumerate(requests) if r[2] > 0]
         for _, (node, _a, _n) in live:
             if node.state is None:
                 raise RuntimeError(f"expanding node {node.id} whose state was released")
-        with self.cost.timed("expand"):
-            results = await settle(
-                [self.executor.expand(node.state, action, n, first=node.drawn.get(action, 0))
-                 for _, (node, action, n) in live],
-                on_orphan=self._hold_all)
+
+        def call(node: Node, action: str, n: int):
+            kw = {} if share is None or action == "slm" else {"max_llm_tokens": share}
+            return self.executor.expand(node.state, action, n, first=node.drawn.get(action, 0), **kw)
+        granted = 0 if share is None else share * sum(n for _, (_, a, n) in live if a != "slm")
+        self._llm_reserved += granted
+        try:
+            with self.cost.timed("expand"):
+                results = await settle([call(*r) for _, r in live], on_orphan=self._hold_all)
+        finally:
+            self._llm_reserved -= granted
         first_exc: BaseException | None = None
         for res in results:
             if isinstance(res, BaseException):

@@ -24,6 +24,9 @@ Semantics every executor must honour
 
   Each returned child carries a *new* state (typically a forked KV sequence
   sharing the parent's blocks).  The parent state stays valid.
+  Under a request's ``max_llm_tokens`` an LLM-involving expansion also gets
+  ``max_llm_tokens=share``: each child's LLM generates at most ``share`` tokens (the step
+  ends there), which is how the budget holds exactly. Without a budget it is not passed.
   Sampling settings (temperature, top_p, seed, fusion, step limits) come from
   the :class:`~gboost.search.config.SearchConfig` the executor was built with
   (or handed through ``with_config``).

@@ -161,3 +161,27 @@ def test_request_config_overrides_the_backends_own():
     assert be.counts.llm_rounds > 0                                   # the request view's LLM calls counted here
     other, _ = answer({"seed": 0, "temperature": 0.8}, {})
     assert other != want                                       # the override changed what was sampled
+
+
+@pytest.mark.parametrize("mode", ["exact", "speculative"])
+@pytest.mark.parametrize("method,extra", [("gboost", {}), ("fusion", {}), ("llm", {}),
+                                          ("rsd", {"rsd_threshold": 1.0, "rsd_chains": 3})])
+@pytest.mark.parametrize("budget", [1, 4, 9])
+def test_the_llm_token_budget_holds_exactly(mode, method, extra, budget):
+    """Whatever the steps cost (drafts rejected, concurrent chains, a step cut mid-way), the LLM
+    generates at most max_llm_tokens; a method that always asks the LLM spends all of it (steps
+    are 6 tokens, the search long enough); the context it read first is counted apart."""
+    eng, sched, cfg, be = build(method=method, mode=mode, max_llm_tokens=budget, **extra)
+    res = run(solve("What is 2+3?", be, cfg))
+    c = res.cost
+    assert c.llm_generated_tokens <= budget and c.llm_context_tokens >= 0
+    if method in ("fusion", "llm", "rsd"):
+        assert c.llm_generated_tokens == budget
+    eng.cache.check_refcounts()
+    assert eng.cache.live == {}
+
+
+def test_a_gate_that_never_opens_spends_no_llm_tokens():
+    eng, sched, cfg, be = build(method="rsd", rsd_threshold=0.0, max_llm_tokens=50)
+    res = run(solve("What is 2+3?", be, cfg))
+    assert res.cost.llm_tokens == res.cost.llm_calls == 0 and res.stats["rsd_regenerated"] == 0

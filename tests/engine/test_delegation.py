@@ -113,8 +113,10 @@ def test_rsd_and_llm_delegate_every_llm_step_on_a_chat_only_api(fresh):
 @pytest.mark.parametrize("budget", [{"max_llm_calls": 2}, {"max_llm_tokens": 1}])
 def test_budgets_stop_delegation_at_the_cap(fresh, budget):
     res = run_solve(writer(fresh.url), cfg(num_simulations=6, **budget))
-    want = budget.get("max_llm_calls", 1)  # a token cap of 1 is crossed by the first call
+    want = budget.get("max_llm_calls", 1)  # a token cap of 1: one call, asked for one token
     assert res.stats["expansions"]["delegate"] == want == res.cost.llm_calls == fresh.mock.calls
+    if "max_llm_tokens" in budget:  # the reply's completion, its prompt counted apart
+        assert res.cost.llm_generated_tokens == fresh.mock.billed["completion_tokens"] == 1
     assert res.stats["expansions"]["slm"] >= 3  # the search went on with the SLM alone
 
 

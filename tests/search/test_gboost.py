@@ -179,9 +179,11 @@ def test_llm_call_budget_smaller_than_width_is_clipped():
 def test_llm_token_budget():
     b = ToyExecutor(lambda q, s, a, i: f"{a} {i} w w w w {len(s)}", lambda q, s: 0.5)  # 7 tokens per step
     res = run(solve("q", b, cfg(num_simulations=5, max_llm_tokens=10)))
-    # 7 tokens after the 1st collab step, 14 >= 10 after the 2nd: no further collab expansions
+    # the 1st collab step writes its 7 tokens, the 2nd is granted the 3 left and ends there
     assert len(b.expand_calls("collab")) == 2
-    assert res.cost.llm_tokens == 14
+    assert res.cost.llm_tokens == 10 and res.cost.llm_generated_tokens == 10
+    second = sorted((n for n in res.root.iter_nodes() if n.action == "collab"), key=lambda n: n.id)[1]
+    assert second.text == "collab 0 w"  # cut at its share
 
 
 class ContextPrefillExecutor(ToyExecutor):
@@ -191,13 +193,14 @@ class ContextPrefillExecutor(ToyExecutor):
         return len(toks) + parent.n_tokens + 20
 
 
-def test_llm_token_budget_counts_what_the_llm_measured():
+def test_the_llm_context_is_counted_apart_from_the_token_budget():
     b = ContextPrefillExecutor(lambda q, s, a, i: f"{a} {i} w w w w {len(s)}", lambda q, s: 0.5)
     res = run(solve("q", b, cfg(num_simulations=5, max_llm_tokens=10)))
-    # the step alone (7 tokens) is under the budget, but the LLM computed 7 + 1 (the root "q")
-    # + 20 = 28 >= 10: one collab expansion only (the step-token count alone would allow two)
-    assert len(b.expand_calls("collab")) == 1
-    assert res.cost.llm_tokens == 28
+    # the budget bounds what the LLM generates (7, then the 3 left); the context it read first
+    # (the path and 20 more, each call) is counted, apart: it is not known before the call
+    assert len(b.expand_calls("collab")) == 2
+    assert res.cost.llm_generated_tokens == 10
+    assert res.cost.llm_context_tokens == res.cost.llm_tokens - 10 > 2 * 20
 
 
 def test_llm_fault_circuit_breaker():

@@ -134,8 +134,8 @@ def test_a_widened_tree_still_ends_when_every_node_has_drawn_its_samples():
 
 def test_a_token_budget_binds_chains_gated_in_one_batch():
     """Eight rsd chains whose SLM steps are all weak ask for eight LLM steps in one batch; a
-    20-token budget grants what it can pay for (10 tokens a step assumed before the first, then the
-    measured 7), so the request ends one step past it, not seven."""
+    20-token budget grants one step a max_step_tokens (10) of it, each a 10-token share: they
+    write 7 each, and the 6 left go to one more step, cut at 6. Exactly 20, never more."""
     def step(q, steps, action, i):
         return f"{action} {i} w w w w {len(steps)}"  # 7 tokens
 
@@ -144,5 +144,5 @@ def test_a_token_budget_binds_chains_gated_in_one_batch():
     ex = ToyExecutor(step, reward, max_depth=3)
     res = _solve(ex, SearchConfig(method="rsd", rsd_chains=8, rsd_threshold=0.5, max_depth=3, max_step_tokens=10,
                                   final_choice="weighted_vote", max_llm_tokens=20))
-    assert ex.cost.llm_calls == 3 and ex.cost.llm_tokens == 21    # 2 steps (20 / 10), then 1 (6 left / 7)
+    assert ex.cost.llm_calls == 3 and ex.cost.llm_tokens == 20    # 2 steps (20 / 10), then 1 (6 left)
     assert res.stats["rsd_regenerated"] == 3 and not ex.live

@@ -33,7 +33,7 @@ def _add_stack_args(p):
     p.add_argument("--slm", default=DEFAULT_SLM, help="private small model: demo name, HF dir, hub id or .gguf")
     p.add_argument("--slm-adapter", default=None, metavar="DIR",
                    help="a LoRA adapter for the SLM, as peft saves it (adapter_config.json + "
-                        "adapter_model.safetensors)")
+                        "adapter_model.safetensors), or a shipped adapter's name (gsm8k-qwen2.5-coder-0.5b)")
     p.add_argument("--slm-adapter-mode", default="auto", choices=["auto", "merge", "unmerged"],
                    help="merge: into a copy of the SLM's weights at load (fastest for one SLM); unmerged: one "
                         "resident base, the delta on the SLM's rows only; auto: unmerged when --base is the "

@@ -193,6 +193,19 @@ def fake_cuda():
         torch.Generator = _RealGenerator
 
 
+def kernel_launchers() -> list[tuple[object, str]]:
+    """(module, name) of every Triton launcher the engine calls on a GPU: what a fake-GPU run patches."""
+    import gboost.kernels.fused_sampling as fs
+    import gboost.kernels.kv_write as kvw
+    import gboost.kernels.paged_attention as pa
+    import gboost.kernels.spec_verify as sv
+    import gboost.kernels.step_scoring as ss
+    import gboost.kernels.weight_only as wo
+    return [(kvw, "store_kv_triton"), (pa, "paged_attention_triton"), (fs, "fused_sample_triton"),
+            (fs, "fuse_logprobs_triton"), (sv, "spec_verify_triton"), (ss, "step_rewards_triton"),
+            (wo, "wo_matmul_triton")]
+
+
 def checked_launch(fn, name: str, calls: list | None = None):
     """A stand-in for a kernel launcher: every tensor argument must be on one device (it records the
     devices in `calls`), then `fn` runs on the CPU copies; tensor outputs come back on that device."""

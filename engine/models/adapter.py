@@ -16,9 +16,24 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AdapterError", "LoraAdapter", "read_adapter", "merge_adapter"]
+__all__ = ["AdapterError", "LoraAdapter", "adapter_dir", "read_adapter", "merge_adapter", "shipped_adapters"]
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+#: adapters that ship with the package, one peft directory each: `--slm-adapter NAME`
+SHIPPED = Path(__file__).resolve().parent.parent / "adapters"
+
+
+def shipped_adapters() -> list[str]:
+    return sorted(p.name for p in SHIPPED.iterdir() if (p / CONFIG).is_file()) if SHIPPED.is_dir() else []
+
+
+def adapter_dir(spec: str | Path) -> Path:
+    """The directory an adapter is read from: ``spec`` when it exists, else the shipped adapter of
+    that name (a directory the user names always wins over a shipped name)."""
+    d = Path(spec)
+    if not d.exists() and str(spec) in shipped_adapters():
+        return SHIPPED / str(spec)
+    return d
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
 
@@ -36,10 +51,11 @@ class LoraAdapter:
 
 
 def read_adapter(path: str | Path) -> LoraAdapter:
-    d = Path(path)
+    d = adapter_dir(path)
     cfg_path = d / CONFIG
     if not d.is_dir():
-        raise AdapterError(f"{d}: no adapter directory there (want {CONFIG} and {WEIGHTS}, as peft saves them)")
+        raise AdapterError(f"{d}: no adapter directory there (want {CONFIG} and {WEIGHTS}, as peft saves them; "
+                           f"shipped: {', '.join(shipped_adapters()) or 'none'})")
     if not cfg_path.is_file():
         raise AdapterError(f"{cfg_path}: missing (a peft LoRA adapter directory has {CONFIG} and {WEIGHTS})")
     try:

@@ -173,6 +173,10 @@ class Int4Linear(_QuantLinear):
         return dequantize(self.qweight, self.qscale, self.qzero).to(self.dtype)
 
 
+#: torch's packed int8 CPU matmul (absent from some builds): looked up once, not per forward
+_INT8PACK_MM = getattr(torch, "_weight_int8pack_mm", None)
+
+
 class Int8Linear(_QuantLinear):
     """y = x W^T + b, W in int8 per output row (see the module docstring)."""
     format = "int8"
@@ -185,10 +189,10 @@ class Int8Linear(_QuantLinear):
         self.register_buffer("scale", scale.to(dtype), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or not hasattr(torch, "_weight_int8pack_mm"):
+        if x.device.type != "cpu" or _INT8PACK_MM is None:
             return wo_matmul(x, self.codes, self.scale, None, self.bias)  # Triton on CUDA
         lead = x.shape[:-1]
-        y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features).to(self.dtype), self.codes, self.scale)
+        y = _INT8PACK_MM(x.reshape(-1, self.in_features).to(self.dtype), self.codes, self.scale)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features).to(x.dtype)

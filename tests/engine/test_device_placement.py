@@ -11,32 +11,22 @@ import torch
 
 import gboost.testing as testing
 import gboost.kernels.fused_sampling as fs
-import gboost.kernels.kv_write as kvw
-import gboost.kernels.paged_attention as pa
-import gboost.kernels.spec_verify as sv
-import gboost.kernels.step_scoring as ss
-import gboost.kernels.weight_only as wo
 from gboost.llm.local import LocalLLM
 from gboost.models.qwen2_llama import Rotary
 from gboost.scheduler import Scheduler
 from gboost.collab.executor import CollabOptions
 from gboost.search.config import SearchConfig
-from fake_cuda import checked_launch, fake_cuda, to_fake_cuda
+from fake_cuda import checked_launch, fake_cuda, kernel_launchers, to_fake_cuda
 from fp_bounds import U32, assert_within, logsoftmax_bound
 
 TINY_MODEL = testing.tiny_model
-LAUNCHERS = [(kvw, "store_kv_triton"), (pa, "paged_attention_triton"), (fs, "fused_sample_triton"),
-             (fs, "fuse_logprobs_triton"), (sv, "spec_verify_triton"), (ss, "step_rewards_triton"),
-             (wo, "wo_matmul_triton")]
-
-
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """(state, launches): the fake device is open; tiny models are built on it."""
     if torch.cuda.is_available():  # launches run under Triton's interpreter, which is off where CUDA is
         pytest.skip("a real GPU is here: the gpu-marked tests run this path on it")
     launches = []
-    for mod, name in LAUNCHERS:
+    for mod, name in kernel_launchers():
         monkeypatch.setattr(mod, name, checked_launch(getattr(mod, name), name, launches))
     make = testing.tiny_model
     monkeypatch.setattr(testing, "tiny_model", lambda *a, **k: to_fake_cuda(make(*a, **k)))

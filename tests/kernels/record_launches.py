@@ -23,31 +23,21 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parents[1])]
 import torch  # noqa: E402
 
 import gboost.testing as testing  # noqa: E402
-import gboost.kernels.fused_sampling as fs  # noqa: E402
-import gboost.kernels.kv_write as kvw  # noqa: E402
 import gboost.kernels.paged_attention as pa  # noqa: E402
-import gboost.kernels.spec_verify as sv  # noqa: E402
-import gboost.kernels.step_scoring as ss  # noqa: E402
-import gboost.kernels.weight_only as wo  # noqa: E402
 from gboost.sampling import SamplingParams  # noqa: E402
 from gboost.collab.executor import CollabOptions  # noqa: E402
 from gboost.search.api import solve  # noqa: E402
 from gboost.search.config import SearchConfig  # noqa: E402
 from gboost.prm.scorer import PRMScorer, PRMSpec  # noqa: E402
-from fake_cuda import checked_launch, fake_cuda, to_fake_cuda  # noqa: E402
+from fake_cuda import checked_launch, fake_cuda, kernel_launchers, to_fake_cuda  # noqa: E402
 from gboost.kernels._common import record_launches  # noqa: E402
 
 OUT = HERE / "launches.json"
 VOCAB = 151936
 SLM = dict(vocab=VOCAB, hidden=64, heads=14, kv_heads=2, head_dim=64, layers=1, max_positions=2048)  # 0.5B geometry
 LLM = dict(vocab=VOCAB, hidden=64, heads=12, kv_heads=2, head_dim=128, layers=1, max_positions=2048)  # 1.5B geometry
-LAUNCHERS = [(kvw, "store_kv_triton"), (pa, "paged_attention_triton"), (fs, "fused_sample_triton"),
-             (fs, "fuse_logprobs_triton"), (sv, "spec_verify_triton"), (ss, "step_rewards_triton"),
-             (wo, "wo_matmul_triton")]
-
-
 def _patch():
-    for mod, name in LAUNCHERS:
+    for mod, name in kernel_launchers():
         setattr(mod, name, checked_launch(getattr(mod, name), name))
     make = testing.tiny_model
     testing.tiny_model = lambda *a, **k: to_fake_cuda(make(*a, **k))

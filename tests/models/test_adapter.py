@@ -119,3 +119,38 @@ def test_a_pickled_adapter_is_never_loaded(tmp_path, base_and_adapter):
     (bad / "adapter_model.bin").write_bytes(b"\x80\x04 not to be unpickled")
     with pytest.raises(AdapterError, match="pickle: not loaded"):
         read_adapter(bad)
+
+
+def test_a_shipped_adapter_is_found_by_name_and_a_directory_of_that_name_wins(tmp_path, monkeypatch,
+                                                                            base_and_adapter):
+    from gboost.models import adapter as mod
+    shipped = tmp_path / "shipped"
+    shutil.copytree(base_and_adapter[1], shipped / "demo-adapter")
+    monkeypatch.setattr(mod, "SHIPPED", shipped)
+    assert mod.shipped_adapters() == ["demo-adapter"]
+    assert read_adapter("demo-adapter").path == shipped / "demo-adapter"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo-adapter").mkdir()  # the user's own directory of that name: read (and refused)
+    with pytest.raises(AdapterError, match="demo-adapter/adapter_config.json: missing"):
+        read_adapter("demo-adapter")
+    with pytest.raises(AdapterError, match="shipped: demo-adapter"):
+        read_adapter("no-such-adapter")
+
+
+def test_the_shipped_demo_adapter_fits_the_demo_slm():
+    """Rank, alpha and every target of each of the 0.5B's 24 layers, at the shapes of its weights
+    (hidden 896, 2 KV heads of 64, MLP 4864), so it merges onto the demo SLM."""
+    from gboost.models.adapter import shipped_adapters
+    name = "gsm8k-qwen2.5-coder-0.5b"
+    if name not in shipped_adapters():
+        pytest.skip("the demo adapter is not in this checkout")
+    a = read_adapter(name)
+    card = json.loads((a.path / "gboost_card.json").read_text())
+    assert card["base"] == "qwen2.5-coder-0.5b" and a.rank == card["rank"] and a.scaling == card["alpha"] / card["rank"]
+    shapes = {"q_proj": (896, 896), "k_proj": (128, 896), "v_proj": (128, 896), "o_proj": (896, 896),
+              "gate_proj": (4864, 896), "up_proj": (4864, 896), "down_proj": (896, 4864)}
+    assert len(a.pairs) == 24 * 7
+    for module, (lo_a, lo_b) in a.pairs.items():
+        out_f, in_f = shapes[module.rsplit(".", 1)[1]]
+        assert lo_a.shape == (a.rank, in_f) and lo_b.shape == (out_f, a.rank), module
+        assert torch.isfinite(lo_a).all() and torch.isfinite(lo_b).all() and lo_b.abs().max() > 0, module

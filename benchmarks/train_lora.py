@@ -171,6 +171,8 @@ def main(argv=None) -> int:
             save_state(out, model, opt, log)
     bar.close()
     model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+    conf = out / "adapter" / "adapter_config.json"  # the base by the name it was given, not the cache path
+    conf.write_text(json.dumps({**json.loads(conf.read_text()), "base_model_name_or_path": args.base}, indent=2) + "\n")
     if args.save_dtype != "float32":  # peft saves the fp32 training copy; a shipped adapter is halved
         from safetensors.torch import load_file, save_file
         w = out / "adapter" / "adapter_model.safetensors"
